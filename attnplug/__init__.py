@@ -1,0 +1,27 @@
+"""attnplug: training-free attention variants for Hugging Face diffusers pipelines."""
+
+from .config import MethodConfig, Schedule
+from .layout import FAMILIES, TokenLayout
+from .methods import AttentionMethod, CallInfo, DenseConfig, DenseMethod
+from .plugin import applied, apply, remove, reset_stats, stats
+from .processors import AttnplugProcessor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "AttentionMethod",
+    "AttnplugProcessor",
+    "CallInfo",
+    "DenseConfig",
+    "DenseMethod",
+    "MethodConfig",
+    "Schedule",
+    "TokenLayout",
+    "__version__",
+    "applied",
+    "apply",
+    "remove",
+    "reset_stats",
+    "stats",
+]

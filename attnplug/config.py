@@ -1,0 +1,142 @@
+"""Configuration dataclasses: one frozen dataclass per method (each lives beside its method and subclasses
+:class:`MethodConfig`) and :class:`Schedule`, which says at which denoising steps and in which layers a method runs.
+
+Field metadata carries help text (``field(metadata={"help": ...})``) so the CLI and the UI are generated from the
+same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .methods.base import AttentionMethod
+
+
+def help_field(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with help text in its metadata."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base class of method configs. Subclasses set ``name`` and implement :meth:`build`."""
+
+    name: ClassVar[str] = ""
+
+    def build(self) -> AttentionMethod:
+        """Create the attention method this config describes."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement build().")
+
+    def describe(self) -> dict[str, Any]:
+        """The config as a plain dict (for reports), with the method name."""
+        return {"method": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where a method runs. Outside the selection, attention is dense (stock).
+
+    Layers are the self-attention modules of the denoiser in registration order, indexed from 0.
+    """
+
+    warmup_steps: int = help_field(0, "Number of first denoising steps that stay dense (warm-up).")
+    until_step: int | float | None = help_field(
+        None, "Last step (exclusive) using the method: an int step index, or a float fraction of the steps in (0, 1]."
+    )
+    skip_first_layers: int = help_field(0, "Number of first self-attention layers that stay dense.")
+    skip_last_layers: int = help_field(0, "Number of last self-attention layers that stay dense.")
+    layers: tuple[int, ...] | str | None = help_field(
+        None, "Only these self-attention layers: indices, or a regular expression on module names."
+    )
+
+    def __post_init__(self):
+        for name in ("warmup_steps", "skip_first_layers", "skip_last_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"Schedule.{name} must be an int >= 0, got {value!r}.")
+        u = self.until_step
+        if isinstance(u, bool) or (u is not None and not isinstance(u, (int, float))):
+            raise ValueError(f"Schedule.until_step must be an int, a float in (0, 1] or None, got {u!r}.")
+        if isinstance(u, float) and not 0.0 < u <= 1.0:
+            raise ValueError(f"Schedule.until_step as a fraction must be in (0, 1], got {u!r}.")
+        if isinstance(u, int) and u < 0:
+            raise ValueError(f"Schedule.until_step as a step index must be >= 0, got {u!r}.")
+        if isinstance(self.layers, str):
+            try:
+                re.compile(self.layers)
+            except re.error as e:
+                raise ValueError(f"Schedule.layers {self.layers!r} is not a valid regular expression: {e}.") from None
+        elif self.layers is not None:
+            if not isinstance(self.layers, Sequence) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.layers
+            ):
+                raise ValueError(f"Schedule.layers must be a sequence of ints, a regex string or None, got {self.layers!r}.")
+            object.__setattr__(self, "layers", tuple(self.layers))
+
+    def select_layers(self, names: Sequence[str]) -> list[bool]:
+        """For self-attention modules ``names`` (in order), whether each uses the method."""
+        n = len(names)
+        if isinstance(self.layers, tuple):
+            bad = [i for i in self.layers if not -n <= i < n]
+            if bad:
+                raise ValueError(
+                    f"Schedule.layers has indices {bad} out of range: the model has {n} self-attention layers, "
+                    f"valid indices are 0..{n - 1} (or negative from the end)."
+                )
+            chosen = {i % n for i in self.layers}
+            selected = [i in chosen for i in range(n)]
+        elif isinstance(self.layers, str):
+            pattern = re.compile(self.layers)
+            selected = [bool(pattern.search(name)) for name in names]
+            if not any(selected):
+                raise ValueError(
+                    f"Schedule.layers {self.layers!r} matches none of the {n} self-attention modules "
+                    f"(e.g. {', '.join(names[:3])})."
+                )
+        else:
+            selected = [True] * n
+        if self.skip_first_layers + self.skip_last_layers > n:
+            raise ValueError(
+                f"Schedule skips {self.skip_first_layers} first + {self.skip_last_layers} last layers but the model "
+                f"has only {n} self-attention layers."
+            )
+        for i in range(n):
+            if i < self.skip_first_layers or i >= n - self.skip_last_layers:
+                selected[i] = False
+        return selected
+
+    def step_active(self, step: int, num_steps: int | None) -> bool:
+        """Whether denoising step ``step`` (0-based; -1 = unknown) uses the method."""
+        if step < 0:
+            return self.warmup_steps == 0 and self.until_step is None
+        if num_steps is not None:
+            if self.warmup_steps > num_steps:
+                raise ValueError(
+                    f"Schedule.warmup_steps={self.warmup_steps} exceeds the {num_steps} denoising steps of this run "
+                    f"(valid: 0..{num_steps})."
+                )
+            if isinstance(self.until_step, int) and self.until_step > num_steps:
+                raise ValueError(
+                    f"Schedule.until_step={self.until_step} exceeds the {num_steps} denoising steps of this run "
+                    f"(valid: 0..{num_steps})."
+                )
+        if step < self.warmup_steps:
+            return False
+        u = self.until_step
+        if u is None:
+            return True
+        if isinstance(u, float):
+            if num_steps is None:
+                raise ValueError(
+                    "Schedule.until_step is a fraction but the number of denoising steps is unknown: apply attnplug "
+                    "to the pipeline (not only its model), or give until_step as a step index."
+                )
+            return step < round(u * num_steps)
+        return step < u

@@ -1,0 +1,292 @@
+"""Token layouts: what the N tokens of an attention call are (frames x height x width image grid + text tokens).
+
+The grid is never guessed from a sequence length alone: a forward pre-hook on the denoiser records the latent shape
+(and the denoising step), and each family's row in :data:`FAMILIES` says how the token grid follows from it. A call's
+layout is then the candidate grid whose token count matches the call, plus the text tokens of joint attention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TextPosition = Literal["none", "first", "last"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The tokens of one attention sequence: a ``frames x height x width`` grid (row-major, frame-major) of image
+    tokens plus ``text_tokens`` text tokens placed before (``text_first``) or after the image tokens."""
+
+    frames: int
+    height: int
+    width: int
+    text_tokens: int = 0
+    text_first: bool = False
+
+    def __post_init__(self):
+        for name in ("frames", "height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TokenLayout.{name} must be a positive int, got {value!r}.")
+        if not isinstance(self.text_tokens, int) or self.text_tokens < 0:
+            raise ValueError(f"TokenLayout.text_tokens must be an int >= 0, got {self.text_tokens!r}.")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """``(frames, height, width)``."""
+        return (self.frames, self.height, self.width)
+
+    @property
+    def image_tokens(self) -> int:
+        return self.frames * self.height * self.width
+
+    @property
+    def num_tokens(self) -> int:
+        return self.image_tokens + self.text_tokens
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames > 1
+
+    def image_slice(self) -> slice:
+        """Slice of the image tokens in the sequence."""
+        start = self.text_tokens if self.text_first else 0
+        return slice(start, start + self.image_tokens)
+
+    def text_slice(self) -> slice:
+        """Slice of the text tokens in the sequence."""
+        start = 0 if self.text_first else self.image_tokens
+        return slice(start, start + self.text_tokens)
+
+    def check(self, n: int) -> None:
+        """Raise ``ValueError`` unless the layout describes exactly ``n`` tokens."""
+        if n != self.num_tokens:
+            raise ValueError(
+                f"Token layout {self} describes {self.num_tokens} tokens "
+                f"({self.image_tokens} image + {self.text_tokens} text) but the attention sequence has {n} tokens."
+            )
+
+    def split(self, x: torch.Tensor, dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split ``x`` (e.g. ``(B, H, N, D)`` along ``dim``) into ``(image, text)`` parts."""
+        self.check(x.shape[dim])
+        image = x.narrow(dim, self.image_slice().start, self.image_tokens)
+        text = x.narrow(dim, self.text_slice().start, self.text_tokens)
+        return image, text
+
+    def merge(self, image: torch.Tensor, text: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Inverse of :meth:`split`."""
+        if self.text_tokens == 0:
+            return image
+        return torch.cat([text, image] if self.text_first else [image, text], dim=dim)
+
+    def to_text_last(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Reorder ``x`` so the image grid comes first and text tokens last (the order kernels expect)."""
+        if not self.text_first or self.text_tokens == 0:
+            return x
+        image, text = self.split(x, dim)
+        return torch.cat([image, text], dim=dim)
+
+    def from_text_last(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Inverse of :meth:`to_text_last`."""
+        if not self.text_first or self.text_tokens == 0:
+            return x
+        image = x.narrow(dim, 0, self.image_tokens)
+        text = x.narrow(dim, self.image_tokens, self.text_tokens)
+        return torch.cat([text, image], dim=dim)
+
+    @classmethod
+    def square(cls, n: int) -> TokenLayout:
+        """A single-frame square grid of ``n`` tokens; ``ValueError`` if ``n`` is not a perfect square."""
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"Cannot infer a token grid for a sequence of {n} tokens: it is not a square. Use attnplug.apply(...) "
+                "so the grid is read from the latent shape, or pass layout=TokenLayout(frames, height, width, ...)."
+            )
+        return cls(1, side, side)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-family table: how the token grid follows from the denoiser's input, and where text sits in joint attention.
+
+
+def _tensor_arg(args: tuple, kwargs: dict, names: tuple[str, ...]) -> torch.Tensor:
+    for name in names:
+        if isinstance(kwargs.get(name), torch.Tensor):
+            return kwargs[name]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    raise ValueError(f"Could not find the latent input ({' or '.join(names)}) in the denoiser call.")
+
+
+def _patch(config: Any, name: str = "patch_size") -> tuple[int, int, int]:
+    """(temporal, spatial h, spatial w) patch size from a model config."""
+    p = getattr(config, name, None) or 1
+    if isinstance(p, (tuple, list)):
+        return tuple(int(x) for x in p) if len(p) == 3 else (1, int(p[0]), int(p[1]))
+    pt = getattr(config, "patch_size_t", None) or 1
+    return (int(pt), int(p), int(p))
+
+
+def _grid_image_4d(model, args, kwargs) -> tuple[int, int, int]:
+    x = _tensor_arg(args, kwargs, ("hidden_states", "sample"))
+    _, ph, pw = _patch(model.config)
+    return (1, x.shape[-2] // ph, x.shape[-1] // pw)
+
+
+def _grid_unet(model, args, kwargs) -> tuple[int, int, int]:
+    x = _tensor_arg(args, kwargs, ("sample", "hidden_states"))
+    frames = x.shape[2] if x.ndim == 5 else 1
+    return (frames, x.shape[-2], x.shape[-1])
+
+
+def _grid_video_bcfhw(model, args, kwargs) -> tuple[int, int, int]:
+    x = _tensor_arg(args, kwargs, ("hidden_states",))
+    pt, ph, pw = _patch(model.config)
+    return (-(-x.shape[2] // pt), x.shape[3] // ph, x.shape[4] // pw)
+
+
+def _grid_cogvideox(model, args, kwargs) -> tuple[int, int, int]:
+    x = _tensor_arg(args, kwargs, ("hidden_states",))  # (B, F, C, H, W)
+    pt, ph, pw = _patch(model.config)
+    return (-(-x.shape[1] // pt), x.shape[3] // ph, x.shape[4] // pw)
+
+
+def _grid_flux(model, args, kwargs) -> tuple[int, int, int]:
+    ids = kwargs.get("img_ids")
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError("Flux-style transformer called without `img_ids`; cannot read the token grid.")
+    ids = ids.reshape(-1, ids.shape[-1])
+    return (1, int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1)
+
+
+def _grid_ltx(model, args, kwargs) -> tuple[int, int, int]:
+    try:
+        f, h, w = (int(kwargs[k]) for k in ("num_frames", "height", "width"))
+    except KeyError as e:
+        raise ValueError(f"LTX-style transformer called without `{e.args[0]}`; cannot read the token grid.") from None
+    pt, ph, pw = _patch(model.config)
+    return (-(-f // pt), h // ph, w // pw)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One model family: how its token grid follows from the denoiser input, and its attention conventions."""
+
+    name: str
+    grid: Callable[[Any, tuple, dict], tuple[int, int, int]]
+    text_position: TextPosition = "none"
+    multiscale: bool = False  # U-Net: attention at every downsampling level (ceil-halved grids)
+    temporal_modules: tuple[str, ...] = ()  # name fragments of attention modules that attend over frames only
+    frames_in_batch: bool = False  # spatial attention sees one frame at a time (frames folded into the batch)
+    exclude_modules: tuple[str, ...] = ()  # attention modules that never see the image grid (e.g. text refiners)
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "UNet2DConditionModel": FamilySpec("unet", _grid_unet, multiscale=True),
+    "UNetMotionModel": FamilySpec(
+        "animatediff", _grid_unet, multiscale=True, temporal_modules=("motion_modules",), frames_in_batch=True
+    ),
+    "UNet3DConditionModel": FamilySpec(
+        "unet3d", _grid_unet, multiscale=True, temporal_modules=("temp_attentions",), frames_in_batch=True
+    ),
+    "PixArtTransformer2DModel": FamilySpec("pixart", _grid_image_4d),
+    "DiTTransformer2DModel": FamilySpec("dit", _grid_image_4d),
+    "SD3Transformer2DModel": FamilySpec("sd3", _grid_image_4d, text_position="last"),
+    "FluxTransformer2DModel": FamilySpec("flux", _grid_flux, text_position="first"),
+    "WanTransformer3DModel": FamilySpec("wan", _grid_video_bcfhw),
+    "CogVideoXTransformer3DModel": FamilySpec("cogvideox", _grid_cogvideox, text_position="first"),
+    "HunyuanVideoTransformer3DModel": FamilySpec(
+        "hunyuanvideo", _grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",)
+    ),
+    "LTXVideoTransformer3DModel": FamilySpec("ltx", _grid_ltx),
+}
+
+
+def family_of(model: torch.nn.Module) -> FamilySpec:
+    """The :class:`FamilySpec` of a denoiser; ``TypeError`` naming the class and the supported ones otherwise."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in FAMILIES:
+            return FAMILIES[cls.__name__]
+    raise TypeError(
+        f"attnplug does not know the model class {type(model).__name__}. Supported denoisers: "
+        f"{', '.join(sorted(FAMILIES))}. Pass a pipeline holding one of them as `unet`/`transformer`, or the model."
+    )
+
+
+def _halvings(n: int) -> list[int]:
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+@dataclass
+class LayoutState:
+    """Per-denoiser state written by the pre-hook: the latest token grid and the denoising step index."""
+
+    family: FamilySpec
+    grid: tuple[int, int, int] | None = None
+    step: int = -1
+    last_timestep: float | None = None
+    num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
+
+    @property
+    def num_steps(self) -> int | None:
+        return self.num_steps_fn() if self.num_steps_fn is not None else None
+
+    def observe(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Record the token grid and advance the step counter from the denoiser call's timestep."""
+        self.grid = self.family.grid(model, args, kwargs)
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if isinstance(t, torch.Tensor):
+            t = float(t.reshape(-1)[0].item()) if t.numel() else None
+        elif t is not None:
+            t = float(t)
+        if t is None:
+            self.step += 1
+        elif self.last_timestep is None or t > self.last_timestep:
+            self.step = 0  # a new denoising run starts at the highest noise level
+        elif t != self.last_timestep:
+            self.step += 1  # same timestep again = another guidance pass of the same step
+        self.last_timestep = t
+
+    def reset(self) -> None:
+        self.step, self.last_timestep = -1, None
+
+    def layout_for(self, n: int, module_name: str = "") -> TokenLayout:
+        """The layout of an ``n``-token self-attention sequence in module ``module_name``."""
+        if self.grid is None:
+            raise ValueError(
+                "No latent shape has been recorded yet: the denoiser's forward pre-hook did not run before this "
+                "attention call. Call the model (or pipeline) itself rather than its blocks."
+            )
+        f, h, w = self.grid
+        fam = self.family
+        if any(part in module_name for part in fam.temporal_modules):
+            if n == f:
+                return TokenLayout(f, 1, 1)
+            raise ValueError(f"Temporal attention module {module_name!r} got {n} tokens but the latent has {f} frames.")
+        frames = 1 if fam.frames_in_batch else f
+        candidates = [(frames, hh, ww) for hh, ww in zip(_halvings(h), _halvings(w))] if fam.multiscale else [
+            (frames, h, w)
+        ]
+        for grid in candidates:
+            image = grid[0] * grid[1] * grid[2]
+            if n == image:
+                return TokenLayout(*grid)
+            if fam.text_position != "none" and n > image and not fam.multiscale:
+                return TokenLayout(*grid, text_tokens=n - image, text_first=fam.text_position == "first")
+        raise ValueError(
+            f"The attention sequence in {module_name or 'this module'} has {n} tokens, which matches no token grid "
+            f"of the {fam.name} latent {self.grid} (candidates: {', '.join(str(c) for c in candidates)}; "
+            f"text position: {fam.text_position})."
+        )

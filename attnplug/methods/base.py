@@ -1,0 +1,53 @@
+"""The method protocol: ``out = method(q, k, v, layout, mask, info)`` on ``(B, H, N, D)`` tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import TokenLayout
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What a method may know about one intercepted self-attention call besides its tensors."""
+
+    layer_name: str = ""
+    layer_index: int = 0
+    num_layers: int = 1
+    step: int = -1  # denoising step index, -1 when unknown (model called outside a tracked run)
+    num_steps: int | None = None
+    scale: float | None = None  # softmax scale given to SDPA (None = 1/sqrt(D))
+    latent_grid: tuple[int, int, int] | None = None  # full-resolution token grid of the denoiser input
+
+    @property
+    def softmax_scale(self) -> float | None:
+        return self.scale
+
+
+class AttentionMethod:
+    """Base class of attention methods.
+
+    ``__call__(q, k, v, layout, mask=None, info=None)`` takes ``q`` of shape ``(B, H, Nq, D)`` and ``k, v`` of shape
+    ``(B, H, Nk, D)`` and returns ``(B, H, Nq, D)``; or ``None`` to hand the call back to dense attention (for a
+    layout or mask the method does not cover; the wrapper then runs stock SDPA and counts it).
+    Methods never touch diffusers modules.
+    """
+
+    #: Whether the method honours a non-None attention mask; if False, calls with a mask go to dense attention.
+    supports_mask: bool = False
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layout: TokenLayout,
+        mask: torch.Tensor | None = None,
+        info: CallInfo | None = None,
+    ) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget per-run state (caches), called when a new denoising run starts."""

@@ -1,0 +1,84 @@
+"""Dense attention: the exact baseline every other method is compared with."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..config import MethodConfig, help_field
+from ..layout import TokenLayout
+from .base import AttentionMethod, CallInfo
+
+logger = logging.getLogger(__name__)
+
+DENSE_BACKENDS = ("sdpa", "xformers")
+
+
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Exact attention with PyTorch SDPA: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)`` -> ``(B, H, Nq, D)``."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def xformers_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Exact attention with xformers' memory-efficient kernel; same shapes as :func:`dense_attention`."""
+    import xformers.ops as xops
+
+    bias = None
+    if mask is not None:
+        bias = mask if mask.dtype != torch.bool else torch.zeros_like(mask, dtype=q.dtype).masked_fill(~mask, -torch.inf)
+        bias = bias.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out = xops.memory_efficient_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, scale=scale
+    )
+    return out.transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class DenseConfig(MethodConfig):
+    """Exact dense attention through attnplug's interception (the reference for every other method)."""
+
+    name: ClassVar[str] = "dense"
+    backend: str = help_field("sdpa", "Dense kernel: 'sdpa' (PyTorch) or 'xformers' (needs xformers and a GPU).")
+
+    def __post_init__(self):
+        if self.backend not in DENSE_BACKENDS:
+            raise ValueError(f"DenseConfig.backend must be one of {DENSE_BACKENDS}, got {self.backend!r}.")
+        if self.backend == "xformers" and importlib.util.find_spec("xformers") is None:
+            raise ValueError(
+                "DenseConfig.backend='xformers' needs the xformers package: pip install 'attnplug[xformers]'."
+            )
+
+    def build(self) -> DenseMethod:
+        return DenseMethod(self)
+
+
+class DenseMethod(AttentionMethod):
+    """Exact attention: SDPA, or xformers when configured."""
+
+    supports_mask = True
+
+    def __init__(self, config: DenseConfig | None = None):
+        self.config = config or DenseConfig()
+        self._fn = xformers_attention if self.config.backend == "xformers" else dense_attention
+
+    def __call__(self, q, k, v, layout: TokenLayout | None = None, mask=None, info: CallInfo | None = None):
+        if self.config.backend == "xformers" and q.device.type != "cuda":
+            raise ValueError(f"DenseConfig.backend='xformers' runs on CUDA only, but the inputs are on {q.device}.")
+        return self._fn(q, k, v, mask, info.scale if info else None)
