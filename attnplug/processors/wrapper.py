@@ -59,10 +59,6 @@ def _signature_with_self(sig: inspect.Signature) -> inspect.Signature:
     return sig.replace(parameters=[self_param, *sig.parameters.values()])
 
 
-def _is_joint(attn: torch.nn.Module) -> bool:
-    return getattr(attn, "add_q_proj", None) is not None
-
-
 class AttnplugProcessor:
     """A diffusers attention processor that runs a stock processor and routes its attention call to a method.
 
@@ -148,8 +144,7 @@ class AttnplugProcessor:
         if self.stock is None:
             accepted = inspect.signature(stock.__call__).parameters
             kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-        is_cross = self.is_cross or (kwargs.get("encoder_hidden_states") is not None and not _is_joint(attn))
-        interceptor = SDPAInterceptor(lambda **sdpa: self._attend(attn, is_cross, **sdpa))
+        interceptor = SDPAInterceptor(lambda **sdpa: self._attend(attn, **sdpa))
         backend = getattr(stock, "_attention_backend", None)
         if backend is not None:
             stock._attention_backend = None  # dispatch_attention_fn: use the active (native) backend below
@@ -171,12 +166,14 @@ class AttnplugProcessor:
             )
         return out
 
-    def _use_method(self, is_cross: bool, query, key, attn_mask, dropout_p, is_causal, enable_gqa) -> str | None:
+    def _use_method(self, query, key, attn_mask, dropout_p, is_causal, enable_gqa) -> str | None:
         """Why this call goes to dense attention, or None if the method runs."""
+        if self.is_cross or query.shape[-2] != key.shape[-2]:
+            return "cross-attention"
+        if self.index < 0:
+            return "module excluded (not image self-attention)"
         if not self.selected:
             return "layer not selected"
-        if is_cross or query.shape[-2] != key.shape[-2]:
-            return "cross-attention"
         if dropout_p or is_causal or enable_gqa or query.shape[1] != key.shape[1]:
             return "dropout/causal/GQA call"
         if attn_mask is not None and not self.method.supports_mask:
@@ -194,10 +191,10 @@ class AttnplugProcessor:
             return self.runtime.state.layout_for(n, self.name)
         return TokenLayout.square(n)
 
-    def _attend(self, attn, is_cross, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    def _attend(self, attn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         stats = self.runtime.stats
         stats["calls"] += 1
-        reason = self._use_method(is_cross, query, key, attn_mask, dropout_p, is_causal, enable_gqa)
+        reason = self._use_method(query, key, attn_mask, dropout_p, is_causal, enable_gqa)
         if reason is None:
             step, num_steps = self.runtime.step()
             state = self.runtime.state
@@ -216,6 +213,7 @@ class AttnplugProcessor:
                 return out
             reason = "method handed the call back"
         stats["dense"] += 1
+        stats[f"dense: {reason}"] += 1
         if reason == "attention mask given":
             log_once(logger, logging.WARNING, f"{type(self.method).__name__} does not take attention masks: "
                      "calls with a mask run dense attention.")
