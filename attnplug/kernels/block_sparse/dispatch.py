@@ -1,0 +1,187 @@
+"""Public entry point: validation, backend choice (logged once at debug) and statistics."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
+from .masks import NeighborhoodMask
+from .reference import block_sparse_reference
+from .torch import block_sparse_torch
+
+__all__ = ["BACKENDS", "block_sparse_attention", "choose_backend"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_logged: set[tuple[str, str]] = set()
+
+
+def _log_once(backend: str, reason: str) -> None:
+    if (backend, reason) not in _logged:
+        _logged.add((backend, reason))
+        logger.debug("block_sparse_attention: backend %r (%s)", backend, reason)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the install
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _validate_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, N, D), got shape {tuple(x.shape)}.")
+        if x.dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"{name} has dtype {x.dtype}; accepted: float16, bfloat16, float32.")
+    if k.shape != v.shape:
+        raise ValueError(
+            f"k and v must have the same shape (B, H, N_k, D), got {tuple(k.shape)} and {tuple(v.shape)}."
+        )
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head dim (B, H, *, D)."
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}.")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}.")
+    if q.shape[2] == 0 or k.shape[2] == 0 or q.shape[3] == 0:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must have at least one token and one channel.")
+
+
+def choose_backend(backend: str, q: Tensor) -> tuple[str, str]:
+    """Resolves ``backend`` for inputs on ``q.device``; returns ``(name, reason)``.
+
+    ``auto``: ``triton`` on CUDA when Triton imports, else ``torch``. Forcing ``triton`` needs a CUDA device or
+    ``TRITON_INTERPRET=1`` (the interpreter runs on CPU tensors); otherwise ValueError.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "auto":
+        if q.device.type == "cuda":
+            err = _triton_import_error()
+            if err is None:
+                return "triton", "auto: CUDA tensors and Triton available"
+            return "torch", f"auto: CUDA tensors but Triton unavailable ({err})"
+        return "torch", f"auto: {q.device.type} tensors"
+    if backend == "triton":
+        err = _triton_import_error()
+        if err is not None:
+            raise ValueError(f"backend='triton' needs the triton package, which failed to import ({err}).")
+        if q.device.type != "cuda" and not _interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors, got tensors on {q.device}; set TRITON_INTERPRET=1 before "
+                "importing triton to run the kernel in the (slow) interpreter, or use backend='torch'."
+            )
+        return "triton", "forced" + (" (interpreter)" if q.device.type != "cuda" else "")
+    return backend, "forced"
+
+
+@functools.lru_cache(maxsize=32)
+def _neighborhood_lut(neighborhood: NeighborhoodMask, n_q: int, n_k: int, block_m: int, block_n: int,
+                      device: str) -> BlockLUT:
+    return neighborhood.block_lut(n_q, block_m, block_n, n_k=n_k, device=device)
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None = None, *,
+                           neighborhood: NeighborhoodMask | None = None, scale: float | None = None,
+                           threshold: float | None = None, backend: str = "auto", return_stats: bool = False):
+    """Attention restricted to the key blocks of ``lut`` and, if given, to the element mask ``neighborhood``.
+
+    Args:
+        q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; float16, bfloat16 or float32, one device.
+        lut: key blocks per query block, ``(B|1, H|1, ceil(N_q / block_m), *)``. None = all key blocks (with a
+            ``neighborhood``, its exact LUT with 128-token blocks is used instead: same result, less work).
+        neighborhood: element mask from token coordinates; tokens ``>= prod(grid)`` are global.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        threshold: if set (> 0, natural-log units), a listed key block is skipped when every query row of the block
+            has ``s_blk - m < -threshold`` (``s_blk``: the row max of the block's scaled scores, ``m``: the running
+            row max over the blocks before it in LUT order). Each skipped block adds less than
+            ``block_n * exp(-threshold)`` to a row's softmax mass (relative to its max weight 1), so the output of a
+            row with ``S`` skipped blocks moves by at most ``2 * max|v| * S * block_n * exp(-threshold)``.
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton``, ``torch`` or ``reference``.
+        return_stats: also return a dict with ``visited_blocks`` (LUT entries walked over all batches/heads/query
+            blocks), ``skipped_blocks`` (of those, skipped by ``threshold``), ``density`` (fraction of token pairs
+            in the LUT's blocks), ``backend``.
+
+    Returns:
+        ``out`` ``(B, H, N_q, D)`` in ``q.dtype`` (query rows with no allowed key are zero) [, stats].
+    """
+    _validate_inputs(q, k, v)
+    batch, heads, n_q, dim = q.shape
+    n_k = k.shape[2]
+    if lut is not None and not isinstance(lut, BlockLUT):
+        raise TypeError(f"lut must be a BlockLUT or None, got {type(lut).__name__}.")
+    if neighborhood is not None:
+        if not isinstance(neighborhood, NeighborhoodMask):
+            raise TypeError(f"neighborhood must be a NeighborhoodMask or None, got {type(neighborhood).__name__}.")
+        neighborhood.check_tokens(n_q, "N_q")
+        neighborhood.check_tokens(n_k, "N_k")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
+                                      and threshold > 0):
+        raise ValueError(f"threshold must be a finite number > 0 (natural-log units) or None, got {threshold!r}.")
+    if scale is None:
+        scale = 1.0 / math.sqrt(dim)
+    elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite float or None, got {scale!r}.")
+    name, reason = choose_backend(backend, q)
+    _log_once(name, reason)
+
+    if lut is not None:
+        lut.validate(batch, heads, n_q, n_k)
+    if name == "reference":
+        out, st = block_sparse_reference(q, k, v, lut, neighborhood=neighborhood, scale=scale, threshold=threshold,
+                                         return_stats=True)
+        out = out.to(q.dtype)
+        skipped = st["skipped_blocks"]
+        if lut is None:
+            lut = BlockLUT.full(n_q, n_k, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, device=q.device)
+    else:
+        if lut is None and neighborhood is not None:
+            lut = _neighborhood_lut(neighborhood, n_q, n_k, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, str(q.device))
+        if lut is None and threshold is None and name == "torch":
+            _log_once("torch", "no LUT, no neighbourhood: dense SDPA fast path")
+            out, skipped = F.scaled_dot_product_attention(q, k, v, scale=scale), 0
+            lut = None
+        else:
+            if lut is None:
+                lut = BlockLUT.full(n_q, n_k, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, device=q.device)
+            if name == "triton":
+                from .triton import block_sparse_triton
+
+                out, skip_counts = block_sparse_triton(q, k, v, lut.to(q.device), neighborhood=neighborhood,
+                                                       scale=scale, threshold=threshold)
+                skipped = skip_counts if return_stats else 0
+            else:
+                out, skipped = block_sparse_torch(q, k, v, lut.to("cpu"), neighborhood=neighborhood, scale=scale,
+                                                  threshold=threshold)
+    if not return_stats:
+        return out
+    if lut is None:
+        visited, density = batch * heads * math.ceil(n_q / DEFAULT_BLOCK_M) * math.ceil(n_k / DEFAULT_BLOCK_N), 1.0
+    else:
+        visited = int(lut.counts.expand(batch, heads, -1).sum())
+        density = lut.density(n_q, n_k)
+    if isinstance(skipped, Tensor):
+        skipped = int(skipped.sum())
+    stats = {"visited_blocks": visited, "skipped_blocks": int(skipped), "density": density, "backend": name}
+    return out, stats
