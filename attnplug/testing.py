@@ -179,3 +179,96 @@ def forward(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs, return_dict=False)
     return out[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tiny full pipelines (random weights, local tokenizer): one per family group.
+
+PIPELINE_NAMES = ("sd", "pixart", "wan")
+
+
+def tiny_tokenizer(directory: str):
+    """A byte-level ``CLIPTokenizer`` written to ``directory`` (514 tokens; no download)."""
+    import json
+    import os
+
+    from transformers import CLIPTokenizer
+
+    # GPT-2's reversible byte -> printable-unicode map, so every byte is one vocabulary symbol.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(directory, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(
+        os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"), model_max_length=77
+    )
+
+
+def tiny_pipeline(name: str, tmpdir: str, seed: int = 0):
+    """A tiny random-weight diffusers pipeline: ``"sd"`` (StableDiffusionPipeline, U-Net), ``"pixart"``
+    (PixArtAlphaPipeline, image DiT) or ``"wan"`` (WanPipeline, video DiT). ``tmpdir`` holds the tokenizer files."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    if name not in PIPELINE_NAMES:
+        raise ValueError(f"Unknown tiny pipeline {name!r}; choose one of {', '.join(PIPELINE_NAMES)}.")
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(tmpdir)
+    if name == "sd":
+        unet, _ = _unet(8, 8, 1, 1, 1)
+        vae = diffusers.AutoencoderKL(
+            block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=514, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+        ))
+        return diffusers.StableDiffusionPipeline(
+            unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+            scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    if name == "pixart":
+        transformer, _ = _pixart(8, 8, 1, 1, 1)
+        vae = diffusers.AutoencoderKL(
+            block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        )
+        text_encoder = T5EncoderModel(T5Config(
+            vocab_size=514, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, pad_token_id=513,
+            eos_token_id=513, decoder_start_token_id=513,
+        ))
+        return diffusers.PixArtAlphaPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
+            scheduler=diffusers.DPMSolverMultistepScheduler(),
+        )
+    transformer, _ = _wan(8, 8, 1, 1, 1)
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=514, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, pad_token_id=513,
+        eos_token_id=513, decoder_start_token_id=513,
+    ))
+    return diffusers.WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
