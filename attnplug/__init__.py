@@ -2,7 +2,7 @@
 
 from .config import MethodConfig, Schedule
 from .layout import FAMILIES, TokenLayout
-from .methods import AttentionMethod, CallInfo, DenseConfig, DenseMethod
+from .methods import AgentConfig, AgentMethod, AgentProcessor, AttentionMethod, CallInfo, DenseConfig, DenseMethod
 from .plugin import applied, apply, remove, reset_stats, stats
 from .processors import AttnplugProcessor
 
@@ -10,6 +10,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES",
+    "AgentConfig",
+    "AgentMethod",
+    "AgentProcessor",
     "AttentionMethod",
     "AttnplugProcessor",
     "CallInfo",

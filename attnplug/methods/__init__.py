@@ -1,6 +1,17 @@
 """Attention methods: ``out = method(q, k, v, layout, mask, info)`` on ``(B, H, N, D)`` tensors."""
 
+from .agent import AgentConfig, AgentMethod, AgentProcessor, agent_attention
 from .base import AttentionMethod, CallInfo
 from .dense import DenseConfig, DenseMethod, dense_attention
 
-__all__ = ["AttentionMethod", "CallInfo", "DenseConfig", "DenseMethod", "dense_attention"]
+__all__ = [
+    "AgentConfig",
+    "AgentMethod",
+    "AgentProcessor",
+    "AttentionMethod",
+    "CallInfo",
+    "DenseConfig",
+    "DenseMethod",
+    "agent_attention",
+    "dense_attention",
+]
