@@ -77,7 +77,9 @@ class Schedule:
             if not isinstance(self.layers, Sequence) or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in self.layers
             ):
-                raise ValueError(f"Schedule.layers must be a sequence of ints, a regex string or None, got {self.layers!r}.")
+                raise ValueError(
+                    f"Schedule.layers must be a sequence of ints, a regex string or None, got {self.layers!r}."
+                )
             object.__setattr__(self, "layers", tuple(self.layers))
 
     def select_layers(self, names: Sequence[str]) -> list[bool]:

@@ -114,7 +114,7 @@ class TokenLayout:
         return cls(1, side, side)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Per-family table: how the token grid follows from the denoiser's input, and where text sits in joint attention.
 
 
@@ -274,7 +274,9 @@ class LayoutState:
         if any(part in module_name for part in fam.temporal_modules):
             if n == f:
                 return TokenLayout(f, 1, 1)
-            raise ValueError(f"Temporal attention module {module_name!r} got {n} tokens but the latent has {f} frames.")
+            raise ValueError(
+                f"Temporal attention module {module_name!r} got {n} tokens but the latent has {f} frames."
+            )
         frames = 1 if fam.frames_in_batch else f
         candidates = [(frames, hh, ww) for hh, ww in zip(_halvings(h), _halvings(w))] if fam.multiscale else [
             (frames, h, w)

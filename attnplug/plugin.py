@@ -1,4 +1,4 @@
-"""``apply`` / ``remove`` / ``applied``: put attnplug's wrapping processors on a pipeline's denoiser and take them off."""
+"""``apply`` / ``remove`` / ``applied``: put attnplug's wrapping processors on a denoiser and take them off."""
 
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ def _pixart(height: int, width: int, frames: int, text: int, batch: int):
     )
     inputs = dict(
         hidden_states=torch.randn(batch, 4, height, width), timestep=torch.tensor([500] * batch),
-        encoder_hidden_states=torch.randn(batch, text, 16), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+        encoder_hidden_states=torch.randn(batch, text, 16),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
     )
     return model, inputs
 
@@ -181,7 +182,7 @@ def forward(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     return out[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Tiny full pipelines (random weights, local tokenizer): one per family group.
 
 PIPELINE_NAMES = ("sd", "pixart", "wan")
@@ -241,8 +242,8 @@ def tiny_pipeline(name: str, tmpdir: str, seed: int = 0):
         ))
         return diffusers.StableDiffusionPipeline(
             unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
-            scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
+            scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
         )
     if name == "pixart":
         transformer, _ = _pixart(8, 8, 1, 1, 1)

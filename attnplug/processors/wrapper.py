@@ -128,7 +128,8 @@ class AttnplugProcessor:
         return getattr(stock, item)
 
     def __repr__(self) -> str:
-        return f"AttnplugProcessor({type(self.method).__name__}, stock={type(self.stock).__name__}, name={self.name!r})"
+        method, stock = type(self.method).__name__, type(self.stock).__name__
+        return f"AttnplugProcessor({method}, stock={stock}, name={self.name!r})"
 
     def _stock_for(self, attn):
         if self.stock is not None:
