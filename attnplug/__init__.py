@@ -2,7 +2,18 @@
 
 from .config import MethodConfig, Schedule
 from .layout import FAMILIES, TokenLayout
-from .methods import AgentConfig, AgentMethod, AgentProcessor, AttentionMethod, CallInfo, DenseConfig, DenseMethod
+from .methods import (
+    AgentConfig,
+    AgentMethod,
+    AgentProcessor,
+    AttentionMethod,
+    CallInfo,
+    DenseConfig,
+    DenseMethod,
+    SparseVideoConfig,
+    SparseVideoMethod,
+    SparseVideoProcessor,
+)
 from .plugin import applied, apply, remove, reset_stats, stats
 from .processors import AttnplugProcessor
 
@@ -20,6 +31,9 @@ __all__ = [
     "DenseMethod",
     "MethodConfig",
     "Schedule",
+    "SparseVideoConfig",
+    "SparseVideoMethod",
+    "SparseVideoProcessor",
     "TokenLayout",
     "__version__",
     "applied",

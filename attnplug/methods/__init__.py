@@ -3,6 +3,7 @@
 from .agent import AgentConfig, AgentMethod, AgentProcessor, agent_attention
 from .base import AttentionMethod, CallInfo
 from .dense import DenseConfig, DenseMethod, dense_attention
+from .sparse_video import SparseVideoConfig, SparseVideoMethod, SparseVideoProcessor
 
 __all__ = [
     "AgentConfig",
@@ -12,6 +13,9 @@ __all__ = [
     "CallInfo",
     "DenseConfig",
     "DenseMethod",
+    "SparseVideoConfig",
+    "SparseVideoMethod",
+    "SparseVideoProcessor",
     "agent_attention",
     "dense_attention",
 ]
