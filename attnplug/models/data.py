@@ -1,0 +1,163 @@
+"""Synthetic, seeded training data: one coloured shape on a plain black background.
+
+Images are float tensors in ``[-1, 1]`` with layout ``(B, 3, H, W)``; videos are ``(B, 3, F, H, W)`` (the layout
+diffusers' video transformers take). Everything is generated on the fly from a ``torch.Generator`` so a training run
+is reproducible from its seed alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Colour name -> RGB in ``[0, 1]``. The detector classifies colours against this same palette.
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.15, 0.35, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "magenta": (1.0, 0.0, 1.0),
+}
+COLORS: tuple[str, ...] = tuple(PALETTE)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "right": (1.0, 0.0), "left": (-1.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0),
+}
+BACKGROUND: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+#: Every word a prompt may contain (the tokenizer vocabulary is built from this list).
+WORDS: tuple[str, ...] = (*COLORS, *SHAPES, "moving", *DIRECTIONS, "a")
+
+
+def image_prompt(color: str, shape: str) -> str:
+    """Prompt for an image of one ``color`` ``shape``, e.g. ``"red circle"``."""
+    return f"{color} {shape}"
+
+
+def video_prompt(color: str, shape: str, direction: str) -> str:
+    """Prompt for a video of one shape moving in ``direction``, e.g. ``"red circle moving right"``."""
+    return f"{color} {shape} moving {direction}"
+
+
+def shape_mask(shape: str, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor, height: int, width: int,
+               supersample: int = 4) -> torch.Tensor:
+    """Anti-aliased coverage mask of one shape per batch element.
+
+    Args:
+        shape: one of :data:`SHAPES`.
+        cx, cy, r: ``(B,)`` centre (pixels, x to the right, y down) and half-size (pixels).
+        height, width: output size in pixels.
+        supersample: sub-pixel samples per axis for anti-aliasing.
+
+    Returns:
+        ``(B, H, W)`` coverage in ``[0, 1]``.
+    """
+    s = supersample
+    ys = (torch.arange(height * s, dtype=torch.float32) + 0.5) / s
+    xs = (torch.arange(width * s, dtype=torch.float32) + 0.5) / s
+    y = ys.view(1, -1, 1)
+    x = xs.view(1, 1, -1)
+    cx, cy, r = cx.view(-1, 1, 1), cy.view(-1, 1, 1), r.view(-1, 1, 1)
+    if shape == "circle":
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= r**2
+    elif shape == "square":
+        half = r * 0.85  # same visual area scale as the circle
+        inside = ((x - cx).abs() <= half) & ((y - cy).abs() <= half)
+    elif shape == "triangle":
+        # Apex up; base at cy + r; the apex at cy - r; half-width at the base r * 1.15.
+        top, bottom, half_base = cy - r, cy + r, r * 1.15
+        frac = (y - top) / (bottom - top)
+        inside = (y >= top) & (y <= bottom) & ((x - cx).abs() <= frac * half_base)
+    else:
+        raise ValueError(f"shape={shape!r} is not a known shape; expected one of {SHAPES}.")
+    inside = inside.float().view(-1, height, s, width, s)
+    return inside.mean(dim=(2, 4))
+
+
+def _render(shape_ids: torch.Tensor, color_ids: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor,
+            height: int, width: int) -> torch.Tensor:
+    """Render ``(B, 3, H, W)`` images in ``[0, 1]`` for per-element shapes/colours/positions."""
+    b = shape_ids.shape[0]
+    cover = torch.zeros(b, height, width)
+    for i, shape in enumerate(SHAPES):
+        sel = shape_ids == i
+        if sel.any():
+            cover[sel] = shape_mask(shape, cx[sel], cy[sel], r[sel], height, width)
+    rgb = torch.tensor([PALETTE[c] for c in COLORS])[color_ids]  # (B, 3)
+    bg = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
+    cover = cover.unsqueeze(1)
+    return bg * (1 - cover) + rgb.view(b, 3, 1, 1) * cover
+
+
+def sample_images(batch: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """Random shape images and their prompts.
+
+    Args:
+        batch: number of images ``B``.
+        size: side ``S`` in pixels (square images).
+        generator: CPU ``torch.Generator`` (the only source of randomness).
+
+    Returns:
+        ``(images, prompts)``: images ``(B, 3, S, S)`` in ``[-1, 1]``, prompts a list of ``B`` strings.
+    """
+    shape_ids = torch.randint(len(SHAPES), (batch,), generator=generator)
+    color_ids = torch.randint(len(COLORS), (batch,), generator=generator)
+    r = size * (0.12 + 0.14 * torch.rand(batch, generator=generator))  # half-size 12%..26% of the side
+    margin = r + 1.0
+    cx = margin + (size - 2 * margin) * torch.rand(batch, generator=generator)
+    cy = margin + (size - 2 * margin) * torch.rand(batch, generator=generator)
+    images = _render(shape_ids, color_ids, cx, cy, r, size, size) * 2 - 1
+    prompts = [image_prompt(COLORS[c], SHAPES[s]) for s, c in zip(shape_ids.tolist(), color_ids.tolist())]
+    return images, prompts
+
+
+def sample_videos(batch: int, size: int, frames: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """Random videos of one shape moving with constant velocity, and their prompts.
+
+    Args:
+        batch: number of videos ``B``.
+        size: frame side ``S`` in pixels.
+        frames: number of frames ``F``.
+        generator: CPU ``torch.Generator``.
+
+    Returns:
+        ``(videos, prompts)``: videos ``(B, 3, F, S, S)`` in ``[-1, 1]``; prompts like ``"red circle moving right"``.
+    """
+    shape_ids = torch.randint(len(SHAPES), (batch,), generator=generator)
+    color_ids = torch.randint(len(COLORS), (batch,), generator=generator)
+    dir_ids = torch.randint(len(DIRECTIONS), (batch,), generator=generator)
+    r = size * (0.12 + 0.08 * torch.rand(batch, generator=generator))
+    speed = size * (0.035 + 0.02 * torch.rand(batch, generator=generator))  # pixels per frame
+    dirs = torch.tensor(list(DIRECTIONS.values()))[dir_ids]  # (B, 2)
+    travel = speed * (frames - 1)
+    margin = r + 1.0
+    # start so that the whole path stays inside the frame
+    lo_x = margin + torch.clamp(-dirs[:, 0], min=0) * travel
+    hi_x = size - margin - torch.clamp(dirs[:, 0], min=0) * travel
+    lo_y = margin + torch.clamp(-dirs[:, 1], min=0) * travel
+    hi_y = size - margin - torch.clamp(dirs[:, 1], min=0) * travel
+    x0 = lo_x + (hi_x - lo_x).clamp(min=0) * torch.rand(batch, generator=generator)
+    y0 = lo_y + (hi_y - lo_y).clamp(min=0) * torch.rand(batch, generator=generator)
+    video = torch.empty(batch, 3, frames, size, size)
+    for f in range(frames):
+        cx = x0 + dirs[:, 0] * speed * f
+        cy = y0 + dirs[:, 1] * speed * f
+        video[:, :, f] = _render(shape_ids, color_ids, cx, cy, r, size, size) * 2 - 1
+    names = list(DIRECTIONS)
+    prompts = [
+        video_prompt(COLORS[c], SHAPES[s], names[d])
+        for s, c, d in zip(shape_ids.tolist(), color_ids.tolist(), dir_ids.tolist())
+    ]
+    return video, prompts
+
+
+def all_image_prompts() -> list[str]:
+    """Every image prompt the models were trained on (colour x shape)."""
+    return [image_prompt(c, s) for c in COLORS for s in SHAPES]
+
+
+def expected_speed_range(size: int) -> tuple[float, float]:
+    """Range of per-frame speeds (pixels) used by :func:`sample_videos` for frame side ``size``."""
+    return size * 0.035, size * 0.055
+
+

@@ -1,0 +1,211 @@
+"""Train one embedded model on synthetic shape data: ``python -m attnplug.models.train <name>``.
+
+Rectified-flow objective (``x_t = (1 - s) x0 + s noise``, target ``noise - x0``, timestep ``1000 s``), matching
+diffusers' ``FlowMatchEulerDiscreteScheduler`` used for sampling. The tiny CLIP text encoder is trained jointly; 10%
+of prompts are dropped to ``""`` so classifier-free guidance works. Everything is seeded from ``config["train"]``;
+the run writes EMA weights to ``<model dir>/model.safetensors`` every ``checkpoint_every`` steps (so a cut-off run
+still leaves usable weights), the loss curve to ``loss.json`` / ``loss.png`` and a sample grid to ``samples.png``.
+
+``--minutes`` caps the wall time (the step count reached is recorded in ``train_log.json``; rerunning with
+``--steps`` equal to that count and no time cap reproduces the run, up to floating-point thread nondeterminism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from . import data
+from .build import build_denoiser, build_text_encoder, denoiser_forward, read_config
+from .text import build_vocab, encode, make_tokenizer
+
+logger = logging.getLogger(__name__)
+MODELS_DIR = Path(__file__).resolve().parent
+
+
+def _batch(cfg: dict, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    sample = cfg["sample"]
+    if cfg["family"] == "video":
+        return data.sample_videos(batch, sample["height"], sample["num_frames"], gen)
+    return data.sample_images(batch, sample["height"], gen)
+
+
+def save_weights(path: Path, text_encoder: torch.nn.Module, denoiser: torch.nn.Module, metadata: dict) -> None:
+    """Write ``text_encoder.*`` and ``denoiser.*`` tensors to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for prefix, module in (("text_encoder.", text_encoder), ("denoiser.", denoiser)):
+        for k, v in module.state_dict().items():
+            tensors[prefix + k] = v.detach().to(torch.float32).clone().contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    tmp.replace(path)
+
+
+def plot_loss(losses: list[tuple[int, float]], path: Path, title: str) -> None:
+    """Save the loss curve (step, loss) as a small PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 2.6), dpi=80)
+    ax.plot([s for s, _ in losses], [v for _, v in losses], lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("velocity MSE")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(name: str, steps: int | None = None, minutes: float | None = None, out_dir: Path | None = None,
+          resume: bool = False) -> dict:
+    """Train model ``name`` (a folder under ``attnplug/models``) and return its training log.
+
+    ``resume`` continues from the saved EMA weights (raw and EMA weights both start from them, a fresh optimizer
+    with a new warm-up), appending to the recorded loss curve and step count; ``steps`` then counts the new steps.
+    """
+    model_dir = MODELS_DIR / name
+    cfg = read_config(model_dir / "config.json")
+    out_dir = Path(out_dir) if out_dir is not None else model_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.resolve() != model_dir.resolve():
+        (out_dir / "config.json").write_text((model_dir / "config.json").read_text())
+    tcfg = cfg["train"]
+    steps = int(steps if steps is not None else tcfg["steps"])
+    seed = int(tcfg["seed"])
+
+    torch.manual_seed(seed)
+    vocab = build_vocab(data.WORDS)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
+    tokenizer = make_tokenizer(vocab, cfg["max_length"])
+    text_encoder = build_text_encoder(cfg)
+    denoiser = build_denoiser(cfg)
+    params = list(text_encoder.parameters()) + list(denoiser.parameters())
+    ema_te, ema_dn = build_text_encoder(cfg), build_denoiser(cfg)
+    ema_te.load_state_dict(text_encoder.state_dict())
+    ema_dn.load_state_dict(denoiser.state_dict())
+    ema_params = list(ema_te.parameters()) + list(ema_dn.parameters())
+    for p in ema_params:
+        p.requires_grad_(False)
+    n_params = sum(p.numel() for p in params)
+    logger.info("%s: %d parameters (%d denoiser)", name, n_params, sum(p.numel() for p in denoiser.parameters()))
+
+    opt = torch.optim.AdamW(params, lr=tcfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    data_gen = torch.Generator().manual_seed(seed + 1)
+    noise_gen = torch.Generator().manual_seed(seed + 2)
+    batch = int(tcfg["batch_size"])
+    losses: list[tuple[int, float]] = []
+    running, count = 0.0, 0
+    start = time.time()
+    step = 0
+    log = {}
+    previous_seconds = 0.0
+    if resume:
+        from .loader import load_weights
+
+        load_weights(out_dir / "model.safetensors", {"text_encoder": text_encoder, "denoiser": denoiser})
+        ema_te.load_state_dict(text_encoder.state_dict())
+        ema_dn.load_state_dict(denoiser.state_dict())
+        old = json.loads((out_dir / "loss.json").read_text())
+        losses = list(zip(old["step"], old["loss"]))
+        prev_log = json.loads((out_dir / "train_log.json").read_text())
+        step = int(prev_log["steps"])
+        previous_seconds = float(prev_log["wall_seconds"])
+        steps += step
+        data_gen.manual_seed(seed + 1 + step)
+        noise_gen.manual_seed(seed + 2 + step)
+        logger.info("resuming %s at step %d", name, step)
+    first_step = step
+
+    def checkpoint(final: bool) -> None:
+        nonlocal log
+        log = {
+            "name": name, "seed": seed, "steps": step, "batch_size": batch, "lr": tcfg["lr"],
+            "parameters": n_params, "wall_seconds": round(previous_seconds + time.time() - start, 1),
+            "resumed_at": first_step or None,
+            "final_loss": losses[-1][1] if losses else None, "finished": final,
+            "torch_threads": torch.get_num_threads(),
+        }
+        save_weights(out_dir / "model.safetensors", ema_te, ema_dn, {"steps": step, "seed": seed, "name": name})
+        (out_dir / "loss.json").write_text(json.dumps({"step": [s for s, _ in losses],
+                                                       "loss": [v for _, v in losses]}) + "\n")
+        (out_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+
+    text_encoder.train()
+    denoiser.train()
+    while step < steps:
+        if minutes is not None and time.time() - start > minutes * 60:
+            logger.info("time budget of %.1f min reached at step %d", minutes, step)
+            break
+        x0, prompts = _batch(cfg, batch, data_gen)
+        drop = torch.rand(batch, generator=data_gen) < tcfg["cond_dropout"]
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        ids = encode(tokenizer, prompts, cfg["max_length"])
+        sigma = torch.rand(batch, generator=noise_gen)
+        noise = torch.randn(x0.shape, generator=noise_gen)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        xt = (1 - s) * x0 + s * noise
+        text = text_encoder(ids).last_hidden_state
+        pred = denoiser_forward(denoiser, cfg["family"], xt, sigma * 1000, text)
+        loss = torch.nn.functional.mse_loss(pred.float(), noise - x0)
+        lr = tcfg["lr"] * min(1.0, (step - first_step + 1) / tcfg["warmup"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(tcfg["ema_decay"], (1 + step - first_step) / (10 + step - first_step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        step += 1
+        running += loss.item()
+        count += 1
+        if step % 25 == 0:
+            losses.append((step, running / count))
+            logger.info("%s step %d loss %.4f lr %.2e %.1fs", name, step, running / count, lr, time.time() - start)
+            running, count = 0.0, 0
+            if not math.isfinite(losses[-1][1]):
+                raise RuntimeError(f"{name}: loss is not finite at step {step}.")
+        if step % tcfg["checkpoint_every"] == 0:
+            checkpoint(final=False)
+    checkpoint(final=True)
+    plot_loss(losses, out_dir / "loss.png", f"{name}: {step} steps, batch {batch}")
+    return log
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="model folder under attnplug/models, e.g. shapes-unet")
+    parser.add_argument("--steps", type=int, default=None, help="override config train.steps")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-time cap")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="write here instead of the package folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the saved weights")
+    parser.add_argument("--samples-only", action="store_true", help="only redraw samples.png and loss.png")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if not args.samples_only:
+        train(args.name, steps=args.steps, minutes=args.minutes, out_dir=args.out_dir, resume=args.resume)
+    try:
+        from .grid import save_sample_grid
+
+        save_sample_grid(args.out_dir or args.name, (args.out_dir or MODELS_DIR / args.name) / "samples.png")
+    except Exception:  # the weights are already saved; a failed grid must not lose the run
+        logger.exception("could not draw the sample grid for %s", args.name)
+
+
+if __name__ == "__main__":
+    main()
