@@ -307,7 +307,8 @@ def agent_attention(
 ) -> torch.Tensor:
     """Agent attention of image queries ``q (B, H, N, D)`` over image keys/values ``k, v (B, H, N, D)`` through
     ``agents (B, H, n, D)`` -> ``(B, H, N, D)``:
-    ``softmax(q agents^T * broadcast_scale) softmax(agents k^T * gather_scale) v + value_shortcut * v``.
+    ``softmax(q agents^T * broadcast_scale) softmax(agents k^T * gather_scale) v + value_shortcut * v``, the value
+    shortcut pairing query ``i`` with value ``i``.
 
     ``key_bias`` (broadcastable to ``(B, H, 1, N)``, additive, ``-inf`` = masked) masks image keys. ``text_k, text_v
     (B, H, T, D)`` are keys attended exactly (scale ``text_scale``, bias ``text_bias`` broadcastable to
@@ -331,16 +332,18 @@ def agent_attention(
     tk, tv = text_k.to(dtype), text_v.to(dtype)
     for s in range(0, q.shape[-2], chunk_size):
         qc = q[:, :, s:s + chunk_size].to(dtype)
-        la = (qc @ agents.to(dtype).transpose(-1, -2)) * broadcast_scale  # (B, H, C, n)
-        la = la.log_softmax(dim=-1) + agent_lse.unsqueeze(-2)  # log(P_ia * Z_a)
+        log_p = ((qc @ agents.to(dtype).transpose(-1, -2)) * broadcast_scale).log_softmax(dim=-1)  # (B, H, C, n)
+        oc = log_p.exp() @ agent_v  # agent read-out
+        if shortcut is not None:
+            oc = oc + shortcut[:, :, s:s + chunk_size].to(dtype)
+        log_z = (log_p + agent_lse.unsqueeze(-2)).logsumexp(dim=-1, keepdim=True)  # image mass, broadcast
         lt = (qc @ tk.transpose(-1, -2)) * text_scale  # (B, H, C, T)
         if text_bias is not None:
             lt = lt + text_bias.to(dtype)
-        p = torch.cat([la, lt], dim=-1).softmax(dim=-1)
-        n_agents = la.shape[-1]
-        oc = p[..., :n_agents] @ agent_v + p[..., n_agents:] @ tv
-        if shortcut is not None:
-            oc = oc + p[..., :n_agents].sum(-1, keepdim=True) * shortcut[:, :, s:s + chunk_size].to(dtype)
+        log_t = lt.logsumexp(dim=-1, keepdim=True)  # exact text mass (-inf when every text key is masked)
+        text_out = (lt - torch.where(torch.isfinite(log_t), log_t, 0.0)).exp() @ tv
+        w = torch.sigmoid(log_z - log_t)  # Z_i / (Z_i + T_i)
+        oc = w * oc + (1 - w) * text_out
         out[:, :, s:s + chunk_size] = oc.to(q.dtype)
     return out
 
