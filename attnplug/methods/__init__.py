@@ -3,6 +3,7 @@
 from .agent import AgentConfig, AgentMethod, AgentProcessor, agent_attention
 from .base import AttentionMethod, CallInfo
 from .dense import DenseConfig, DenseMethod, dense_attention
+from .neighborhood import NeighborhoodConfig, NeighborhoodMethod, NeighborhoodProcessor, neighborhood_attention
 from .sparse_video import SparseVideoConfig, SparseVideoMethod, SparseVideoProcessor
 
 __all__ = [
@@ -13,9 +14,13 @@ __all__ = [
     "CallInfo",
     "DenseConfig",
     "DenseMethod",
+    "NeighborhoodConfig",
+    "NeighborhoodMethod",
+    "NeighborhoodProcessor",
     "SparseVideoConfig",
     "SparseVideoMethod",
     "SparseVideoProcessor",
     "agent_attention",
     "dense_attention",
+    "neighborhood_attention",
 ]
