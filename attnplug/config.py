@@ -142,3 +142,30 @@ class Schedule:
                 )
             return step < round(u * num_steps)
         return step < u
+
+
+def method_configs() -> dict[str, type[MethodConfig]]:
+    """All registered method config classes by ``name`` (every :class:`MethodConfig` subclass with a name)."""
+    from . import methods  # noqa: F401 - importing registers the built-in methods
+
+    found: dict[str, type[MethodConfig]] = {}
+    stack = list(MethodConfig.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.name:
+            found.setdefault(cls.name, cls)
+    return dict(sorted(found.items()))
+
+
+def config_from_options(name: str, options: dict[str, Any] | None = None) -> MethodConfig:
+    """Build the config of method ``name`` from ``options`` (field -> value); clear errors for unknown names/fields."""
+    configs = method_configs()
+    if name not in configs:
+        raise ValueError(f"Unknown method {name!r}; choose one of {', '.join(configs)}.")
+    cls = configs[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options or {}) - fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {', '.join(sorted(fields))}.")
+    return cls(**(options or {}))
