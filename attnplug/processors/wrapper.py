@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import logging
 import types
@@ -17,6 +19,11 @@ from ..config import MethodConfig, Schedule
 from ..layout import LayoutState, TokenLayout
 from ..methods.base import AttentionMethod, CallInfo
 from .intercept import SDPAInterceptor
+
+try:  # diffusers >= 0.35: processors of newer families call dispatch_attention_fn
+    from diffusers.models.attention_dispatch import attention_backend as _attention_backend
+except ImportError:  # pragma: no cover - older diffusers call SDPA directly
+    _attention_backend = None
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,15 @@ def default_stock_processor(attn: torch.nn.Module):
     if getattr(attn, "context_pre_only", None) is not None:
         return JointAttnProcessor2_0()
     return AttnProcessor2_0()
+
+
+def _native_backend():
+    return _attention_backend("native") if _attention_backend is not None else contextlib.nullcontext()
+
+
+@functools.cache
+def _accepted_kwargs(processor_cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(processor_cls.__call__).parameters)
 
 
 def _signature_with_self(sig: inspect.Signature) -> inspect.Signature:
@@ -143,16 +159,14 @@ class AttnplugProcessor:
     def __call__(self, attn, hidden_states, *args, **kwargs):
         stock = self._stock_for(attn)
         if self.stock is None:
-            accepted = inspect.signature(stock.__call__).parameters
+            accepted = _accepted_kwargs(type(stock))
             kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
         interceptor = SDPAInterceptor(lambda **sdpa: self._attend(attn, **sdpa))
         backend = getattr(stock, "_attention_backend", None)
         if backend is not None:
             stock._attention_backend = None  # dispatch_attention_fn: use the active (native) backend below
         try:
-            from diffusers.models.attention_dispatch import attention_backend
-
-            with attention_backend("native"), interceptor:
+            with _native_backend(), interceptor:
                 out = stock(attn, hidden_states, *args, **kwargs)
         finally:
             if backend is not None:
