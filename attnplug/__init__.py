@@ -16,6 +16,9 @@ from .methods import (
     SparseVideoConfig,
     SparseVideoMethod,
     SparseVideoProcessor,
+    WindowConfig,
+    WindowMethod,
+    WindowProcessor,
 )
 from .plugin import applied, apply, remove, reset_stats, stats
 from .processors import AttnplugProcessor
@@ -41,6 +44,9 @@ __all__ = [
     "SparseVideoMethod",
     "SparseVideoProcessor",
     "TokenLayout",
+    "WindowConfig",
+    "WindowMethod",
+    "WindowProcessor",
     "__version__",
     "applied",
     "apply",

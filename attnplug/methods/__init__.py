@@ -5,6 +5,7 @@ from .base import AttentionMethod, CallInfo
 from .dense import DenseConfig, DenseMethod, dense_attention
 from .neighborhood import NeighborhoodConfig, NeighborhoodMethod, NeighborhoodProcessor, neighborhood_attention
 from .sparse_video import SparseVideoConfig, SparseVideoMethod, SparseVideoProcessor
+from .window import WindowConfig, WindowMethod, WindowProcessor, window_attention
 
 __all__ = [
     "AgentConfig",
@@ -20,7 +21,11 @@ __all__ = [
     "SparseVideoConfig",
     "SparseVideoMethod",
     "SparseVideoProcessor",
+    "WindowConfig",
+    "WindowMethod",
+    "WindowProcessor",
     "agent_attention",
     "dense_attention",
     "neighborhood_attention",
+    "window_attention",
 ]
