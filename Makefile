@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean test-min-diffusers
 
 $(BIN)/attnplug:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,3 +31,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) outputs
+
+# The family tests against the minimum supported diffusers (pyproject: diffusers>=0.35), without touching .venv.
+MIN_DIFFUSERS := 0.35.2
+test-min-diffusers: install
+	$(BIN)/python -m pip install -q --no-deps --target .min-diffusers "diffusers==$(MIN_DIFFUSERS)"
+	PYTHONPATH=.min-diffusers $(BIN)/python -m pytest -q -p no:cacheprovider tests/processors/test_families.py tests/processors/test_layout.py
