@@ -96,6 +96,11 @@ class SparseVideoConfig(MethodConfig):
     window: tuple[int, int, int] | None = help_field(
         None, "'tiles': window in tiles (frames, height, width); None = chosen from `density`."
     )
+    stride: tuple[int, int, int] = help_field(
+        (1, 1, 1),
+        "'tiles': GNA-style stride in tiles: query tiles of a stride group share their centre's window (a width "
+        "stride makes consecutive rows identical, which the CPU kernel attends in one call). Clipped to the window.",
+    )
     tile_fit: str = help_field(
         "error",
         "If the tile does not divide the token grid: 'error', or 'shrink' to the largest dividing tile per dimension.",
@@ -136,6 +141,7 @@ class SparseVideoConfig(MethodConfig):
         object.__setattr__(self, "tile", _int_triple("tile", self.tile))
         if self.window is not None:
             object.__setattr__(self, "window", _int_triple("window", self.window))
+        object.__setattr__(self, "stride", _int_triple("stride", self.stride))
         if self.tile_fit not in TILE_FITS:
             raise ValueError(f"SparseVideoConfig.tile_fit must be one of {TILE_FITS}, got {self.tile_fit!r}.")
         if not isinstance(self.num_sampled_rows, int) or self.num_sampled_rows < 1:
@@ -350,11 +356,12 @@ class SparseVideoMethod(AttentionMethod):
                 window = tuple(min(w, t) for w, t in zip(cfg.window, tiles))
             else:
                 window = tile_window_for_density(tiles, cfg.density, tile)
+            stride = tuple(min(s_, w) for s_, w in zip(cfg.stride, window))
             block = math.prod(tile)
             m = math.ceil(n / block)
             mask = torch.zeros(m, m, dtype=torch.bool)
             t = math.prod(tiles)
-            mask[:t, :t] = tile_block_mask(tiles, window)
+            mask[:t, :t] = tile_block_mask(tiles, window, stride=stride)
             mask = add_global_blocks(mask, n_img, n, block)
             image_perm = tile_permutation(layout.grid, tile)
             priority = None
@@ -363,7 +370,7 @@ class SparseVideoMethod(AttentionMethod):
                 priority = torch.full((m, m), -1e6)
                 priority[:t, :t] = -(c[:, None] - c[None, :]).abs().sum(-1).float()
             dense = all(w >= x for w, x in zip(window, tiles))
-            extra = {"tile": tile, "window": window, "tiles": tiles}
+            extra = {"tile": tile, "window": window, "stride": stride, "tiles": tiles}
         else:  # threshold: every block, visited nearest first
             image_perm, tile = self._order(layout, device="cpu")
             block = cfg.block_size
@@ -428,7 +435,7 @@ class SparseVideoMethod(AttentionMethod):
         token_masks = []
         for kd in kinds:
             pos = kd["inv"]  # position of each original token in the permuted order
-            token_masks.append(block_token_mask(kd["mask"], pos, block)[rows])
+            token_masks.append(block_token_mask(kd["mask"], pos, block, rows))
         choice, err = profile_heads(q, k, v, token_masks, rows, scale)
         heads = q.shape[1]
         temporal = int(choice.sum())

@@ -33,21 +33,27 @@ from attnplug.methods.patterns import (
 )
 
 
-def _clamped_window(a: int, length: int, w: int) -> range:
-    start = min(max(a - w // 2, 0), length - w)
+def _clamped_window(a: int, length: int, w: int, s: int = 1) -> range:
+    leader = min((a // s) * s + (s - 1) // 2, length - 1)
+    start = min(max(leader - w // 2, 0), length - w)
     return range(start, start + w)
 
 
 @pytest.mark.parametrize(
-    "grid,tile,window",
-    [((4, 6, 8), (2, 3, 2), (1, 1, 3)), ((3, 4, 4), (1, 2, 2), (3, 1, 2)), ((2, 4, 6), (1, 2, 3), (2, 2, 2))],
+    "grid,tile,window,stride",
+    [
+        ((4, 6, 8), (2, 3, 2), (1, 1, 3), (1, 1, 1)),
+        ((3, 4, 4), (1, 2, 2), (3, 1, 2), (1, 1, 1)),
+        ((2, 4, 6), (1, 2, 3), (2, 2, 2), (1, 1, 1)),
+        ((4, 6, 8), (1, 2, 2), (3, 3, 3), (2, 1, 3)),
+    ],
 )
-def test_tiles_lut_matches_brute_force(grid, tile, window):
+def test_tiles_lut_matches_brute_force(grid, tile, window, stride):
     tiles = tile_grid(grid, tile)
     perm = tile_permutation(grid, tile)
     pos = inverse_permutation(perm)
     block = math.prod(tile)
-    mask = tile_block_mask(tiles, window)
+    mask = tile_block_mask(tiles, window, stride=stride)
     # Each block is exactly one tile.
     f, h, w = grid
     coords = [(i // (h * w), (i // w) % h, i % w) for i in range(f * h * w)]
@@ -60,7 +66,7 @@ def test_tiles_lut_matches_brute_force(grid, tile, window):
     expect = torch.zeros(n, n, dtype=torch.bool)
     for qi, ki in itertools.product(range(n), range(n)):
         tq, tk = tile_of[qi], tile_of[ki]
-        expect[qi, ki] = all(tk[d] in _clamped_window(tq[d], tiles[d], window[d]) for d in range(3))
+        expect[qi, ki] = all(tk[d] in _clamped_window(tq[d], tiles[d], window[d], stride[d]) for d in range(3))
     assert torch.equal(token, expect)
     # Every query tile sees exactly prod(window) key tiles (inward windows).
     assert torch.all(mask.sum(-1) == math.prod(window))
@@ -83,6 +89,8 @@ def test_tile_window_for_density():
     assert 0.05 <= d <= 0.12
     with pytest.raises(ValueError, match="window"):
         tile_block_mask((2, 2, 2), (3, 1, 1))
+    with pytest.raises(ValueError, match="stride"):
+        tile_block_mask((2, 2, 2), (1, 1, 1), stride=(1, 2, 1))
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal"])

@@ -68,16 +68,18 @@ def inverse_permutation(perm: Tensor) -> Tensor:
     return inv
 
 
-def block_token_mask(block_mask: Tensor, position: Tensor, block: int) -> Tensor:
+def block_token_mask(block_mask: Tensor, position: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
     """Token-level mask ``(..., N, N)`` in *original* token order from a block mask in permuted order.
 
     Args:
         block_mask: bool ``(..., M, M)`` over the permuted sequence.
         position: ``(N,)`` position of each original token in the permuted sequence.
         block: tokens per block.
+        rows: optional ``(S,)`` original indices of the query rows wanted: the result is then ``(..., S, N)``.
     """
     b = position // block
-    return block_mask[..., b[:, None], b[None, :]]
+    bq = b if rows is None else b[rows]
+    return block_mask[..., bq[:, None], b[None, :]]
 
 
 def lut_from_block_mask(mask: Tensor, block: int, priority: Tensor | None = None):

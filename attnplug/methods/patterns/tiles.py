@@ -3,9 +3,12 @@
 Image tokens (row-major ``frames x height x width``) are permuted into *tile-major* order: the grid is cut into tiles
 of ``tile = (tf, th, tw)`` tokens and each tile becomes one contiguous block of ``tf * th * tw`` tokens. A query tile
 at tile coordinates ``(a, b, c)`` visits the key tiles inside a window of ``window = (wf, wh, ww)`` tiles around it,
-clamped inward at the borders (every query tile visits exactly ``wf * wh * ww`` key tiles, like NATTEN windows):
-per dimension of ``T`` tiles, ``start = clamp(a - w // 2, 0, T - w)`` and key tile coordinate ``a'`` is visited iff
-``start <= a' < start + w``.
+clamped inward at the borders (every query tile visits exactly ``wf * wh * ww`` key tiles, like NATTEN windows).
+With an optional ``stride`` (in tiles, GNA-style), consecutive query tiles of a stride group share the window of
+their group's centre. Per dimension of ``T`` tiles, query tile coordinate ``a``, window ``w`` and stride ``s``:
+``leader = min((a // s) * s + (s - 1) // 2, T - 1)``, ``start = clamp(leader - w // 2, 0, T - w)``, and key tile
+coordinate ``a'`` is visited iff ``start <= a' < start + w``. (Query tiles with identical rows that are consecutive
+in tile-major order, i.e. a width stride, are attended in one kernel call on the CPU path.)
 """
 
 from __future__ import annotations
@@ -61,25 +64,33 @@ def tile_permutation(grid: tuple[int, int, int], tile: tuple[int, int, int], dev
     return idx.permute(0, 2, 4, 1, 3, 5).reshape(-1)
 
 
-def _window_bounds(coord: Tensor, length: int, w: int) -> tuple[Tensor, Tensor]:
-    start = torch.clamp(coord - w // 2, min=0).clamp(max=length - w)
+def _window_bounds(coord: Tensor, length: int, w: int, s: int = 1) -> tuple[Tensor, Tensor]:
+    leader = torch.clamp((coord // s) * s + (s - 1) // 2, max=length - 1)
+    start = torch.clamp(leader - w // 2, min=0).clamp(max=length - w)
     return start, start + w
 
 
-def tile_block_mask(tiles: tuple[int, int, int], window: tuple[int, int, int], device=None) -> Tensor:
+def tile_block_mask(
+    tiles: tuple[int, int, int],
+    window: tuple[int, int, int],
+    device=None,
+    stride: tuple[int, int, int] = (1, 1, 1),
+) -> Tensor:
     """Bool ``(T, T)`` block mask over the tile-major sequence (``T = prod(tiles)``, one block per tile).
 
-    ``window`` entries must lie in ``[1, tiles[d]]``.
+    ``window`` entries must lie in ``[1, tiles[d]]``; ``stride`` entries in ``[1, window[d]]``.
     """
-    for name, t, w in zip(_DIMS, tiles, window):
+    for name, t, w, s in zip(_DIMS, tiles, window, stride):
         if not 1 <= w <= t:
             raise ValueError(f"window {tuple(window)}: the {name} window {w} must lie in [1, {t}] tiles.")
+        if not 1 <= s <= w:
+            raise ValueError(f"stride {tuple(stride)}: the {name} stride {s} must lie in [1, window {w}] tiles.")
     coords = torch.stack(
         torch.meshgrid(*(torch.arange(t, device=device) for t in tiles), indexing="ij"), -1
     ).view(-1, 3)
     mask = torch.ones(coords.shape[0], coords.shape[0], dtype=torch.bool, device=device)
     for d in range(3):
-        start, end = _window_bounds(coords[:, d], tiles[d], window[d])
+        start, end = _window_bounds(coords[:, d], tiles[d], window[d], stride[d])
         kd = coords[:, d]
         mask &= (kd[None, :] >= start[:, None]) & (kd[None, :] < end[:, None])
     return mask
