@@ -110,7 +110,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
     Args:
         q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; float16, bfloat16 or float32, one device.
         lut: key blocks per query block, ``(B|1, H|1, ceil(N_q / block_m), *)``. None = all key blocks (with a
-            ``neighborhood``, its exact LUT with 128-token blocks is used instead: same result, less work).
+            ``neighborhood``, its exact LUT with 128 x 64 blocks is used instead: same result, less work).
         neighborhood: element mask from token coordinates; tokens ``>= prod(grid)`` are global.
         scale: softmax scale, default ``1 / sqrt(D)``.
         threshold: if set (> 0, natural-log units), a listed key block is skipped when every query row of the block

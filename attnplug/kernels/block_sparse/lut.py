@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_BLOCK_M", "DEFAULT_BLOCK_N", "BlockLUT"]
 
 #: Block sizes used when a caller passes no LUT but needs one (threshold skipping, neighbourhood LUTs).
 DEFAULT_BLOCK_M = 128
-DEFAULT_BLOCK_N = 128
+DEFAULT_BLOCK_N = 64
 
 
 def _check_block_size(name: str, value: int) -> None:

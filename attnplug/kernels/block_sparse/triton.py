@@ -24,7 +24,7 @@ from torch import Tensor
 from .lut import BlockLUT
 from .masks import NeighborhoodMask
 
-__all__ = ["AUTOTUNE_CONFIGS", "block_sparse_triton", "kernel_config", "na_allowed_kernel"]
+__all__ = ["AUTOTUNE_CONFIGS", "block_sparse_triton", "kernel_config", "na_allowed_kernel", "warps_for"]
 
 _LOG2E = 1.4426950408889634
 _MAX_TILE = 128
@@ -32,11 +32,19 @@ _MAX_TILE = 128
 
 # ----------------------------------------------------------------------------------------------- mask device functions
 @triton.jit
-def _na_window(qc, length, kernel, dil, stride, CAUSAL: tl.constexpr):
-    """Per-dimension window ``(r, start, end)`` of query coordinates ``qc`` (any int32 tensor; see masks.py)."""
-    r = qc % dil
-    group_len = (length - r + dil - 1) // dil
-    a = qc // dil
+def _na_window(qc, length, kernel, dil, stride, CAUSAL: tl.constexpr, DIL: tl.constexpr):
+    """Per-dimension window ``(r, start, end)`` of query coordinates ``qc`` (any int32 tensor; see masks.py).
+
+    ``DIL=False`` specialises to dilation 1 (no integer division/modulo).
+    """
+    if DIL:
+        r = qc % dil
+        group_len = (length - r + dil - 1) // dil
+        a = qc // dil
+    else:
+        r = qc  # unused placeholder (no dilation groups)
+        group_len = length
+        a = qc
     leader = tl.minimum((a // stride) * stride + (stride - 1) // 2, group_len - 1)
     if CAUSAL:
         end = leader + 1
@@ -48,10 +56,14 @@ def _na_window(qc, length, kernel, dil, stride, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _na_in_window(kc, r, start, end, dil):
+def _na_in_window(kc, r, start, end, dil, DIL: tl.constexpr):
     """Is key coordinate ``kc`` inside the window ``(r, start, end)`` (broadcasting)?"""
-    kd = kc // dil
-    return ((kc % dil) == r) & (kd >= start) & (kd < end)
+    if DIL:
+        kd = kc // dil
+        ok = ((kc % dil) == r) & (kd >= start) & (kd < end)
+    else:
+        ok = (kc >= start) & (kc < end)
+    return ok
 
 
 @triton.jit
@@ -61,28 +73,29 @@ def _na_coords(idx, GH, GW):
 
 @triton.jit
 def _na_allowed(q_idx, k_idx, GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX,
-                CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr):
+                CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr, DIL: tl.constexpr):
     """The NATTEN/GNA element mask for broadcastable int32 token indices; tokens >= GF*GH*GW are global."""
     n_grid = GF * GH * GW
     qt, qy, qx = _na_coords(tl.minimum(q_idx, n_grid - 1), GH, GW)
     kt, ky, kx = _na_coords(tl.minimum(k_idx, n_grid - 1), GH, GW)
-    rt, s_t, e_t = _na_window(qt, GF, KT, DT, ST, CT)
-    ry, s_y, e_y = _na_window(qy, GH, KY, DY, SY, CY)
-    rx, s_x, e_x = _na_window(qx, GW, KX, DX, SX, CX)
-    ok = _na_in_window(kt, rt, s_t, e_t, DT) & _na_in_window(ky, ry, s_y, e_y, DY)
-    ok = ok & _na_in_window(kx, rx, s_x, e_x, DX)
+    rt, s_t, e_t = _na_window(qt, GF, KT, DT, ST, CT, DIL)
+    ry, s_y, e_y = _na_window(qy, GH, KY, DY, SY, CY, DIL)
+    rx, s_x, e_x = _na_window(qx, GW, KX, DX, SX, CX, DIL)
+    ok = _na_in_window(kt, rt, s_t, e_t, DT, DIL) & _na_in_window(ky, ry, s_y, e_y, DY, DIL)
+    ok = ok & _na_in_window(kx, rx, s_x, e_x, DX, DIL)
     return ok | (q_idx >= n_grid) | (k_idx >= n_grid)
 
 
 @triton.jit
 def na_allowed_kernel(Q_IDX, K_IDX, OUT, NQ, NK, GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX,
-                      CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
+                      CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr, DIL: tl.constexpr, BQ: tl.constexpr,
+                      BK: tl.constexpr):
     """Test helper: ``OUT[i, j] = allowed(Q_IDX[i], K_IDX[j])`` as int8, one (BQ, BK) tile per program."""
     offs_q = tl.program_id(0) * BQ + tl.arange(0, BQ)
     offs_k = tl.program_id(1) * BK + tl.arange(0, BK)
     qi = tl.load(Q_IDX + offs_q, mask=offs_q < NQ, other=0)
     ki = tl.load(K_IDX + offs_k, mask=offs_k < NK, other=0)
-    ok = _na_allowed(qi[:, None], ki[None, :], GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX, CT, CY, CX)
+    ok = _na_allowed(qi[:, None], ki[None, :], GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX, CT, CY, CX, DIL)
     tl.store(OUT + offs_q[:, None] * NK + offs_k[None, :], ok.to(tl.int8),
              mask=(offs_q[:, None] < NQ) & (offs_k[None, :] < NK))
 
@@ -102,7 +115,7 @@ def _bsa_fwd_kernel(
     GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LUT_BM: tl.constexpr, LUT_BN: tl.constexpr,
-    HAS_NA: tl.constexpr, CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr,
+    HAS_NA: tl.constexpr, CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr, DIL: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr, IEEE_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -114,7 +127,10 @@ def _bsa_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < N_Q
-    d_ok = offs_d < HEAD_DIM
+    if HEAD_DIM == D_PAD:  # constant-true channel mask keeps the loads vectorised
+        d_ok = tl.full([D_PAD], 1, tl.int1)
+    else:
+        d_ok = offs_d < HEAD_DIM
 
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
@@ -127,9 +143,9 @@ def _bsa_fwd_kernel(
         n_grid = GF * GH * GW
         q_glob = offs_m >= n_grid
         qt, qy, qx = _na_coords(tl.minimum(offs_m, n_grid - 1), GH, GW)
-        rt, s_t, e_t = _na_window(qt, GF, KT, DT, ST, CT)
-        ry, s_y, e_y = _na_window(qy, GH, KY, DY, SY, CY)
-        rx, s_x, e_x = _na_window(qx, GW, KX, DX, SX, CX)
+        rt, s_t, e_t = _na_window(qt, GF, KT, DT, ST, CT, DIL)
+        ry, s_y, e_y = _na_window(qy, GH, KY, DY, SY, CY, DIL)
+        rx, s_x, e_x = _na_window(qx, GW, KX, DX, SX, CX, DIL)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -141,19 +157,19 @@ def _bsa_fwd_kernel(
         for sub in tl.static_range(LUT_BN // BLOCK_N):
             offs_n = kb * LUT_BN + sub * BLOCK_N + tl.arange(0, BLOCK_N)
             col_ok = offs_n < N_K
-            kt_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-            k = tl.load(kt_ptrs, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+            k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+            k = tl.load(k_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
             if IEEE_DOT:
-                qk = tl.dot(q, k, input_precision="ieee")
+                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
-                qk = tl.dot(q, k)
+                qk = tl.dot(q, tl.trans(k))
             qk = qk * qk_scale
             valid = col_ok[None, :]
             if HAS_NA:
                 kt_, ky_, kx_ = _na_coords(tl.minimum(offs_n, n_grid - 1), GH, GW)
-                ok = _na_in_window(kt_[None, :], rt[:, None], s_t[:, None], e_t[:, None], DT)
-                ok = ok & _na_in_window(ky_[None, :], ry[:, None], s_y[:, None], e_y[:, None], DY)
-                ok = ok & _na_in_window(kx_[None, :], rx[:, None], s_x[:, None], e_x[:, None], DX)
+                ok = _na_in_window(kt_[None, :], rt[:, None], s_t[:, None], e_t[:, None], DT, DIL)
+                ok = ok & _na_in_window(ky_[None, :], ry[:, None], s_y[:, None], e_y[:, None], DY, DIL)
+                ok = ok & _na_in_window(kx_[None, :], rx[:, None], s_x[:, None], e_x[:, None], DX, DIL)
                 valid = valid & (ok | q_glob[:, None] | (offs_n >= n_grid)[None, :])
             qk = tl.where(valid, qk, float("-inf"))
             m_blk = tl.max(qk, 1)
@@ -186,16 +202,6 @@ def _bsa_fwd_kernel(
     tl.store(SKIP + pid_bh * tl.num_programs(0) + pid_m, n_skip)
 
 
-#: num_warps / num_stages tried by the autotuner on a real GPU (the interpreter runs the plain kernel once).
-AUTOTUNE_CONFIGS = [
-    triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)
-]
-_bsa_fwd_tuned = triton.autotune(
-    configs=AUTOTUNE_CONFIGS,
-    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "LUT_BN", "HAS_NA", "HAS_THRESHOLD", "IEEE_DOT"],
-)(_bsa_fwd_kernel)
-
-
 # ------------------------------------------------------------------------------------------------------------- host
 def _largest_pow2_divisor(n: int, cap: int) -> int:
     p = 1
@@ -207,22 +213,23 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
 def kernel_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype, threshold: bool) -> dict:
     """Tile sizes for one call: ``{'D_PAD', 'BLOCK_M', 'BLOCK_N'}``; ValueError when the LUT blocks do not fit.
 
-    The query tile is the largest power-of-two divisor of ``block_m`` up to 128 (64 when the padded head dim or
-    fp32 would make a 128-row tile too big); the key tile likewise for ``block_n`` (up to 128 for head dim <= 64 in
-    16-bit, else 64). With ``threshold`` the tiles must equal the LUT blocks (the skip decision is per LUT block), so
-    ``block_m`` and ``block_n`` must then be powers of two in [16, 128].
+    Chosen from the compile report (``benchmarks/results/kernel_compile_report.json``): the query tile is the largest
+    power-of-two divisor of ``block_m`` up to 128 (up to 64 for head dims > 64 or fp32), the key tile the largest
+    divisor of ``block_n`` up to 64 (32 for fp32). With ``threshold`` the tiles must equal the LUT blocks (the skip
+    decision is per LUT block), so ``block_m`` must then be a power of two in [16, 128] and ``block_n`` in [16, 64].
     """
     d_pad = max(16, triton.next_power_of_2(head_dim))
     if d_pad > 256:
         raise ValueError(f"head dim {head_dim} is not supported by the Triton kernel; accepted: <= 256.")
-    big = d_pad > 64 or dtype == torch.float32
-    cap_m = 64 if (d_pad > 128 or (dtype == torch.float32 and d_pad > 64)) else _MAX_TILE
-    cap_n = 64 if big else _MAX_TILE
+    fp32 = dtype == torch.float32
+    cap_m = 64 if (d_pad > 64 or fp32) else 128
+    cap_n = 32 if fp32 else 64
     if threshold:
-        for name, b in (("block_m", block_m), ("block_n", block_n)):
-            if b < 16 or b > _MAX_TILE or b & (b - 1):
+        for name, b, top in (("block_m", block_m, 128), ("block_n", block_n, 64)):
+            if b < 16 or b > top or b & (b - 1):
                 raise ValueError(
-                    f"threshold skipping in the Triton kernel needs {name} to be a power of two in [16, 128], got {b}."
+                    f"threshold skipping in the Triton kernel needs {name} to be a power of two in [16, {top}], "
+                    f"got {b}."
                 )
         return {"D_PAD": d_pad, "BLOCK_M": block_m, "BLOCK_N": block_n}
     bm = _largest_pow2_divisor(block_m, cap_m)
@@ -232,6 +239,28 @@ def kernel_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype,
             f"the Triton kernel needs block_m and block_n divisible by 16, got block_m={block_m}, block_n={block_n}."
         )
     return {"D_PAD": d_pad, "BLOCK_M": bm, "BLOCK_N": bn}
+
+
+def warps_for(block_m: int, d_pad: int) -> tuple[int, ...]:
+    """num_warps the autotuner may try for a tile: 8 only once the tile holds >= 128 x 64 accumulators."""
+    return (8,) if block_m * d_pad >= 128 * 64 else (4, 8)
+
+
+def _prune(configs, named_args, **kwargs):
+    allowed = warps_for(named_args["BLOCK_M"], named_args["D_PAD"])
+    return [c for c in configs if c.num_warps in allowed] or list(configs)
+
+
+#: num_warps / num_stages tried by the autotuner on a real GPU (the interpreter runs the plain kernel once).
+AUTOTUNE_CONFIGS = [
+    triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)
+]
+_bsa_fwd_tuned = triton.autotune(
+    configs=AUTOTUNE_CONFIGS,
+    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "LUT_BN", "HAS_NA", "DIL", "HAS_THRESHOLD", "IEEE_DOT"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_bsa_fwd_kernel)
+
 
 
 def _na_args(neighborhood: NeighborhoodMask | None) -> list[int]:
@@ -263,13 +292,13 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, bl
     )
     meta = dict(
         HEAD_DIM=dim, D_PAD=cfg["D_PAD"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], LUT_BM=block_m,
-        LUT_BN=block_n, HAS_NA=has_na, CT=causal[0], CY=causal[1], CX=causal[2],
+        LUT_BN=block_n, HAS_NA=has_na, CT=causal[0], CY=causal[1], CX=causal[2], DIL=has_na and max(na[6:9]) > 1,
         HAS_THRESHOLD=threshold is not None, IEEE_DOT=q.dtype == torch.float32,
     )
     if q.device.type == "cuda":
         _bsa_fwd_tuned[grid](*args, **meta)
     else:  # interpreter: no autotuning
-        _bsa_fwd_kernel[grid](*args, **meta, num_warps=4, num_stages=1)
+        _bsa_fwd_kernel[grid](*args, **meta, num_warps=warps_for(cfg["BLOCK_M"], cfg["D_PAD"])[0], num_stages=1)
     return out, skip.view(batch, heads, grid[0])
 
 
