@@ -106,8 +106,9 @@ class AgentConfig(MethodConfig):
     )
     max_downsample: int | None = help_field(
         1,
-        "Only attention layers whose token grid is at most this factor smaller than the latent grid (U-Nets: 1 = "
-        "highest-resolution blocks, as AgentSD/ToMeSD). None: every layer.",
+        "Only attention layers whose token grid is at most this factor coarser than the model's finest "
+        "self-attention grid (U-Nets: 1 = the highest-resolution attention blocks, as AgentSD/ToMeSD). None: every "
+        "layer. Needs attnplug.apply (the latent shape); standalone processors use every layer they are set on.",
     )
     chunk_size: int = help_field(4096, "Queries per chunk in the joint (text) and masked paths (memory bound).")
 
@@ -317,12 +318,12 @@ def agent_attention(
     """
     if agents.shape[-2] < 1:
         raise ValueError("agent_attention needs at least one agent, got agents with 0 tokens.")
-    shortcut = value_shortcut * v if value_shortcut else None
     if text_k is None or text_k.shape[-2] == 0:
         # Plain two-step attention: two SDPA calls (flash/efficient kernels, no N x N matrix).
         agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=key_bias, scale=gather_scale)
         out = F.scaled_dot_product_attention(q, agents, agent_v, scale=broadcast_scale)
-        return out + shortcut if shortcut is not None else out
+        return out.add_(v, alpha=value_shortcut) if value_shortcut else out
+    shortcut = value_shortcut * v if value_shortcut else None
 
     # Joint path: agents' values and log partition functions over image keys, then mixed with exact text attention.
     dtype = torch.float32
@@ -377,6 +378,10 @@ class AgentMethod(AttentionMethod):
 
     def __init__(self, config: AgentConfig | None = None):
         self.config = config or AgentConfig()
+        self._finest: dict[tuple[int, int, int], tuple[int, int]] = {}  # latent grid -> finest attention grid
+
+    def reset(self) -> None:
+        self._finest.clear()
 
     def _active(self, layout: TokenLayout, info: CallInfo) -> str | None:
         """Why this call goes dense, or None."""
@@ -384,10 +389,15 @@ class AgentMethod(AttentionMethod):
         if layout.height == 1 and layout.width == 1:
             return "temporal-only layout (no spatial grid to pool)"
         if cfg.max_downsample is not None and info.latent_grid is not None:
-            _, lh, lw = info.latent_grid
-            down = max(-(-lh // layout.height), -(-lw // layout.width))
+            # Reference: the finest self-attention grid seen for this latent shape (U-Nets run their finest
+            # attention level first; SDXL-like models have none at the latent resolution itself).
+            fh, fw = self._finest.get(info.latent_grid, (0, 0))
+            fh, fw = max(fh, layout.height), max(fw, layout.width)
+            self._finest[info.latent_grid] = (fh, fw)
+            down = max(-(-fh // layout.height), -(-fw // layout.width))
             if down > cfg.max_downsample:
-                return f"downsampled x{down} > max_downsample={cfg.max_downsample}"
+                return f"grid {layout.height}x{layout.width} is x{down} coarser than the finest attention grid " \
+                    f"{fh}x{fw} > max_downsample={cfg.max_downsample}"
         u = cfg.dense_after
         if u is not None and info.step >= 0:
             if isinstance(u, float):

@@ -322,6 +322,21 @@ def test_default_uses_only_highest_resolution_unet_blocks():
     assert (highest, every) == (3, 7)
 
 
+def test_max_downsample_is_relative_to_the_finest_attention_grid():
+    """SDXL-like U-Nets have no attention at the latent resolution: their finest attention level counts as level 1."""
+    method = AgentMethod(AgentConfig(agents=4, dense_after=None))
+    info = CallInfo(latent_grid=(1, 16, 16))
+    fine, coarse = TokenLayout(1, 8, 8), TokenLayout(1, 4, 4)
+    qf, kf, vf = _qkv(fine)
+    qc, kc, vc = _qkv(coarse)
+    assert method(qf, kf, vf, fine, info=info) is not None
+    assert method(qc, kc, vc, coarse, info=info) is None
+    assert AgentMethod(AgentConfig(agents=4, dense_after=None, max_downsample=2))(qc, kc, vc, coarse, info=info) \
+        is not None
+    # A new latent shape (another resolution) has its own reference.
+    assert method(qc, kc, vc, coarse, info=CallInfo(latent_grid=(1, 8, 8))) is not None
+
+
 def test_dense_after_hands_late_steps_back():
     layout = TokenLayout(1, 4, 4)
     q, k, v = _qkv(layout)
