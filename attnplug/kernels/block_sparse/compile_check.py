@@ -65,7 +65,8 @@ def shipped_variants() -> list[KernelVariant]:
                 allowed = warps_for(cfg["BLOCK_M"], cfg["D_PAD"])
                 for warps, stages in launch:
                     if warps in allowed:
-                        out.append(KernelVariant(dtype, head_dim, block_m, block_n, warps, stages, True, block_m == 64))
+                        thr = block_m == 64
+                        out.append(KernelVariant(dtype, head_dim, block_m, block_n, warps, stages, True, thr))
     return out
 
 

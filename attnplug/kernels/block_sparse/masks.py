@@ -197,22 +197,27 @@ class NeighborhoodMask:
         off_y = torch.arange(ky)
         for lo_q in range(0, n_grid, chunk):
             q = torch.arange(lo_q, min(n_grid, lo_q + chunk))
-            (rt, st, _), (ry, sy, _), (rx, sx, ex) = self.windows(q)
+            (rt, st, et), (ry, sy, ey), (rx, sx, ex) = self.windows(q)
             t = rt[:, None] + dt * (st[:, None] + off_t)  # (Q, kt) key frames
             y = ry[:, None] + dy * (sy[:, None] + off_y)  # (Q, ky) key rows
+            # causal windows near the start are shorter than the kernel: drop the offsets past the end
+            ok = ((st[:, None] + off_t) < et[:, None])[:, :, None] & ((sy[:, None] + off_y) < ey[:, None])[:, None, :]
             base = (t[:, :, None] * (h * w) + y[:, None, :] * w).reshape(len(q), -1)  # (Q, kt*ky)
+            ok = ok.reshape(len(q), -1)
             if dx > block_n:  # allowed x positions may skip whole key blocks: enumerate them one by one
-                x = rx[:, None] + dx * (sx[:, None] + torch.arange(kx))  # (Q, kx)
+                off_x = torch.arange(kx)
+                x = rx[:, None] + dx * (sx[:, None] + off_x)  # (Q, kx)
                 lo = (base[:, :, None] + x[:, None, :]).reshape(len(q), -1)
+                ok = (ok[:, :, None] & ((sx[:, None] + off_x) < ex[:, None])[:, None, :]).reshape(len(q), -1)
                 hi = lo
             else:  # consecutive allowed keys are <= block_n apart: every block between the ends is touched
                 lo = base + (rx + dx * sx)[:, None]
                 hi = base + (rx + dx * (ex - 1))[:, None]
-            qb = (q // block_m)[:, None].expand_as(lo)
-            diff.index_put_((qb.reshape(-1), (lo // block_n).reshape(-1)), torch.ones(lo.numel(), dtype=torch.int32),
+            qb = (q // block_m)[:, None].expand_as(lo)[ok]
+            lo, hi = lo[ok], hi[ok]
+            diff.index_put_((qb, lo // block_n), torch.ones(lo.numel(), dtype=torch.int32), accumulate=True)
+            diff.index_put_((qb, hi // block_n + 1), torch.full((hi.numel(),), -1, dtype=torch.int32),
                             accumulate=True)
-            diff.index_put_((qb.reshape(-1), (hi // block_n + 1).reshape(-1)),
-                            torch.full((hi.numel(),), -1, dtype=torch.int32), accumulate=True)
         mask = diff.cumsum(-1)[:, :mk] > 0
         if n_grid < n_k:  # global keys: visible from every query block
             mask[:, n_grid // block_n:] = True
