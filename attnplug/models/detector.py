@@ -23,7 +23,7 @@ class DetectedObject:
 
     ``bbox`` is ``(x0, y0, x1, y1)`` in pixels, end-exclusive; ``centroid`` is ``(x, y)``; ``size`` is the number of
     foreground pixels; ``color`` the nearest palette colour name to the region's mean colour; ``shape`` a guess from
-    how much of its bounding box it fills (``"square"`` ~1, ``"circle"`` ~0.79, ``"triangle"`` ~0.5).
+    its mask (see ``_classify_shape``); ``fill`` the fraction of its bounding box it covers.
     """
 
     bbox: tuple[int, int, int, int]
@@ -100,12 +100,21 @@ def nearest_color(rgb) -> str:
     return names[int(np.argmin(((ref - rgb) ** 2).sum(axis=1)))]
 
 
-def _shape_from_fill(fill: float) -> str:
-    if fill >= 0.88:
-        return "square"
-    if fill >= 0.64:
-        return "circle"
-    return "triangle"
+def _classify_shape(mask: np.ndarray) -> str:
+    """Guess the shape from a boolean ``(h, w)`` mask cropped to its bounding box.
+
+    A triangle (apex up) has far less than half of its pixels in the upper half of its box; a square fills the
+    corners of its box, a circle does not.
+    """
+    h, w = mask.shape
+    area = mask.sum()
+    top = mask[: h // 2].sum() + (mask[h // 2].sum() / 2 if h % 2 else 0)
+    if top / area < 0.4:
+        return "triangle"
+    k = max(1, round(0.2 * min(h, w)))
+    corners = np.concatenate([mask[:k, :k].ravel(), mask[:k, -k:].ravel(), mask[-k:, :k].ravel(),
+                              mask[-k:, -k:].ravel()])
+    return "square" if corners.mean() >= 0.75 else "circle"
 
 
 def detect(image, threshold: float = 0.35, min_size: int | None = None) -> Detection:
@@ -144,7 +153,7 @@ def detect(image, threshold: float = 0.35, min_size: int | None = None) -> Detec
         fill = ys.size / float((x1 - x0) * (y1 - y0))
         objects.append(DetectedObject(
             bbox=(x0, y0, x1, y1), centroid=(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), size=int(ys.size),
-            color=nearest_color(mean), shape=_shape_from_fill(fill),
+            color=nearest_color(mean), shape=_classify_shape(labels[y0:y1, x0:x1] == i),
             mean_rgb=tuple(round(float(c), 3) for c in mean), fill=round(fill, 3),
         ))
     objects.sort(key=lambda o: -o.size)

@@ -1,0 +1,103 @@
+"""The classical detector on exactly rendered images (ground truth known), and on videos."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnplug.models import detect, detect_video, summarize_video
+from attnplug.models.data import COLORS, DIRECTIONS, PALETTE, SHAPES, sample_images, sample_videos, shape_mask
+
+
+def render(items, size, background=(0.0, 0.0, 0.0)):
+    """items: list of (shape, color, cx, cy, r) -> (H, W, 3) float image."""
+    img = np.ones((size, size, 3), dtype=np.float32) * np.array(background, dtype=np.float32)
+    for shape, color, cx, cy, r in items:
+        cover = shape_mask(shape, torch.tensor([cx]), torch.tensor([cy]), torch.tensor([r]), size, size)[0].numpy()
+        img = img * (1 - cover[..., None]) + np.array(PALETTE[color], dtype=np.float32) * cover[..., None]
+    return img
+
+
+@pytest.mark.parametrize("size", [32, 128])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("color", COLORS)
+def test_single_shape(shape, color, size):
+    cx, cy, r = 0.4 * size, 0.55 * size, 0.2 * size
+    det = detect(render([(shape, color, cx, cy, r)], size))
+    assert det.count == 1
+    obj = det.objects[0]
+    assert obj.color == color
+    assert obj.shape == shape
+    assert abs(obj.centroid[0] - cx) < 0.05 * size
+    x0, y0, x1, y1 = obj.bbox
+    assert x0 <= cx <= x1 and y0 <= cy <= y1
+    assert x1 - x0 <= 2 * r * 1.2 + 2
+
+
+def test_random_training_images_all_detected():
+    """Count and colour are always right on training images; the shape guess on >= 98% (tiny shapes are blocky)."""
+    images, prompts = sample_images(200, 32, torch.Generator().manual_seed(5))
+    shape_ok = 0
+    for img, prompt in zip(images, prompts):
+        color, shape = prompt.split()
+        det = detect((img + 1) / 2)
+        assert det.count == 1 and det.objects[0].color == color, prompt
+        shape_ok += det.objects[0].shape == shape
+    assert shape_ok >= 0.98 * len(prompts)
+
+
+def test_two_objects_and_sizes_sorted():
+    img = render([("circle", "red", 10, 10, 6), ("square", "blue", 46, 44, 9)], 64)
+    det = detect(img)
+    assert det.count == 2
+    assert det.colors() == ["blue", "red"]  # largest first
+    assert det.objects[0].size > det.objects[1].size
+
+
+def test_specks_below_min_size_are_ignored():
+    img = render([("circle", "green", 16, 16, 6)], 32)
+    img[2, 2] = 1.0
+    img[29, 30] = (1.0, 0.0, 0.0)
+    assert detect(img).count == 1
+    assert detect(img, min_size=1).count == 3
+
+
+def test_plain_non_black_background():
+    img = render([("triangle", "magenta", 16, 16, 7)], 32, background=(0.5, 0.5, 0.5))
+    det = detect(img)
+    assert det.count == 1 and det.objects[0].color == "magenta"
+
+
+def test_input_formats_agree():
+    img = render([("square", "yellow", 12, 20, 6)], 32)
+    u8 = (img * 255).round().astype(np.uint8)
+    ref = detect(u8).objects
+    assert detect(Image.fromarray(u8)).objects == ref
+    assert detect(torch.from_numpy(u8.astype(np.float32) / 255).permute(2, 0, 1)).objects == ref
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="shape"):
+        detect(np.zeros((32, 32)))
+    with pytest.raises(ValueError, match="threshold"):
+        detect(np.zeros((8, 8, 3)), threshold=1.5)
+    with pytest.raises(ValueError, match="frames"):
+        detect_video(np.zeros((8, 8, 3)))
+
+
+def test_video_motion_matches_prompt():
+    videos, prompts = sample_videos(24, 24, 8, torch.Generator().manual_seed(1))
+    for video, prompt in zip(videos, prompts):
+        color, _, _, direction = prompt.split()
+        s = summarize_video(((video + 1) / 2).permute(1, 2, 3, 0))
+        assert s.persistent and s.color == color and s.direction == direction, (prompt, s)
+        assert s.linearity > 0.95
+        assert direction in DIRECTIONS
+
+
+def test_video_dropout_frame_breaks_persistence():
+    videos, _ = sample_videos(1, 24, 8, torch.Generator().manual_seed(2))
+    frames = ((videos[0] + 1) / 2).permute(1, 2, 3, 0).clone()
+    frames[3] = 0
+    s = summarize_video(frames)
+    assert not s.persistent and s.counts[3] == 0
