@@ -173,4 +173,5 @@ def test_torch_compile_same_output_and_graph_breaks_counted(family, capsys):
     assert attnplug.stats(model)["method"] > 0
     breaks = sum(counters["graph_break"].values())
     with capsys.disabled():
-        print(f"\n[torch.compile {family}] graph breaks: {breaks} {dict(counters['graph_break'])}")
+        reasons = sorted({r.splitlines()[0][:70] for r in counters["graph_break"]})
+        print(f"\n[torch.compile {family}] graph breaks: {breaks} ({'; '.join(reasons)})")
