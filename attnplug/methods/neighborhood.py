@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .._logging import log_once
 from ..config import MethodConfig, help_field
 from ..kernels import BlockLUT, NeighborhoodMask, block_sparse_attention
+from ..kernels.block_sparse.masks import dim_window
 from ..layout import TokenLayout
 from ..processors.wrapper import AttnplugProcessor
 from .base import AttentionMethod, CallInfo
@@ -38,7 +39,7 @@ from .base import AttentionMethod, CallInfo
 logger = logging.getLogger(__name__)
 
 DIM_NAMES = ("frames", "height", "width")
-NEIGHBORHOOD_BACKENDS = ("auto", "triton", "torch", "reference")
+NEIGHBORHOOD_BACKENDS = ("auto", "tiles", "triton", "torch", "reference")
 
 Triple = tuple[int, int, int]
 
@@ -239,10 +240,174 @@ def neighborhood_lut(res: ResolvedNeighborhood, n: int, block_m: int, block_n: i
     return lut
 
 
+def _dim_tiles(n: int, k: int, d: int, s: int, c: bool, tile: int):
+    """Query tiles of one dimension: ``(q_coords, k_coords, mask)`` padded to tensors.
+
+    Coordinates of one dilation residue class are cut into runs of ``tile`` consecutive group positions; the keys of
+    a tile are the union of its queries' windows (contiguous in the residue class), ``mask[t, i, j]`` says whether
+    query ``i`` of tile ``t`` sees key ``j``. Returns ``q (T, Tq)``, ``kc (T, Tk)`` (-1 = padding) and ``mask (T, Tq,
+    Tk)``.
+    """
+    i = torch.arange(n)
+    r, start, end = dim_window(i, n, k, d, s, c)
+    tiles = []
+    for res in range(min(d, n)):
+        members = i[r == res]  # ascending coordinates of this residue class
+        st, en = start[r == res], end[r == res]
+        for a0 in range(0, len(members), tile):
+            qc = members[a0:a0 + tile]
+            lo, hi = int(st[a0:a0 + tile].min()), int(en[a0:a0 + tile].max())
+            kc = res + d * torch.arange(lo, hi)
+            jj = torch.arange(lo, hi)
+            m = (jj[None, :] >= st[a0:a0 + tile, None]) & (jj[None, :] < en[a0:a0 + tile, None])
+            tiles.append((qc, kc, m))
+    tq, tk = max(len(t[0]) for t in tiles), max(len(t[1]) for t in tiles)
+    q_idx = torch.full((len(tiles), tq), -1, dtype=torch.long)
+    k_idx = torch.full((len(tiles), tk), -1, dtype=torch.long)
+    mask = torch.zeros(len(tiles), tq, tk, dtype=torch.bool)
+    for t, (qc, kc, m) in enumerate(tiles):
+        q_idx[t, : len(qc)] = qc
+        k_idx[t, : len(kc)] = kc
+        mask[t, : len(qc), : len(kc)] = m
+    return q_idx, k_idx, mask
+
+
+@dataclass(frozen=True, eq=False)
+class TilePlan:
+    """Gather plan of the ``tiles`` path: ``G`` query tiles of ``Sq`` queries, each with ``Sk`` candidate keys.
+
+    ``q_index (G, Sq)`` / ``k_index (G, Sk)``: token indices in the grid (-1 = padding); ``mask (G, Sq, Sk)`` or None
+    when every valid query sees every valid key of its tile (strided/blocked windows) and nothing is padded.
+    """
+
+    q_index: torch.Tensor
+    k_index: torch.Tensor
+    mask: torch.Tensor | None
+    tile: Triple
+
+    @property
+    def visited_pairs(self) -> int:
+        return int(self.q_index.shape[0] * self.q_index.shape[1] * self.k_index.shape[1])
+
+    def gather_indices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat ``(G*Sq,)`` query and ``(G*Sk,)`` key indices with padding clamped to 0, and the valid-query flags
+        (None when no query is padded)."""
+        cached = self.__dict__.get("_gather")
+        if cached is None:
+            q = self.q_index.reshape(-1)
+            valid = q >= 0
+            cached = (q.clamp(min=0), self.k_index.reshape(-1).clamp(min=0), None if bool(valid.all()) else valid)
+            object.__setattr__(self, "_gather", cached)
+        return cached
+
+
+def default_tile(res: ResolvedNeighborhood) -> Triple:
+    """Queries per tile and dimension (tuned on a 2-core CPU, see ``benchmarks/README.md``).
+
+    Strided windows: a whole number of stride groups, at least 8 positions (each group shares one window, so a
+    tile's keys are the window plus ``(groups - 1) * stride``). Sliding windows: 1 for kernels <= 5 (the keys of a
+    tile are ``tile + kernel - 1`` per dimension, so small kernels favour small tiles), 8 up to kernel 16, else 16;
+    tiles of ~64+ queries keep the gathered keys and the small matrix products cheap.
+    """
+    out = []
+    for n, k, s, full in zip(res.grid, res.kernel_size, res.stride, res.full):
+        if full:
+            t = n
+        elif s > 1:
+            t = s * max(1, 8 // s)
+        else:
+            t = 1 if k <= 5 else 8 if k <= 16 else 16
+        out.append(min(t, n))
+    return tuple(out)
+
+
+_TILE_CACHE: dict[tuple, TilePlan] = {}
+
+
+def tile_plan(res: ResolvedNeighborhood, tile: Triple | None = None) -> TilePlan:
+    """The (cached) :class:`TilePlan` of ``res`` on the CPU."""
+    tile = tuple(tile) if tile is not None else default_tile(res)
+    key = (res, tile)
+    plan = _TILE_CACHE.get(key)
+    if plan is not None:
+        return plan
+    f, h, w = res.grid
+    dims = [_dim_tiles(n, k, d, s, c, t) for n, k, d, s, c, t in zip(
+        res.grid, res.kernel_size, res.dilation, res.stride, res.is_causal, tile)]
+    (qf, kf, mf), (qy, ky, my), (qx, kx, mx) = dims
+    nf, ny, nx = qf.shape[0], qy.shape[0], qx.shape[0]
+
+    def combine(a, b, c_):  # (nf, Ta), (ny, Tb), (nx, Tc) -> flat indices (G, Ta*Tb*Tc), -1 where padded
+        a_, b_, c2 = a[:, None, None, :, None, None], b[None, :, None, None, :, None], c_[None, None, :, None, None, :]
+        idx = a_ * (h * w) + b_ * w + c2
+        valid = (a_ >= 0) & (b_ >= 0) & (c2 >= 0)
+        return torch.where(valid, idx, -1).reshape(nf * ny * nx, -1)
+
+    q_index, k_index = combine(qf, qy, qx), combine(kf, ky, kx)
+    mask = (mf[:, None, None, :, None, None, :, None, None] & my[None, :, None, None, :, None, None, :, None]
+            & mx[None, None, :, None, None, :, None, None, :])
+    mask = mask.reshape(q_index.shape[0], q_index.shape[1], k_index.shape[1])
+    k_valid = (k_index >= 0)[:, None, :]
+    q_pad = (q_index < 0)[:, :, None]
+    mask = (mask & k_valid) | (q_pad & k_valid)  # padded query rows see the valid keys (no NaN; dropped later)
+    if bool((mask == k_valid).all()) and bool(k_valid.all()):
+        mask = None
+    plan = _TILE_CACHE[key] = TilePlan(q_index, k_index, mask, tile)
+    if len(_TILE_CACHE) > _LUT_CACHE_MAX:
+        _TILE_CACHE.pop(next(iter(_TILE_CACHE)))
+    return plan
+
+
+def _tiles_attention(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, scale, tile: Triple | None = None,
+                     max_elements: int = 1 << 25):
+    """The ``tiles`` path: query tiles attend to their gathered candidate keys (+ all text keys) with one batched
+    SDPA per chunk of tiles; text queries attend densely. ``(B, H, N, D)`` in and out."""
+    plan = tile_plan(res, tile)
+    b, h, _, d = q.shape
+    qi, qt = layout.split(q)
+    ki, kt = layout.split(k)
+    vi, vt = layout.split(v)
+    device = q.device
+    q_gather, k_gather, q_valid = (None if x is None else x.to(device) for x in plan.gather_indices())
+    mask = plan.mask.to(device) if plan.mask is not None else None
+    g_total, sq = plan.q_index.shape
+    sk = plan.k_index.shape[1]
+    t = layout.text_tokens
+    out_img = torch.empty_like(qi)
+    chunk = max(1, max_elements // max(1, b * h * (sk + t + sq) * d))
+    for g0 in range(0, g_total, chunk):
+        g = min(chunk, g_total - g0)
+        qg = qi.index_select(2, q_gather[g0 * sq:(g0 + g) * sq]).reshape(b * h, g, sq, d)
+        kx = k_gather[g0 * sk:(g0 + g) * sk]
+        kg = ki.index_select(2, kx).reshape(b, h, g, sk, d)
+        vg = vi.index_select(2, kx).reshape(b, h, g, sk, d)
+        m = mask[g0:g0 + g] if mask is not None else None
+        if t:
+            kg = torch.cat([kg, kt[:, :, None].expand(b, h, g, t, d)], dim=3)
+            vg = torch.cat([vg, vt[:, :, None].expand(b, h, g, t, d)], dim=3)
+            if m is not None:
+                m = torch.cat([m, torch.ones(g, sq, t, dtype=torch.bool, device=device)], dim=2)
+        # A 4-D mask keeps CPU SDPA on its flash path (a 3-D one falls back to the unfused math path).
+        o = F.scaled_dot_product_attention(qg, kg.reshape(b * h, g, -1, d), vg.reshape(b * h, g, -1, d),
+                                           attn_mask=m[None] if m is not None else None, scale=scale)
+        o = o.reshape(b, h, g * sq, d)
+        dest = q_gather[g0 * sq:(g0 + g) * sq]
+        if q_valid is not None:  # drop the padded query rows
+            valid = q_valid[g0 * sq:(g0 + g) * sq]
+            dest, o = dest[valid], o[:, :, valid]
+        out_img.index_copy_(2, dest, o)
+    if not t:
+        return out_img
+    out_txt = F.scaled_dot_product_attention(qt, k, v, scale=scale)
+    return layout.merge(out_img, out_txt)
+
+
 def _attend(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, scale, backend: str, block: int):
     if res.is_dense:
         log_once(logger, logging.DEBUG, f"neighborhood: window covers the grid {layout.grid}; plain SDPA")
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if backend == "tiles" or (backend == "auto" and q.device.type != "cuda"):
+        return _tiles_attention(q, k, v, layout, res, scale)
     q, k, v = (layout.to_text_last(x) for x in (q, k, v))
     lut = neighborhood_lut(res, q.shape[-2], block, block, q.device)
     out = block_sparse_attention(q, k, v, lut, neighborhood=res.mask(), scale=scale, backend=backend)
@@ -271,7 +436,9 @@ def neighborhood_attention(
         kernel_size, dilation, stride, is_causal: int/bool (all dims) or tuples of 2 ``(height, width)`` or 3
             ``(frames, height, width)``; a kernel entry ``None`` leaves that dimension unrestricted.
         scale: softmax scale (default ``1 / sqrt(D)``).
-        backend: block-sparse kernel backend (``auto``, ``triton``, ``torch``, ``reference``).
+        backend: ``auto`` (the ``tiles`` path off CUDA, the block-sparse kernel on CUDA), ``tiles`` (gathered query
+            tiles + batched SDPA, see :func:`tile_plan`), or a block-sparse kernel backend: ``triton``, ``torch``,
+            ``reference``.
         block_size: kernel block size in tokens (queries and keys).
 
     Returns:
@@ -313,7 +480,10 @@ class NeighborhoodConfig(MethodConfig):
         False, "Divide the kernel by the layer's downsampling factor (U-Net levels below full resolution), so the "
         "window covers the same image area at every level."
     )
-    backend: str = help_field("auto", "Block-sparse kernel backend: auto, triton, torch or reference.")
+    backend: str = help_field(
+        "auto", "auto (tiles off CUDA, block-sparse kernel on CUDA), tiles, or a kernel backend: triton, torch, "
+        "reference."
+    )
     block_size: int = help_field(64, "Kernel block size in tokens (queries and keys).")
 
     def __post_init__(self):

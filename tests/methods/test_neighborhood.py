@@ -107,7 +107,7 @@ CASES = [
 
 @pytest.mark.parametrize("text", [0, 3, -4], ids=["no-text", "text-last", "text-first"])
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-k{c[1]}-d{c[2]}-s{c[3]}-c{c[4]}" for c in CASES])
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["tiles", "torch", "reference"])
 def test_matches_brute_force(case, text, backend):
     grid, kernel, dilation, stride, causal = case
     layout = TokenLayout(*grid, text_tokens=abs(text), text_first=text < 0)
@@ -344,3 +344,19 @@ def test_standalone_processor():
     assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
     with pytest.raises(TypeError, match="NeighborhoodConfig"):
         NeighborhoodProcessor(attnplug.DenseConfig())
+
+
+@pytest.mark.parametrize("tile", [(1, 2, 3), (2, 4, 1), (3, 5, 5)])
+@pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[9], CASES[10]], ids=lambda c: f"{c[0]}")
+def test_tiles_path_any_tile_size(case, tile):
+    """The tiles path is exact for any tile shape (partial, padded tiles; text first)."""
+    from attnplug.methods.neighborhood import _tiles_attention
+
+    grid, kernel, dilation, stride, causal = case
+    layout = TokenLayout(*grid, text_tokens=2, text_first=True)
+    res = resolve_neighborhood(grid, kernel, dilation, stride, causal, clamp=False)
+    torch.manual_seed(5)
+    q, k, v = torch.randn(3, 2, 2, layout.num_tokens, 8).unbind(0)
+    out = _tiles_attention(q, k, v, layout, res, None, tile=tuple(min(t, n) for t, n in zip(tile, grid)))
+    mask = brute_force_mask(layout, res.kernel_size, res.dilation, res.stride, res.is_causal)
+    torch.testing.assert_close(out, masked_attention(q, k, v, mask), atol=2e-5, rtol=1e-4)
