@@ -3,6 +3,7 @@
 from .agent import AgentConfig, AgentMethod, AgentProcessor, agent_attention
 from .base import AttentionMethod, CallInfo
 from .dense import DenseConfig, DenseMethod, dense_attention
+from .freeswim import FreeSwimConfig, FreeSwimMethod, FreeSwimProcessor, apply_freeswim, remove_freeswim
 from .neighborhood import NeighborhoodConfig, NeighborhoodMethod, NeighborhoodProcessor, neighborhood_attention
 from .sparse_video import SparseVideoConfig, SparseVideoMethod, SparseVideoProcessor
 from .window import WindowConfig, WindowMethod, WindowProcessor, window_attention
@@ -15,6 +16,9 @@ __all__ = [
     "CallInfo",
     "DenseConfig",
     "DenseMethod",
+    "FreeSwimConfig",
+    "FreeSwimMethod",
+    "FreeSwimProcessor",
     "NeighborhoodConfig",
     "NeighborhoodMethod",
     "NeighborhoodProcessor",
@@ -25,7 +29,9 @@ __all__ = [
     "WindowMethod",
     "WindowProcessor",
     "agent_attention",
+    "apply_freeswim",
     "dense_attention",
     "neighborhood_attention",
+    "remove_freeswim",
     "window_attention",
 ]
