@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
-from attnplug.kernels import BlockLUT
+from attnplug.kernels import BlockLUT, NeighborhoodMask
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -44,3 +45,53 @@ def random_lut(lb, lh, n_q, n_k, block_m, block_n, density=0.5, seed=0, empty_ro
 
 def max_err(a, b):
     return (a.float() - b.float()).abs().max().item()
+
+
+def _dim_allowed_set(i: int, length: int, k: int, d: int, s: int, causal: bool) -> set[int]:
+    """Allowed key coordinates of query coordinate i, by listing the dilation group and slicing it."""
+    group = [j for j in range(length) if j % d == i % d]  # i's dilation group, in order
+    a = group.index(i)
+    centre = (a // s) * s + (s - 1) // 2  # GNA: the stride group's centre shares its window
+    centre = min(centre, len(group) - 1)
+    if causal:
+        window = group[max(0, centre - k + 1): centre + 1]
+    else:
+        start = centre - k // 2
+        start = max(0, min(start, len(group) - k))  # inward: shift the window back inside the group
+        window = group[start: start + k]
+    return set(window)
+
+
+def brute_force_mask(nb: NeighborhoodMask, n_q: int, n_k: int) -> torch.Tensor:
+    f, h, w = nb.grid
+    n_grid = f * h * w
+    mask = torch.zeros(n_q, n_k, dtype=torch.bool)
+    coords = list(itertools.product(range(f), range(h), range(w)))
+    for qi in range(n_q):
+        if qi >= n_grid:
+            mask[qi] = True
+            continue
+        per_dim = [
+            _dim_allowed_set(c, nb.grid[d], nb.kernel_size[d], nb.dilation[d], nb.stride[d], nb.is_causal[d])
+            for d, c in enumerate(coords[qi])
+        ]
+        for kj in range(n_k):
+            if kj >= n_grid:
+                mask[qi, kj] = True
+            else:
+                kc = coords[kj]
+                mask[qi, kj] = all(kc[d] in per_dim[d] for d in range(3))
+    return mask
+
+
+def peaked_inputs(n=128, dim=32, block=16, seed=0):
+    """Keys whose blocks score very differently against every query, so that skipping really happens."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+    q = (u * 6.0 + 0.05 * torch.randn(1, 2, n, dim, generator=g))
+    level = torch.linspace(3.0, -3.0, n // block).repeat_interleave(block)  # block j has score ~ 6 * level * scale
+    k = level[None, None, :, None] * u * 4.0 + 0.05 * torch.randn(1, 2, n, dim, generator=g)
+    v = torch.randn(1, 2, n, dim, generator=g)
+    return q, k, v
+
+

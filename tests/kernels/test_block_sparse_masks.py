@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
+from kernel_testutil import brute_force_mask
 
 from attnplug.kernels import BlockLUT, NeighborhoodMask
-
-
-# ------------------------------------------------------------------------------------------------ brute force
-def _dim_allowed_set(i: int, length: int, k: int, d: int, s: int, causal: bool) -> set[int]:
-    """Allowed key coordinates of query coordinate i, by listing the dilation group and slicing it."""
-    group = [j for j in range(length) if j % d == i % d]  # i's dilation group, in order
-    a = group.index(i)
-    centre = (a // s) * s + (s - 1) // 2  # GNA: the stride group's centre shares its window
-    centre = min(centre, len(group) - 1)
-    if causal:
-        window = group[max(0, centre - k + 1): centre + 1]
-    else:
-        start = centre - k // 2
-        start = max(0, min(start, len(group) - k))  # inward: shift the window back inside the group
-        window = group[start: start + k]
-    return set(window)
-
-
-def brute_force_mask(nb: NeighborhoodMask, n_q: int, n_k: int) -> torch.Tensor:
-    f, h, w = nb.grid
-    n_grid = f * h * w
-    mask = torch.zeros(n_q, n_k, dtype=torch.bool)
-    coords = list(itertools.product(range(f), range(h), range(w)))
-    sets = {}
-    for qi in range(n_q):
-        if qi >= n_grid:
-            mask[qi] = True
-            continue
-        per_dim = [
-            _dim_allowed_set(c, nb.grid[d], nb.kernel_size[d], nb.dilation[d], nb.stride[d], nb.is_causal[d])
-            for d, c in enumerate(coords[qi])
-        ]
-        for kj in range(n_k):
-            if kj >= n_grid:
-                mask[qi, kj] = True
-            else:
-                kc = coords[kj]
-                mask[qi, kj] = all(kc[d] in per_dim[d] for d in range(3))
-        sets[qi] = per_dim
-    return mask
-
 
 CASES = [
     NeighborhoodMask((1, 6, 7), (1, 3, 5)),

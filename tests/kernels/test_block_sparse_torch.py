@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testutil import TOL, max_err, qkv, random_lut
+from kernel_testutil import TOL, max_err, peaked_inputs, qkv, random_lut
 
 from attnplug.kernels import BlockLUT, NeighborhoodMask, block_sparse_attention, block_sparse_reference
 from attnplug.kernels.block_sparse.reference import threshold_keep_mask
@@ -107,19 +107,8 @@ def test_dense_fast_path_and_full_lut():
 
 
 # ------------------------------------------------------------------------------------------------ threshold
-def _peaked_inputs(n=128, dim=32, block=16, seed=0):
-    """Keys whose blocks score very differently against every query, so that skipping really happens."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
-    q = (u * 6.0 + 0.05 * torch.randn(1, 2, n, dim, generator=g))
-    level = torch.linspace(3.0, -3.0, n // block).repeat_interleave(block)  # block j has score ~ 6 * level * scale
-    k = level[None, None, :, None] * u * 4.0 + 0.05 * torch.randn(1, 2, n, dim, generator=g)
-    v = torch.randn(1, 2, n, dim, generator=g)
-    return q, k, v
-
-
 def test_threshold_same_semantics_as_reference_and_bound():
-    q, k, v = _peaked_inputs()
+    q, k, v = peaked_inputs()
     lut = BlockLUT.full(128, 128, 16, 16)
     thr = 8.0
     out, stats = block_sparse_attention(q, k, v, lut, threshold=thr, backend="torch", return_stats=True)
@@ -135,7 +124,7 @@ def test_threshold_same_semantics_as_reference_and_bound():
 
 
 def test_threshold_bound_random_order_lut():
-    q, k, v = _peaked_inputs(seed=1)
+    q, k, v = peaked_inputs(seed=1)
     lut = random_lut(1, 2, 128, 128, 16, 16, density=0.8, seed=4, empty_row=False)
     for thr in (3.0, 6.0):
         out, stats = block_sparse_attention(q, k, v, lut, threshold=thr, backend="torch", return_stats=True)

@@ -48,11 +48,10 @@ class KernelVariant:
 
 
 def shipped_variants() -> list[KernelVariant]:
-    """Every configuration the dispatcher launches with the default LUT blocks and the (pruned) autotune space.
+    """Every configuration the dispatcher launches with 64x64 and 128x64 LUT blocks and the (pruned) autotune space.
 
-    dtypes x head dims {32, 40, 64, 80, 128} x LUT blocks {64x64, 128x64} x the warps ``warps_for`` allows x
-    stages {2, 3}, with the neighbourhood mask compiled in and the threshold test for the 64x64 blocks (threshold
-    tiles equal the LUT blocks).
+    dtypes x head dims {32, 40, 64, 80, 128} x {64x64 LUT with the threshold test, 128x64 LUT without} x the warps
+    ``warps_for`` allows, neighbourhood mask compiled in (the heaviest variant of each).
     """
     from .triton import AUTOTUNE_CONFIGS, kernel_config, warps_for
 
@@ -60,12 +59,11 @@ def shipped_variants() -> list[KernelVariant]:
     out = []
     for dtype in ("float16", "bfloat16", "float32"):
         for head_dim in (32, 40, 64, 80, 128):
-            for block_m, block_n in ((64, 64), (128, 64)):
-                cfg = kernel_config(head_dim, block_m, block_n, _DTYPE_NAMES[dtype], False)
+            for block_m, block_n, thr in ((64, 64, True), (128, 64, False)):
+                cfg = kernel_config(head_dim, block_m, block_n, _DTYPE_NAMES[dtype], thr)
                 allowed = warps_for(cfg["BLOCK_M"], cfg["D_PAD"])
                 for warps, stages in launch:
                     if warps in allowed:
-                        thr = block_m == 64
                         out.append(KernelVariant(dtype, head_dim, block_m, block_n, warps, stages, True, thr))
     return out
 
@@ -74,8 +72,8 @@ def default_variants() -> list[KernelVariant]:
     """Three representative variants for the fast test run."""
     return [
         KernelVariant("float16", 64, 128, 64, 8, 2, True, False),
-        KernelVariant("bfloat16", 128, 64, 64, 8, 3, True, False),
-        KernelVariant("float16", 80, 64, 64, 8, 2, True, True),
+        KernelVariant("bfloat16", 128, 64, 64, 8, 2, True, True),
+        KernelVariant("float32", 40, 64, 64, 8, 2, True, False),
     ]
 
 

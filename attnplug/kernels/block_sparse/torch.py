@@ -1,8 +1,9 @@
 """CPU/MPS block-sparse attention that really skips work.
 
-One loop over query blocks (consecutive query blocks with identical LUT rows are merged into one call); for each,
+One call per query block (consecutive query blocks with identical LUT rows are merged into one call); for each,
 only the listed key blocks are gathered (a zero-copy slice when they are contiguous) and attended with one
-``F.scaled_dot_product_attention`` call batched over the LUT's broadcast batch/head dimensions. An element mask is
+``F.scaled_dot_product_attention`` call batched over the LUT's broadcast batch/head dimensions. On the CPU the calls
+run on a few worker threads with single-threaded torch ops (see ``CPU_WORKERS``). An element mask is
 built only when the neighbourhood or key padding actually masks something in the gathered keys.
 
 Measured on the project's 2-core CPU (see ``benchmarks/README.md``): this plain per-query-block SDPA beat batched and
@@ -16,6 +17,7 @@ softmax and ``P V`` (on the CPU the saving is small: threshold skipping is a GPU
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from torch import Tensor
 from .lut import BlockLUT
 from .masks import NeighborhoodMask
 
-__all__ = ["block_sparse_torch"]
+__all__ = ["CPU_WORKERS", "block_sparse_torch"]
 
 
 def _gather(x: Tensor, row: list[int], block: int, n: int) -> Tensor:
@@ -69,17 +71,33 @@ def _attend_threshold(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_
     return out.to(q.dtype), skipped
 
 
+def _cpu_workers(device: torch.device, jobs: int) -> int:
+    if device.type != "cpu" or jobs < 2:
+        return 1
+    return max(1, min(jobs, CPU_WORKERS or torch.get_num_threads()))
+
+
+#: Worker threads for the CPU path (None = ``torch.get_num_threads()``). Each worker runs whole query-block calls
+#: with intra-op threading off, so no per-call thread barrier: on a loaded machine (the project's 2-core box at load
+#: 13) barriers made 128-token SDPA calls 40x slower than single-threaded ones.
+CPU_WORKERS: int | None = None
+
+
 def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighborhood: NeighborhoodMask | None,
                        scale: float, threshold: float | None) -> tuple[Tensor, int]:
     """Block-sparse attention on any torch device (inputs already validated by the dispatcher).
 
     Args:
-        q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; lut: on any device, broadcast over B/H.
+        q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; lut: on the CPU, broadcast over B/H.
 
     Returns:
         ``(out (B, H, N_q, D) in q.dtype, number of threshold-skipped blocks)``.
+
+    On the CPU the query-block calls are spread over ``CPU_WORKERS`` Python threads while ``torch.set_num_threads(1)``
+    is in effect (restored afterwards; torch ops release the GIL). Concurrent torch work in other threads of the
+    process runs single-threaded during that time.
     """
-    batch, heads, n_q, _ = q.shape
+    n_q = q.shape[2]
     n_k = k.shape[2]
     bm, bn = lut.block_m, lut.block_n
     mq = lut.num_q_blocks
@@ -87,12 +105,11 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
     indices = lut.indices.tolist()
     counts = lut.counts.tolist()
     out = torch.zeros_like(q)
-    skipped = 0
+    jobs = []  # (batch slice, head slice, first query block, end query block, LUT row)
     for b in range(lb):
         bsl = slice(None) if lb == 1 else slice(b, b + 1)
         for h in range(lh):
             hsl = slice(None) if lh == 1 else slice(h, h + 1)
-            qs, ks, vs, os_ = q[bsl, hsl], k[bsl, hsl], v[bsl, hsl], out[bsl, hsl]
             rows = [indices[b][h][i][: counts[b][h][i]] for i in range(mq)]
             i = 0
             while i < mq:
@@ -101,30 +118,42 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
                 if threshold is None:  # merge consecutive query blocks with identical rows into one call
                     while j < mq and rows[j] == row:
                         j += 1
-                if not row:  # nothing visited: the output stays zero
-                    i = j
-                    continue
-                q_lo, q_hi = i * bm, min(n_q, j * bm)
-                q_blk = qs[:, :, q_lo:q_hi]
-                k_blk, v_blk = _gather(ks, row, bn, n_k), _gather(vs, row, bn, n_k)
-                mask = None
-                if neighborhood is not None:
-                    q_idx = torch.arange(q_lo, q_hi, device=q.device)
-                    k_idx = _key_indices(row, bn, n_k, q.device)
-                    mask = neighborhood.allowed(q_idx[:, None], k_idx[None, :])
-                    if bool(mask.all()):
-                        mask = None
-                if threshold is not None:
-                    key_block = (_key_indices(row, bn, n_k, q.device) // bn)
-                    position = torch.empty(int(key_block.max()) + 1, dtype=torch.long, device=q.device)
-                    position[torch.tensor(row, device=q.device)] = torch.arange(len(row), device=q.device)
-                    o, n_skip = _attend_threshold(q_blk, k_blk, v_blk, mask, position[key_block], len(row), scale,
-                                                  threshold)
-                    skipped += n_skip
-                else:
-                    o = _sdpa(q_blk, k_blk, v_blk, mask, scale)
-                os_[:, :, q_lo:q_hi] = o
+                if row:  # an empty row leaves zeros
+                    jobs.append((bsl, hsl, i, j, row))
                 i = j
+
+    def run(job) -> int:
+        bsl, hsl, i, j, row = job
+        q_lo, q_hi = i * bm, min(n_q, j * bm)
+        q_blk = q[bsl, hsl, q_lo:q_hi]
+        k_blk, v_blk = _gather(k[bsl, hsl], row, bn, n_k), _gather(v[bsl, hsl], row, bn, n_k)
+        mask = None
+        if neighborhood is not None:
+            q_idx = torch.arange(q_lo, q_hi, device=q.device)
+            mask = neighborhood.allowed(q_idx[:, None], _key_indices(row, bn, n_k, q.device)[None, :])
+            if bool(mask.all()):
+                mask = None
+        n_skip = 0
+        if threshold is not None:
+            key_block = _key_indices(row, bn, n_k, q.device) // bn
+            position = torch.empty(int(key_block.max()) + 1, dtype=torch.long, device=q.device)
+            position[torch.tensor(row, device=q.device)] = torch.arange(len(row), device=q.device)
+            o, n_skip = _attend_threshold(q_blk, k_blk, v_blk, mask, position[key_block], len(row), scale, threshold)
+        else:
+            o = _sdpa(q_blk, k_blk, v_blk, mask, scale)
+        out[bsl, hsl, q_lo:q_hi] = o
+        return n_skip
+
+    workers = _cpu_workers(q.device, len(jobs))
+    if workers == 1:
+        return out, sum(run(job) for job in jobs)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            skipped = sum(pool.map(run, jobs))
+    finally:
+        torch.set_num_threads(previous)
     return out, skipped
 
 

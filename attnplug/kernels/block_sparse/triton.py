@@ -213,17 +213,16 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
 def kernel_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype, threshold: bool) -> dict:
     """Tile sizes for one call: ``{'D_PAD', 'BLOCK_M', 'BLOCK_N'}``; ValueError when the LUT blocks do not fit.
 
-    Chosen from the compile report (``benchmarks/results/kernel_compile_report.json``): the query tile is the largest
-    power-of-two divisor of ``block_m`` up to 128 (up to 64 for head dims > 64 or fp32), the key tile the largest
-    divisor of ``block_n`` up to 64 (32 for fp32). With ``threshold`` the tiles must equal the LUT blocks (the skip
-    decision is per LUT block), so ``block_m`` must then be a power of two in [16, 128] and ``block_n`` in [16, 64].
+    Chosen from the compile report (``benchmarks/results/kernel_compile_report.json``: 128-row tiles spilled on
+    sm_80, and so did 64 x 64 tiles without the threshold branch): the query tile is the largest power-of-two divisor
+    of ``block_m`` up to 64, the key tile the largest divisor of ``block_n`` up to 32 (``dtype`` is kept for future
+    per-dtype tiles). With ``threshold`` the tiles must equal the LUT blocks (the skip decision is per LUT block), so
+    ``block_m`` must then be a power of two in [16, 128] and ``block_n`` in [16, 64]; 64 x 64 is the tested default.
     """
     d_pad = max(16, triton.next_power_of_2(head_dim))
     if d_pad > 256:
         raise ValueError(f"head dim {head_dim} is not supported by the Triton kernel; accepted: <= 256.")
-    fp32 = dtype == torch.float32
-    cap_m = 64 if (d_pad > 64 or fp32) else 128
-    cap_n = 32 if fp32 else 64
+    cap_m, cap_n = 64, 32
     if threshold:
         for name, b, top in (("block_m", block_m, 128), ("block_n", block_n, 64)):
             if b < 16 or b > top or b & (b - 1):
@@ -242,8 +241,8 @@ def kernel_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype,
 
 
 def warps_for(block_m: int, d_pad: int) -> tuple[int, ...]:
-    """num_warps the autotuner may try for a tile: 8 only once the tile holds >= 128 x 64 accumulators."""
-    return (8,) if block_m * d_pad >= 128 * 64 else (4, 8)
+    """num_warps the autotuner may try for a tile (4 warps spill or sit at 255 registers beyond 64 x 32)."""
+    return (4, 8) if block_m * d_pad <= 64 * 32 else (8,)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -252,9 +251,9 @@ def _prune(configs, named_args, **kwargs):
 
 
 #: num_warps / num_stages tried by the autotuner on a real GPU (the interpreter runs the plain kernel once).
-AUTOTUNE_CONFIGS = [
-    triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)
-]
+#: The LUT indirection keeps Triton from pipelining the K/V loads (stages 2 and 3 compile to the same shared memory),
+#: so only the warp count is tuned.
+AUTOTUNE_CONFIGS = [triton.Config({}, num_warps=w, num_stages=2) for w in (4, 8)]
 _bsa_fwd_tuned = triton.autotune(
     configs=AUTOTUNE_CONFIGS,
     key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "LUT_BN", "HAS_NA", "DIL", "HAS_THRESHOLD", "IEEE_DOT"],
