@@ -154,7 +154,7 @@ def _bsa_fwd_kernel(
 
     for e in range(0, count):
         kb = tl.load(lut_base + e * stride_lk)
-        for sub in tl.static_range(LUT_BN // BLOCK_N):
+        for sub in tl.range(0, LUT_BN // BLOCK_N, loop_unroll_factor=1):
             offs_n = kb * LUT_BN + sub * BLOCK_N + tl.arange(0, BLOCK_N)
             col_ok = offs_n < N_K
             k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
