@@ -139,6 +139,7 @@ def run_case(name, grid, kernel, stride, reps, args, flex_fn):
         try:
             import natten
 
+            natten.allow_flex_compile(True)  # NATTEN's only CPU backend is compiled FlexAttention
             spatial = [d for d, g in zip(range(3), grid) if g > 1]
             to_n = lambda x: x.reshape(1, HEADS, *[grid[d] for d in spatial], DIM).movedim(1, -2).contiguous()  # noqa: E731
             fn = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(spatial)]

@@ -289,16 +289,29 @@ class TilePlan:
     def visited_pairs(self) -> int:
         return int(self.q_index.shape[0] * self.q_index.shape[1] * self.k_index.shape[1])
 
-    def gather_indices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Flat ``(G*Sq,)`` query and ``(G*Sk,)`` key indices with padding clamped to 0, and the valid-query flags
-        (None when no query is padded)."""
+    def gather_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat ``(G*Sq,)`` destination indices of the queries (padded query slots point at the extra row ``N``, so
+        one ``index_copy_`` into an ``N + 1`` buffer scatters the output) and ``(G*Sk,)`` key indices (padding
+        clamped to 0; those keys are masked)."""
         cached = self.__dict__.get("_gather")
         if cached is None:
             q = self.q_index.reshape(-1)
-            valid = q >= 0
-            cached = (q.clamp(min=0), self.k_index.reshape(-1).clamp(min=0), None if bool(valid.all()) else valid)
+            n = int(q.max()) + 1
+            cached = (torch.where(q >= 0, q, n), self.k_index.reshape(-1).clamp(min=0))
             object.__setattr__(self, "_gather", cached)
         return cached
+
+    def additive_mask(self, dtype: torch.dtype, device) -> torch.Tensor | None:
+        """``mask`` as an additive ``(1, G, Sq, Sk)`` float mask (0 / -inf), cached per dtype and device: SDPA on the
+        CPU would otherwise convert the boolean mask on every call."""
+        if self.mask is None:
+            return None
+        cache = self.__dict__.setdefault("_additive", {})
+        key = (dtype, str(device))
+        if key not in cache:
+            m = torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, float("-inf"))
+            cache[key] = m[None].to(device)
+        return cache[key]
 
 
 def default_tile(res: ResolvedNeighborhood) -> Triple:
@@ -368,12 +381,13 @@ def _tiles_attention(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, sc
     ki, kt = layout.split(k)
     vi, vt = layout.split(v)
     device = q.device
-    q_gather, k_gather, q_valid = (None if x is None else x.to(device) for x in plan.gather_indices())
-    mask = plan.mask.to(device) if plan.mask is not None else None
+    q_dest, k_gather = (x.to(device) for x in plan.gather_indices())
+    q_gather = q_dest.clamp(max=layout.image_tokens - 1)
+    mask = plan.additive_mask(q.dtype, device)
     g_total, sq = plan.q_index.shape
     sk = plan.k_index.shape[1]
     t = layout.text_tokens
-    out_img = torch.empty_like(qi)
+    out_ext = q.new_empty(b, h, layout.image_tokens + 1, d)  # row N collects the padded query slots
     chunk = max(1, max_elements // max(1, b * h * (sk + t + sq) * d))
     for g0 in range(0, g_total, chunk):
         g = min(chunk, g_total - g0)
@@ -381,21 +395,17 @@ def _tiles_attention(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, sc
         kx = k_gather[g0 * sk:(g0 + g) * sk]
         kg = ki.index_select(2, kx).reshape(b, h, g, sk, d)
         vg = vi.index_select(2, kx).reshape(b, h, g, sk, d)
-        m = mask[g0:g0 + g] if mask is not None else None
+        m = mask[:, g0:g0 + g] if mask is not None else None
         if t:
             kg = torch.cat([kg, kt[:, :, None].expand(b, h, g, t, d)], dim=3)
             vg = torch.cat([vg, vt[:, :, None].expand(b, h, g, t, d)], dim=3)
             if m is not None:
-                m = torch.cat([m, torch.ones(g, sq, t, dtype=torch.bool, device=device)], dim=2)
+                m = torch.cat([m, m.new_zeros(1, g, sq, t)], dim=3)
         # A 4-D mask keeps CPU SDPA on its flash path (a 3-D one falls back to the unfused math path).
         o = F.scaled_dot_product_attention(qg, kg.reshape(b * h, g, -1, d), vg.reshape(b * h, g, -1, d),
-                                           attn_mask=m[None] if m is not None else None, scale=scale)
-        o = o.reshape(b, h, g * sq, d)
-        dest = q_gather[g0 * sq:(g0 + g) * sq]
-        if q_valid is not None:  # drop the padded query rows
-            valid = q_valid[g0 * sq:(g0 + g) * sq]
-            dest, o = dest[valid], o[:, :, valid]
-        out_img.index_copy_(2, dest, o)
+                                           attn_mask=m, scale=scale)
+        out_ext.index_copy_(2, q_dest[g0 * sq:(g0 + g) * sq], o.reshape(b, h, g * sq, d))
+    out_img = out_ext[:, :, : layout.image_tokens]
     if not t:
         return out_img
     out_txt = F.scaled_dot_product_attention(qt, k, v, scale=scale)
