@@ -35,6 +35,7 @@ from attnplug.methods.agent import AgentConfig, AgentMethod
 from attnplug.methods.base import CallInfo
 
 ROOT = Path(__file__).resolve().parent
+SECTIONS = "attention,e2e,fidelity,trained"
 
 
 def interleaved_medians(cases: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -173,19 +174,57 @@ def _denoise_with(holder, size: int, steps: int, seed: int = 0) -> torch.Tensor:
     return latents
 
 
+def bench_trained(name: str, size: int, steps: int, configs: dict, prompts=("red circle", "blue square")) -> list:
+    """Fidelity on an embedded trained pixel-space model: PSNR of the generated images (the final sample in
+    [-1, 1]) against dense with the same seed, and whether the detector finds one object of the prompted colour."""
+    from attnplug.models import available_models, detect, load_pipeline
+
+    if name not in available_models():
+        print(f"{name}: no trained weights in this checkout; skipped", flush=True)
+        return []
+    pipe = load_pipeline(name)
+
+    def generate():
+        g = torch.Generator().manual_seed(0)
+        return pipe(list(prompts), height=size, width=size, num_inference_steps=steps, generator=g,
+                    output_type="pt").images * 2 - 1
+
+    def ok(images):
+        return [detect(img.add(1).div(2)).count == 1 and detect(img.add(1).div(2)).colors[0] == p.split()[0]
+                for img, p in zip(images, prompts)]
+
+    ref = generate()
+    rows = [dict(model=name, size=[size, size], config="dense", steps=steps, psnr_db=math.inf, ok=ok(ref))]
+    for label, cfg in configs.items():
+        with attnplug.applied(pipe, cfg):
+            out = generate()
+            stats = attnplug.stats(pipe)
+        value = psnr(out, ref)
+        rows.append(dict(model=name, size=[size, size], config=label, steps=steps, psnr_db=value, ok=ok(out),
+                         agent_calls=stats.get("method", 0), dense_calls=stats.get("dense", 0)))
+        print(f"{name} {size}x{size} {label}: PSNR {value:.2f} dB, ok {rows[-1]['ok']}", flush=True)
+    return rows
+
+
 def table(result: dict) -> str:
     lines = ["| N | agents | dense SDPA (ms) | agent (ms) | speed-up |", "|---|---|---|---|---|"]
-    for r in result["attention"]:
+    for r in result.get("attention", []):
         src = "" if r["source"] == "pool" else f" ({r['source']})"
         lines.append(f"| {r['n']} | {r['agents']}{src} | {r['dense_s'] * 1e3:.1f} | {r['agent_s'] * 1e3:.1f} | "
                      f"{r['speedup']:.2f}x |")
     lines += ["", "| U-Net latent | config | dense (s) | agent (s) | speed-up |", "|---|---|---|---|---|"]
-    for r in result["e2e"]:
+    for r in result.get("e2e", []):
         lines.append(f"| {r['scale']}x ({r['latent'][0]}x{r['latent'][1]}) | {r['config']} | {r['dense_s']:.2f} | "
                      f"{r['agent_s']:.2f} | {r['speedup']:.2f}x |")
     lines += ["", "| latent | agents | schedule | PSNR vs dense (dB) |", "|---|---|---|---|"]
-    for r in result["fidelity"]:
+    for r in result.get("fidelity", []):
         lines.append(f"| {r['latent'][0]}x{r['latent'][1]} | {r['agents']} | {r['schedule']} | {r['psnr_db']:.2f} |")
+    if result.get("trained"):
+        lines += ["", "| model | image | config | PSNR vs dense (dB) | one object of the prompted colour |",
+                  "|---|---|---|---|---|"]
+        for r in result["trained"]:
+            lines.append(f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['config']} | {r['psnr_db']:.2f} | "
+                         f"{sum(r['ok'])}/{len(r['ok'])} |")
     return "\n".join(lines)
 
 
@@ -195,25 +234,37 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
+    parser.add_argument("--sections", default=SECTIONS,
+                        help=f"comma-separated subset of {SECTIONS}; others are kept from an existing --out file")
     parser.add_argument("--out", default=str(ROOT / "results" / "agent_cpu.json"))
     args = parser.parse_args(argv)
 
     sides = (32, 64) if args.quick else (64, 128)
     scales = (2,) if args.quick else (2, 4)
-    result = dict(
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() and args.sections != SECTIONS else {}
+    result.update(
         device="cpu", torch=torch.__version__, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
         load_avg_start=os.getloadavg(), platform=platform.platform(), repeats=args.repeats,
     )
-    result["attention"] = bench_attention(sides, (64, 256), args.heads, 64, args.repeats)
-    unet = bench_unet()
-    configs = {
-        "agent, 256 agents": AgentConfig(agents=256, dense_after=None),
-        "agent, AgentSD default (4x4 cells)": AgentConfig(dense_after=None),
-    }
-    result["e2e"] = bench_e2e(unet, scales, configs, args.repeats)
-    result["fidelity"] = bench_fidelity(unet, 32 if args.quick else 64, args.steps, (16, 64, 256, 1024))
+    sections = set(args.sections.split(","))
+    if "attention" in sections:
+        result["attention"] = bench_attention(sides, (64, 256), args.heads, 64, args.repeats)
+    if "e2e" in sections or "fidelity" in sections:
+        unet = bench_unet()
+    if "e2e" in sections:
+        configs = {
+            "agent, 256 agents": AgentConfig(agents=256, dense_after=None),
+            "agent, AgentSD default (4x4 cells)": AgentConfig(dense_after=None),
+        }
+        result["e2e"] = bench_e2e(unet, scales, configs, args.repeats)
+    if "fidelity" in sections:
+        result["fidelity"] = bench_fidelity(unet, 32 if args.quick else 64, args.steps, (16, 64, 256, 1024))
+    if "trained" in sections:
+        configs = {f"{n} agents": AgentConfig(agents=n, dense_after=None) for n in (4, 16, 64, 256)}
+        configs["16 agents, first 40% of steps"] = AgentConfig(agents=16)
+        result["trained"] = bench_trained("shapes-dit", 32, args.steps, configs)
     result["load_avg_end"] = os.getloadavg()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(table(result))

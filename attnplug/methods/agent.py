@@ -110,7 +110,7 @@ class AgentConfig(MethodConfig):
         "self-attention grid (U-Nets: 1 = the highest-resolution attention blocks, as AgentSD/ToMeSD). None: every "
         "layer. Needs attnplug.apply (the latent shape); standalone processors use every layer they are set on.",
     )
-    chunk_size: int = help_field(4096, "Queries per chunk in the joint (text) and masked paths (memory bound).")
+    chunk_size: int = help_field(1024, "Queries per chunk on the joint (text) path: bounds its extra memory.")
 
     def __post_init__(self):
         if self.agents is not None:
