@@ -109,3 +109,10 @@ def test_threshold_needs_power_of_two_blocks():
     lut = BlockLUT.full(48, 48, 48, 16)
     with pytest.raises(ValueError, match="power of two"):
         _run(q, k, v, lut, threshold=4.0)
+
+
+def test_autotune_prune_reads_constexpr_keyword_arguments():
+    # Triton passes constexprs to early_config_prune as keyword arguments, not in named_args.
+    pruned = bst._prune(bst.AUTOTUNE_CONFIGS, {"Q": None}, BLOCK_M=64, D_PAD=128)
+    assert [c.num_warps for c in pruned] == [8]
+    assert {c.num_warps for c in bst._prune(bst.AUTOTUNE_CONFIGS, {}, BLOCK_M=64, D_PAD=32)} == {4, 8}

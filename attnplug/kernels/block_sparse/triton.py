@@ -246,7 +246,8 @@ def warps_for(block_m: int, d_pad: int) -> tuple[int, ...]:
 
 
 def _prune(configs, named_args, **kwargs):
-    allowed = warps_for(named_args["BLOCK_M"], named_args["D_PAD"])
+    meta = {**named_args, **kwargs}  # constexprs arrive as keyword arguments
+    allowed = warps_for(meta["BLOCK_M"], meta["D_PAD"])
     return [c for c in configs if c.num_warps in allowed] or list(configs)
 
 
