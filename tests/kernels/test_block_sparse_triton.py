@@ -116,3 +116,9 @@ def test_autotune_prune_reads_constexpr_keyword_arguments():
     pruned = bst._prune(bst.AUTOTUNE_CONFIGS, {"Q": None}, BLOCK_M=64, D_PAD=128)
     assert [c.num_warps for c in pruned] == [8]
     assert {c.num_warps for c in bst._prune(bst.AUTOTUNE_CONFIGS, {}, BLOCK_M=64, D_PAD=32)} == {4, 8}
+
+
+def test_block_sizes_must_suit_the_kernel():
+    q, k, v = qkv(1, 1, 48, 16)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        _run(q, k, v, BlockLUT.full(48, 48, 24, 24))
