@@ -184,6 +184,16 @@ class _Plan:
     info: dict | None = None
 
 
+def _key_padding(mask: Tensor, batch: int, n: int) -> Tensor | None:
+    """``keep (B, N)`` bool from a boolean key-padding mask broadcastable to ``(B, 1, 1, N)``; None for other masks."""
+    if mask.dtype != torch.bool or mask.shape[-1] != n or mask.dim() > 4:
+        return None
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if m.shape[1] != 1 or m.shape[2] != 1 or m.shape[0] not in (1, batch):
+        return None
+    return m[:, 0, 0].expand(batch, n)
+
+
 def _full_perm(image_perm: Tensor, n_total: int) -> Tensor:
     n_img = image_perm.numel()
     return torch.cat([image_perm, torch.arange(n_img, n_total, device=image_perm.device)])
@@ -210,7 +220,9 @@ class SparseVideoMethod(AttentionMethod):
     :meth:`report`.
     """
 
-    supports_mask = False
+    #: Boolean key-padding masks ``(B|1, 1, 1, N)`` on text tokens (HunyuanVideo's padded prompts) are honoured;
+    #: other masks are handed back to dense attention.
+    supports_mask = True
 
     def __init__(self, config: SparseVideoConfig | None = None):
         self.config = config or SparseVideoConfig()
@@ -261,36 +273,80 @@ class SparseVideoMethod(AttentionMethod):
         mask: Tensor | None = None,
         info: CallInfo | None = None,
     ) -> Tensor | None:
-        if mask is not None or k.shape[-2] != q.shape[-2]:
+        if k.shape[-2] != q.shape[-2]:
             return None
         cfg = self.config
         info = info or CallInfo()
         n = q.shape[-2]
         layout = layout if layout is not None else TokenLayout.square(n)
         layout.check(n)
+        keep = None
+        if mask is not None:
+            keep = _key_padding(mask, q.shape[0], n)
+            if keep is None or not bool(layout.split(keep[:, None], dim=-1)[0].all()):
+                log_once(logger, logging.WARNING, "sparse_video: an attention mask other than a boolean key-padding "
+                         "mask on text tokens was given; those calls run dense attention.")
+                return None
+            if bool(keep.all()):
+                keep = None
         if cfg.pattern in VIDEO_PATTERNS and not layout.is_video:
             raise ValueError(
                 f"SparseVideoConfig(pattern={cfg.pattern!r}) needs a video token layout (frames > 1), got {layout}. "
                 "Use pattern='topk' or 'threshold' for single-frame layouts, or pass the video layout."
             )
         reason = self._dense_reason(info)
-        if reason is None and cfg.pattern in ("tiles", "topk", "threshold"):
+        if reason is None and cfg.pattern == "tiles":
             plan = self._static_plan(layout, q.device)
             if plan.dense and cfg.effective_threshold is None:
                 reason = "window covers the whole grid"
         if reason is not None:
             log_once(logger, logging.DEBUG, f"sparse_video: dense attention ({reason})")
             self._record(info, 1.0, reason=reason)
-            return dense_attention(q, k, v, None, info.scale)
+            return dense_attention(q, k, v, mask, info.scale)
         scale = info.scale if info.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         qt, kt, vt = (layout.to_text_last(x) for x in (q, k, v))
-        if cfg.pattern == "heads":
-            out = self._heads(qt, kt, vt, layout, info, scale)
-        elif cfg.pattern == "topk":
-            out = self._topk(qt, kt, vt, layout, info, scale)
+        if keep is None:
+            out, density, eff, extra = self._pattern(qt, kt, vt, layout, info, scale)
         else:
-            out = self._static(qt, kt, vt, layout, info, scale)
+            out, density, eff, extra = self._padded(qt, kt, vt, layout, layout.to_text_last(keep, dim=-1), info,
+                                                    scale)
+        self._record(info, density, eff, **extra)
         return layout.from_text_last(out)
+
+    def _pattern(self, q, k, v, layout, info, scale):
+        """Run the configured pattern on text-last ``q, k, v (B, H, N, D)``: ``(out, density, effective, extra)``."""
+        if self.config.pattern == "heads":
+            return self._heads(q, k, v, layout, info, scale)
+        if self.config.pattern == "topk":
+            return self._topk(q, k, v, layout, info, scale)
+        return self._static(q, k, v, layout, info, scale)
+
+    def _padded(self, q, k, v, layout, keep, info, scale):
+        """Key-padding masked call (text-last ``keep (B, N)``): per group of batch rows with the same kept tokens,
+        the pattern runs on the kept tokens only (a layout with fewer text tokens); the padded text queries attend
+        densely to the kept keys, exactly like masked SDPA."""
+        out = torch.empty_like(q)
+        groups: dict[tuple, list[int]] = {}
+        for b, row in enumerate(keep.tolist()):
+            groups.setdefault(tuple(row), []).append(b)
+        dens, effs, extras = [], [], {}
+        for row, members in groups.items():
+            sel = torch.tensor(members, device=q.device)
+            kept = torch.tensor([i for i, x in enumerate(row) if x], device=q.device)
+            dropped = torch.tensor([i for i, x in enumerate(row) if not x], device=q.device)
+            sub = TokenLayout(*layout.grid, text_tokens=kept.numel() - layout.image_tokens)
+            qs, ks, vs = (x.index_select(0, sel).index_select(2, kept) for x in (q, k, v))
+            o, d, e, extras = self._pattern(qs, ks, vs, sub, info, scale)
+            full = torch.empty(len(members), *q.shape[1:], dtype=q.dtype, device=q.device)
+            full[:, :, kept] = o
+            if dropped.numel():
+                qd = q.index_select(0, sel).index_select(2, dropped)
+                full[:, :, dropped] = dense_attention(qd, ks, vs, None, scale)
+            out[sel] = full
+            dens += [d * len(members)]
+            effs += [e * len(members)]
+        b = q.shape[0]
+        return out, sum(dens) / b, sum(effs) / b, extras
 
     def _dense_reason(self, info: CallInfo) -> str | None:
         cfg = self.config
@@ -393,8 +449,7 @@ class SparseVideoMethod(AttentionMethod):
     def _static(self, q, k, v, layout, info, scale):
         plan = self._static_plan(layout, q.device)
         out, stats = self._kernel(_take(q, plan.perm), _take(k, plan.perm), _take(v, plan.perm), plan.lut, scale)
-        self._record(info, plan.density, effective_density(plan.density, stats), **plan.info)
-        return _take(out, plan.inv)
+        return _take(out, plan.inv), plan.density, effective_density(plan.density, stats), dict(plan.info)
 
     # ------------------------------------------------------------------ heads (Sparse VideoGen)
     def _heads_plan(self, layout: TokenLayout, device) -> dict:
@@ -457,11 +512,10 @@ class SparseVideoMethod(AttentionMethod):
             out, stats = self._kernel(gather(q, perms), gather(k, perms), gather(v, perms), lut, scale)
             out = gather(out, invs)
             density = sum(kinds[int(c)]["density"] for c in choice) / heads
-        self._record(
-            info, density, effective_density(density, stats), temporal_heads=temporal, spatial_heads=heads - temporal,
-            widths=(kinds[0]["width"], kinds[1]["width"]),
+        extra = dict(
+            temporal_heads=temporal, spatial_heads=heads - temporal, widths=(kinds[0]["width"], kinds[1]["width"])
         )
-        return out
+        return out, density, effective_density(density, stats), extra
 
     # ------------------------------------------------------------------ topk (+ rectification)
     def _topk(self, q, k, v, layout, info, scale):
@@ -494,8 +548,7 @@ class SparseVideoMethod(AttentionMethod):
             compensated = (~selected & comp).sum() if comp is not None else skipped
             extra["compensated_fraction"] = float(compensated) / max(int(skipped), 1)
         density = _pair_density(selected, n, block)
-        self._record(info, density, effective_density(density, stats), **extra)
-        return _take(out, inv)
+        return _take(out, inv), density, effective_density(density, stats), extra
 
 
 class SparseVideoProcessor(AttnplugProcessor):

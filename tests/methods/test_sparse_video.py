@@ -352,3 +352,51 @@ def test_standalone_processor_on_tiny_wan():
     assert torch.isfinite(out).all()
     assert len(proc.report()) == 2 and proc.report()[0]["pattern"] == "tiles"
     assert isinstance(proc.method, SparseVideoMethod)
+
+
+# ---------------------------------------------------------------------------------------------------- key padding
+def _padding_mask(layout, batch, padded):
+    keep = torch.ones(batch, layout.num_tokens, dtype=torch.bool)
+    for b, p in enumerate(padded):
+        if p:
+            keep[b, layout.num_tokens - p:] = False  # text last: padding at the end of the text
+    return keep
+
+
+def test_key_padding_mask_full_budget_equals_masked_sdpa():
+    layout = TokenLayout(3, 4, 4, text_tokens=6)
+    q, k, v = (torch.randn(3, 2, layout.num_tokens, 16) for _ in range(3))
+    keep = _padding_mask(layout, 3, [2, 0, 2])
+    mask = keep[:, None, None, :]
+    method = SparseVideoConfig(pattern="threshold", threshold=1e6, block_size=8, backend="torch").build()
+    out = method(q, k, v, layout, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=0)
+    assert len(method.report()) == 1
+
+
+def test_key_padding_mask_tiles_matches_brute_force():
+    layout = TokenLayout(4, 8, 8, text_tokens=5)
+    q, k, v = (torch.randn(2, 2, layout.num_tokens, 16) for _ in range(3))
+    keep = _padding_mask(layout, 2, [2, 0])
+    cfg = SparseVideoConfig(pattern="tiles", tile=(2, 2, 2), window=(1, 3, 3), backend="torch")
+    out = cfg.build()(q, k, v, layout, keep[:, None, None, :])
+    for b in range(2):
+        tile_mask = _brute_tile_mask(layout, cfg.tile, cfg.window) & keep[b][None, :]
+        ref = masked_reference(q[b:b + 1], k[b:b + 1], v[b:b + 1], tile_mask)
+        torch.testing.assert_close(out[b:b + 1], ref, atol=1e-5, rtol=1e-5)
+    # Padding on image tokens or non-key-padding masks are handed back to dense attention.
+    bad = keep.clone()
+    bad[0, 0] = False
+    assert cfg.build()(q, k, v, layout, bad[:, None, None, :]) is None
+    assert cfg.build()(q, k, v, layout, torch.zeros(2, 1, 1, layout.num_tokens)) is None
+
+
+def test_tiny_hunyuanvideo_with_padded_text():
+    model, inputs = tiny_model("hunyuanvideo", frames=3, height=16, width=16)
+    method = _config("tiles").build()
+    with attnplug.applied(model, method):
+        out = forward(model, inputs)
+        stats = attnplug.stats(model)
+    assert torch.isfinite(out).all()
+    assert stats.get("method", 0) > 0, stats
+    assert all(r["dense_reason"] is None for r in method.report())
