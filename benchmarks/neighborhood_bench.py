@@ -139,17 +139,31 @@ def run_case(name, grid, kernel, stride, reps, args, flex_fn):
         try:
             import natten
 
-            natten.allow_flex_compile(True)  # NATTEN's only CPU backend is compiled FlexAttention
             spatial = [d for d, g in zip(range(3), grid) if g > 1]
             to_n = lambda x: x.reshape(1, HEADS, *[grid[d] for d in spatial], DIM).movedim(1, -2).contiguous()  # noqa: E731
             fn = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(spatial)]
             kw = dict(kernel_size=tuple(res.kernel_size[d] for d in spatial),
-                      stride=tuple(res.stride[d] for d in spatial), torch_compile=True)
+                      stride=tuple(res.stride[d] for d in spatial))
             qn, kn, vn = to_n(q), to_n(k), to_n(v)
+            # NATTEN's only CPU backend is FlexAttention; its compiled mode needs a CUDA device (compute capability
+            # >= 70), so on a CPU-only machine NATTEN runs Flex eagerly (unfused: it materialises the scores).
+            natten.allow_flex_compile(True)
+            try:
+                fn(qn, kn, vn, torch_compile=True, **kw)
+                kw["torch_compile"] = True
+                row["natten_mode"] = "flex compiled"
+            except NotImplementedError:
+                if n > args.natten_eager_max_tokens:
+                    raise RuntimeError(f"compiled Flex unavailable on CPU; eager skipped above "
+                                       f"{args.natten_eager_max_tokens} tokens (materialises N x N scores)") from None
+                row["natten_mode"] = "flex eager (compiled Flex needs CUDA in NATTEN)"
             t0 = time.perf_counter()
-            fn(qn, kn, vn, **kw)
+            out = fn(qn, kn, vn, **kw)
             row["natten_first_call_s"] = time.perf_counter() - t0
-            row["natten_s"] = timeit(lambda: fn(qn, kn, vn, **kw), reps)
+            natten_reps = reps if kw.get("torch_compile") else 1  # eager Flex is orders of magnitude slower
+            row["natten_s"] = timeit(lambda: fn(qn, kn, vn, **kw), natten_reps)
+            out = out.movedim(-2, 1).reshape(1, HEADS, n, DIM)
+            row["natten_vs_tiles_max_abs"] = (out - method("tiles")()).abs().max().item()
         except Exception as e:  # noqa: BLE001
             row["natten_error"] = f"{type(e).__name__}: {e}"[:300]
 
@@ -174,6 +188,8 @@ def main():
     p.add_argument("--no-natten", dest="natten", action="store_false")
     p.add_argument("--skip-kernel", action="store_true", help="skip the block-sparse kernel's torch path")
     p.add_argument("--only", default=None, help="comma-separated case names")
+    p.add_argument("--natten-eager-max-tokens", type=int, default=8192)
+    p.add_argument("--merge", action="store_true", help="replace only the re-run cases' rows in an existing --out")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                  "neighborhood_cpu.json"))
     args = p.parse_args()
@@ -185,7 +201,10 @@ def main():
         flex_fn = torch.compile(flex_attention, dynamic=False)
     only = args.only.split(",") if args.only else None
     cases = [c for c in CASES if (not args.quick or c[0] in QUICK) and (only is None or c[0] in only)]
-    rows = []
+    rows, previous = [], []
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            previous = json.load(f)["rows"]
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
             "machine": platform.machine(), "heads": HEADS, "dim": DIM, "batch": 1, "dtype": "float32",
             "loadavg_start": os.getloadavg()}
@@ -199,9 +218,12 @@ def main():
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         meta["loadavg_end"] = os.getloadavg()
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        done = {r["case"] for r in rows}
+        merged = [r for r in previous if r["case"] not in done] + rows
+        merged.sort(key=lambda r: [c[0] for c in CASES].index(r["case"]))
         with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(table(rows))
+            json.dump({"meta": meta, "rows": merged}, f, indent=1)
+    print(table(merged))
 
 
 def table(rows) -> str:
