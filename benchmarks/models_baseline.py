@@ -38,17 +38,19 @@ def video_prompts(n: int) -> list[str]:
     return [video_prompt(COLORS[i % 6], SHAPES[(i // 2) % 3], dirs[i % 4]) for i in range(n)]
 
 
-def bench_images(name: str, scales: list[int], samples: int, steps: int, batch: int, grid_dir: Path | None) -> list:
+def bench_images(name: str, scales: list[int], samples: int, steps: int, batch: int, grid_dir: Path | None,
+                 samples_4x: int | None = None) -> list:
     pipe = load_pipeline(name)
     base = pipe.sample_defaults["height"]
     rows = []
     for scale in scales:
         size = base * scale
-        prompts = image_prompts(samples)
+        n = samples if scale < 4 or samples_4x is None else samples_4x
+        prompts = image_prompts(n)
         counts, oks, dups, dup_same, empty, correct_shape = [], 0, 0, 0, 0, 0
         images = []
         start = time.perf_counter()
-        for i in range(0, samples, batch):
+        for i in range(0, n, batch):
             chunk = prompts[i:i + batch]
             gens = [torch.Generator().manual_seed(1000 + i + j) for j in range(len(chunk))]
             latents = torch.stack([torch.randn(3, size, size, generator=g) for g in gens])
@@ -67,10 +69,10 @@ def bench_images(name: str, scales: list[int], samples: int, steps: int, batch: 
                 images.append(img)
         seconds = time.perf_counter() - start
         rows.append({
-            "model": name, "scale": scale, "size": size, "samples": samples, "steps": steps,
-            "ok_rate": oks / samples, "ok_shape_rate": correct_shape / samples, "duplication_rate": dups / samples,
-            "same_color_duplication_rate": dup_same / samples, "empty_rate": empty / samples,
-            "mean_objects": sum(counts) / samples, "seconds_per_image": seconds / samples,
+            "model": name, "scale": scale, "size": size, "samples": n, "steps": steps,
+            "ok_rate": oks / n, "ok_shape_rate": correct_shape / n, "duplication_rate": dups / n,
+            "same_color_duplication_rate": dup_same / n, "empty_rate": empty / n,
+            "mean_objects": sum(counts) / n, "seconds_per_image": seconds / n,
         })
         if grid_dir is not None:
             grid = tile([images[k:k + 6] for k in range(0, min(len(images), 12), 6)], scale=max(1, 4 // scale))
@@ -112,10 +114,12 @@ def bench_video(name: str, frame_counts: list[int], samples: int, steps: int, ba
 
 
 def table(result: dict) -> str:
-    lines = ["| model | scale | size | ok (1 obj, colour) | + shape | duplicated (>=2) | empty | mean objects |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | scale | size | samples | ok (1 obj, colour) | + shape | duplicated (>=2) | empty "
+             "| mean objects |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["images"]:
-        lines.append(f"| {r['model']} | {r['scale']}x | {r['size']} | {r['ok_rate']:.0%} | {r['ok_shape_rate']:.0%} "
+        lines.append(f"| {r['model']} | {r['scale']}x | {r['size']} | {r['samples']} | {r['ok_rate']:.0%} "
+                     f"| {r['ok_shape_rate']:.0%} "
                      f"| {r['duplication_rate']:.0%} | {r['empty_rate']:.0%} | {r['mean_objects']:.2f} |")
     if result["video"]:
         lines += ["", "| model | frames | persistent (1 obj every frame) | + colour | + direction | linearity |",
@@ -132,6 +136,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["shapes-unet", "shapes-dit"])
     parser.add_argument("--scales", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--samples", type=int, default=36)
+    parser.add_argument("--samples-4x", type=int, default=12, help="samples at 4x (the slowest)")
     parser.add_argument("--video-samples", type=int, default=12)
     parser.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32])
     parser.add_argument("--steps", type=int, default=20)
@@ -147,7 +152,10 @@ def main() -> None:
     result = {"images": [], "video": [], "torch_threads": args.threads, "machine": platform.processor() or "cpu"}
     for name in args.models:
         grid_dir = MODELS_DIR / name if args.grids else None
-        result["images"] += bench_images(name, args.scales, args.samples, args.steps, args.batch, grid_dir)
+        result["images"] += bench_images(name, args.scales, args.samples, args.steps, args.batch, grid_dir,
+                                         args.samples_4x)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
     if not args.no_video:
         result["video"] = bench_video("shapes-video", args.frames, args.video_samples, args.steps, args.batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)

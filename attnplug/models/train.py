@@ -158,7 +158,8 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         text = text_encoder(ids).last_hidden_state
         pred = denoiser_forward(denoiser, cfg["family"], xt, sigma * 1000, text)
         loss = torch.nn.functional.mse_loss(pred.float(), noise - x0)
-        lr = tcfg["lr"] * min(1.0, (step - first_step + 1) / tcfg["warmup"])
+        warmup = tcfg["warmup"] if not resume else min(tcfg["warmup"], 25)  # Adam restarts: short warm-up
+        lr = tcfg["lr"] * min(1.0, (step - first_step + 1) / warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
