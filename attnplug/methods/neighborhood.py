@@ -314,24 +314,40 @@ class TilePlan:
         return cache[key]
 
 
-def default_tile(res: ResolvedNeighborhood) -> Triple:
-    """Queries per tile and dimension (tuned on a 2-core CPU, see ``benchmarks/README.md``).
+#: Relative cost of gathering one key (or query) row vs one (query, key) score in the tile cost model; fitted on the
+#: project's 2-core CPU (``benchmarks/neighborhood_bench.py``): gathers are memory-bound, scores run in SDPA's GEMMs.
+GATHER_COST = 150.0
 
-    Strided windows: a whole number of stride groups, at least 8 positions (each group shares one window, so a
-    tile's keys are the window plus ``(groups - 1) * stride``). Sliding windows: 1 for kernels <= 5 (the keys of a
-    tile are ``tile + kernel - 1`` per dimension, so small kernels favour small tiles), 8 up to kernel 16, else 16;
-    tiles of ~64+ queries keep the gathered keys and the small matrix products cheap.
-    """
-    out = []
-    for n, k, s, full in zip(res.grid, res.kernel_size, res.stride, res.full):
-        if full:
-            t = n
-        elif s > 1:
-            t = s * max(1, 8 // s)
-        else:
-            t = 1 if k <= 5 else 8 if k <= 16 else 16
-        out.append(min(t, n))
-    return tuple(out)
+
+def _tile_candidates(n: int, k: int, s: int, full: bool) -> list[int]:
+    if full:
+        return [n]
+    if s > 1:
+        return sorted({min(n, s * m) for m in range(1, max(1, 32 // s) + 1)})
+    return sorted({min(n, t) for t in (1, 2, 4, 8, 12, 16, 24, 32)})
+
+
+def default_tile(res: ResolvedNeighborhood) -> Triple:
+    """Queries per tile and dimension, minimising ``G * Sq * Sk + GATHER_COST * G * (Sq + Sk)`` (scores computed,
+    padding included, plus rows gathered) over candidate tiles: whole numbers of stride groups for strided windows
+    (each group shares one window), 1..32 positions for sliding windows. Larger tiles gather fewer duplicate keys but
+    compute more masked-out scores (a tile's keys are the union of its queries' windows)."""
+    per_dim = []
+    for n, k, d, s, c, full in zip(res.grid, res.kernel_size, res.dilation, res.stride, res.is_causal, res.full):
+        options = []
+        for t in _tile_candidates(n, k, s, full):
+            q_idx, k_idx, _ = _dim_tiles(n, k, d, s, c, t)
+            options.append((t, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1]))  # tile, count, Tq, Tk
+        per_dim.append(options)
+    best, best_cost = None, math.inf
+    for a in per_dim[0]:
+        for b in per_dim[1]:
+            for c_ in per_dim[2]:
+                g, sq, sk = a[1] * b[1] * c_[1], a[2] * b[2] * c_[2], a[3] * b[3] * c_[3]
+                cost = g * sq * sk + GATHER_COST * g * (sq + sk)
+                if cost < best_cost:
+                    best, best_cost = (a[0], b[0], c_[0]), cost
+    return best
 
 
 _TILE_CACHE: dict[tuple, TilePlan] = {}
