@@ -183,6 +183,10 @@ def bench_trained(name: str, size: int, steps: int, configs: dict, prompts=("red
         print(f"{name}: no trained weights in this checkout; skipped", flush=True)
         return []
     pipe = load_pipeline(name)
+    from attnplug.models.loader import WEIGHTS_FILE, resolve_model_dir
+
+    weights = resolve_model_dir(name) / WEIGHTS_FILE
+    stamp = dict(weights_mtime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime)))
 
     def generate():
         g = torch.Generator().manual_seed(0)
@@ -190,18 +194,18 @@ def bench_trained(name: str, size: int, steps: int, configs: dict, prompts=("red
                     output_type="pt").images * 2 - 1
 
     def ok(images):
-        return [detect(img.add(1).div(2)).count == 1 and detect(img.add(1).div(2)).colors[0] == p.split()[0]
-                for img, p in zip(images, prompts)]
+        found = [detect(img.add(1).div(2)) for img in images]
+        return [d.count == 1 and d.colors[0] == p.split()[0] for d, p in zip(found, prompts)]
 
     ref = generate()
-    rows = [dict(model=name, size=[size, size], config="dense", steps=steps, psnr_db=math.inf, ok=ok(ref))]
+    rows = [dict(model=name, size=[size, size], config="dense", steps=steps, psnr_db=math.inf, ok=ok(ref), **stamp)]
     for label, cfg in configs.items():
         with attnplug.applied(pipe, cfg):
             out = generate()
             stats = attnplug.stats(pipe)
         value = psnr(out, ref)
         rows.append(dict(model=name, size=[size, size], config=label, steps=steps, psnr_db=value, ok=ok(out),
-                         agent_calls=stats.get("method", 0), dense_calls=stats.get("dense", 0)))
+                         agent_calls=stats.get("method", 0), dense_calls=stats.get("dense", 0), **stamp))
         print(f"{name} {size}x{size} {label}: PSNR {value:.2f} dB, ok {rows[-1]['ok']}", flush=True)
     return rows
 
@@ -263,7 +267,9 @@ def main(argv=None) -> dict:
     if "trained" in sections:
         configs = {f"{n} agents": AgentConfig(agents=n, dense_after=None) for n in (4, 16, 64, 256)}
         configs["16 agents, first 40% of steps"] = AgentConfig(agents=16)
-        result["trained"] = bench_trained("shapes-dit", 32, args.steps, configs)
+        result["trained"] = []
+        for size in (32,) if args.quick else (32, 64):  # training size and 2x (16x16 and 32x32 tokens)
+            result["trained"] += bench_trained("shapes-dit", size, args.steps, configs)
     result["load_avg_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
