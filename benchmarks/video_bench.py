@@ -279,6 +279,19 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def table_shapes(result: dict) -> str:
+    lines = ["| pattern | target | density | time (s) | speedup | PSNR (dB) |", "|---|---|---|---|---|---|"]
+    for r in result.get("runs", []):
+        if "error" in r:
+            lines.append(f"| {r['pattern']} | {r['density_target']:.2f} | error: {r['error']} | | | |")
+            continue
+        lines.append(
+            f"| {r['pattern']} | {r['density_target']:.2f} | {r['mean_density_sparse_calls']:.3f} | "
+            f"{r['seconds']:.1f} | {r['speedup_vs_dense']:.2f}x | {r['psnr_db']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=16)
@@ -328,6 +341,8 @@ def main(argv=None):
     result["random"] = bench_random(args, lambda partial: (result.__setitem__("random", partial), save()))
     save()
     print(table(result["random"]))
+    if result.get("shapes_video", {}).get("available"):
+        print(table_shapes(result["shapes_video"]))
     print(f"wrote {args.out}")
 
 

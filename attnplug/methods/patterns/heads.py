@@ -64,21 +64,27 @@ def band_block_mask(coord: Tensor, width: int, block: int, n_total: int) -> Tens
 
 
 def band_width_for_density(coord: Tensor, block: int, density: float) -> int:
-    """Largest band ``width`` whose image block-mask density is ``<= density`` (0 if even width 0 exceeds it)."""
+    """Largest band ``width`` whose image block-mask density is ``<= density`` (0 if even width 0 exceeds it).
+
+    The density grows with the width, so the width is found by bisection (``O(log max(coord))`` masks).
+    """
     n = coord.numel()
     m = math.ceil(n / block)
     sizes = torch.full((m,), float(block))
     sizes[-1] = n - (m - 1) * block
     pair = sizes[:, None] * sizes[None, :]
-    best = 0
-    for width in range(int(coord.max()) + 1):
-        d = float((band_block_mask(coord, width, block, n).float() * pair).sum()) / (n * n)
-        if d > density + 1e-9:
-            break
-        best = width
-        if d >= 1.0:
-            break
-    return best
+
+    def dens(width: int) -> float:
+        return float((band_block_mask(coord, width, block, n).float() * pair).sum()) / (n * n)
+
+    lo, hi = 0, int(coord.max())
+    while lo < hi:  # largest width in [lo, hi] within the budget (0 when none is)
+        mid = (lo + hi + 1) // 2
+        if dens(mid) <= density + 1e-9:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def profile_heads(
