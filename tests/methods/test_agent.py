@@ -374,6 +374,9 @@ def test_config_is_frozen_and_described():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.agents = 4  # type: ignore[misc]
     assert all(f.metadata.get("help") for f in dataclasses.fields(cfg))
+    from attnplug.config import config_from_options
+
+    assert config_from_options("agent", {"agents": 64, "dense_after": None}) == AgentConfig(agents=64, dense_after=None)
 
 
 # ----------------------------------------------------------------------------------------------------
