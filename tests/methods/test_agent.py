@@ -376,7 +376,8 @@ def test_config_is_frozen_and_described():
     assert all(f.metadata.get("help") for f in dataclasses.fields(cfg))
     from attnplug.config import config_from_options
 
-    assert config_from_options("agent", {"agents": 64, "dense_after": None}) == AgentConfig(agents=64, dense_after=None)
+    built = config_from_options("agent", {"agents": 64, "dense_after": None})
+    assert built == AgentConfig(agents=64, dense_after=None)
 
 
 # ----------------------------------------------------------------------------------------------------
