@@ -50,8 +50,8 @@ class KernelVariant:
 def shipped_variants() -> list[KernelVariant]:
     """Every configuration the dispatcher launches with 64x64 and 128x64 LUT blocks and the (pruned) autotune space.
 
-    dtypes x head dims {32, 40, 64, 80, 128} x {64x64 LUT with the threshold test, 128x64 LUT without} x the warps
-    ``warps_for`` allows, neighbourhood mask compiled in (the heaviest variant of each).
+    dtypes x head dims {32, 40, 64, 80, 128} x {64x64 LUT (32x32 for fp32) with the threshold test, 128x64 LUT
+    without} x the warps ``warps_for`` allows, neighbourhood mask compiled in (the heaviest variant of each).
     """
     from .triton import AUTOTUNE_CONFIGS, kernel_config, warps_for
 
@@ -59,7 +59,8 @@ def shipped_variants() -> list[KernelVariant]:
     out = []
     for dtype in ("float16", "bfloat16", "float32"):
         for head_dim in (32, 40, 64, 80, 128):
-            for block_m, block_n, thr in ((64, 64, True), (128, 64, False)):
+            thr_block = 32 if dtype == "float32" else 64
+            for block_m, block_n, thr in ((thr_block, thr_block, True), (128, 64, False)):
                 cfg = kernel_config(head_dim, block_m, block_n, _DTYPE_NAMES[dtype], thr)
                 allowed = warps_for(cfg["BLOCK_M"], cfg["D_PAD"])
                 for warps, stages in launch:
@@ -73,7 +74,7 @@ def default_variants() -> list[KernelVariant]:
     return [
         KernelVariant("float16", 64, 128, 64, 8, 2, True, False),
         KernelVariant("bfloat16", 128, 64, 64, 8, 2, True, True),
-        KernelVariant("float32", 40, 64, 64, 8, 2, True, False),
+        KernelVariant("float32", 40, 128, 64, 8, 2, True, False),
     ]
 
 

@@ -215,14 +215,15 @@ def kernel_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype,
 
     Chosen from the compile report (``benchmarks/results/kernel_compile_report.json``: 128-row tiles spilled on
     sm_80, and so did 64 x 64 tiles without the threshold branch): the query tile is the largest power-of-two divisor
-    of ``block_m`` up to 64, the key tile the largest divisor of ``block_n`` up to 32 (``dtype`` is kept for future
-    per-dtype tiles). With ``threshold`` the tiles must equal the LUT blocks (the skip decision is per LUT block), so
-    ``block_m`` must then be a power of two in [16, 128] and ``block_n`` in [16, 64]; 64 x 64 is the tested default.
+    of ``block_m`` up to 64 (32 for fp32, whose IEEE dots need more registers), the key tile the largest divisor of
+    ``block_n`` up to 32. With ``threshold`` the tiles must equal the LUT blocks (the skip decision is per LUT block),
+    so ``block_m`` must then be a power of two in [16, 128] and ``block_n`` in [16, 64]; 64 x 64 blocks compile
+    without spills in 16-bit, 32 x 32 in fp32.
     """
     d_pad = max(16, triton.next_power_of_2(head_dim))
     if d_pad > 256:
         raise ValueError(f"head dim {head_dim} is not supported by the Triton kernel; accepted: <= 256.")
-    cap_m, cap_n = 64, 32
+    cap_m, cap_n = (32, 32) if dtype == torch.float32 else (64, 32)
     if threshold:
         for name, b, top in (("block_m", block_m, 128), ("block_n", block_n, 64)):
             if b < 16 or b > top or b & (b - 1):
