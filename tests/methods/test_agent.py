@@ -165,6 +165,33 @@ def test_method_uses_agentsd_scales_and_shortcut():
     torch.testing.assert_close(out.double(), ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("text", [0, 77])
+@pytest.mark.parametrize("mask", [False, True])
+def test_no_n_by_n_tensor_is_formed(text, mask):
+    """Every tensor an op produces stays far below N x N (SDPA's internal tiles are not visible, its inputs are)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    LargestOutput.largest = max(LargestOutput.largest, t.numel())
+            return out
+
+    layout = TokenLayout(1, 64, 64, text_tokens=text)
+    n = layout.num_tokens
+    q, k, v = _qkv(layout, batch=1, heads=1, dim=16)
+    key_mask = torch.ones(1, 1, 1, n, dtype=torch.bool) if mask else None
+    method = AgentMethod(AgentConfig(agents=64, dense_after=None, chunk_size=1024))
+    with torch.no_grad(), LargestOutput():
+        out = method(q, k, v, layout, key_mask)
+    assert out.shape == q.shape
+    assert LargestOutput.largest <= n * n // 16, (LargestOutput.largest, n * n)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Agent formation.
 
