@@ -13,17 +13,14 @@ import textwrap
 import pytest
 import torch
 
-import attnplug
 from attnplug.layout import TokenLayout
 from attnplug.methods.base import CallInfo
 from attnplug.methods.neighborhood import (
     NeighborhoodConfig,
     NeighborhoodMethod,
-    NeighborhoodProcessor,
     neighborhood_attention,
     resolve_neighborhood,
 )
-from attnplug.testing import forward, tiny_model
 
 # --------------------------------------------------------------------------------------------------------------
 # Brute-force reference, written from the NATTEN/GNA definition (not from the kernel's mask code).
@@ -262,9 +259,13 @@ TRITON_CASES = [
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_triton_interpreter_matches_brute_force():
+@pytest.mark.parametrize("cases", [
+    TRITON_CASES[:1],
+    pytest.param(TRITON_CASES, marks=pytest.mark.slow),
+], ids=["one-case", "all-cases"])
+def test_triton_interpreter_matches_brute_force(cases):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = _TRITON_SCRIPT.format(root=root, tests=os.path.dirname(os.path.abspath(__file__)), cases=TRITON_CASES)
+    script = _TRITON_SCRIPT.format(root=root, tests=os.path.dirname(os.path.abspath(__file__)), cases=cases)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -302,48 +303,6 @@ def test_matches_natten_na2d(kernel, stride, dilation, causal):
     ref = ref.permute(0, 3, 1, 2, 4).reshape(1, 2, layout.num_tokens, 16)
     out = neighborhood_attention(q, k, v, layout, kernel, dilation, stride, causal, backend="torch", block_size=16)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# End to end on tiny models
-
-E2E_FAMILIES = ["unet", "pixart", "sd3", "flux", "wan", "cogvideox"]
-
-
-@pytest.mark.parametrize("family", E2E_FAMILIES)
-def test_end_to_end_kernel_local(family):
-    model, inputs = tiny_model(family, height=16, width=16, frames=3, text=5)
-    dense = forward(model, inputs)
-    attnplug.apply(model, NeighborhoodConfig(kernel_size=3, backend="torch"))
-    try:
-        out = forward(model, inputs)
-        st = attnplug.stats(model)
-    finally:
-        attnplug.remove(model)
-    assert st.get("method", 0) > 0, st
-    assert torch.isfinite(out).all()
-    assert not torch.allclose(out, dense, atol=1e-5)  # the window really restricts attention
-
-
-@pytest.mark.parametrize("family", E2E_FAMILIES)
-def test_end_to_end_window_covering_grid_equals_dense(family):
-    model, inputs = tiny_model(family, height=16, width=16, frames=3, text=5)
-    dense = forward(model, inputs)
-    with attnplug.applied(model, NeighborhoodConfig(kernel_size=(3, 17, 17), backend="torch")):
-        out = forward(model, inputs)
-        st = attnplug.stats(model)
-    assert st.get("method", 0) > 0, st
-    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
-
-
-def test_standalone_processor():
-    model, inputs = tiny_model("pixart", height=16, width=16)
-    dense = forward(model, inputs)
-    model.set_attn_processor(NeighborhoodProcessor(NeighborhoodConfig(kernel_size=5)))
-    out = forward(model, inputs)
-    assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
-    with pytest.raises(TypeError, match="NeighborhoodConfig"):
-        NeighborhoodProcessor(attnplug.DenseConfig())
 
 
 @pytest.mark.parametrize("tile", [(1, 2, 3), (2, 4, 1), (3, 5, 5)])
