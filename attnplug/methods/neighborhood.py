@@ -314,9 +314,11 @@ class TilePlan:
         return cache[key]
 
 
-#: Relative cost of gathering one key (or query) row vs one (query, key) score in the tile cost model; fitted on the
-#: project's 2-core CPU (``benchmarks/neighborhood_bench.py``): gathers are memory-bound, scores run in SDPA's GEMMs.
+#: Relative cost of gathering one key (or query) row vs one (query, key) score in the tile cost model, and the
+#: factor on scores when a tile needs an element mask (mask reads + masked SDPA); fitted on the project's 2-core CPU
+#: (``benchmarks/neighborhood_bench.py``): gathers are memory-bound, scores run in SDPA's GEMMs.
 GATHER_COST = 150.0
+MASKED_SCORE_COST = 3.0
 
 
 def _tile_candidates(n: int, k: int, s: int, full: bool) -> list[int]:
@@ -324,27 +326,30 @@ def _tile_candidates(n: int, k: int, s: int, full: bool) -> list[int]:
         return [n]
     if s > 1:
         return sorted({min(n, s * m) for m in range(1, max(1, 32 // s) + 1)})
-    return sorted({min(n, t) for t in (1, 2, 4, 8, 12, 16, 24, 32)})
+    return sorted({min(n, t) for t in (1, 2, 4, 8, 12, 16)})
 
 
 def default_tile(res: ResolvedNeighborhood) -> Triple:
-    """Queries per tile and dimension, minimising ``G * Sq * Sk + GATHER_COST * G * (Sq + Sk)`` (scores computed,
-    padding included, plus rows gathered) over candidate tiles: whole numbers of stride groups for strided windows
-    (each group shares one window), 1..32 positions for sliding windows. Larger tiles gather fewer duplicate keys but
-    compute more masked-out scores (a tile's keys are the union of its queries' windows)."""
+    """Queries per tile and dimension, minimising ``G * Sq * Sk * (MASKED_SCORE_COST if masked else 1) +
+    GATHER_COST * G * (Sq + Sk)`` (scores computed, padding included, plus rows gathered) over candidate tiles: whole
+    numbers of stride groups for strided windows (a group shares one window), 1..16 positions for sliding windows
+    (masked). Larger tiles gather fewer duplicate keys but compute more masked-out scores (a tile's keys are the union
+    of its queries' windows)."""
     per_dim = []
     for n, k, d, s, c, full in zip(res.grid, res.kernel_size, res.dilation, res.stride, res.is_causal, res.full):
         options = []
         for t in _tile_candidates(n, k, s, full):
             q_idx, k_idx, _ = _dim_tiles(n, k, d, s, c, t)
-            options.append((t, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1]))  # tile, count, Tq, Tk
+            masked = not full and s == 1 and t > 1  # strided tiles: block-structured, measured as cheap
+            options.append((t, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1], masked))  # tile, count, Tq, Tk
         per_dim.append(options)
     best, best_cost = None, math.inf
     for a in per_dim[0]:
         for b in per_dim[1]:
             for c_ in per_dim[2]:
                 g, sq, sk = a[1] * b[1] * c_[1], a[2] * b[2] * c_[2], a[3] * b[3] * c_[3]
-                cost = g * sq * sk + GATHER_COST * g * (sq + sk)
+                factor = MASKED_SCORE_COST if (a[4] or b[4] or c_[4]) else 1.0
+                cost = g * sq * sk * factor + GATHER_COST * g * (sq + sk)
                 if cost < best_cost:
                     best, best_cost = (a[0], b[0], c_[0]), cost
     return best
