@@ -113,7 +113,7 @@ def test_threshold_needs_power_of_two_blocks():
 
 def test_autotune_prune_reads_constexpr_keyword_arguments():
     # Triton passes constexprs to early_config_prune as keyword arguments, not in named_args.
-    pruned = bst._prune(bst.AUTOTUNE_CONFIGS, {"Q": None}, BLOCK_M=64, D_PAD=128)
+    pruned = bst._prune(bst.AUTOTUNE_CONFIGS, {"Q": None}, BLOCK_M=32, D_PAD=64)
     assert [c.num_warps for c in pruned] == [8]
     assert {c.num_warps for c in bst._prune(bst.AUTOTUNE_CONFIGS, {}, BLOCK_M=64, D_PAD=32)} == {4, 8}
 

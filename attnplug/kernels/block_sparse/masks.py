@@ -27,6 +27,27 @@ from .lut import BlockLUT
 
 __all__ = ["NeighborhoodMask", "dim_window"]
 
+
+def _merge_x_intervals(qb, rt, st, et, ry, sy, ey, xlo, xhi, dx: int, width: int):
+    """Merges the x-intervals of queries that share a query block and (t, y) windows.
+
+    Two intervals merge when the next starts at most ``dx`` after the running end, so the merged set of allowed x
+    positions never has a gap wider than ``dx`` (<= block_n): marking every key block between its ends stays exact.
+    Returns the same columns for the merged rows (typically ~``block_m / kernel_x`` times fewer rows).
+    """
+    cols = torch.stack([qb, rt, st, et, ry, sy, ey])
+    _, group = torch.unique(cols, dim=1, return_inverse=True)
+    big = width + 1  # > any x coordinate
+    order = torch.argsort(group * big + xlo)
+    g, lo, hi = group[order], xlo[order], xhi[order]
+    run_hi = torch.cummax(g * big + hi, 0).values - g * big  # running end within each group
+    start = torch.ones_like(g, dtype=torch.bool)
+    start[1:] = (g[1:] != g[:-1]) | (lo[1:] > run_hi[:-1] + dx)
+    seg = torch.cumsum(start.long(), 0) - 1
+    merged_hi = torch.zeros(int(seg[-1]) + 1, dtype=hi.dtype).scatter_reduce(0, seg, hi, "amax", include_self=False)
+    first = order[start]
+    return (qb[first], rt[first], st[first], et[first], ry[first], sy[first], ey[first], lo[start], merged_hi)
+
 _DIM_NAMES = ("frames", "height", "width")
 
 
@@ -198,25 +219,29 @@ class NeighborhoodMask:
         for lo_q in range(0, n_grid, chunk):
             q = torch.arange(lo_q, min(n_grid, lo_q + chunk))
             (rt, st, et), (ry, sy, ey), (rx, sx, ex) = self.windows(q)
+            qb = q // block_m
+            xlo, xhi = rx + dx * sx, rx + dx * (ex - 1)
+            if dx <= block_n:
+                qb, rt, st, et, ry, sy, ey, xlo, xhi = _merge_x_intervals(qb, rt, st, et, ry, sy, ey, xlo, xhi, dx, w)
             t = rt[:, None] + dt * (st[:, None] + off_t)  # (Q, kt) key frames
             y = ry[:, None] + dy * (sy[:, None] + off_y)  # (Q, ky) key rows
             # causal windows near the start are shorter than the kernel: drop the offsets past the end
             ok = ((st[:, None] + off_t) < et[:, None])[:, :, None] & ((sy[:, None] + off_y) < ey[:, None])[:, None, :]
-            base = (t[:, :, None] * (h * w) + y[:, None, :] * w).reshape(len(q), -1)  # (Q, kt*ky)
-            ok = ok.reshape(len(q), -1)
+            base = (t[:, :, None] * (h * w) + y[:, None, :] * w).reshape(len(qb), -1)  # (Q, kt*ky)
+            ok = ok.reshape(len(qb), -1)
             if dx > block_n:  # allowed x positions may skip whole key blocks: enumerate them one by one
                 off_x = torch.arange(kx)
                 x = rx[:, None] + dx * (sx[:, None] + off_x)  # (Q, kx)
-                lo = (base[:, :, None] + x[:, None, :]).reshape(len(q), -1)
-                ok = (ok[:, :, None] & ((sx[:, None] + off_x) < ex[:, None])[:, None, :]).reshape(len(q), -1)
+                lo = (base[:, :, None] + x[:, None, :]).reshape(len(qb), -1)
+                ok = (ok[:, :, None] & ((sx[:, None] + off_x) < ex[:, None])[:, None, :]).reshape(len(qb), -1)
                 hi = lo
             else:  # consecutive allowed keys are <= block_n apart: every block between the ends is touched
-                lo = base + (rx + dx * sx)[:, None]
-                hi = base + (rx + dx * (ex - 1))[:, None]
-            qb = (q // block_m)[:, None].expand_as(lo)[ok]
+                lo = base + xlo[:, None]
+                hi = base + xhi[:, None]
+            qbs = qb[:, None].expand_as(lo)[ok]
             lo, hi = lo[ok], hi[ok]
-            diff.index_put_((qb, lo // block_n), torch.ones(lo.numel(), dtype=torch.int32), accumulate=True)
-            diff.index_put_((qb, hi // block_n + 1), torch.full((hi.numel(),), -1, dtype=torch.int32),
+            diff.index_put_((qbs, lo // block_n), torch.ones(lo.numel(), dtype=torch.int32), accumulate=True)
+            diff.index_put_((qbs, hi // block_n + 1), torch.full((hi.numel(),), -1, dtype=torch.int32),
                             accumulate=True)
         mask = diff.cumsum(-1)[:, :mk] > 0
         if n_grid < n_k:  # global keys: visible from every query block
