@@ -198,6 +198,10 @@ def main():
     if args.flex:
         from torch.nn.attention.flex_attention import flex_attention
 
+        # One compiled graph per shape and mask: raise dynamo's recompile limit (default 8), past which it would
+        # silently fall back to eager (unfused) Flex.
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 4096
         flex_fn = torch.compile(flex_attention, dynamic=False)
     only = args.only.split(",") if args.only else None
     cases = [c for c in CASES if (not args.quick or c[0] in QUICK) and (only is None or c[0] in only)]
