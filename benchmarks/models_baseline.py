@@ -133,7 +133,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["shapes-unet", "shapes-dit"])
+    parser.add_argument("--models", nargs="*", default=["shapes-unet", "shapes-dit"])
     parser.add_argument("--scales", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--samples", type=int, default=36)
     parser.add_argument("--samples-4x", type=int, default=12, help="samples at 4x (the slowest)")

@@ -68,18 +68,20 @@ def plot_loss(losses: list[tuple[int, float]], path: Path, title: str) -> None:
 
 
 def train(name: str, steps: int | None = None, minutes: float | None = None, out_dir: Path | None = None,
-          resume: bool = False) -> dict:
+          resume: bool = False, config: Path | None = None) -> dict:
     """Train model ``name`` (a folder under ``attnplug/models``) and return its training log.
 
     ``resume`` continues from the saved EMA weights (raw and EMA weights both start from them, a fresh optimizer
     with a new warm-up), appending to the recorded loss curve and step count; ``steps`` then counts the new steps.
+    ``config`` reads another ``config.json`` than the model folder's (for experiments into ``out_dir``).
     """
     model_dir = MODELS_DIR / name
-    cfg = read_config(model_dir / "config.json")
+    config_path = Path(config) if config is not None else model_dir / "config.json"
+    cfg = read_config(config_path)
     out_dir = Path(out_dir) if out_dir is not None else model_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() != model_dir.resolve():
-        (out_dir / "config.json").write_text((model_dir / "config.json").read_text())
+        (out_dir / "config.json").write_text(config_path.read_text())
     tcfg = cfg["train"]
     steps = int(steps if steps is not None else tcfg["steps"])
     seed = int(tcfg["seed"])
@@ -194,12 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=None, help="write here instead of the package folder")
     parser.add_argument("--resume", action="store_true", help="continue from the saved weights")
+    parser.add_argument("--config", type=Path, default=None, help="read this config.json instead (experiments)")
     parser.add_argument("--samples-only", action="store_true", help="only redraw samples.png and loss.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     if not args.samples_only:
-        train(args.name, steps=args.steps, minutes=args.minutes, out_dir=args.out_dir, resume=args.resume)
+        train(args.name, steps=args.steps, minutes=args.minutes, out_dir=args.out_dir, resume=args.resume,
+              config=args.config)
     try:
         from .grid import save_sample_grid
 
