@@ -264,7 +264,6 @@ _bsa_fwd_tuned = triton.autotune(
 )(_bsa_fwd_kernel)
 
 
-
 def _na_args(neighborhood: NeighborhoodMask | None) -> list[int]:
     if neighborhood is None:
         return []
