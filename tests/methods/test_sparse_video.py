@@ -391,9 +391,10 @@ def test_key_padding_mask_tiles_matches_brute_force():
     assert cfg.build()(q, k, v, layout, torch.zeros(2, 1, 1, layout.num_tokens)) is None
 
 
-def test_tiny_hunyuanvideo_with_padded_text():
-    model, inputs = tiny_model("hunyuanvideo", frames=3, height=16, width=16)
-    method = _config("tiles").build()
+@pytest.mark.parametrize("family,pattern", [("hunyuanvideo", "tiles"), ("ltx", "topk")])
+def test_tiny_hunyuanvideo_and_ltx(family, pattern):
+    model, inputs = tiny_model(family, frames=3, height=16, width=16)
+    method = _config(pattern).build()
     with attnplug.applied(model, method):
         out = forward(model, inputs)
         stats = attnplug.stats(model)
