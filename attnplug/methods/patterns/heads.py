@@ -106,14 +106,13 @@ def profile_heads(
     Returns:
         ``(choice (H,) int64 index into token_masks, errors (C, H) mean squared error per candidate and head)``.
     """
-    qs = q[:, :, rows].float()
-    scores = torch.matmul(qs, k.float().transpose(-1, -2)) * scale  # (B, H, S, N)
-    vf = v.float()
-    full = torch.matmul(torch.softmax(scores, -1), vf)
-    errors = []
-    for tm in token_masks:
-        s = scores.masked_fill(~tm, -math.inf)
-        out = torch.matmul(torch.softmax(s, -1).nan_to_num(0.0), vf)
-        errors.append((out - full).pow(2).mean(dim=(0, 2, 3)))
-    err = torch.stack(errors)  # (C, H)
-    return err.argmin(0), err
+    errors = torch.zeros(len(token_masks), q.shape[1], dtype=torch.float32, device=q.device)
+    for h in range(q.shape[1]):  # one head at a time: the (B, S, N) scores of all heads may not fit
+        scores = torch.matmul(q[:, h, rows].float(), k[:, h].float().transpose(-1, -2)) * scale  # (B, S, N)
+        vf = v[:, h].float()
+        full = torch.matmul(torch.softmax(scores, -1), vf)
+        for c, tm in enumerate(token_masks):
+            s = scores.masked_fill(~tm, -math.inf)
+            out = torch.matmul(torch.softmax(s, -1).nan_to_num(0.0), vf)
+            errors[c, h] = (out - full).pow(2).mean()
+    return errors.argmin(0), errors

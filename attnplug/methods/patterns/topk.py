@@ -82,16 +82,16 @@ def select_blocks(probs: Tensor, budget: int, forced: Tensor | None = None, mass
     budget = max(1, min(int(budget), mk))
     key = probs.clone()
     if forced is not None:
-        key = key.masked_fill(forced, 2.0)  # above any probability: forced blocks sort first
-    order = torch.argsort(key, dim=-1, descending=True, stable=True)
-    rank_keep = torch.arange(mk, device=probs.device) < budget
-    keep_sorted = rank_keep.expand_as(key).clone()
+        key = key.masked_fill(forced, 2.0)  # above any probability: forced blocks rank first
+    # Only the `budget` best-ranked blocks can be kept: a partial top-k instead of a full sort.
+    top = torch.topk(key, budget, dim=-1, sorted=True).indices
+    keep_sorted = torch.ones_like(top, dtype=torch.bool)
     if mass is not None:
-        sorted_p = torch.gather(probs, -1, order)
+        sorted_p = torch.gather(probs, -1, top)
         before = torch.cumsum(sorted_p, -1) - sorted_p  # mass of the blocks ranked above
         keep_sorted &= before < mass
-    mask = torch.zeros_like(keep_sorted)
-    mask.scatter_(-1, order, keep_sorted)
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    mask.scatter_(-1, top, keep_sorted)
     if forced is not None:
         mask |= forced
     return mask
