@@ -224,6 +224,39 @@ def bench_random(args, save) -> dict:
     return result
 
 
+def bench_interleaved(args) -> dict:
+    """Dense and sparse runs alternated ``args.interleave`` times per config (robust to load changes): the speed-up
+    is the median of the ratios of adjacent (dense, sparse) pairs."""
+    model = build_model(args)
+    g = torch.Generator().manual_seed(args.seed)
+    latents = torch.randn(1, 4, args.frames, 2 * args.height, 2 * args.width, generator=g)
+    text = torch.randn(1, 16, 16, generator=g)
+    rows = []
+    for cfg in configs(args, args.patterns, args.densities):
+        pairs = []
+        for _ in range(args.interleave):
+            dense, t_dense, _ = run_loop(model, args, latents, text)
+            method = cfg.build()
+            with attnplug.applied(model, method):
+                out, t_sparse, _ = run_loop(model, args, latents, text)
+            pairs.append((t_dense, t_sparse))
+        ratios = sorted(d / s_ for d, s_ in pairs)
+        sparse = [r for r in method.report() if r["dense_reason"] is None]
+        rows.append(dict(
+            pattern=cfg.pattern, density_target=cfg.density, pairs_seconds=pairs,
+            median_speedup=ratios[len(ratios) // 2],
+            mean_density_sparse_calls=sum(r["effective_density"] for r in sparse) / max(len(sparse), 1),
+            psnr_db=psnr(out, dense),
+        ))
+        shown = [(round(a, 1), round(b, 1)) for a, b in pairs]
+        print(f"  interleaved {cfg.pattern:9s} d={cfg.density:.2f}: pairs {shown} -> median "
+              f"{rows[-1]['median_speedup']:.2f}x", flush=True)
+    return dict(
+        tokens=args.frames * args.height * args.width, steps=args.steps, dense_warmup_steps=args.warmup,
+        repeats=args.interleave, runs=rows,
+    )
+
+
 def bench_shapes_video(args) -> dict | None:
     try:
         from attnplug.models import load_pipeline
@@ -313,6 +346,8 @@ def main(argv=None):
     p.add_argument("--gather-fix", action="store_true", help="also measure with the proposed 3-D gather in the kernel")
     p.add_argument("--shapes-steps", type=int, default=20)
     p.add_argument("--no-shapes", action="store_true")
+    p.add_argument("--interleave", type=int, default=0,
+                   help="instead of the full table: alternate dense and each config this many times (median ratio)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="4 x 16 x 16 grid, 3 steps")
@@ -338,6 +373,10 @@ def main(argv=None):
 
     if not args.no_shapes:  # cheap; first, so its availability is recorded even if the long part is cut short
         result["shapes_video"] = bench_shapes_video(args)
+    if args.interleave:
+        result["interleaved"] = bench_interleaved(args)
+        save()
+        return
     result["random"] = bench_random(args, lambda partial: (result.__setitem__("random", partial), save()))
     save()
     print(table(result["random"]))
