@@ -149,6 +149,7 @@ def apply(
 
     handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
     model._attnplug = _Applied(runtime, wrappers, handle)
+    method.attach(model)
     logger.info(
         "attnplug: %s on %d of %d self-attention layers of %s (%s family)",
         type(method).__name__, sum(w.selected for _, w in wrappers), len(self_names), type(model).__name__,
@@ -169,6 +170,7 @@ def remove(target):
     applied = model.__dict__.get("_attnplug")
     if applied is None:
         return target
+    applied.runtime.method.detach(model)
     for module, wrapper in applied.wrappers:
         if module.processor is wrapper:
             module.set_processor(wrapper.stock)

@@ -51,3 +51,16 @@ class AttentionMethod:
 
     def reset(self) -> None:
         """Forget per-run state (caches), called when a new denoising run starts."""
+
+    def cross_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, info: CallInfo
+    ) -> torch.Tensor | None:
+        """Optional hook for cross-attention calls (``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``) within the schedule:
+        return an output to replace the stock one, or None (the default) to keep the stock call."""
+        return None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Called by :func:`attnplug.apply` once the model's processors are wrapped (e.g. to wrap its forward)."""
+
+    def detach(self, model: torch.nn.Module) -> None:
+        """Called by :func:`attnplug.remove` before the processors are restored; undoes :meth:`attach`."""

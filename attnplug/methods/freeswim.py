@@ -12,11 +12,8 @@ Two ideas, both above the training resolution:
 
 How it fits attnplug. A method only sees one module's (q, k, v); the dual path needs two things beyond that:
 
-- *cross-attention calls*: :class:`FreeSwimMethod.cross_attention` is the hook (returns the override, or None for the
-  stock call). attnplug's base wrapper sends cross-attention calls to dense SDPA without asking the method, so
-  :func:`enable_dual_path` turns the applied wrappers into :class:`FreeSwimProcessor` (a subclass whose ``_attend``
-  consults the hook). A wrapper-level hook (see ``docs/methods/neighborhood.md``) would make that class swap
-  unnecessary.
+- *cross-attention calls*: :meth:`FreeSwimMethod.cross_attention` implements the wrapper's cross-attention hook
+  (:meth:`AttentionMethod.cross_attention`: returns the override, or None for the stock call).
 - *two denoiser passes on refresh steps*: :func:`enable_dual_path` wraps the denoiser's ``forward``: on a refresh step
   it first runs the full branch (``mode = "full"``: dense self-attention, cross-attention outputs cached per layer
   and per guidance pass), then the windowed branch (``mode = "window"``) whose cross-attention outputs are replaced by
@@ -53,7 +50,7 @@ MODES = ("window", "full")
 @dataclass(frozen=True)
 class FreeSwimConfig(MethodConfig):
     """FreeSwim: inward sliding-window self-attention sized to the training resolution + full-branch cross-attention
-    override, refreshed every ``refresh_every`` steps (use :func:`apply_freeswim` for the dual path)."""
+    override, refreshed every ``refresh_every`` steps (``attnplug.apply`` sets up the dual path)."""
 
     name: ClassVar[str] = "freeswim"
     train_grid: tuple = help_field(
@@ -105,6 +102,14 @@ class FreeSwimMethod(AttentionMethod):
         self.cache: dict[tuple[int, str], torch.Tensor] = {}
         self.cache_step: dict[int, int] = {}  # pass -> step at which its cache was filled
         self.dual_path = False  # set by enable_dual_path
+        self._forward = None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        if self.config.override_cross_attention:
+            enable_dual_path(model)
+
+    def detach(self, model: torch.nn.Module) -> None:
+        disable_dual_path(model)
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         if mask is not None:
@@ -113,7 +118,7 @@ class FreeSwimMethod(AttentionMethod):
             return F.scaled_dot_product_attention(q, k, v, scale=info.scale if info is not None else None)
         if not self.dual_path and self.config.override_cross_attention:
             log_once(logger, logging.WARNING, "FreeSwim: only the windowed self-attention is active; use "
-                     "attnplug.methods.freeswim.apply_freeswim(...) for the full-branch cross-attention override.")
+                     "attnplug.apply(...) for the full-branch cross-attention override.")
         return self.window(q, k, v, layout, None, info)
 
     # -- the dual path ---------------------------------------------------------------------------------------------
@@ -149,9 +154,8 @@ class FreeSwimMethod(AttentionMethod):
 
 
 class FreeSwimProcessor(AttnplugProcessor):
-    """An :class:`AttnplugProcessor` that also routes cross-attention calls through the method's
-    ``cross_attention`` hook (within the schedule). Standalone: ``model.set_attn_processor(FreeSwimProcessor(cfg))``
-    (windowed self-attention; call :func:`enable_dual_path` for the override)."""
+    """An :class:`AttnplugProcessor` for a FreeSwim config. Standalone: ``model.set_attn_processor(
+    FreeSwimProcessor(cfg))`` gives the windowed self-attention (the dual path needs :func:`attnplug.apply`)."""
 
     def __init__(self, config: FreeSwimConfig | FreeSwimMethod | None = None, *, layout: TokenLayout | None = None,
                  **kwargs):
@@ -159,23 +163,6 @@ class FreeSwimProcessor(AttnplugProcessor):
         if not isinstance(config, (FreeSwimConfig, FreeSwimMethod)):
             raise TypeError(f"FreeSwimProcessor needs a FreeSwimConfig, got {type(config).__name__}.")
         super().__init__(config, layout=layout, **kwargs)
-
-    def _attend(self, attn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-        method = self.method
-        is_cross = self.is_cross or query.shape[-2] != key.shape[-2]
-        hook = getattr(method, "cross_attention", None)
-        if is_cross and hook is not None and not dropout_p and not is_causal:
-            step, num_steps = self.runtime.step()
-            if self.runtime.schedule.step_active(step, num_steps):
-                info = CallInfo(layer_name=self.name, layer_index=self.index, num_layers=self.runtime.num_layers,
-                                step=step, num_steps=num_steps, scale=scale)
-                out = hook(query, key, value, attn_mask, info)
-                if out is not None:
-                    self.runtime.stats["calls"] += 1
-                    self.runtime.stats["cross-attention override" if method.mode == "window"
-                                       else "cross-attention full branch"] += 1
-                    return out
-        return super()._attend(attn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
 
 def _applied(model):
@@ -189,21 +176,19 @@ def _applied(model):
 
 
 def enable_dual_path(target):
-    """Turn on FreeSwim's dual path on a pipeline/denoiser that ``attnplug.apply(..., FreeSwimConfig(...))`` patched:
-    cross-attention calls go through the method's hook, and the denoiser's ``forward`` runs the full branch first on
-    refresh steps. Undone by :func:`disable_dual_path` (also by ``attnplug.remove``, which drops the wrappers; call
-    :func:`disable_dual_path` to drop the forward wrapper too). Returns ``target``."""
+    """Turn on FreeSwim's dual path on a pipeline/denoiser patched with a FreeSwim config (``attnplug.apply`` does
+    this itself when ``override_cross_attention`` is on): the denoiser's ``forward`` runs the full branch first on
+    refresh steps; cross-attention calls reach :meth:`FreeSwimMethod.cross_attention` through the wrapper's hook.
+    Undone by :func:`disable_dual_path` and by ``attnplug.remove``. Returns ``target``."""
     from ..plugin import resolve_denoiser
 
     model, _ = resolve_denoiser(target)
     applied = _applied(model)
     method: FreeSwimMethod = applied.runtime.method
-    for _, wrapper in applied.wrappers:
-        if type(wrapper) is AttnplugProcessor:
-            wrapper.__class__ = FreeSwimProcessor  # same state, adds the cross-attention hook
-    if "forward" in model.__dict__:
-        return target  # already enabled
+    if method.dual_path:
+        return target
     state = applied.runtime.state
+    previous = model.__dict__.get("forward")  # e.g. accelerate's offload hook
     original = model.forward
     last = {"step": None}
 
@@ -222,6 +207,7 @@ def enable_dual_path(target):
 
     model.forward = forward
     method.dual_path = True
+    method._forward = (forward, previous)
     logger.info("attnplug: FreeSwim dual path on %s (refresh every %d steps)", type(model).__name__,
                 method.config.refresh_every)
     return target
@@ -232,26 +218,32 @@ def disable_dual_path(target):
     from ..plugin import resolve_denoiser
 
     model, _ = resolve_denoiser(target)
-    model.__dict__.pop("forward", None)
     applied = model.__dict__.get("_attnplug")
-    if applied is not None and isinstance(applied.runtime.method, FreeSwimMethod):
-        applied.runtime.method.dual_path = False
-        applied.runtime.method.reset()
+    if applied is None or not isinstance(applied.runtime.method, FreeSwimMethod):
+        return target
+    method = applied.runtime.method
+    if method.dual_path:
+        ours, previous = method._forward
+        if model.__dict__.get("forward") is ours:
+            if previous is None:
+                del model.__dict__["forward"]
+            else:
+                model.forward = previous
+        method.dual_path = False
+    method.reset()
     return target
 
 
 def apply_freeswim(target, config: FreeSwimConfig | None = None, **apply_kwargs):
-    """``attnplug.apply(target, config, **apply_kwargs)`` followed by :func:`enable_dual_path`. Returns ``target``."""
+    """Same as ``attnplug.apply(target, config or FreeSwimConfig(), **apply_kwargs)`` (kept for explicitness).
+    Returns ``target``."""
     from ..plugin import apply
 
-    disable_dual_path(target)
-    apply(target, config if config is not None else FreeSwimConfig(), **apply_kwargs)
-    return enable_dual_path(target)
+    return apply(target, config if config is not None else FreeSwimConfig(), **apply_kwargs)
 
 
 def remove_freeswim(target):
-    """:func:`disable_dual_path` and ``attnplug.remove``. Returns ``target``."""
+    """Same as ``attnplug.remove(target)``. Returns ``target``."""
     from ..plugin import remove
 
-    disable_dual_path(target)
     return remove(target)

@@ -206,27 +206,43 @@ class AttnplugProcessor:
             return self.runtime.state.layout_for(n, self.name)
         return TokenLayout.square(n)
 
+    def _info(self, scale) -> CallInfo:
+        step, num_steps = self.runtime.step()
+        state = self.runtime.state
+        return CallInfo(
+            layer_name=self.name,
+            layer_index=self.index,
+            num_layers=self.runtime.num_layers,
+            step=step,
+            num_steps=num_steps,
+            scale=scale,
+            latent_grid=state.grid if state is not None else None,
+        )
+
+    def _cross_attention_hook(self, query, key, value, attn_mask, dropout_p, is_causal, scale) -> torch.Tensor | None:
+        method = self.method
+        if type(method).cross_attention is AttentionMethod.cross_attention or dropout_p or is_causal:
+            return None
+        step, num_steps = self.runtime.step()
+        if not self.runtime.schedule.step_active(step, num_steps):
+            return None
+        return method.cross_attention(query, key, value, attn_mask, self._info(scale))
+
     def _attend(self, attn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         stats = self.runtime.stats
         stats["calls"] += 1
         reason = self._use_method(query, key, attn_mask, dropout_p, is_causal, enable_gqa)
         if reason is None:
-            step, num_steps = self.runtime.step()
-            state = self.runtime.state
-            info = CallInfo(
-                layer_name=self.name,
-                layer_index=self.index,
-                num_layers=self.runtime.num_layers,
-                step=step,
-                num_steps=num_steps,
-                scale=scale,
-                latent_grid=state.grid if state is not None else None,
-            )
-            out = self.method(query, key, value, self._layout_for(query.shape[-2]), attn_mask, info)
+            out = self.method(query, key, value, self._layout_for(query.shape[-2]), attn_mask, self._info(scale))
             if out is not None:
                 stats["method"] += 1
                 return out
             reason = "method handed the call back"
+        elif reason == "cross-attention":
+            out = self._cross_attention_hook(query, key, value, attn_mask, dropout_p, is_causal, scale)
+            if out is not None:
+                stats["method: cross-attention"] += 1
+                return out
         stats["dense"] += 1
         stats[f"dense: {reason}"] += 1
         if reason == "attention mask given":
