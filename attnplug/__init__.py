@@ -1,5 +1,6 @@
 """attnplug: training-free attention variants for Hugging Face diffusers pipelines."""
 
+from . import kernels
 from .config import MethodConfig, Schedule
 from .layout import FAMILIES, TokenLayout
 from .methods import (
@@ -23,7 +24,7 @@ from .methods import (
     WindowMethod,
     WindowProcessor,
 )
-from .plugin import applied, apply, remove, reset_stats, stats
+from .plugin import applied, apply, method_of, remove, reset_stats, stats
 from .processors import AttnplugProcessor
 
 __version__ = "0.1.0"
@@ -56,6 +57,8 @@ __all__ = [
     "__version__",
     "applied",
     "apply",
+    "kernels",
+    "method_of",
     "remove",
     "reset_stats",
     "stats",

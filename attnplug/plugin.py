@@ -203,3 +203,10 @@ def reset_stats(target) -> None:
     applied_ = model.__dict__.get("_attnplug")
     if applied_ is not None:
         applied_.runtime.stats.clear()
+
+
+def method_of(target) -> AttentionMethod | None:
+    """The :class:`AttentionMethod` applied to ``target`` (e.g. to read a sparsity report), or None."""
+    model, _ = resolve_denoiser(target)
+    applied_ = model.__dict__.get("_attnplug")
+    return applied_.runtime.method if applied_ is not None else None

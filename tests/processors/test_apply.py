@@ -175,3 +175,13 @@ def test_torch_compile_same_output_and_graph_breaks_counted(family, capsys):
     with capsys.disabled():
         reasons = sorted({r.splitlines()[0][:70] for r in counters["graph_break"]})
         print(f"\n[torch.compile {family}] graph breaks: {breaks} ({'; '.join(reasons)})")
+
+
+def test_method_of_returns_applied_method():
+    model, _ = tiny_model("pixart")
+    assert attnplug.method_of(model) is None
+    method = Tagged()
+    attnplug.apply(model, method)
+    assert attnplug.method_of(model) is method
+    attnplug.remove(model)
+    assert attnplug.method_of(model) is None
