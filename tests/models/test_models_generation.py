@@ -45,10 +45,10 @@ def test_seeded_and_output_types():
     pipe = load_pipeline("shapes-dit")
     a = pipe("red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="pt").images
     b = pipe("red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="np").images
-    assert a.shape == (1, 3, 32, 32) and b.shape == (1, 32, 32, 3)
+    assert a.shape == (1, 3, 16, 16) and b.shape == (1, 16, 16, 3)
     np.testing.assert_allclose(a.permute(0, 2, 3, 1).numpy(), b, atol=1e-6)
     pil = pipe("red circle", num_inference_steps=1).images
-    assert pil[0].size == (32, 32)
+    assert pil[0].size == (16, 16)
     wide = pipe("red circle", height=32, width=64, num_inference_steps=1, output_type="pt").images
     assert wide.shape == (1, 3, 32, 64)
 
@@ -107,4 +107,4 @@ def test_train_smoke(tmp_path):
     log = train("shapes-dit", steps=2, out_dir=tmp_path)
     assert log["steps"] == 2 and log["finished"]
     pipe = load_pipeline(tmp_path)
-    assert pipe("blue square", num_inference_steps=1, output_type="pt").images.shape == (1, 3, 32, 32)
+    assert pipe("blue square", num_inference_steps=1, output_type="pt").images.shape == (1, 3, 16, 16)
