@@ -108,6 +108,14 @@ class _ShapesPipelineBase(DiffusionPipeline):
         return x.clamp(-1, 1)
 
 
+def _num_prompts(prompt) -> int:
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return len(prompt)
+    raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+
+
 def _to_images(x: torch.Tensor, output_type: str):
     """``(B, 3, H, W)`` in [-1, 1] -> PIL list, ``(B, H, W, 3)`` float array, or ``(B, 3, H, W)`` tensor in [0, 1]."""
     x = (x / 2 + 0.5).clamp(0, 1)
@@ -145,7 +153,7 @@ class _ShapesImagePipeline(_ShapesPipelineBase):
         steps = self._default("num_inference_steps", num_inference_steps)
         guidance = self._default("guidance_scale", guidance_scale)
         self._check_common(steps, guidance, output_type, {"height": height, "width": width})
-        n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+        n_prompts = _num_prompts(prompt)
         shape = (n_prompts * num_images_per_prompt, 3, height, width)
         x = self.sample(shape, prompt, steps, guidance, generator, latents, num_images_per_prompt)
         images = _to_images(x, output_type)
@@ -226,7 +234,7 @@ class ShapesVideoPipeline(_ShapesPipelineBase):
         self._check_common(steps, guidance, output_type, {"height": height, "width": width})
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames={num_frames!r} must be a positive integer.")
-        n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+        n_prompts = _num_prompts(prompt)
         shape = (n_prompts * num_videos_per_prompt, 3, num_frames, height, width)
         x = self.sample(shape, prompt, steps, guidance, generator, latents, num_videos_per_prompt)
         x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W)
