@@ -76,16 +76,16 @@ def _save(result, out: Path, fps: int = 4) -> list[Path]:
 
 
 def generate(model, prompt, *, method="dense", options=None, out="outputs/sample", seed=0, **call_kwargs) -> dict:
-    """Generate with ``model`` (an embedded model name or ``tiny-*``) and method ``method``; save the output and a
-    JSON record (timing, attention counters) next to it. Returns the record."""
+    """Generate with ``model`` (an embedded model name or ``tiny-*``) and ``method`` (a name + ``options``, or a
+    config); save the output and a JSON record (timing, attention counters, detected objects) next to it."""
     import torch
 
     import attnplug
 
-    from .config import config_from_options
+    from .config import MethodConfig, config_from_options
 
     pipe, random_weights = _load(model)
-    config = config_from_options(method, options or {})
+    config = method if isinstance(method, MethodConfig) else config_from_options(method, options or {})
     kwargs = {k: v for k, v in call_kwargs.items() if v is not None}
     if random_weights:
         kwargs.setdefault("output_type", "np")
@@ -100,6 +100,8 @@ def generate(model, prompt, *, method="dense", options=None, out="outputs/sample
     attnplug.remove(pipe)
     paths = _save(result, Path(out))
     record["outputs"] = [str(p) for p in paths]
+    if not random_weights:
+        record["objects"] = _count_objects(result)
     Path(out).with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
     return record
 
@@ -128,33 +130,61 @@ def _cmd_methods(args) -> int:
     return 0
 
 
+def _count_objects(result) -> list[int]:
+    """Objects the classical detector finds per image (video: per frame of the first video)."""
+    import numpy as np
+
+    from .models import detect
+
+    if hasattr(result, "frames"):
+        return [detect(frame).count for frame in np.asarray(result.frames)[0]]
+    return [detect(np.asarray(image)).count for image in result.images]
+
+
+def _demo_jobs(models: list[str]) -> list[tuple]:
+    from .methods import AgentConfig, NeighborhoodConfig
+
+    jobs = []
+    if "shapes-unet" in models:
+        window = NeighborhoodConfig.from_training_resolution((16, 16), family="unet")
+        jobs += [("shapes-unet", "red circle", 1, "dense"), ("shapes-unet", "red circle", 2, "dense"),
+                 ("shapes-unet", "red circle", 2, window), ("shapes-unet", "red circle", 2, AgentConfig())]
+    if "shapes-dit" in models:
+        window = NeighborhoodConfig.from_training_resolution((8, 8))
+        jobs += [("shapes-dit", "blue square", 1, "dense"), ("shapes-dit", "blue square", 2, "dense"),
+                 ("shapes-dit", "blue square", 2, window)]
+    if "shapes-video" in models:
+        jobs.append(("shapes-video", "green triangle moving right", 1, "dense"))
+    return jobs
+
+
 def _cmd_demo(args) -> int:
-    from .config import method_configs
-    from .models import available_models
+    from tqdm.auto import tqdm
+
+    from .models import available_models, load_pipeline
 
     out = Path(args.out)
     models = available_models()
     if not models:
-        print("note: no embedded models are installed; the demo uses tiny RANDOM-weight pipelines (output is noise).")
-        jobs = [("tiny-sd", "a red circle", {"height": 64, "width": 64, "num_inference_steps": 4})]
-    else:
-        jobs = []
-        if "shapes-unet" in models:
-            jobs += [("shapes-unet", "red circle", {"height": s, "width": s}) for s in (32, 64)]
-        if "shapes-dit" in models:
-            jobs.append(("shapes-dit", "blue square", {}))
-        if "shapes-video" in models:
-            jobs.append(("shapes-video", "green triangle moving right", {}))
-    methods = ["dense"] + [m for m in ("agent", "neighborhood") if m in method_configs() and args.methods]
-    print(f"attnplug demo: {len(jobs)} generations x {len(methods)} methods -> {out}/")
-    for model, prompt, kwargs in jobs:
-        for method in methods:
-            if method != "dense" and model == "shapes-video":
-                continue
-            size = f"{kwargs.get('height', 'default')}"
-            stem = out / f"{model}_{size}_{method}"
-            record = generate(model, prompt, method=method, out=str(stem), seed=args.seed, **kwargs)
-            print(f"  {model:13s} {size:>7s} {method:12s} {record['seconds']:6.2f} s  {record['outputs'][0]}")
+        print("note: no embedded models are installed; the demo uses a tiny RANDOM-weight pipeline (output is noise).")
+        record = generate("tiny-sd", "a red circle", out=str(out / "tiny-sd"), height=64, width=64,
+                          num_inference_steps=4)
+        print(f"  tiny-sd  {record['seconds']:.2f} s  {record['outputs'][0]}")
+        return 0
+    jobs = [job for job in _demo_jobs(models) if args.methods or job[3] == "dense"]
+    print(f"attnplug demo: embedded models {', '.join(models)}; {len(jobs)} generations -> {out}/")
+    rows = []
+    for model, prompt, scale, method in tqdm(jobs, desc="demo", disable=None):
+        defaults = load_pipeline(model).sample_defaults
+        size = {"height": defaults["height"] * scale, "width": defaults["width"] * scale}
+        name = method if isinstance(method, str) else method.name
+        stem = out / f"{model}_{scale}x_{name}"
+        record = generate(model, prompt, method=method, out=str(stem), seed=args.seed, **size)
+        objects = record.get("objects", [])
+        rows.append(f"  {model:13s} {scale}x {name:13s} {record['seconds']:6.2f} s  objects {objects}  "
+                    f"{record['outputs'][0]}")
+    print("\n".join(rows))
+    print("(objects: what the classical detector finds per image/frame; 1 = the prompted shape, >1 = duplication)")
     return 0
 
 

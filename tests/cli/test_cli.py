@@ -36,3 +36,13 @@ def test_cli_reports_bad_option(capsys):
     rc = main(["generate", "x", "--model", "tiny-sd", "--method", "dense", "-o", "backend=flash"])
     assert rc == 2
     assert "backend must be one of" in capsys.readouterr().err
+
+
+def test_demo_runs_with_embedded_models(tmp_path, capsys):
+    from attnplug.models import available_models
+
+    assert main(["demo", "--no-methods", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for model in available_models():
+        assert model in out
+    assert list(tmp_path.glob("*.json")) and list(tmp_path.glob("*.png"))
