@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from attnplug.kernels.block_sparse.masks import dim_window  # noqa: E402
 from attnplug.layout import TokenLayout  # noqa: E402
 from attnplug.methods.neighborhood import (  # noqa: E402
     NeighborhoodConfig,
@@ -66,16 +67,7 @@ def natten_mask_mod(res):
     f, h, w = res.grid
 
     def dim_ok(i, j, n, k, d, s, c):
-        r = i % d
-        lr = (n - r + d - 1) // d
-        a = i // d
-        leader = torch.minimum((a // s) * s + (s - 1) // 2, lr - 1)
-        if c:
-            end = leader + 1
-            start = torch.clamp(leader - k + 1, min=0)
-        else:
-            start = torch.minimum(torch.clamp(leader - k // 2, min=0), lr - k)
-            end = start + k
+        r, start, end = dim_window(i, n, k, d, s, c)  # the kernel's own formula (one definition)
         return (j % d == r) & (j // d >= start) & (j // d < end)
 
     def mask_mod(b, hh, q_idx, kv_idx):
