@@ -328,9 +328,8 @@ def _config(pattern):
     return SparseVideoConfig(pattern=pattern, density=0.3, tile=(1, 4, 4), block_size=16, num_sampled_rows=16)
 
 
-@pytest.mark.parametrize("family", ["wan", "cogvideox"])
-@pytest.mark.parametrize("pattern", PATTERNS)
-def test_tiny_video_models_every_pattern(family, pattern):
+def _run_tiny(family, pattern):
+    """Apply ``pattern`` to a tiny ``family`` model for one forward; check it ran; return (stats, method)."""
     model, inputs = tiny_model(family, frames=3, height=16, width=16)
     method = _config(pattern).build()
     with attnplug.applied(model, method):
@@ -338,6 +337,13 @@ def test_tiny_video_models_every_pattern(family, pattern):
         stats = attnplug.stats(model)
     assert torch.isfinite(out).all()
     assert stats.get("method", 0) > 0, stats
+    return stats, method
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_tiny_video_models_every_pattern(family, pattern):
+    stats, method = _run_tiny(family, pattern)
     sparse = [r for r in method.report() if r["dense_reason"] is None]
     assert len(method.report()) == stats["method"] and sparse
     if pattern != "threshold":
@@ -393,11 +399,5 @@ def test_key_padding_mask_tiles_matches_brute_force():
 
 @pytest.mark.parametrize("family,pattern", [("hunyuanvideo", "tiles"), ("ltx", "topk")])
 def test_tiny_hunyuanvideo_and_ltx(family, pattern):
-    model, inputs = tiny_model(family, frames=3, height=16, width=16)
-    method = _config(pattern).build()
-    with attnplug.applied(model, method):
-        out = forward(model, inputs)
-        stats = attnplug.stats(model)
-    assert torch.isfinite(out).all()
-    assert stats.get("method", 0) > 0, stats
+    _, method = _run_tiny(family, pattern)
     assert all(r["dense_reason"] is None for r in method.report())
