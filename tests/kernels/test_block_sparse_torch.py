@@ -54,6 +54,31 @@ def test_torch_half(dtype):
     assert max_err(out, block_sparse_reference(q, k, v, lut)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n", [200, 256])
+def test_torch_long_rows_chunked_by_lse(monkeypatch, n, dtype):
+    """Long unmasked rows are attended in key chunks merged by log-sum-exp: same result as one call."""
+    from attnplug.kernels.block_sparse import torch as bs_torch
+
+    monkeypatch.setattr(bs_torch, "CHUNK_ABOVE_KEYS", 32)
+    monkeypatch.setattr(bs_torch, "CHUNK_KEYS", 32)  # 2 blocks of 16 per chunk; n=200 has a ragged last block
+    q, k, v = qkv(2, 2, n, 64, dtype=dtype, seed=n)
+    lut = random_lut(2, 2, n, n, 32, 16, density=0.7, seed=n)
+    calls = []
+    monkeypatch.setattr(bs_torch, "_sdpa_chunked", _counting(bs_torch._sdpa_chunked, calls))
+    out = block_sparse_attention(q, k, v, lut, backend="torch")
+    assert calls, "no row took the chunked path"
+    assert out.dtype == dtype
+    assert max_err(out, block_sparse_reference(q, k, v, lut)) < TOL[dtype]
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
 def test_torch_cross_attention_lengths():
     q, k, v = qkv(2, 2, 90, 40, n_k=77, seed=2)
     lut = random_lut(1, 1, 90, 77, 32, 16, seed=2)
