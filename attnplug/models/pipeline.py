@@ -217,7 +217,7 @@ class ShapesVideoPipeline(_ShapesPipelineBase):
         Args:
             prompt: a string or a list of ``P`` strings.
             num_frames: frames ``F`` (default 8, the training length; more frames = a longer video).
-            height, width: pixels (default 24).
+            height, width: pixels (default: the training size in the model config).
             num_inference_steps, guidance_scale, generator: as for the image pipelines.
             num_videos_per_prompt: videos per prompt; ``B = P * num_videos_per_prompt``.
             latents: optional initial noise ``(B, 3, F, H, W)``.

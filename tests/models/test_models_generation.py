@@ -70,10 +70,12 @@ def test_one_image_and_one_video_offline_under_a_minute(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     image = load_pipeline("shapes-unet")("green square", generator=torch.Generator().manual_seed(0)).images[0]
-    video = load_pipeline("shapes-video")("red circle moving right", generator=torch.Generator().manual_seed(0))
+    video_pipe = load_pipeline("shapes-video")
+    video = video_pipe("red circle moving right", generator=torch.Generator().manual_seed(0))
     elapsed = time.perf_counter() - start
     assert image.size == (16, 16)
-    assert video.frames.shape == (1, 8, 24, 24, 3)
+    side = video_pipe.sample_defaults["height"]
+    assert video.frames.shape == (1, video_pipe.sample_defaults["num_frames"], side, side, 3)
     assert elapsed < 60, f"one image + one video took {elapsed:.1f} s"
 
 
@@ -82,7 +84,8 @@ def test_video_fast():
     pipe = load_pipeline("shapes-video")
     prompts = [video_prompt(COLORS[i], SHAPES[i % 3], d) for i, d in enumerate(DIRECTIONS)]
     frames = pipe(prompts, num_inference_steps=12, generator=torch.Generator().manual_seed(0)).frames
-    assert frames.shape == (4, 8, 24, 24, 3)
+    side = pipe.sample_defaults["height"]
+    assert frames.shape == (4, 8, side, side, 3)
     for prompt, video in zip(prompts, frames):
         dets = detect_video(video)
         hits = sum(d.count >= 1 and d.objects[0].color == prompt.split()[0] for d in dets)
