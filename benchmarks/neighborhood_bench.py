@@ -84,7 +84,8 @@ def run_case(name, grid, kernel, stride, reps, args, flex_fn):
     layout = TokenLayout(*grid)
     n = layout.num_tokens
     torch.manual_seed(0)
-    q, k, v = torch.randn(3, 1, HEADS, n, DIM).unbind(0)
+    # (B, H, N, D) views of (B, N, H, D) tensors, as diffusers' processors pass them to SDPA.
+    q, k, v = (x.transpose(1, 2) for x in torch.randn(3, 1, n, HEADS, DIM).unbind(0))
     res = NeighborhoodConfig(kernel_size=kernel, stride=stride).resolve(layout)
     row = {"case": name, "grid": grid, "kernel": res.kernel_size, "stride": res.stride, "tokens": n,
            "density": res.density(), "flop_ratio": 1 / res.density(), "reps": reps}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -301,24 +302,26 @@ class TilePlan:
             object.__setattr__(self, "_gather", cached)
         return cached
 
-    def additive_mask(self, dtype: torch.dtype, device) -> torch.Tensor | None:
-        """``mask`` as an additive ``(1, G, Sq, Sk)`` float mask (0 / -inf), cached per dtype and device: SDPA on the
-        CPU would otherwise convert the boolean mask on every call."""
+    def additive_mask(self, dtype: torch.dtype, device, text_tokens: int = 0) -> torch.Tensor | None:
+        """``mask`` as an additive ``(G, 1, Sq, Sk + text_tokens)`` float mask (0 / -inf; text columns 0), cached per
+        dtype, device and text count: SDPA on the CPU would otherwise convert the boolean mask on every call."""
         if self.mask is None:
             return None
         cache = self.__dict__.setdefault("_additive", {})
-        key = (dtype, str(device))
+        key = (dtype, str(device), text_tokens)
         if key not in cache:
             m = torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, float("-inf"))
-            cache[key] = m[None].to(device)
+            if text_tokens:
+                m = torch.cat([m, m.new_zeros(m.shape[0], m.shape[1], text_tokens)], dim=2)
+            cache[key] = m[:, None].to(device)
         return cache[key]
 
 
-#: Relative cost of gathering one key (or query) row vs one (query, key) score in the tile cost model, and the
-#: factor on scores when a tile needs an element mask (mask reads + masked SDPA); fitted on the project's 2-core CPU
-#: (``benchmarks/neighborhood_bench.py``): gathers are memory-bound, scores run in SDPA's GEMMs.
-GATHER_COST = 150.0
-MASKED_SCORE_COST = 3.0
+#: Relative cost of gathering one key (or query) row vs one (query, key) score in the tile cost model, fitted on the
+#: project's 2-core CPU with nothing else running (80 tilings of 11 cases of ``benchmarks/neighborhood_bench.py``,
+#: least squares on relative error: 6.2 ns per score with or without an element mask, 0.17 us per gathered
+#: token-major row, at 4 heads x 64). With 30 the chosen tile is within 2 % of the fastest measured in every case.
+GATHER_COST = 30.0
 
 
 def _tile_candidates(n: int, k: int, s: int, full: bool) -> list[int]:
@@ -326,32 +329,38 @@ def _tile_candidates(n: int, k: int, s: int, full: bool) -> list[int]:
         return [n]
     if s > 1:
         return sorted({min(n, s * m) for m in range(1, max(1, 32 // s) + 1)})
-    return sorted({min(n, t) for t in (1, 2, 4, 8, 12, 16)})
+    return sorted({min(n, t) for t in (1, 2, 4, 8, 12, 16, 24, 32)})
+
+
+_DEFAULT_TILE_CACHE: dict[ResolvedNeighborhood, Triple] = {}
 
 
 def default_tile(res: ResolvedNeighborhood) -> Triple:
-    """Queries per tile and dimension, minimising ``G * Sq * Sk * (MASKED_SCORE_COST if masked else 1) +
-    GATHER_COST * G * (Sq + Sk)`` (scores computed, padding included, plus rows gathered) over candidate tiles: whole
-    numbers of stride groups for strided windows (a group shares one window), 1..16 positions for sliding windows
-    (masked). Larger tiles gather fewer duplicate keys but compute more masked-out scores (a tile's keys are the union
-    of its queries' windows)."""
+    """Queries per tile and dimension, minimising ``G * Sq * Sk + GATHER_COST * G * (Sq + Sk)`` (scores computed,
+    padding included, plus rows gathered) over candidate tiles: whole numbers of stride groups for strided windows
+    (a group shares one window), 1..32 positions for sliding windows. Larger tiles gather fewer duplicate keys but
+    compute more masked-out scores (a tile's keys are the union of its queries' windows). Cached per ``res``."""
+    best = _DEFAULT_TILE_CACHE.get(res)
+    if best is not None:
+        return best
     per_dim = []
     for n, k, d, s, c, full in zip(res.grid, res.kernel_size, res.dilation, res.stride, res.is_causal, res.full):
         options = []
         for t in _tile_candidates(n, k, s, full):
             q_idx, k_idx, _ = _dim_tiles(n, k, d, s, c, t)
-            masked = not full and s == 1 and t > 1  # strided tiles: block-structured, measured as cheap
-            options.append((t, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1], masked))  # tile, count, Tq, Tk
+            options.append((t, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1]))  # tile, count, Tq, Tk
         per_dim.append(options)
-    best, best_cost = None, math.inf
+    best_cost = math.inf
     for a in per_dim[0]:
         for b in per_dim[1]:
             for c_ in per_dim[2]:
                 g, sq, sk = a[1] * b[1] * c_[1], a[2] * b[2] * c_[2], a[3] * b[3] * c_[3]
-                factor = MASKED_SCORE_COST if (a[4] or b[4] or c_[4]) else 1.0
-                cost = g * sq * sk * factor + GATHER_COST * g * (sq + sk)
+                cost = g * sq * sk + GATHER_COST * g * (sq + sk)
                 if cost < best_cost:
                     best, best_cost = (a[0], b[0], c_[0]), cost
+    if len(_DEFAULT_TILE_CACHE) >= _LUT_CACHE_MAX:
+        _DEFAULT_TILE_CACHE.pop(next(iter(_DEFAULT_TILE_CACHE)))
+    _DEFAULT_TILE_CACHE[res] = best
     return best
 
 
@@ -392,44 +401,76 @@ def tile_plan(res: ResolvedNeighborhood, tile: Triple | None = None) -> TilePlan
     return plan
 
 
+_scratch = threading.local()
+
+
+def _scratch(slot: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reusable per-thread buffer of ``shape`` (CPU only). Gathering into a fresh tensor of tens of MB costs
+    page faults on every call: 30 ms vs 3 ms for 100k gathered 1 KB rows, measured on the project's CPU."""
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    numel = math.prod(shape)
+    buf = buffers.get((slot, like.dtype))
+    if buf is None or buf.numel() < numel:
+        buf = buffers[(slot, like.dtype)] = torch.empty(numel, dtype=like.dtype)
+    return buf[:numel].view(shape)
+
+
+def _token_major(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, N, D)`` -> a contiguous ``(B, N, H, D)`` (free for diffusers' usual transposed views)."""
+    xt = x.transpose(1, 2)
+    return xt if xt.is_contiguous() else xt.contiguous()
+
+
 def _tiles_attention(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, scale, tile: Triple | None = None,
-                     max_elements: int = 1 << 25):
+                     max_elements: int = 1 << 23):
     """The ``tiles`` path: query tiles attend to their gathered candidate keys (+ all text keys) with one batched
-    SDPA per chunk of tiles; text queries attend densely. ``(B, H, N, D)`` in and out."""
+    SDPA per chunk of tiles; text queries attend densely. ``(B, H, N, D)`` in and out.
+
+    Rows are gathered token-major (``(B, N, H, D)``, one contiguous ``H * D`` row per token, the layout diffusers'
+    processors already hold) into reusable buffers, and SDPA reads them through strided views."""
     plan = tile_plan(res, tile)
-    b, h, _, d = q.shape
-    qi, qt = layout.split(q)
-    ki, kt = layout.split(k)
-    vi, vt = layout.split(v)
+    b, h, n, d = q.shape
     device = q.device
-    q_dest, k_gather = (x.to(device) for x in plan.gather_indices())
-    q_gather = q_dest.clamp(max=layout.image_tokens - 1)
-    mask = plan.additive_mask(q.dtype, device)
+    t = layout.text_tokens
+    offset = layout.image_slice().start
+    q_dest, k_index = (x.to(device) for x in plan.gather_indices())
     g_total, sq = plan.q_index.shape
     sk = plan.k_index.shape[1]
-    t = layout.text_tokens
-    out_ext = q.new_empty(b, h, layout.image_tokens + 1, d)  # row N collects the padded query slots
-    chunk = max(1, max_elements // max(1, b * h * (sk + t + sq) * d))
+    k_index = k_index.view(g_total, sk) + offset
+    if t:
+        text_pos = torch.arange(layout.text_slice().start, layout.text_slice().stop, device=device)
+        k_index = torch.cat([k_index, text_pos.expand(g_total, t)], dim=1)
+    skt = sk + t
+    q_src = q_dest.clamp(max=layout.image_tokens - 1) + offset
+    mask = plan.additive_mask(q.dtype, device, t)
+    qt, kt, vt = _token_major(q), _token_major(k), _token_major(v)
+    out = q.new_empty(b, layout.image_tokens + 1, h, d)  # row N collects the padded query slots
+    chunk = max(1, min(g_total, max_elements // max(1, b * h * (skt + sq) * d)))
+    reuse = device.type == "cpu"
     for g0 in range(0, g_total, chunk):
         g = min(chunk, g_total - g0)
-        qg = qi.index_select(2, q_gather[g0 * sq:(g0 + g) * sq]).reshape(b * h, g, sq, d)
-        kx = k_gather[g0 * sk:(g0 + g) * sk]
-        kg = ki.index_select(2, kx).reshape(b, h, g, sk, d)
-        vg = vi.index_select(2, kx).reshape(b, h, g, sk, d)
-        m = mask[:, g0:g0 + g] if mask is not None else None
-        if t:
-            kg = torch.cat([kg, kt[:, :, None].expand(b, h, g, t, d)], dim=3)
-            vg = torch.cat([vg, vt[:, :, None].expand(b, h, g, t, d)], dim=3)
-            if m is not None:
-                m = torch.cat([m, m.new_zeros(1, g, sq, t)], dim=3)
-        # A 4-D mask keeps CPU SDPA on its flash path (a 3-D one falls back to the unfused math path).
-        o = F.scaled_dot_product_attention(qg, kg.reshape(b * h, g, -1, d), vg.reshape(b * h, g, -1, d),
-                                           attn_mask=m, scale=scale)
-        out_ext.index_copy_(2, q_dest[g0 * sq:(g0 + g) * sq], o.reshape(b, h, g * sq, d))
-    out_img = out_ext[:, :, : layout.image_tokens]
+        qi, ki = q_src[g0 * sq:(g0 + g) * sq], k_index[g0:g0 + g].reshape(-1)
+        if reuse:
+            qg = torch.index_select(qt, 1, qi, out=_scratch(0, (b, g * sq, h, d), q))
+            kg = torch.index_select(kt, 1, ki, out=_scratch(1, (b, g * skt, h, d), k))
+            vg = torch.index_select(vt, 1, ki, out=_scratch(2, (b, g * skt, h, d), v))
+        else:
+            qg, kg, vg = qt.index_select(1, qi), kt.index_select(1, ki), vt.index_select(1, ki)
+        # (B, G*S, H, D) -> (B*G, H, S, D) views; a 4-D mask keeps CPU SDPA on its flash path.
+        qg, kg, vg = (x.view(b * g, -1, h, d).transpose(1, 2) for x in (qg, kg, vg))
+        m = None
+        if mask is not None:
+            m = mask[g0:g0 + g]
+            m = m if b == 1 else m.expand(b, *m.shape).reshape(b * g, *m.shape[1:])
+        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=m, scale=scale)  # (B*G, H, Sq, D)
+        out.index_copy_(1, q_dest[g0 * sq:(g0 + g) * sq], o.transpose(1, 2).reshape(b, g * sq, h, d))
+    out_img = out[:, : layout.image_tokens].transpose(1, 2)
     if not t:
         return out_img
-    out_txt = F.scaled_dot_product_attention(qt, k, v, scale=scale)
+    _, q_txt = layout.split(q)
+    out_txt = F.scaled_dot_product_attention(q_txt, k, v, scale=scale)
     return layout.merge(out_img, out_txt)
 
 
