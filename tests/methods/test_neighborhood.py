@@ -319,3 +319,19 @@ def test_tiles_path_any_tile_size(case, tile):
     out = _tiles_attention(q, k, v, layout, res, None, tile=tuple(min(t, n) for t, n in zip(tile, grid)))
     mask = brute_force_mask(layout, res.kernel_size, res.dilation, res.stride, res.is_causal)
     torch.testing.assert_close(out, masked_attention(q, k, v, mask), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("max_elements", [1, 4096, 1 << 23], ids=["one-tile-per-chunk", "few-tiles", "one-chunk"])
+def test_tiles_path_chunks_and_token_major_views(max_elements):
+    """Chunked gathers into the reused buffers, with (B, H, N, D) views of (B, N, H, D) tensors (diffusers' layout),
+    stay exact; a second call with other shapes reuses (and grows) the buffers."""
+    from attnplug.methods.neighborhood import _tiles_attention
+
+    for grid, kernel, text in (((1, 9, 10), (1, 5, 3), 3), ((2, 6, 7), (1, 3, 5), 0)):
+        layout = TokenLayout(*grid, text_tokens=text)
+        res = resolve_neighborhood(grid, kernel, 1, 1, False, clamp=False)
+        torch.manual_seed(sum(grid))
+        q, k, v = (x.transpose(1, 2) for x in torch.randn(3, 2, layout.num_tokens, 3, 8).unbind(0))
+        out = _tiles_attention(q, k, v, layout, res, None, tile=(1, 2, 4), max_elements=max_elements)
+        mask = brute_force_mask(layout, res.kernel_size, res.dilation, res.stride, res.is_causal)
+        torch.testing.assert_close(out, masked_attention(q, k, v, mask), atol=2e-5, rtol=1e-4)
