@@ -51,11 +51,11 @@ def _dim_allowed_set(i: int, length: int, k: int, d: int, s: int, causal: bool) 
     """Allowed key coordinates of query coordinate i, by listing the dilation group and slicing it."""
     group = [j for j in range(length) if j % d == i % d]  # i's dilation group, in order
     a = group.index(i)
-    centre = (a // s) * s + (s - 1) // 2  # GNA: the stride group's centre shares its window
-    centre = min(centre, len(group) - 1)
-    if causal:
-        window = group[max(0, centre - k + 1): centre + 1]
+    if causal:  # the stride group's last position leads; a query still sees nothing after itself
+        leader = min((a // s) * s + s - 1, len(group) - 1)
+        window = group[max(0, leader - k + 1): a + 1]
     else:
+        centre = min((a // s) * s + s // 2, len(group) - 1)  # GNA: the stride group's centre shares its window
         start = centre - k // 2
         start = max(0, min(start, len(group) - k))  # inward: shift the window back inside the group
         window = group[start: start + k]

@@ -30,11 +30,11 @@ def window_1d(i: int, length: int, kernel: int, dilation: int, stride: int, caus
     """Key coordinates query coordinate ``i`` sees along one dimension."""
     group = list(range(i % dilation, length, dilation))  # positions sharing i's dilation residue
     a = group.index(i)
-    leader = (a // stride) * stride + (stride - 1) // 2  # centre of the stride group ...
-    leader = min(leader, len(group) - 1)  # ... cut at the end of the dilation group
-    if causal:
-        lo, hi = max(0, leader - kernel + 1), leader
+    if causal:  # the stride group's last position leads; the window still ends at the query
+        leader = min((a // stride) * stride + stride - 1, len(group) - 1)
+        lo, hi = max(0, leader - kernel + 1), a
     else:
+        leader = min((a // stride) * stride + stride // 2, len(group) - 1)  # centre (right-hand for even strides)
         lo = leader - kernel // 2
         lo = max(lo, 0)
         if lo + kernel > len(group):
@@ -283,10 +283,11 @@ def test_triton_interpreter_matches_brute_force(cases):
     ((5, 5), (3, 3), (1, 1), (False, False)),
     ((5, 3), (5, 1), (1, 1), (False, False)),
     ((3, 3), (1, 1), (2, 1), (False, False)),
-    # Known difference: for an even stride NATTEN's group leader is the right-hand centre ((s // 2)), the kernel
-    # contract's the left-hand one ((s - 1) // 2); odd strides agree.
-    pytest.param((5, 5), (2, 2), (1, 1), (False, False), marks=pytest.mark.xfail(strict=True, reason="even stride")),
+    ((5, 5), (2, 2), (1, 1), (False, False)),  # even stride: the group leader is the right-hand centre s // 2
+    ((5, 7), (4, 2), (1, 1), (False, False)),  # even strides with a partial last group (9 = 2 * 4 + 1)
+    ((3, 3), (2, 3), (2, 1), (False, False)),  # stride within dilation groups
     ((4, 3), (1, 1), (1, 1), (True, False)),
+    ((4, 3), (2, 3), (1, 1), (True, False)),  # causal + stride
 ])
 def test_matches_natten_na2d(kernel, stride, dilation, causal):
     from natten import na2d

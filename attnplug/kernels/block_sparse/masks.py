@@ -4,12 +4,14 @@ The first ``frames * height * width`` tokens form a row-major ``(t, y, x)`` grid
 (it attends to, and is attended by, every token whose block is in the LUT). Per grid dimension of length ``L`` with
 kernel ``k``, dilation ``d``, stride ``s`` and causal flag ``c``, a query at coordinate ``i`` sees the key coordinate
 ``j`` iff ``j % d == i % d`` and ``start <= j // d < end`` where, with ``r = i % d``, ``Lr = (L - r + d - 1) // d``
-(the length of ``i``'s dilation group), ``a = i // d`` and the stride-group leader
-``a' = min((a // s) * s + (s - 1) // 2, Lr - 1)``:
+(the length of ``i``'s dilation group) and ``a = i // d``; ``s`` consecutive positions of a group share the window
+of their stride-group leader ``a'`` (NATTEN's rule):
 
-- non-causal: ``start = clamp(a' - k // 2, 0, Lr - k)``, ``end = start + k`` (windows clamped inward: every query
-  sees exactly ``k`` positions);
-- causal: ``end = a' + 1``, ``start = max(a' - k + 1, 0)``.
+- non-causal: ``a' = min((a // s) * s + s // 2, Lr - 1)`` (the centre; the right-hand one for even ``s``),
+  ``start = clamp(a' - k // 2, 0, Lr - k)``, ``end = start + k`` (windows clamped inward: every query sees exactly
+  ``k`` positions);
+- causal: ``a' = min((a // s) * s + s - 1, Lr - 1)`` (the group's last position), ``start = max(a' - k + 1, 0)``,
+  ``end = a + 1`` (a query never sees later positions).
 
 The same formula is written as a Triton device function in ``triton.py``; tests check both against a brute-force
 enumeration.
@@ -78,11 +80,12 @@ def dim_window(i: Tensor, length: int, kernel: int, dilation: int, stride: int, 
     r = i % d
     group_len = (length - r + d - 1) // d
     a = i // d
-    leader = torch.minimum((a // s) * s + (s - 1) // 2, group_len - 1)
-    if causal:
-        end = leader + 1
+    if causal:  # the group's last query leads; each query's window still ends at itself
+        leader = torch.minimum((a // s) * s + s - 1, group_len - 1)
+        end = a + 1
         start = torch.clamp(leader - k + 1, min=0)
-    else:
+    else:  # the group's centre leads (the right-hand one for even strides)
+        leader = torch.minimum((a // s) * s + s // 2, group_len - 1)
         start = torch.minimum(torch.clamp(leader - k // 2, min=0), group_len - k)
         end = start + k
     return r, start, end

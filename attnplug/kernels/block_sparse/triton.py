@@ -45,11 +45,12 @@ def _na_window(qc, length, kernel, dil, stride, CAUSAL: tl.constexpr, DIL: tl.co
         r = qc  # unused placeholder (no dilation groups)
         group_len = length
         a = qc
-    leader = tl.minimum((a // stride) * stride + (stride - 1) // 2, group_len - 1)
-    if CAUSAL:
-        end = leader + 1
+    if CAUSAL:  # the group's last query leads; each query's window still ends at itself
+        leader = tl.minimum((a // stride) * stride + stride - 1, group_len - 1)
+        end = a + 1
         start = tl.maximum(leader - kernel + 1, 0)
-    else:
+    else:  # the group's centre leads (the right-hand one for even strides)
+        leader = tl.minimum((a // stride) * stride + stride // 2, group_len - 1)
         start = tl.minimum(tl.maximum(leader - kernel // 2, 0), group_len - kernel)
         end = start + kernel
     return r, start, end
