@@ -429,7 +429,8 @@ def _tiles_attention(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, sc
     SDPA per chunk of tiles; text queries attend densely. ``(B, H, N, D)`` in and out.
 
     Rows are gathered token-major (``(B, N, H, D)``, one contiguous ``H * D`` row per token, the layout diffusers'
-    processors already hold) into reusable buffers, and SDPA reads them through strided views."""
+    processors already hold) into reusable per-thread buffers (on the CPU they stay allocated between calls: at most
+    ``2 * max_elements`` elements, 64 MB in float32), and SDPA reads them through strided views."""
     plan = tile_plan(res, tile)
     b, h, n, d = q.shape
     device = q.device
