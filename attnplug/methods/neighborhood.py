@@ -20,6 +20,7 @@ instead. When every dimension is full the call is plain SDPA (fast path, logged 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -332,17 +333,12 @@ def _tile_candidates(n: int, k: int, s: int, full: bool) -> list[int]:
     return sorted({min(n, t) for t in (1, 2, 4, 8, 12, 16, 24, 32)})
 
 
-_DEFAULT_TILE_CACHE: dict[ResolvedNeighborhood, Triple] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def default_tile(res: ResolvedNeighborhood) -> Triple:
     """Queries per tile and dimension, minimising ``G * Sq * Sk + GATHER_COST * G * (Sq + Sk)`` (scores computed,
     padding included, plus rows gathered) over candidate tiles: whole numbers of stride groups for strided windows
     (a group shares one window), 1..32 positions for sliding windows. Larger tiles gather fewer duplicate keys but
     compute more masked-out scores (a tile's keys are the union of its queries' windows). Cached per ``res``."""
-    best = _DEFAULT_TILE_CACHE.get(res)
-    if best is not None:
-        return best
     per_dim = []
     for n, k, d, s, c, full in zip(res.grid, res.kernel_size, res.dilation, res.stride, res.is_causal, res.full):
         options = []
@@ -350,7 +346,7 @@ def default_tile(res: ResolvedNeighborhood) -> Triple:
             q_idx, k_idx, _ = _dim_tiles(n, k, d, s, c, t)
             options.append((t, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1]))  # tile, count, Tq, Tk
         per_dim.append(options)
-    best_cost = math.inf
+    best, best_cost = None, math.inf
     for a in per_dim[0]:
         for b in per_dim[1]:
             for c_ in per_dim[2]:
@@ -358,9 +354,6 @@ def default_tile(res: ResolvedNeighborhood) -> Triple:
                 cost = g * sq * sk + GATHER_COST * g * (sq + sk)
                 if cost < best_cost:
                     best, best_cost = (a[0], b[0], c_[0]), cost
-    if len(_DEFAULT_TILE_CACHE) >= _LUT_CACHE_MAX:
-        _DEFAULT_TILE_CACHE.pop(next(iter(_DEFAULT_TILE_CACHE)))
-    _DEFAULT_TILE_CACHE[res] = best
     return best
 
 
