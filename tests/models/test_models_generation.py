@@ -93,8 +93,6 @@ def test_video_fast():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="shapes-video is undertrained: 0% persistent at 8 frames (benchmarks/models_baseline.py)",
-                   strict=False)
 def test_slow_video_accuracy():
     """24 prompts at 20 steps: >= 80% persistent with the prompted colour; direction rate reported in docs."""
     pipe = load_pipeline("shapes-video")
