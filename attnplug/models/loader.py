@@ -101,7 +101,7 @@ def load_pipeline(name: str | Path, device: str | torch.device = "cpu", dtype: t
     Returns:
         A ``ShapesUNetPipeline`` (component ``unet``), ``ShapesDiTPipeline`` or ``ShapesVideoPipeline`` (component
         ``transformer``); all are ``diffusers.DiffusionPipeline`` subclasses. Images come out ``(B, 3, H, W)``
-        at 32 x 32 by default; video ``(B, F, H, W, 3)`` at 8 x 24 x 24.
+        at 16 x 16 by default; video ``(B, F, H, W, 3)`` at 8 x 16 x 16 (the training sizes in each config).
     """
     from .pipeline import PIPELINES
 
