@@ -17,11 +17,82 @@ if TYPE_CHECKING:
     from .methods.base import AttentionMethod
 
 
-def help_field(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A dataclass field with help text in its metadata."""
+def help_field(
+    default: Any,
+    help: str,  # noqa: A002 - mirrors argparse's name
+    *,
+    choices: Sequence[Any] | None = None,
+    min: float | None = None,  # noqa: A002
+    max: float | None = None,  # noqa: A002
+    **kwargs,
+) -> Any:
+    """A dataclass field whose metadata (``help``, ``choices``, ``min``, ``max``) drives validation
+    (:func:`validate_fields`), the CLI options and the UI form."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One config field as the CLI and the UI see it."""
+
+    name: str
+    type: str  # the annotation as written, e.g. "int | tuple[int, int]"
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+def field_specs(cls_or_config) -> list[FieldSpec]:
+    """The :class:`FieldSpec` of every field of a config class (or instance), in declaration order."""
+    specs = []
+    for f in dataclasses.fields(cls_or_config):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        meta = f.metadata
+        specs.append(
+            FieldSpec(
+                name=f.name,
+                type=f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)),
+                default=default,
+                help=meta.get("help", ""),
+                choices=meta.get("choices"),
+                min=meta.get("min"),
+                max=meta.get("max"),
+            )
+        )
+    return specs
+
+
+def validate_fields(config) -> None:
+    """Check every field of ``config`` against its metadata: ``choices`` (membership) and ``min``/``max`` (for
+    numbers, and for each entry of a tuple of numbers). ``ValueError`` naming the field, its value and what is
+    accepted."""
+    owner = type(config).__name__
+    for spec in field_specs(type(config)):
+        value = getattr(config, spec.name)
+        if spec.choices is not None and value not in spec.choices:
+            raise ValueError(
+                f"{owner}.{spec.name} must be one of {', '.join(repr(c) for c in spec.choices)}, got {value!r}."
+            )
+        if spec.min is None and spec.max is None:
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if (spec.min is not None and item < spec.min) or (spec.max is not None and item > spec.max):
+                lo = "-inf" if spec.min is None else spec.min
+                hi = "inf" if spec.max is None else spec.max
+                raise ValueError(f"{owner}.{spec.name} must be in [{lo}, {hi}], got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -30,9 +101,16 @@ class MethodConfig:
 
     name: ClassVar[str] = ""
 
+    def __post_init__(self):
+        validate_fields(self)
+
     def build(self) -> AttentionMethod:
         """Create the attention method this config describes."""
         raise NotImplementedError(f"{type(self).__name__} does not implement build().")
+
+    def default_schedule(self) -> Schedule | None:
+        """The schedule used when the caller gives none (e.g. AgentSD: the first 40 % of steps); None = everywhere."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The config as a plain dict (for reports), with the method name."""

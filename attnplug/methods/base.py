@@ -20,10 +20,13 @@ class CallInfo:
     num_steps: int | None = None
     scale: float | None = None  # softmax scale given to SDPA (None = 1/sqrt(D))
     latent_grid: tuple[int, int, int] | None = None  # full-resolution token grid of the denoiser input
-
-    @property
-    def softmax_scale(self) -> float | None:
-        return self.scale
+    # 2x downsamplings of this call's grid below the finest self-attention grid of the model (0 = finest attention
+    # level; U-Nets only, 0 for DiTs). Computed once by the layout layer; methods never re-derive it.
+    level: int = 0
+    # token grid (frames, height, width) the model was trained at, at this call's level; None when unknown.
+    train_grid: tuple[int, int, int] | None = None
+    head_offset: int = 0  # global index of this call's first head (Ulysses context parallelism splits heads)
+    guidance: str | None = None  # guidance pass ("cond" / "uncond") when the pipeline names it
 
 
 class AttentionMethod:
