@@ -130,6 +130,12 @@ def load_pipeline(name: str | Path, device: str | torch.device = "cpu", dtype: t
     pipe.max_length = int(cfg["max_length"])
     pipe.model_name = cfg["name"]
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device=device, dtype=dtype)
+    # diffusers' ModelMixin.to warns whenever it gets a dtype (even with no fp32-only modules, as here), so the
+    # modules are cast with torch's own Module.to, and only when that changes something.
+    for module in (text_encoder, denoiser):
+        if getattr(module, "_keep_in_fp32_modules", None):
+            module.to(device=device, dtype=dtype)
+        elif next(module.parameters()).dtype != dtype or torch.device(device) != torch.device("cpu"):
+            torch.nn.Module.to(module, device=device, dtype=dtype)
     logger.debug("loaded %s from %s on %s/%s", cfg["name"], model_dir, device, dtype)
     return pipe
