@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..layout import TokenLayout
+
+if TYPE_CHECKING:
+    from diffusers.hooks import ModelHook
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,20 @@ class AttentionMethod:
         """Optional hook for cross-attention calls (``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``) within the schedule:
         return an output to replace the stock one, or None (the default) to keep the stock call."""
         return None
+
+    def model_hook(self) -> ModelHook | None:
+        """A diffusers ``ModelHook`` for the denoiser's forward, or None (the default: no model-level behaviour).
+
+        :func:`attnplug.apply` registers the returned hook on the denoiser's ``HookRegistry`` under the name
+        ``"attnplug.method"`` and :func:`attnplug.remove` removes it; each call returns a new hook. A hook sees only
+        what it is given (the method it was built with and the denoiser call's arguments); e.g. FreeSwim's hook runs
+        a second, full-attention branch of the denoiser before the windowed one."""
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """What the method did beyond the per-call counters (e.g. FreeSwim's full-branch passes), as plain numbers
+        and strings; shown as ``attnplug.stats(x)["method_report"]``. Default: ``{}``."""
+        return {}
 
     def attach(self, model: torch.nn.Module) -> None:
         """Called by :func:`attnplug.apply` once the model's processors are wrapped (e.g. to wrap its forward)."""
