@@ -133,9 +133,11 @@ def load_pipeline(name: str | Path, device: str | torch.device = "cpu", dtype: t
     # diffusers' ModelMixin.to warns whenever it gets a dtype (even with no fp32-only modules, as here), so the
     # modules are cast with torch's own Module.to, and only when that changes something.
     for module in (text_encoder, denoiser):
+        if next(module.parameters()).dtype == dtype and torch.device(device) == torch.device("cpu"):
+            continue
         if getattr(module, "_keep_in_fp32_modules", None):
             module.to(device=device, dtype=dtype)
-        elif next(module.parameters()).dtype != dtype or torch.device(device) != torch.device("cpu"):
+        else:
             torch.nn.Module.to(module, device=device, dtype=dtype)
     logger.debug("loaded %s from %s on %s/%s", cfg["name"], model_dir, device, dtype)
     return pipe
