@@ -17,7 +17,13 @@ attention to the text keys, weighted by the attention mass each part would get i
     T_i     = sum_t exp(s q_i . k_t)                  over text keys t (exact)
     out_i   = (Z_i * (agent read-out_i + c v_i) + T_i * textattn_i) / (Z_i + T_i)
 
-With agents = queries and a one-hot broadcast this is exactly dense attention, text included.
+With agents = queries and a one-hot broadcast this is exactly dense attention, text included. The attention itself
+(:func:`attnplug.kernels.agent.agent_attention`, beside its float64 reference) lives in :mod:`attnplug.kernels.agent`;
+this module holds the config, the agent grids and agent formation, and the method (which layers, masks, text).
+
+Steps and layers: the default schedule is AgentSD's, the first 40 % of the denoising steps
+(:meth:`AgentConfig.default_schedule`); ``max_level=0`` keeps the method on the highest-resolution attention level
+(``CallInfo.level``), as AgentSD/ToMeSD do.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .._args import as_tuple
 from .._logging import log_once
-from ..config import MethodConfig, help_field
+from ..config import MethodConfig, Schedule, help_field
+from ..kernels.agent import agent_attention
 from ..layout import TokenLayout
-from ..processors.wrapper import AttnplugProcessor
 from .base import AttentionMethod, CallInfo
 
 logger = logging.getLogger(__name__)
@@ -42,28 +49,12 @@ AGENT_SOURCES = ("pool", "merge")
 UNEVEN_RULES = ("adaptive", "error")
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    """``int`` or 2-sequence of ints -> ``(h, w)``; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"AgentConfig.{name} must be a positive int or a pair of positive ints, got {value!r}.")
-    if isinstance(value, int):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)
-    ):
-        raise ValueError(f"AgentConfig.{name} must be a positive int or a pair of positive ints, got {value!r}.")
-    if min(value) < 1:
-        raise ValueError(f"AgentConfig.{name} must be >= 1 in every dimension, got {value!r}.")
-    return (int(value[0]), int(value[1]))
-
-
 @dataclass(frozen=True)
 class AgentConfig(MethodConfig):
     """Agent attention (training-free AgentSD): queries pooled into agents that gather from all keys and broadcast
     back. Defaults follow AgentSD on Stable Diffusion: one agent per 4x4 token cell, broadcast scale
-    ``s ** 0.3``, value shortcut 0.075, highest-resolution U-Net blocks only, first 40 % of the denoising steps."""
+    ``s ** 0.3``, value shortcut 0.075, the highest-resolution attention level only, and (default schedule) the first
+    40 % of the denoising steps."""
 
     name: ClassVar[str] = "agent"
 
@@ -71,84 +62,73 @@ class AgentConfig(MethodConfig):
         None,
         "Agents per frame: an int count (arranged as the grid closest to the frame's aspect ratio, e.g. 64 -> 8x8) "
         "or a pooled grid (rows, cols), e.g. (16, 16). None: one agent per pool_stride cell.",
+        min=1,
     )
     pool_stride: int | tuple[int, int] = help_field(
-        4, "When agents is None: one agent per stride x stride cell of the token grid (AgentSD: 4)."
+        4, "When agents is None: one agent per cell of this many tokens, an int (both sides) or (rows, cols) "
+        "(AgentSD: 4).", min=1,
     )
     frame_stride: int = help_field(
-        1, "Video: frames pooled into one agent group (1 = per-frame agents; >1 = 3D pooling over frames)."
+        1, "Video: frames pooled into one agent group (1 = per-frame agents; >1 = 3D pooling over frames).", min=1
     )
     agent_source: str = help_field(
         "pool",
         "How agents are formed from the queries: 'pool' (average over each grid cell) or 'merge' (token merging as "
         "in AgentSD/ToMe: the first token of each cell is a destination, every token is averaged into its most "
         "cosine-similar destination of the same frame group).",
+        choices=AGENT_SOURCES,
     )
     uneven: str = help_field(
         "adaptive",
         "When the agent grid does not divide the token grid: 'adaptive' (cells of floor/ceil sizes, like adaptive "
         "average pooling) or 'error' (raise ValueError).",
+        choices=UNEVEN_RULES,
     )
     gather_scale: float | None = help_field(
-        None, "Softmax scale of agents -> keys (softmax(A K^T s_g)). None: the call's scale (1/sqrt(head dim))."
+        None, "Softmax scale of agents -> keys (softmax(A K^T s_g)). None: the call's scale (1/sqrt(head dim)).",
+        min=0.0,
     )
     broadcast_scale: float | None = help_field(
-        None, "Softmax scale of queries -> agents (softmax(Q A^T s_b)). None: s ** broadcast_scale_power."
+        None, "Softmax scale of queries -> agents (softmax(Q A^T s_b)). None: s ** broadcast_scale_power.", min=0.0
     )
     broadcast_scale_power: float = help_field(
-        0.3, "When broadcast_scale is None: s_b = s ** power with s the call's scale (AgentSD k_scale2 = 0.3)."
+        0.3, "When broadcast_scale is None: s_b = s ** power with s the call's scale (AgentSD k_scale2 = 0.3).",
+        min=0.0,
     )
     value_shortcut: float = help_field(0.075, "Weight c of the value shortcut out += c * V (AgentSD k_shortcut).")
-    dense_after: float | int | None = help_field(
-        0.4,
-        "Agent attention for the first steps only: a fraction of the denoising steps in (0, 1] or a step index; "
-        "later steps run dense. None: every step. Composes with attnplug.Schedule (both must allow a step).",
+    max_level: int | None = help_field(
+        0,
+        "Only attention levels 0..max_level (0 = the model's highest-resolution attention blocks, as AgentSD/ToMeSD; "
+        "1 = one 2x downsampling below, ...). None: every level.",
+        min=0,
     )
-    max_downsample: int | None = help_field(
-        1,
-        "Only attention layers whose token grid is at most this factor coarser than the model's finest "
-        "self-attention grid (U-Nets: 1 = the highest-resolution attention blocks, as AgentSD/ToMeSD). None: every "
-        "layer. Needs attnplug.apply (the latent shape); standalone processors use every layer they are set on.",
-    )
-    chunk_size: int = help_field(1024, "Queries per chunk on the joint (text) path: bounds its extra memory.")
+    chunk_size: int = help_field(1024, "Queries per chunk on the joint (text) path: bounds its extra memory.", min=1)
 
     def __post_init__(self):
-        if self.agents is not None:
-            if isinstance(self.agents, int) and not isinstance(self.agents, bool):
-                if self.agents < 1:
-                    raise ValueError(f"AgentConfig.agents must be >= 1 (agents per frame), got {self.agents!r}.")
-            else:
-                object.__setattr__(self, "agents", _pair(self.agents, "agents"))
-        object.__setattr__(self, "pool_stride", _pair(self.pool_stride, "pool_stride"))
-        if not isinstance(self.frame_stride, int) or isinstance(self.frame_stride, bool) or self.frame_stride < 1:
-            raise ValueError(f"AgentConfig.frame_stride must be an int >= 1, got {self.frame_stride!r}.")
-        if self.agent_source not in AGENT_SOURCES:
-            raise ValueError(f"AgentConfig.agent_source must be one of {AGENT_SOURCES}, got {self.agent_source!r}.")
-        if self.uneven not in UNEVEN_RULES:
-            raise ValueError(f"AgentConfig.uneven must be one of {UNEVEN_RULES}, got {self.uneven!r}.")
-        for name in ("gather_scale", "broadcast_scale"):
+        owner = type(self).__name__
+        if self.agents is not None and (isinstance(self.agents, bool) or not isinstance(self.agents, int)):
+            # a grid (rows, cols); an int stays a count (validated by the field's min)
+            object.__setattr__(self, "agents", as_tuple(self.agents, 2, "agents", owner, minimum=1))
+        object.__setattr__(self, "pool_stride", as_tuple(self.pool_stride, 2, "pool_stride", owner, minimum=1))
+        for name, optional in (("frame_stride", False), ("chunk_size", False), ("max_level", True)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"AgentConfig.{name} must be a positive number or None, got {value!r}.")
-        p = self.broadcast_scale_power
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
-            raise ValueError(f"AgentConfig.broadcast_scale_power must be a finite number >= 0, got {p!r}.")
-        c = self.value_shortcut
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-            raise ValueError(f"AgentConfig.value_shortcut must be a finite number, got {c!r}.")
-        u = self.dense_after
-        if u is not None:
-            if isinstance(u, bool) or not isinstance(u, (int, float)):
-                raise ValueError(f"AgentConfig.dense_after must be a float in (0, 1], an int >= 0 or None, got {u!r}.")
-            if isinstance(u, float) and not 0.0 < u <= 1.0:
-                raise ValueError(f"AgentConfig.dense_after as a fraction of the steps must be in (0, 1], got {u!r}.")
-            if isinstance(u, int) and u < 0:
-                raise ValueError(f"AgentConfig.dense_after as a step index must be >= 0, got {u!r}.")
-        m = self.max_downsample
-        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
-            raise ValueError(f"AgentConfig.max_downsample must be an int >= 1 or None, got {m!r}.")
-        if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
-            raise ValueError(f"AgentConfig.chunk_size must be an int >= 1, got {self.chunk_size!r}.")
+            if (value is None and not optional) or (value is not None and (isinstance(value, bool)
+                                                                           or not isinstance(value, int))):
+                raise TypeError(f"{owner}.{name} must be an int{' or None' if optional else ''}, got {value!r}.")
+        for name, optional in (("gather_scale", True), ("broadcast_scale", True), ("broadcast_scale_power", False),
+                               ("value_shortcut", False)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(
+                    f"{owner}.{name} must be a finite number{' or None' if optional else ''}, got {value!r}."
+                )
+        super().__post_init__()
+
+    def default_schedule(self) -> Schedule:
+        """AgentSD's step recipe: agent attention for the first 40 % of the denoising steps, stock after."""
+        return Schedule(until_step=0.4)
 
     def build(self) -> AgentMethod:
         return AgentMethod(self)
@@ -163,7 +143,7 @@ def _grid_for_count(n: int, height: int, width: int) -> tuple[int, int]:
     if n > height * width:
         raise ValueError(
             f"AgentConfig.agents={n} is more than the {height * width} image tokens per frame of this layer "
-            f"({height}x{width}); use at most {height * width} agents, or restrict the layers (max_downsample)."
+            f"({height}x{width}); use at most {height * width} agents, or restrict the layers (max_level)."
         )
     target = math.log(height / width)
     best = None
@@ -290,121 +270,28 @@ def _key_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     return mask.to(dtype)
 
 
-def agent_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    agents: torch.Tensor,
-    *,
-    gather_scale: float,
-    broadcast_scale: float,
-    value_shortcut: float = 0.0,
-    key_bias: torch.Tensor | None = None,
-    text_k: torch.Tensor | None = None,
-    text_v: torch.Tensor | None = None,
-    text_bias: torch.Tensor | None = None,
-    text_scale: float | None = None,
-    chunk_size: int = 4096,
-) -> torch.Tensor:
-    """Agent attention of image queries ``q (B, H, N, D)`` over image keys/values ``k, v (B, H, N, D)`` through
-    ``agents (B, H, n, D)`` -> ``(B, H, N, D)``:
-    ``softmax(q agents^T * broadcast_scale) softmax(agents k^T * gather_scale) v + value_shortcut * v``, the value
-    shortcut pairing query ``i`` with value ``i``.
-
-    ``key_bias`` (broadcastable to ``(B, H, 1, N)``, additive, ``-inf`` = masked) masks image keys. ``text_k, text_v
-    (B, H, T, D)`` are keys attended exactly (scale ``text_scale``, bias ``text_bias`` broadcastable to
-    ``(B, H, 1, T)``), mixed with the agent read-out by their attention mass (module docstring). Never forms an
-    ``N x N`` matrix: ``O(N n D)`` time, ``O(chunk_size * (n + T))`` extra memory.
-    """
-    if agents.shape[-2] < 1:
-        raise ValueError("agent_attention needs at least one agent, got agents with 0 tokens.")
-    if text_k is None or text_k.shape[-2] == 0:
-        # Plain two-step attention: two SDPA calls (flash/efficient kernels, no N x N matrix).
-        agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=key_bias, scale=gather_scale)
-        out = F.scaled_dot_product_attention(q, agents, agent_v, scale=broadcast_scale)
-        return out.add_(v, alpha=value_shortcut) if value_shortcut else out
-    shortcut = value_shortcut * v if value_shortcut else None
-
-    # Joint path: agents' values and log partition functions over image keys, then mixed with exact text attention.
-    dtype = torch.float32
-    text_scale = gather_scale if text_scale is None else text_scale
-    agent_v, agent_lse = _gather_with_lse(agents, k, v, gather_scale, key_bias, chunk_size)
-    out = torch.empty_like(q)
-    tk, tv = text_k.to(dtype), text_v.to(dtype)
-    for s in range(0, q.shape[-2], chunk_size):
-        qc = q[:, :, s:s + chunk_size].to(dtype)
-        log_p = ((qc @ agents.to(dtype).transpose(-1, -2)) * broadcast_scale).log_softmax(dim=-1)  # (B, H, C, n)
-        oc = log_p.exp() @ agent_v  # agent read-out
-        if shortcut is not None:
-            oc = oc + shortcut[:, :, s:s + chunk_size].to(dtype)
-        log_z = (log_p + agent_lse.unsqueeze(-2)).logsumexp(dim=-1, keepdim=True)  # image mass, broadcast
-        lt = (qc @ tk.transpose(-1, -2)) * text_scale  # (B, H, C, T)
-        if text_bias is not None:
-            lt = lt + text_bias.to(dtype)
-        log_t = lt.logsumexp(dim=-1, keepdim=True)  # exact text mass (-inf when every text key is masked)
-        text_out = (lt - torch.where(torch.isfinite(log_t), log_t, 0.0)).exp() @ tv
-        w = torch.sigmoid(log_z - log_t)  # Z_i / (Z_i + T_i)
-        oc = w * oc + (1 - w) * text_out
-        out[:, :, s:s + chunk_size] = oc.to(q.dtype)
-    return out
-
-
-def _gather_with_lse(agents, k, v, scale, key_bias, chunk_size):
-    """``softmax(agents k^T * scale) v`` (fp32) and its row log-sum-exp, chunked over agents."""
-    dtype = torch.float32
-    n = agents.shape[-2]
-    rows = max(1, min(n, (chunk_size * 256) // max(1, k.shape[-2])))  # keep each score block ~chunk_size*256 floats
-    kf, vf = k.to(dtype), v.to(dtype)
-    values, lses = [], []
-    for s in range(0, n, rows):
-        logits = (agents[:, :, s:s + rows].to(dtype) @ kf.transpose(-1, -2)) * scale
-        if key_bias is not None:
-            logits = logits + key_bias.to(dtype)
-        lse = logits.logsumexp(dim=-1, keepdim=True)
-        values.append((logits - lse).exp() @ vf)
-        lses.append(lse.squeeze(-1))
-    return torch.cat(values, dim=-2), torch.cat(lses, dim=-1)
-
-
 # ----------------------------------------------------------------------------------------------------
 # The method
 
 
 class AgentMethod(AttentionMethod):
-    """Agent attention on ``(B, H, N, D)`` self-attention calls; hands a call back to dense (returns None) outside
-    its blocks/steps, for temporal-only layouts, and for masks that are not key padding."""
+    """Agent attention on ``(B, H, N, D)`` self-attention calls. Stateless (safe to share between threads).
+
+    Hands a call back (returns None) above ``max_level``, for temporal-only layouts, and for masks that are not key
+    padding."""
 
     supports_mask = True
 
     def __init__(self, config: AgentConfig | None = None):
         self.config = config or AgentConfig()
-        self._finest: dict[tuple[int, int, int], tuple[int, int]] = {}  # latent grid -> finest attention grid
 
-    def reset(self) -> None:
-        self._finest.clear()
-
-    def _active(self, layout: TokenLayout, info: CallInfo) -> str | None:
-        """Why this call goes dense, or None."""
-        cfg = self.config
+    def _skip(self, layout: TokenLayout, info: CallInfo) -> str | None:
+        """Why this call is handed back, or None."""
         if layout.height == 1 and layout.width == 1:
             return "temporal-only layout (no spatial grid to pool)"
-        if cfg.max_downsample is not None and info.latent_grid is not None:
-            # Reference: the finest self-attention grid seen for this latent shape (U-Nets run their finest
-            # attention level first; SDXL-like models have none at the latent resolution itself).
-            fh, fw = self._finest.get(info.latent_grid, (0, 0))
-            fh, fw = max(fh, layout.height), max(fw, layout.width)
-            self._finest[info.latent_grid] = (fh, fw)
-            down = max(-(-fh // layout.height), -(-fw // layout.width))
-            if down > cfg.max_downsample:
-                return f"grid {layout.height}x{layout.width} is x{down} coarser than the finest attention grid " \
-                    f"{fh}x{fw} > max_downsample={cfg.max_downsample}"
-        u = cfg.dense_after
-        if u is not None and info.step >= 0:
-            if isinstance(u, float):
-                if info.num_steps is not None and info.step >= round(u * info.num_steps):
-                    return "step after dense_after"
-            elif info.step >= u:
-                return "step after dense_after"
+        m = self.config.max_level
+        if m is not None and info.level > m:
+            return f"attention level {info.level} > max_level={m}"
         return None
 
     def __call__(
@@ -422,9 +309,10 @@ class AgentMethod(AttentionMethod):
         if q.shape[-2] != k.shape[-2]:
             return None  # not self-attention
         layout.check(q.shape[-2])
-        reason = self._active(layout, info)
+        reason = self._skip(layout, info)
         if reason is not None:
-            log_once(logger, logging.DEBUG, f"agent attention: dense in {info.layer_name or 'a layer'}: {reason}")
+            log_once(logger, logging.DEBUG, f"agent attention: stock attention in {info.layer_name or 'a layer'}: "
+                     f"{reason}")
             return None
         grid = agent_grid(cfg, layout)
         img_bias, text_bias, text_rows_mask = None, None, None
@@ -473,18 +361,3 @@ def _split_mask(mask: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, 
     if not bool((img_rows == first).all()):
         return None
     return first, txt_rows
-
-
-class AgentProcessor(AttnplugProcessor):
-    """Standalone diffusers processor running agent attention:
-    ``model.set_attn_processor(AgentProcessor(AgentConfig(agents=64)))``.
-
-    Without :func:`attnplug.apply` there is no latent-shape hook: grids are taken as square (or ``layout=``), the
-    latent grid and the step are unknown, so every self-attention layer it is set on uses agents at every step
-    (set it only on the modules you want, e.g. through a dict for ``set_attn_processor``)."""
-
-    def __init__(self, config: AgentConfig | None = None, stock=None, *, layout: TokenLayout | None = None, **kwargs):
-        config = config if config is not None else AgentConfig()
-        if not isinstance(config, AgentConfig):
-            raise TypeError(f"AgentProcessor needs an AgentConfig, got {type(config).__name__}.")
-        super().__init__(config, stock, layout=layout, **kwargs)

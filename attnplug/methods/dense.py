@@ -57,11 +57,12 @@ class DenseConfig(MethodConfig):
     """Exact dense attention through attnplug's interception (the reference for every other method)."""
 
     name: ClassVar[str] = "dense"
-    backend: str = help_field("sdpa", "Dense kernel: 'sdpa' (PyTorch) or 'xformers' (needs xformers and a GPU).")
+    backend: str = help_field(
+        "sdpa", "Dense kernel: 'sdpa' (PyTorch) or 'xformers' (needs xformers and a GPU).", choices=DENSE_BACKENDS
+    )
 
     def __post_init__(self):
-        if self.backend not in DENSE_BACKENDS:
-            raise ValueError(f"DenseConfig.backend must be one of {DENSE_BACKENDS}, got {self.backend!r}.")
+        super().__post_init__()
         if self.backend == "xformers" and importlib.util.find_spec("xformers") is None:
             raise ValueError(
                 "DenseConfig.backend='xformers' needs the xformers package: pip install 'attnplug[xformers]'."

@@ -1,249 +1,328 @@
-"""FreeSwim-style dual path for high-resolution video DiTs (arXiv 2511.14712, training-free).
+"""FreeSwim-style dual path for high-resolution generation (arXiv 2511.14712, training-free).
 
 Two ideas, both above the training resolution:
 
 1. **Inward sliding-window self-attention**: every query attends to a window the size of the training-resolution
    token grid, shifted inward at the borders so it is always full (NATTEN semantics, see
    :mod:`attnplug.methods.neighborhood`), so each token keeps the receptive field the model was trained with.
-2. **Cross-attention override with caching**: a second, *full-attention* branch runs the same denoiser with dense
-   self-attention; its cross-attention (text -> video) outputs replace those of the windowed branch layer by layer,
+2. **Cross-attention override with caching**: a second, *full-attention* branch runs the same denoiser with stock
+   self-attention; its cross-attention (text -> image) outputs replace those of the windowed branch layer by layer,
    which restores global semantic consistency. The full branch runs only every ``refresh_every`` steps; in between
-   the windowed branch reuses the cached cross-attention outputs (FreeSwim's cache: ">2x faster than no cache").
+   the windowed branch reuses the cached cross-attention outputs (FreeSwim's cache).
 
-How it fits attnplug. A method only sees one module's (q, k, v); the dual path needs two things beyond that:
+The training grid. ``FreeSwimConfig.train_grid`` when given (tokens at the model's finest attention level, halved per
+U-Net level below it); otherwise ``CallInfo.train_grid``, which the layout layer fills from the model's config. The
+window is that grid rounded up to odd (``2 * (n // 2) + 1``). A call whose window covers its whole token grid (at or
+below the training resolution) is handed back to stock attention, and so is a call whose training grid is unknown.
 
-- *cross-attention calls*: :meth:`FreeSwimMethod.cross_attention` implements the wrapper's cross-attention hook
-  (:meth:`AttentionMethod.cross_attention`: returns the override, or None for the stock call).
-- *two denoiser passes on refresh steps*: :func:`enable_dual_path` wraps the denoiser's ``forward``: on a refresh step
-  it first runs the full branch (``mode = "full"``: dense self-attention, cross-attention outputs cached per layer
-  and per guidance pass), then the windowed branch (``mode = "window"``) whose cross-attention outputs are replaced by
-  the cache. This equals FreeSwim's batch-doubled formulation: its full branch never reads the windowed one.
+How it fits attnplug. A method sees one module's ``(q, k, v)``; the dual path needs two things beyond that:
+
+- *cross-attention calls*: :meth:`FreeSwimMethod.cross_attention` (the wrapper's cross-attention hook, see
+  :meth:`AttentionMethod.cross_attention`) caches them in the full branch and returns the cache in the windowed one.
+- *two denoiser passes on refresh steps*: :meth:`FreeSwimMethod.model_hook` returns a :class:`FreeSwimHook`, a
+  diffusers ``ModelHook`` the plugin registers on the denoiser. On a refresh step it runs the full branch first
+  (self-attention handed back to stock, cross-attention outputs cached per layer and guidance pass), then the
+  windowed branch. If the full branch found no call the windowed branch would window (everything covered, or outside
+  the schedule), its output *is* the windowed branch's output: the hook returns it and skips the second pass, so a
+  model at its training resolution costs one pass. This equals FreeSwim's batch-doubled formulation (its full branch
+  never reads the windowed one).
 
 Differences from the reference code (documented choices): every guidance pass of a step (cond and uncond when the
 pipeline calls the denoiser twice, or the joint CFG batch) gets its own full-branch cache, where FreeSwim overrides
 only the conditional pass; joint-attention families (CogVideoX, HunyuanVideo, Flux, SD3) have no separate
-cross-attention, so only the windowed self-attention applies there (text tokens stay global); FreeSwim's entropy
-scale tweak of the softmax is not applied.
+cross-attention, so only the windowed self-attention applies there (text tokens stay global) and the full branch is
+dropped after the first one finds no cross-attention; FreeSwim's entropy scale tweak of the softmax is not applied.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from dataclasses import dataclass
-from typing import ClassVar
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from diffusers.hooks import ModelHook
 
+from .._args import as_tuple
 from .._logging import log_once
 from ..config import MethodConfig, help_field
 from ..layout import TokenLayout
-from ..processors.wrapper import AttnplugProcessor
 from .base import AttentionMethod, CallInfo
-from .neighborhood import NEIGHBORHOOD_BACKENDS, NeighborhoodConfig, _int_triple
+from .neighborhood import NEIGHBORHOOD_BACKENDS, NeighborhoodConfig, NeighborhoodMethod
 
 logger = logging.getLogger(__name__)
 
-MODES = ("window", "full")
+#: Guidance passes per step with their own cross-attention cache; further passes of one step share the last slot.
+MAX_PASSES = 4
+_MAX_WINDOW_METHODS = 16  # distinct window sizes kept (one per attention level and resolution in practice)
 
 
 @dataclass(frozen=True)
 class FreeSwimConfig(MethodConfig):
     """FreeSwim: inward sliding-window self-attention sized to the training resolution + full-branch cross-attention
-    override, refreshed every ``refresh_every`` steps (``attnplug.apply`` sets up the dual path)."""
+    override, refreshed every ``refresh_every`` steps (the plugin registers the method's model hook)."""
 
     name: ClassVar[str] = "freeswim"
-    train_grid: tuple = help_field(
-        (30, 52), "Token grid (height, width) or (frames, height, width) of the training resolution (latent / patch; "
-        "Wan 2.1 480p: (30, 52)); the window is this size, rounded up to odd."
+    train_grid: int | tuple | None = help_field(
+        None, "Training-resolution token grid at the model's finest attention level: an int (height = width), "
+        "(height, width) or (frames, height, width); the window is this size rounded up to odd, halved per U-Net "
+        "level. None: the model's own training grid (from its config).", min=1,
     )
     refresh_every: int = help_field(
         2, "Run the full-attention branch every this many steps and reuse its cross-attention outputs in between "
-        "(1 = every step, FreeSwim's no-cache variant)."
+        "(1 = every step, FreeSwim's no-cache variant).", min=1,
     )
     override_cross_attention: bool = help_field(
         True, "Replace the windowed branch's cross-attention outputs by the full branch's (the dual path)."
     )
-    backend: str = help_field("auto", "Neighbourhood backend: auto, tiles, triton, torch or reference.")
+    backend: str = help_field(
+        "auto", "Neighbourhood backend of the windowed branch.", choices=NEIGHBORHOOD_BACKENDS
+    )
 
     def __post_init__(self):
-        grid = self.train_grid
-        if not isinstance(grid, (tuple, list)) or len(grid) not in (2, 3):
-            raise ValueError(
-                "FreeSwimConfig.train_grid must be (height, width) or (frames, height, width) in tokens, "
-                f"got {grid!r}."
-            )
-        _int_triple(tuple(grid), "train_grid", "FreeSwimConfig")
-        object.__setattr__(self, "train_grid", tuple(grid))
+        owner = type(self).__name__
+        if self.train_grid is not None:
+            grid = as_tuple(self.train_grid, 3, "train_grid", owner, spatial=2, fill=None, allow_none=True,
+                            minimum=1)
+            if grid[1] is None or grid[2] is None:
+                raise ValueError(f"{owner}.train_grid needs a height and a width, got {self.train_grid!r}.")
+            object.__setattr__(self, "train_grid", grid)  # (frames or None, height, width)
         r = self.refresh_every
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"FreeSwimConfig.refresh_every must be an int >= 1, got {r!r}.")
-        if self.backend not in NEIGHBORHOOD_BACKENDS:
-            raise ValueError(f"FreeSwimConfig.backend must be one of {NEIGHBORHOOD_BACKENDS}, got {self.backend!r}.")
-
-    @property
-    def window(self) -> NeighborhoodConfig:
-        """The windowed branch's neighbourhood config (inward sliding window of the training grid)."""
-        return NeighborhoodConfig.from_training_resolution(self.train_grid, backend=self.backend)
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise TypeError(f"{owner}.refresh_every must be an int >= 1, got {r!r}.")
+        if not isinstance(self.override_cross_attention, bool):
+            raise TypeError(f"{owner}.override_cross_attention must be a bool, got {self.override_cross_attention!r}.")
+        super().__post_init__()
 
     def build(self) -> FreeSwimMethod:
         return FreeSwimMethod(self)
 
 
+def window_for(train_grid: tuple, grid: tuple[int, int, int]) -> tuple[int | None, int, int] | None:
+    """The FreeSwim window ``(frames or None, height, width)`` for a call on ``grid`` given the training grid at that
+    call's level, or None when it covers the whole grid (the call is then dense attention)."""
+    tf, th, tw = train_grid
+    window = (None if tf is None else min(tf, grid[0]), 2 * (th // 2) + 1, 2 * (tw // 2) + 1)
+    if all(w is None or w >= n for w, n in zip(window, grid)):
+        return None
+    return window
+
+
+@dataclass
+class _RunState:
+    """Everything FreeSwim remembers during a run (cleared by :meth:`FreeSwimMethod.reset`)."""
+
+    branch: str = "window"  # "full" while the hook runs the full branch
+    pass_index: int = 0  # guidance pass within the current step
+    steps: int = 0  # denoiser calls with a new timestep seen so far
+    last_timestep: tuple | None = None
+    cache: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (pass, layer) -> cross output
+    cache_step: dict[int, int] = field(default_factory=dict)  # pass -> ``steps`` when its cache was filled
+    would_window: int = 0  # full branch: self-attention calls the windowed branch would window
+    cross_seen: int = 0  # full branch: cross-attention calls cached
+    no_cross: bool = False  # a full branch found no cross-attention: the dual path has nothing to override
+    counts: Counter = field(default_factory=Counter)
+
+
 class FreeSwimMethod(AttentionMethod):
-    """Self-attention: windowed (``mode == "window"``) or dense (``mode == "full"``); cross-attention: see
-    :meth:`cross_attention`. ``(B, H, N, D)`` in and out."""
+    """Self-attention: inward sliding window sized to the training grid (windowed branch) or handed back to stock
+    (full branch); cross-attention: see :meth:`cross_attention`. ``(B, H, N, D)`` in and out.
+
+    One denoising run at a time per method instance: the run state (branch, caches, counters) lives in one
+    :class:`_RunState`, cleared by :meth:`reset`."""
 
     def __init__(self, config: FreeSwimConfig | None = None):
         self.config = config or FreeSwimConfig()
-        self.window = self.config.window.build()
-        self.mode = "window"
-        self.pass_index = 0  # guidance pass within the current step (separate cache per pass)
-        self.cache: dict[tuple[int, str], torch.Tensor] = {}
-        self.cache_step: dict[int, int] = {}  # pass -> step at which its cache was filled
-        self.dual_path = False  # set by enable_dual_path
-        self._forward = None
+        self._state = _RunState()
+        self._hooked = 0  # number of denoisers whose FreeSwimHook is registered
+        self._windows: dict[tuple, NeighborhoodMethod] = {}
+        self._windows_lock = threading.Lock()
 
-    def attach(self, model: torch.nn.Module) -> None:
-        if self.config.override_cross_attention:
-            enable_dual_path(model)
+    # -- self-attention ----------------------------------------------------------------------------------------
+    def train_grid_at(self, info: CallInfo) -> tuple[int | None, int, int] | None:
+        """The training grid ``(frames or None, height, width)`` at this call's level, or None when unknown."""
+        if self.config.train_grid is not None:
+            tf, th, tw = self.config.train_grid
+            f = 2**info.level
+            return tf, -(-th // f), -(-tw // f)
+        if info.train_grid is not None:
+            return None, info.train_grid[1], info.train_grid[2]
+        return None
 
-    def detach(self, model: torch.nn.Module) -> None:
-        disable_dual_path(model)
+    def _window_method(self, window: tuple) -> NeighborhoodMethod:
+        with self._windows_lock:
+            method = self._windows.get(window)
+            if method is None:
+                if len(self._windows) >= _MAX_WINDOW_METHODS:
+                    self._windows.pop(next(iter(self._windows)))
+                method = NeighborhoodConfig(kernel_size=window, backend=self.config.backend).build()
+                self._windows[window] = method
+            return method
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
-        if mask is not None:
+        """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> windowed output, or None to hand the call back."""
+        if mask is not None or q.shape[-2] != k.shape[-2]:
             return None
-        if self.mode == "full":
-            return F.scaled_dot_product_attention(q, k, v, scale=info.scale if info is not None else None)
-        if not self.dual_path and self.config.override_cross_attention:
+        info = info or CallInfo()
+        st = self._state
+        train = self.train_grid_at(info)
+        if train is None:
+            st.counts["self: training grid unknown"] += 1
+            log_once(logger, logging.WARNING, "FreeSwim: the model's training grid is unknown, so self-attention "
+                     "stays stock; give FreeSwimConfig(train_grid=(height, width)) in tokens.")
+            return None
+        window = window_for(train, layout.grid)
+        if st.branch == "full":
+            st.would_window += window is not None
+            st.counts["self: full branch (stock)"] += 1
+            return None
+        if window is None:
+            st.counts["self: window covers the grid (stock)"] += 1
+            log_once(logger, logging.INFO, f"FreeSwim: the training-size window covers the token grid {layout.grid} "
+                     f"(training grid {train} at level {info.level}), so that call runs stock attention.")
+            return None
+        if not self._hooked and self.config.override_cross_attention:
             log_once(logger, logging.WARNING, "FreeSwim: only the windowed self-attention is active; use "
                      "attnplug.apply(...) for the full-branch cross-attention override.")
-        return self.window(q, k, v, layout, None, info)
+        st.counts["self: windowed"] += 1
+        return self._window_method(window)(q, k, v, layout, None, info)
 
-    # -- the dual path ---------------------------------------------------------------------------------------------
-    def needs_refresh(self, step: int) -> bool:
-        """Whether the full branch must run before the windowed one at ``step`` for the current guidance pass."""
-        if not self.config.override_cross_attention:
-            return False
-        last = self.cache_step.get(self.pass_index)
-        return last is None or step < 0 or step < last or step - last >= self.config.refresh_every
-
+    # -- cross-attention ---------------------------------------------------------------------------------------
     def cross_attention(self, q, k, v, mask, info: CallInfo) -> torch.Tensor | None:
         """The cross-attention hook: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``, SDPA ``mask`` -> output or None.
 
-        Full branch: dense cross-attention, cached for (guidance pass, layer). Windowed branch: the cached output of
+        Full branch: stock cross-attention, cached for (guidance pass, layer). Windowed branch: the cached output of
         the same layer (None, i.e. the stock call, when there is none or its shape differs).
         """
-        key = (self.pass_index, info.layer_name)
-        if self.mode == "full":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=info.scale)
-            self.cache[key] = out.detach()
-            return out
+        st = self._state
         if not self.config.override_cross_attention:
             return None
-        cached = self.cache.get(key)
+        key = (st.pass_index, info.layer_name)
+        if st.branch == "full":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=info.scale)
+            st.cache[key] = out.detach()
+            st.cross_seen += 1
+            st.counts["cross: cached by the full branch"] += 1
+            return out
+        cached = st.cache.get(key)
         if cached is None or cached.shape != q.shape[:3] + (v.shape[-1],):
             return None
+        st.counts["cross: overridden"] += 1
         return cached
 
+    # -- the dual path (driven by FreeSwimHook) ----------------------------------------------------------------
+    def begin_call(self, timestep: tuple | None) -> bool:
+        """Advance the step / guidance-pass counters for a denoiser call with ``timestep`` (None = unknown: a new
+        step); whether the full branch must run first."""
+        st = self._state
+        if timestep is not None and st.last_timestep is not None and timestep > st.last_timestep:
+            self.reset()  # a new run starts at the highest noise level
+            st = self._state
+        if timestep is None or timestep != st.last_timestep:
+            st.steps += 1
+            st.pass_index = 0
+        else:
+            st.pass_index = min(st.pass_index + 1, MAX_PASSES - 1)
+        st.last_timestep = timestep
+        if not self.config.override_cross_attention or st.no_cross:
+            return False
+        last = st.cache_step.get(st.pass_index)
+        return last is None or last > st.steps or st.steps - last >= self.config.refresh_every
+
+    def run_full_branch(self, forward, args, kwargs) -> tuple[Any, bool]:
+        """Run the full branch ``forward(*args, **kwargs)``; ``(output, whether the windowed branch must still run)``.
+        """
+        st = self._state
+        st.branch, st.would_window, st.cross_seen = "full", 0, 0
+        pass_index, steps = st.pass_index, st.steps
+        try:
+            out = forward(*args, **kwargs)
+        finally:
+            st = self._state
+            st.branch = "window"
+        st.counts["full branches"] += 1
+        st.cache_step[pass_index] = steps
+        if st.cross_seen == 0 and st.would_window:
+            st.no_cross = True
+            log_once(logger, logging.INFO, "FreeSwim: the model has no separate cross-attention to override; only "
+                     "the windowed self-attention applies (the full branch is not run again).")
+        if st.would_window == 0:
+            # Nothing to window: the windowed branch would give this very output (stock self-attention, its own
+            # cross-attention outputs), so it is not run; and no cached output may override a later step.
+            for key in [key for key in st.cache if key[0] == pass_index]:
+                del st.cache[key]
+            st.counts["windowed branches skipped (nothing to window)"] += 1
+            return out, False
+        return out, True
+
+    def model_hook(self) -> FreeSwimHook | None:
+        """The dual-path hook for the denoiser (None when ``override_cross_attention`` is off)."""
+        return FreeSwimHook(self) if self.config.override_cross_attention else None
+
     def reset(self) -> None:
-        self.cache.clear()
-        self.cache_step.clear()
-        self.mode, self.pass_index = "window", 0
+        """Forget the run: caches, step counters and the report (the branch in progress, if any, is kept)."""
+        self._state = _RunState(branch=self._state.branch)
+
+    def report(self) -> dict[str, Any]:
+        """What ran during this run: self-attention calls windowed / handed back by cause, cross-attention calls cached
+        and overridden, full branches run, windowed branches skipped."""
+        out: dict[str, Any] = dict(self._state.counts)
+        if self.config.train_grid is not None:
+            out["train_grid"] = "config"
+        return out
 
 
-class FreeSwimProcessor(AttnplugProcessor):
-    """An :class:`AttnplugProcessor` for a FreeSwim config. Standalone: ``model.set_attn_processor(
-    FreeSwimProcessor(cfg))`` gives the windowed self-attention (the dual path needs :func:`attnplug.apply`)."""
+class FreeSwimHook(ModelHook):
+    """diffusers ``ModelHook`` on the denoiser that runs FreeSwim's full branch before the windowed one on refresh
+    steps. Uses only its method and the denoiser call's arguments (the ``timestep`` tells steps and guidance passes
+    apart: a repeated timestep is another guidance pass of the same step)."""
 
-    def __init__(self, config: FreeSwimConfig | FreeSwimMethod | None = None, *, layout: TokenLayout | None = None,
-                 **kwargs):
-        config = config if config is not None else FreeSwimConfig()
-        if not isinstance(config, (FreeSwimConfig, FreeSwimMethod)):
-            raise TypeError(f"FreeSwimProcessor needs a FreeSwimConfig, got {type(config).__name__}.")
-        super().__init__(config, layout=layout, **kwargs)
+    def __init__(self, method: FreeSwimMethod):
+        super().__init__()
+        self.method = method
+        self._timestep_position: int | None = None
 
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        try:
+            names = list(inspect.signature(module.forward).parameters)
+        except (TypeError, ValueError):
+            names = []
+        self._timestep_position = names.index("timestep") if "timestep" in names else None
+        self.method._hooked += 1
+        return module
 
-def _applied(model):
-    applied = model.__dict__.get("_attnplug")
-    if applied is None or not isinstance(applied.runtime.method, FreeSwimMethod):
-        raise ValueError(
-            f"{type(model).__name__} has no FreeSwim method applied: call attnplug.apply(model, FreeSwimConfig(...)) "
-            "first, or use apply_freeswim(...)."
-        )
-    return applied
+    def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:  # diffusers' spelling
+        self.method._hooked = max(0, self.method._hooked - 1)
+        self.method.reset()
+        return module
 
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.method.reset()
+        return module
 
-def enable_dual_path(target):
-    """Turn on FreeSwim's dual path on a pipeline/denoiser patched with a FreeSwim config (``attnplug.apply`` does
-    this itself when ``override_cross_attention`` is on): the denoiser's ``forward`` runs the full branch first on
-    refresh steps; cross-attention calls reach :meth:`FreeSwimMethod.cross_attention` through the wrapper's hook.
-    Undone by :func:`disable_dual_path` and by ``attnplug.remove``. Returns ``target``."""
-    from ..plugin import resolve_denoiser
+    def _timestep(self, args: tuple, kwargs: dict) -> tuple | None:
+        t = kwargs.get("timestep")
+        if t is None and self._timestep_position is not None and len(args) > self._timestep_position:
+            t = args[self._timestep_position]
+        if t is None:
+            return None
+        if isinstance(t, torch.Tensor):
+            return tuple(float(x) for x in t.detach().reshape(-1).tolist()[:1]) if t.numel() else None
+        if isinstance(t, (int, float)) and math.isfinite(t):
+            return (float(t),)
+        return None
 
-    model, _ = resolve_denoiser(target)
-    applied = _applied(model)
-    method: FreeSwimMethod = applied.runtime.method
-    if method.dual_path:
-        return target
-    state = applied.runtime.state
-    previous = model.__dict__.get("forward")  # e.g. accelerate's offload hook
-    original = model.forward
-    last = {"step": None}
-
-    def forward(*args, **kwargs):
-        step = state.step if state is not None else -1
-        method.pass_index = 0 if last["step"] != step else method.pass_index + 1
-        last["step"] = step
-        if method.needs_refresh(step) and applied.runtime.schedule.step_active(step, applied.runtime.step()[1]):
-            method.mode = "full"
-            try:
-                original(*args, **kwargs)  # full branch: fills the cross-attention cache
-            finally:
-                method.mode = "window"
-            method.cache_step[method.pass_index] = step
-        return original(*args, **kwargs)
-
-    model.forward = forward
-    method.dual_path = True
-    method._forward = (forward, previous)
-    logger.info("attnplug: FreeSwim dual path on %s (refresh every %d steps)", type(model).__name__,
-                method.config.refresh_every)
-    return target
-
-
-def disable_dual_path(target):
-    """Undo :func:`enable_dual_path` (the forward wrapper); a no-op when it is not enabled. Returns ``target``."""
-    from ..plugin import resolve_denoiser
-
-    model, _ = resolve_denoiser(target)
-    applied = model.__dict__.get("_attnplug")
-    if applied is None or not isinstance(applied.runtime.method, FreeSwimMethod):
-        return target
-    method = applied.runtime.method
-    if method.dual_path:
-        ours, previous = method._forward
-        if model.__dict__.get("forward") is ours:
-            if previous is None:
-                del model.__dict__["forward"]
-            else:
-                model.forward = previous
-        method.dual_path = False
-    method.reset()
-    return target
-
-
-def apply_freeswim(target, config: FreeSwimConfig | None = None, **apply_kwargs):
-    """Same as ``attnplug.apply(target, config or FreeSwimConfig(), **apply_kwargs)`` (kept for explicitness).
-    Returns ``target``."""
-    from ..plugin import apply
-
-    return apply(target, config if config is not None else FreeSwimConfig(), **apply_kwargs)
-
-
-def remove_freeswim(target):
-    """Same as ``attnplug.remove(target)``. Returns ``target``."""
-    from ..plugin import remove
-
-    return remove(target)
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        forward = self.fn_ref.original_forward
+        if not self.method.begin_call(self._timestep(args, kwargs)):
+            return forward(*args, **kwargs)
+        out, again = self.method.run_full_branch(forward, args, kwargs)
+        if not again:
+            return out
+        del out
+        return forward(*args, **kwargs)

@@ -1,0 +1,19 @@
+"""Shifted-window attention (Swin / HiDiffusion MSW-MSA): attention inside non-overlapping windows of a cyclically
+rolled token grid.
+
+Layout: ``reference.py`` (brute-force pair mask, the ground truth), ``torch.py`` (roll, pad, partition, one batched
+SDPA call).
+"""
+
+from .reference import window_attention_reference, window_mask_reference
+from .torch import WindowPlan, partition, reverse, window_attention, window_plan
+
+__all__ = [
+    "WindowPlan",
+    "partition",
+    "reverse",
+    "window_attention",
+    "window_attention_reference",
+    "window_mask_reference",
+    "window_plan",
+]
