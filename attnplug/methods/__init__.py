@@ -4,8 +4,8 @@ from .agent import AgentConfig, AgentMethod
 from .base import AttentionMethod, CallInfo
 from .dense import DenseConfig, DenseMethod, dense_attention
 from .freeswim import FreeSwimConfig, FreeSwimMethod
-from .neighborhood import NeighborhoodConfig, NeighborhoodMethod, NeighborhoodProcessor, neighborhood_attention
-from .sparse_video import SparseVideoConfig, SparseVideoMethod, SparseVideoProcessor
+from .neighborhood import NeighborhoodConfig, NeighborhoodMethod
+from .sparse_video import SparseVideoConfig, SparseVideoMethod
 from .window import WindowConfig, WindowMethod
 
 __all__ = [
@@ -19,12 +19,9 @@ __all__ = [
     "FreeSwimMethod",
     "NeighborhoodConfig",
     "NeighborhoodMethod",
-    "NeighborhoodProcessor",
     "SparseVideoConfig",
     "SparseVideoMethod",
-    "SparseVideoProcessor",
     "WindowConfig",
     "WindowMethod",
     "dense_attention",
-    "neighborhood_attention",
 ]

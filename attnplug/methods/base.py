@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,9 @@ from ..layout import TokenLayout
 
 if TYPE_CHECKING:
     from diffusers.hooks import ModelHook
+
+#: The reason code of the latest :meth:`AttentionMethod.hand_back` on each thread (one generation per thread).
+_HAND_BACK = threading.local()
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,26 @@ class AttentionMethod:
 
     #: Whether the method honours a non-None attention mask; if False, calls with a mask go to dense attention.
     supports_mask: bool = False
+
+    def hand_back(self, reason: str) -> None:
+        """Hand the current call back to stock attention, saying why: ``return self.hand_back("window-covers-grid")``.
+
+        ``reason`` is a short stable code (kebab-case, like the core's own), a key of
+        ``attnplug.stats(x)["self"]["reasons"]``. It is recorded for the calling thread only (concurrent generations on
+        other threads keep their own) and read once by the interception core through :meth:`last_reason`. Returns
+        ``None``, the hand-back value.
+        """
+        _HAND_BACK.reason = reason
+        return None
+
+    def last_reason(self) -> str | None:
+        """The reason code of the latest :meth:`hand_back` on this thread, or None; reading clears it.
+
+        The interception core calls it after a method returned ``None`` (and may call it before a call to drop a
+        stale code). A method that wraps another (e.g. FreeSwim's window) sees the inner method's code here too."""
+        reason = getattr(_HAND_BACK, "reason", None)
+        _HAND_BACK.reason = None
+        return reason
 
     def __call__(
         self,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..._args import DIM_NAMES, as_tuple
 from .lut import BlockLUT
 
 __all__ = ["NeighborhoodMask", "dim_window"]
@@ -50,24 +51,7 @@ def _merge_x_intervals(qb, rt, st, et, ry, sy, ey, xlo, xhi, dx: int, width: int
     first = order[start]
     return (qb[first], rt[first], st[first], et[first], ry[first], sy[first], ey[first], lo[start], merged_hi)
 
-_DIM_NAMES = ("frames", "height", "width")
-
-
-def _as_triple(name: str, value, kind: type) -> tuple:
-    if isinstance(value, (int, bool)) and not (kind is int and isinstance(value, bool)):
-        value = (value,) * 3
-    if not isinstance(value, (tuple, list)) or len(value) != 3:
-        raise ValueError(
-            f"{name} must be a {kind.__name__} or a tuple of three for (frames, height, width), got {value!r}."
-        )
-    out = []
-    for v in value:
-        if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-            raise TypeError(f"{name} entries must be ints, got {value!r}.")
-        if kind is bool and not isinstance(v, bool):
-            raise TypeError(f"{name} entries must be bools, got {value!r}.")
-        out.append(v)
-    return tuple(out)
+_DIM_NAMES = DIM_NAMES
 
 
 def dim_window(i: Tensor, length: int, kernel: int, dilation: int, stride: int, causal: bool):
@@ -98,7 +82,8 @@ class NeighborhoodMask:
     Attributes:
         grid: ``(frames, height, width)`` of the first ``frames * height * width`` tokens (row-major ``t, y, x``);
             tokens after them are global. Use ``frames=1`` for images.
-        kernel_size: window size per dimension (odd unless causal); an int applies to all three dimensions.
+        kernel_size: window size per dimension (odd unless causal, or equal to the grid length: the whole
+            dimension); an int applies to all three dimensions (this is the kernel-level 3-D mask).
         dilation: dilation per dimension.
         is_causal: causal flag per dimension (a query sees itself and the ``kernel - 1`` positions before it).
         stride: GNA stride per dimension: ``stride`` consecutive queries share the window of their group's centre
@@ -112,11 +97,12 @@ class NeighborhoodMask:
     stride: tuple[int, int, int] = (1, 1, 1)
 
     def __post_init__(self) -> None:
-        grid = _as_triple("grid", self.grid, int)
-        kernel = _as_triple("kernel_size", self.kernel_size, int)
-        dilation = _as_triple("dilation", self.dilation, int)
-        causal = _as_triple("is_causal", self.is_causal, bool)
-        stride = _as_triple("stride", self.stride, int)
+        owner = "NeighborhoodMask"
+        grid = as_tuple(self.grid, 3, "grid", owner)
+        kernel = as_tuple(self.kernel_size, 3, "kernel_size", owner)
+        dilation = as_tuple(self.dilation, 3, "dilation", owner)
+        causal = as_tuple(self.is_causal, 3, "is_causal", owner, kind=bool)
+        stride = as_tuple(self.stride, 3, "stride", owner)
         for dim, (n, k, d, c, s) in enumerate(zip(grid, kernel, dilation, causal, stride)):
             name = _DIM_NAMES[dim]
             if n < 1:
@@ -134,8 +120,11 @@ class NeighborhoodMask:
                 )
             if s > k:
                 raise ValueError(f"stride[{dim}] ({name}) = {s} must be <= kernel_size[{dim}] = {k}.")
-            if not c and k % 2 == 0:
-                raise ValueError(f"kernel_size[{dim}] ({name}) = {k} must be odd for a non-causal dimension.")
+            if not c and k % 2 == 0 and k != n:  # an even kernel equal to the length is the whole dimension
+                raise ValueError(
+                    f"kernel_size[{dim}] ({name}) = {k} must be odd for a non-causal dimension (or equal to the grid "
+                    f"length {n}: the whole dimension)."
+                )
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "kernel_size", kernel)
         object.__setattr__(self, "dilation", dilation)

@@ -1,0 +1,73 @@
+"""Backend choice for neighbourhood attention on ``(B, H, N, D)`` tensors with a :class:`TokenLayout`.
+
+Backends (the same names in :class:`~attnplug.NeighborhoodConfig` and the functional ops):
+
+- ``auto``: ``tiles`` off CUDA, the block-sparse kernel on CUDA (Triton when it imports, else its torch path);
+- ``tiles``: gathered query tiles + batched SDPA (:mod:`.tiles`), any device;
+- ``triton`` / ``torch``: the block-sparse kernel's backends with the neighbourhood as in-kernel element mask;
+- ``reference``: the plain fp32 reference (:mod:`.reference`, ``O(N^2)`` memory).
+
+A window that covers the whole grid is plain SDPA (logged once at debug).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..._logging import log_once
+from ...layout import TokenLayout
+from .._cache import BoundedCache
+from ..block_sparse import BlockLUT, block_sparse_attention
+from .params import ResolvedNeighborhood
+from .reference import neighborhood_reference
+from .tiles import CACHE_ENTRIES, tiles_attention
+
+__all__ = ["BACKENDS", "neighborhood_dispatch", "neighborhood_lut"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "triton", "torch", "tiles", "reference")
+
+_LUT_CACHE = BoundedCache(CACHE_ENTRIES)
+
+
+def neighborhood_lut(res: ResolvedNeighborhood, n_q: int, n_k: int, block_m: int, block_n: int,
+                     device: torch.device | str) -> BlockLUT:
+    """Exact block LUT of ``res`` for ``n_q`` queries and ``n_k`` keys (grid first, global tokens after), cached per
+    device (bounded)."""
+    key = (res, n_q, n_k, block_m, block_n, str(device))
+    return _LUT_CACHE.get_or_build(key, lambda: res.mask().block_lut(n_q, block_m, block_n, n_k=n_k, device=device))
+
+
+def check_backend(backend: str, owner: str = "neighborhood_attention") -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"{owner}: backend must be one of {BACKENDS}, got {backend!r}.")
+
+
+def neighborhood_dispatch(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, *, scale: float | None = None,
+                          backend: str = "auto", block_size: int = 64) -> torch.Tensor:
+    """Neighbourhood attention of resolved parameters ``res`` over ``layout``.
+
+    ``q``: ``(B, H, N_q, D)`` with ``N_q = layout.num_tokens`` or ``layout.image_tokens`` (grid queries only; the
+    layout's text tokens are then extra global keys, text last); ``k, v``: ``(B, H, layout.num_tokens, D)``.
+    Returns ``(B, H, N_q, D)``.
+    """
+    check_backend(backend)
+    if res.is_dense:
+        log_once(logger, logging.DEBUG, f"neighborhood: window covers the grid {layout.grid}; plain SDPA")
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if backend == "reference":
+        return neighborhood_reference(q, k, v, layout, res.kernel_size, res.stride, res.dilation, res.is_causal,
+                                      scale=scale)
+    if backend == "tiles" or (backend == "auto" and q.device.type != "cuda"):
+        return tiles_attention(q, k, v, layout, res, scale)
+    grid_only = q.shape[-2] != layout.num_tokens
+    if not grid_only:
+        q = layout.to_text_last(q)
+    k, v = layout.to_text_last(k), layout.to_text_last(v)
+    lut = neighborhood_lut(res, q.shape[-2], k.shape[-2], block_size, block_size, q.device)
+    out = block_sparse_attention(q, k, v, lut, neighborhood=res.mask(), scale=scale, backend=backend)
+    return out if grid_only else layout.from_text_last(out)
