@@ -210,6 +210,7 @@ BASE_INPUTS: list[tuple[str, Any]] = [
     ("guidance", 3.0),
     ("seed", 0),
     ("method", "agent"),
+    ("default_schedule", True),
     ("pipeline", "standard"),
     ("compare", True),
 ]
@@ -268,7 +269,7 @@ class Request:
     seed: int
     method: str
     config: Any  # attnplug MethodConfig
-    schedule: attnplug.Schedule
+    schedule: attnplug.Schedule | None  # None: the method's default schedule
     pipeline: str
     pipeline_options: dict = field(default_factory=dict)
     compare: bool = True
@@ -311,6 +312,8 @@ def parse_request(values: dict) -> Request:
     options = {ff.spec.name: ff.parse(values[ff.key]) for ff in forms[method]}
     config = attnplug.config.config_from_options(method, options)
     schedule = attnplug.Schedule(**{ff.spec.name: ff.parse(values[ff.key]) for ff in schedule_form()})
+    if values.get("default_schedule", True):
+        schedule = None
     pipeline = values["pipeline"]
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline={pipeline!r} must be one of {list(PIPELINES)}.")
@@ -584,6 +587,25 @@ def _stats_lines(stats: dict) -> list[str]:
     return lines
 
 
+def jsonable(value, depth: int = 0):
+    """``value`` as plain JSON data (str keys; tensors, arrays and tuples as lists; other objects as text)."""
+    if depth > 8:
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v, depth + 1) for v in value]
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return jsonable(value.tolist(), depth + 1) if value.size == 1 or np.ndim(value) < 2 else str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else f"{value:.4g}"
@@ -693,10 +715,12 @@ def generate(req: Request, cache: ModelCache, report: Callable[[int, int], None]
              f"{req.task} {req.width}x{req.height}" + (f"x{req.num_frames} frames" if req.task == "video" else "")
              + f", {req.steps} steps, seed {req.seed}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
+    sched = req.schedule if req.schedule is not None else req.config.default_schedule()
+    lines += ["", f"schedule: {'method default: ' if req.schedule is None else ''}{sched or 'every step and layer'}"]
     lines += ["", "**What the method did**", ""] + [f"- {line}" for line in _stats_lines(stats)]
     if notes:
         lines += ["", "**Notes**", ""] + [f"- {n}" for n in notes]
-    return Result(method_file, dense_file, "\n".join(lines), stats, notes)
+    return Result(method_file, dense_file, "\n".join(lines), jsonable(stats), notes)
 
 
 def _dense_request(req: Request) -> Request:
@@ -749,6 +773,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                         with gr.Accordion(f"{name} options", open=False):
                             for ff in forms:
                                 comps[ff.key] = _component(ff)
+                comps["default_schedule"] = gr.Checkbox(
+                    True, label="method's default schedule", elem_id="default-schedule",
+                    info="e.g. agent: first 40 % of the steps; untick to use the schedule below.")
                 with gr.Accordion("schedule (where the method runs; elsewhere attention is dense)", open=False):
                     for ff in s_form:
                         comps[ff.key] = _component(ff)

@@ -1,0 +1,157 @@
+"""The web UI through its HTTP API: ``gradio_client`` against ``demos/app.py`` served on localhost.
+
+Results are checked against the library called directly (same model, method, seed), so a UI that drops an option,
+swaps the outputs or mixes up two concurrent requests fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import attnplug
+from attnplug.config import FieldSpec
+from attnplug.models import load_pipeline
+
+pytest.importorskip("gradio_client")
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(server[1], verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+def _library(model: str, config, seed: int, schedule=None, **kwargs) -> np.ndarray:
+    """What the library gives for the same request: ``(H, W, 3)`` image or ``(F, H, W, 3)`` video in [0, 1]."""
+    pipe = load_pipeline(model)
+    if config is not None:
+        attnplug.apply(pipe, config, schedule=schedule)
+    out = pipe("red circle" if "video" not in model else "blue square moving left", num_inference_steps=STEPS,
+               generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+    return (out.images if hasattr(out, "images") else out.frames)[0]
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0, 1) * 255).round().astype(np.int16)
+
+
+def _calls(stats: dict) -> int:
+    return stats["self"]["calls"] if isinstance(stats.get("self"), dict) else stats["calls"]
+
+
+def test_image_with_dense_comparison(client):
+    out = client.predict(prompt="red circle", steps=STEPS, seed=3, method="window", compare=True,
+                         api_name="/generate")
+    image, dense, video, dense_video, summary, stats = out
+    assert video is None and dense_video is None
+    got, got_dense = _png(image), _png(dense)
+    assert got.shape == got_dense.shape == (16, 16, 3)
+    assert np.abs(got - _u8(_library("shapes-unet", attnplug.WindowConfig(), 3))).max() <= 1
+    assert np.abs(got_dense - _u8(_library("shapes-unet", None, 3))).max() <= 1
+    for text in ("speed-up vs dense", "PSNR vs dense", "SSIM vs dense", "detector", "What the method did"):
+        assert text in summary
+    assert _calls(stats) > 0
+
+
+def test_short_video_plays_as_h264(client):
+    import imageio_ffmpeg
+
+    out = client.predict(model="shapes-video", task="video", prompt="blue square moving left", num_frames=4,
+                         steps=STEPS, seed=1, method="sparse_video", default_schedule=False, compare=False,
+                         api_name="/generate")
+    image, dense, video, dense_video, summary, stats = out
+    assert image is None and dense_video is None and video.endswith(".mp4")
+    reader = imageio_ffmpeg.read_frames(video)
+    meta = reader.__next__()
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+    w, h = meta["size"]
+    frames = np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
+    assert frames.shape[0] == 4 and (h, w) == (256, 256)  # 16 x 16 enlarged 16x for the browser
+    centres = frames[:, 8::16, 8::16].astype(np.float32) / 255  # one pixel per generated pixel
+    ref = _library("shapes-video", attnplug.SparseVideoConfig(), 1, schedule=attnplug.Schedule(), num_frames=4)
+    assert np.abs(centres - ref).mean() < 0.03  # H.264 is lossy
+    assert "objects per frame" in summary and _calls(stats) > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"height": 15}, "height=15"),
+        ({"model_path": "no-such-folder/of/models"}, "no-such-folder/of/models"),
+        ({"task": "video"}, "choose task 'image'"),
+        ({"method": "sparse_video", "method__sparse_video__density": 2.0}, "greater than maximum value 1"),  # slider
+        ({"method": "neighborhood", "method__neighborhood__kernel_size": "(4, 4)"}, "kernel_size"),
+        ({"method__agent__agents": "(4,"}, "agents"),
+        ({"default_schedule": False, "schedule__warmup_steps": -1}, "warmup_steps"),
+        ({"method": "sparse_video"}, "warmup_steps=5 exceeds the 2"),  # its default schedule needs > 2 steps
+        ({"prompt": "  "}, "prompt is empty"),
+    ],
+)
+def test_invalid_input_gives_its_message(client, overrides, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message.replace("(", r"\(")):
+        client.predict(**{"steps": STEPS, "compare": False, **overrides}, api_name="/generate")
+
+
+def test_serving_continues_after_errors_and_keeps_weights(client, server):
+    from gradio_client.exceptions import AppError
+
+    cache = server[0].model_cache
+    with pytest.raises(AppError):
+        client.predict(width=7, steps=STEPS, api_name="/generate")
+    client.predict(steps=STEPS, method="agent", compare=False, api_name="/generate")
+    loads = cache.loads
+    out = client.predict(steps=STEPS, method="dense", compare=False, api_name="/generate")
+    assert _png(out[0]).shape == (16, 16, 3)
+    assert cache.loads == loads  # switching methods reused the loaded weights
+
+
+def test_two_requests_at_once_get_their_own_results(server):
+    from gradio_client import Client
+
+    a, b = Client(server[1], verbose=False), Client(server[1], verbose=False)
+    jobs = [a.submit(steps=STEPS, seed=5, method="agent", compare=False, api_name="/generate"),
+            b.submit(steps=STEPS, seed=5, method="neighborhood", method__neighborhood__kernel_size="(3, 3)",
+                     compare=False, api_name="/generate")]
+    got = [_png(job.result(timeout=120)[0]) for job in jobs]
+    refs = [attnplug.AgentConfig(), attnplug.NeighborhoodConfig(kernel_size=(3, 3))]
+    for image, config in zip(got, refs):
+        assert np.abs(image - _u8(_library("shapes-unet", config, 5))).max() <= 1
+
+
+def test_default_form_gives_each_methods_default_config(app_module):
+    for name, cls in attnplug.config.method_configs().items():
+        values = app_module.default_inputs()
+        values["method"] = name
+        req = app_module.parse_request(values)
+        assert req.config == cls(), name
+        assert req.schedule is None  # the method's default schedule
+        values["default_schedule"] = False
+        assert app_module.parse_request(values).schedule == attnplug.Schedule()
+
+
+def test_form_widgets_follow_field_metadata(app_module):
+    make = app_module._form_field
+    choice = make("m", FieldSpec("mode", "str", "b", "help", choices=("a", "b")))
+    assert choice.kind == "dropdown" and choice.default_ui == "b" and choice.parse("a") == "a"
+    with pytest.raises(ValueError, match="m.mode='c'"):
+        choice.parse("c")
+    assert make("m", FieldSpec("n", "int", 2, "", min=1, max=8)).kind == "slider"
+    assert make("m", FieldSpec("n", "int", 2, "", min=1)).kind == "number"
+    assert make("m", FieldSpec("flag", "bool", True)).kind == "checkbox"
+    literal = make("m", FieldSpec("grid", "int | tuple[int, int] | None", None))
+    assert literal.kind == "literal" and literal.parse("[2, 3]") == (2, 3) and literal.parse("none") is None
+    assert literal.parse("") is None
+    with pytest.raises(ValueError, match="m.n=2.5 must be an integer"):
+        make("m", FieldSpec("n", "int", 2, "", min=1, max=8)).parse(2.5)
