@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -188,6 +189,7 @@ class FamilySpec:
     temporal_modules: tuple[str, ...] = ()  # name fragments of attention modules that attend over frames only
     frames_in_batch: bool = False  # spatial attention sees one frame at a time (frames folded into the batch)
     exclude_modules: tuple[str, ...] = ()  # attention modules that never see the image grid (e.g. text refiners)
+    grid_reads_values: bool = False  # the grid comes from tensor values (Flux's img_ids), not only from shapes
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -201,7 +203,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "PixArtTransformer2DModel": FamilySpec("pixart", _grid_image_4d),
     "DiTTransformer2DModel": FamilySpec("dit", _grid_image_4d),
     "SD3Transformer2DModel": FamilySpec("sd3", _grid_image_4d, text_position="last"),
-    "FluxTransformer2DModel": FamilySpec("flux", _grid_flux, text_position="first"),
+    "FluxTransformer2DModel": FamilySpec("flux", _grid_flux, text_position="first", grid_reads_values=True),
     "WanTransformer3DModel": FamilySpec("wan", _grid_video_bcfhw),
     "CogVideoXTransformer3DModel": FamilySpec("cogvideox", _grid_cogvideox, text_position="first"),
     "HunyuanVideoTransformer3DModel": FamilySpec(
@@ -229,40 +231,112 @@ def _halvings(n: int) -> list[int]:
     return sizes
 
 
+_UNET_BLOCK = re.compile(r"(?:^|\.)(down_blocks|up_blocks)\.(\d+)\.|(?:^|\.)mid_block\.")
+
+
+def latent_level(model: torch.nn.Module, module_name: str) -> int | None:
+    """How many 2x downsamplings below the latent grid a U-Net attention module works at, read from its place in
+    the block structure (``down_blocks.i`` -> i, ``mid_block`` -> last, ``up_blocks.j`` -> mirrored); None for
+    models without levels or modules outside the blocks."""
+    if not family_of(model).multiscale:
+        return None
+    match = _UNET_BLOCK.search(module_name)
+    if match is None:
+        return None
+    n_down = len(getattr(model, "down_blocks", ()))
+    if match.group(1) is None:
+        return max(n_down - 1, 0)
+    index = int(match.group(2))
+    if match.group(1) == "down_blocks":
+        return index
+    return max(len(getattr(model, "up_blocks", ())) - 1 - index, 0)
+
+
+def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int] | None:
+    """The token grid ``(frames, height, width)`` the model was trained at, at ``level`` 2x downsamplings below the
+    latent grid (from ``config.sample_size`` and the patch size); None when the config does not say."""
+    size = getattr(model.config, "sample_size", None)
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    fam = family_of(model)
+    if fam.multiscale:
+        return (1, _halvings(h)[min(level, len(_halvings(h)) - 1)], _halvings(w)[min(level, len(_halvings(w)) - 1)])
+    _, ph, pw = _patch(model.config)
+    if fam.grid is _grid_image_4d:
+        return (1, h // ph, w // pw)
+    return None
+
+
 @dataclass
 class LayoutState:
-    """Per-denoiser state written by the pre-hook: the latest token grid and the denoising step index."""
+    """Per-denoiser state: the latest token grid (recorded before each denoiser call) and where the denoising loop
+    is (step index, number of steps, guidance pass), from diffusers' ``CacheContext`` when the pipeline sets one,
+    else from the timestep."""
 
     family: FamilySpec
     grid: tuple[int, int, int] | None = None
     step: int = -1
+    num_steps: int | None = None
+    guidance: str | None = None
     last_timestep: float | None = None
     num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
+    _value_grids: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def num_steps(self) -> int | None:
-        return self.num_steps_fn() if self.num_steps_fn is not None else None
+    def observe_grid(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Record the token grid of a denoiser call.
 
-    def observe(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Record the token grid and advance the step counter from the denoiser call's timestep."""
-        self.grid = self.family.grid(model, args, kwargs)
+        Shapes only, so the call traces under ``torch.compile``; a family whose grid is read from tensor values
+        (Flux's ``img_ids``) reads them in eager calls and, while compiling, reuses the grid an eager call recorded
+        for the same input shapes."""
+        if not self.family.grid_reads_values:
+            self.grid = self.family.grid(model, args, kwargs)
+            return
+        key = tuple(tuple(v.shape) for v in kwargs.values() if isinstance(v, torch.Tensor))
+        if torch.compiler.is_compiling():
+            if key not in self._value_grids:
+                raise ValueError(
+                    f"attnplug reads the {self.family.name} token grid from `img_ids`, which torch.compile cannot "
+                    "trace: run the model once without compiling (same input shapes) before the compiled call."
+                )
+            self.grid = self._value_grids[key]
+            return
+        if len(self._value_grids) >= 64:
+            self._value_grids.clear()
+        self.grid = self._value_grids[key] = self.family.grid(model, args, kwargs)
+
+    def observe_timestep(self, args: tuple, kwargs: dict) -> bool:
+        """Advance the step counter from the denoiser call's timestep; True when a new run starts (step 0).
+
+        A repeated timestep is another pass of the same step (guidance, or a second-order scheduler's correction)."""
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if isinstance(t, torch.Tensor):
             t = float(t.reshape(-1)[0].item()) if t.numel() else None
         elif t is not None:
             t = float(t)
+        previous = self.step
         if t is None:
             self.step += 1
         elif self.last_timestep is None or t > self.last_timestep:
             self.step = 0  # a new denoising run starts at the highest noise level
         elif t != self.last_timestep:
-            self.step += 1  # same timestep again = another guidance pass of the same step
+            self.step += 1
         self.last_timestep = t
+        self.num_steps = self.num_steps_fn() if self.num_steps_fn is not None else None
+        self.guidance = None
+        return self.step == 0 and previous != 0
+
+    def set_context(self, step: int, num_steps: int | None, guidance: str | None) -> bool:
+        """Take the step from a pipeline's ``CacheContext``; True when a new run starts (step 0)."""
+        new_run = step == 0 and (self.step != 0 or self.guidance == guidance)
+        self.step, self.num_steps, self.guidance = step, num_steps, guidance
+        self.last_timestep = None
+        return new_run
 
     def reset(self) -> None:
-        self.step, self.last_timestep = -1, None
+        self.step, self.num_steps, self.guidance, self.last_timestep = -1, None, None, None
 
-    def layout_for(self, n: int, module_name: str = "") -> TokenLayout:
+    def layout_for(self, n: int, module_name: str = "", temporal: bool | None = None) -> TokenLayout:
         """The layout of an ``n``-token self-attention sequence in module ``module_name``."""
         if self.grid is None:
             raise ValueError(
@@ -271,7 +345,9 @@ class LayoutState:
             )
         f, h, w = self.grid
         fam = self.family
-        if any(part in module_name for part in fam.temporal_modules):
+        if temporal is None:
+            temporal = any(part in module_name for part in fam.temporal_modules)
+        if temporal:
             if n == f:
                 return TokenLayout(f, 1, 1)
             raise ValueError(

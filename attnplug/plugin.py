@@ -1,37 +1,74 @@
-"""``apply`` / ``remove`` / ``applied``: put attnplug's wrapping processors on a denoiser and take them off."""
+"""``apply`` / ``remove`` / ``applied`` / ``stats``: put attnplug's hooks on every denoiser of a pipeline and take
+them off exactly. No processor is replaced: the stock ones stay where they are (see :mod:`attnplug.processors`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from .config import MethodConfig, Schedule
-from .layout import LayoutState, family_of
+from .config import MethodConfig, Schedule, config_from_options
+from .layout import LayoutState, family_of, latent_level, training_grid
 from .methods.base import AttentionMethod
 from .methods.dense import DenseConfig
-from .processors.wrapper import AttnplugProcessor, Runtime
+from .processors.core import Site
+from .processors.hooks import (
+    ATTENTION_HOOK,
+    METHOD_HOOK,
+    AttentionHook,
+    Runtime,
+    StepTracker,
+    registry,
+)
+from .processors.standalone import AttnplugProcessor, build_method
+from .processors.stats import merge_stats
 
 logger = logging.getLogger(__name__)
 
-_DENOISER_ATTRS = ("transformer", "unet")
+_DENOISER_ATTRS = ("transformer", "transformer_2", "unet", "unet_2", "prior", "decoder")
 _CROSS_NAMES = ("attn2", "attn_cross", "cross_attn", "cross_attention")
+# Processor classes that compute attention without scaled_dot_product_attention: nothing to intercept.
+_NO_SDPA_PROCESSORS = ("AttnProcessor", "AttnAddedKVProcessor", "CustomDiffusionAttnProcessor")
+_NO_SDPA_MARKERS = ("Sliced", "XFormers")
+
+
+def _is_denoiser(obj) -> bool:
+    if not isinstance(obj, torch.nn.Module):
+        return False
+    try:
+        family_of(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def resolve_denoisers(target) -> tuple[list[tuple[str, torch.nn.Module]], object | None]:
+    """``([(component name, denoiser), ...], pipeline or None)`` for a pipeline (every denoiser component:
+    ``transformer``, ``transformer_2``, ``unet``, ...) or for one denoiser model."""
+    if isinstance(target, torch.nn.Module):
+        family_of(target)  # TypeError naming the class and the supported ones
+        return [("", target)], None
+    found = []
+    names = list(_DENOISER_ATTRS) + [n for n in getattr(target, "components", {}) or {} if n not in _DENOISER_ATTRS]
+    for name in names:
+        model = getattr(target, name, None)
+        if _is_denoiser(model) and all(model is not m for _, m in found):
+            found.append((name, model))
+    if not found:
+        raise TypeError(
+            f"attnplug.apply expects a diffusers pipeline with a denoiser (`transformer`, `transformer_2`, `unet`) "
+            f"of a supported family, or a denoiser model, got {type(target).__name__}."
+        )
+    return found, target
 
 
 def resolve_denoiser(target) -> tuple[torch.nn.Module, object | None]:
-    """``(denoiser, pipeline or None)`` for a pipeline (its ``transformer``/``unet``) or a model."""
-    if isinstance(target, torch.nn.Module):
-        return target, None
-    for attr in _DENOISER_ATTRS:
-        model = getattr(target, attr, None)
-        if isinstance(model, torch.nn.Module):
-            return model, target
-    raise TypeError(
-        f"attnplug.apply expects a diffusers pipeline with a `transformer` or `unet`, or a denoiser model, "
-        f"got {type(target).__name__}."
-    )
+    """``(first denoiser, pipeline or None)``; see :func:`resolve_denoisers`."""
+    found, pipe = resolve_denoisers(target)
+    return found[0][1], pipe
 
 
 def attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -47,11 +84,21 @@ def is_cross_attention_module(name: str, module: torch.nn.Module) -> bool:
     return name.rsplit(".", 1)[-1] in _CROSS_NAMES
 
 
-def _schedule(schedule: Schedule | None, layers, steps) -> Schedule:
+def _makes_no_sdpa_call(processor) -> bool:
+    name = type(processor).__name__
+    return name in _NO_SDPA_PROCESSORS or any(marker in name for marker in _NO_SDPA_MARKERS)
+
+
+def _schedule(config, schedule: Schedule | None, layers, steps) -> Schedule:
     if schedule is not None and (layers is not None or steps is not None):
         raise ValueError("Give either schedule=Schedule(...) or the layers=/steps= shortcuts, not both.")
     if schedule is not None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be an attnplug.Schedule, got {type(schedule).__name__}.")
         return schedule
+    if layers is None and steps is None:
+        default = config.default_schedule() if isinstance(config, MethodConfig) else None
+        return default if default is not None else Schedule()
     kwargs = {}
     if layers is not None:
         kwargs["layers"] = layers if isinstance(layers, str) else tuple(layers)
@@ -62,6 +109,8 @@ def _schedule(schedule: Schedule | None, layers, steps) -> Schedule:
             start, stop = steps
         else:
             raise ValueError(f"steps must be range(start, stop) or (start, stop), got {steps!r}.")
+        if stop is not None and not isinstance(stop, float) and stop <= start:
+            raise ValueError(f"steps=({start}, {stop}) selects no step: stop must be greater than start.")
         kwargs.update(warmup_steps=int(start), until_step=stop)
     return Schedule(**kwargs)
 
@@ -71,36 +120,29 @@ def _num_steps_fn(pipe):
         return None
 
     def num_steps():
-        timesteps = getattr(pipe.scheduler, "timesteps", None)
-        return None if timesteps is None else len(timesteps)
+        scheduler = pipe.scheduler
+        n = getattr(scheduler, "num_inference_steps", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        timesteps = getattr(scheduler, "timesteps", None)
+        # second-order schedulers repeat timesteps; a step is a distinct timestep
+        return None if timesteps is None else len(set(torch.as_tensor(timesteps).tolist()))
 
     return num_steps
 
 
-def apply(
-    target,
-    config: MethodConfig | AttentionMethod | None = None,
-    *,
-    schedule: Schedule | None = None,
-    layers=None,
-    steps=None,
-):
-    """Replace the attention of ``target`` (a pipeline, its ``unet``/``transformer``, or a denoiser model) with the
-    method ``config`` describes (default: dense). Self-attention only; ``schedule`` (or the ``layers=`` indices/regex
-    and ``steps=(start, stop)`` shortcuts) says which layers and denoising steps use it. Idempotent: a previous
-    application is removed first. Returns ``target``."""
-    model, pipe = resolve_denoiser(target)
-    family = family_of(model)
-    remove(model)
-    config = config if config is not None else DenseConfig()
-    if isinstance(config, MethodConfig):
-        method = config.build()
-    elif isinstance(config, AttentionMethod):
-        method, config = config, None
-    else:
-        raise TypeError(f"config must be an attnplug method config, got {type(config).__name__}.")
-    sched = _schedule(schedule, layers, steps)
+@dataclass
+class _Plan:
+    """What :func:`apply` will install on one denoiser, computed (and validated) before anything changes."""
 
+    model: torch.nn.Module
+    method: AttentionMethod
+    sites: list  # (module, Site, selected, level, train_grid)
+    num_layers: int
+
+
+def _plan(model: torch.nn.Module, method: AttentionMethod, sched: Schedule) -> _Plan:
+    family = family_of(model)
     modules = attention_modules(model)
     if not modules:
         raise TypeError(f"{type(model).__name__} has no diffusers attention modules to patch.")
@@ -108,80 +150,155 @@ def apply(
     excluded = [any(part in n for part in family.exclude_modules) for n, _ in modules]
     self_names = [n for (n, _), c, e in zip(modules, is_cross, excluded) if not c and not e]
     selected = iter(sched.select_layers(self_names))
-
-    runtime = Runtime(
-        method=method,
-        config=config,
-        schedule=sched,
-        state=LayoutState(family, num_steps_fn=_num_steps_fn(pipe)),
-        num_layers=len(self_names),
-    )
-    index = 0
-    wrappers = []
+    levels = {n: latent_level(model, n) for n in self_names}
+    finest = min((lv for lv in levels.values() if lv is not None), default=0)
+    sites, index = [], 0
     for (name, module), cross, skip in zip(modules, is_cross, excluded):
-        self_attn = not cross and not skip
-        wrapper = AttnplugProcessor(
-            method,
-            module.processor,
-            runtime=runtime,
-            name=name,
-            index=index if self_attn else -1,
-            selected=next(selected) if self_attn else False,
-            is_cross=cross,
+        if skip:
+            continue
+        temporal = any(part in name for part in family.temporal_modules)
+        lv = levels.get(name)
+        level = (lv - finest) if lv is not None else 0
+        grid = training_grid(model, lv or 0) if not temporal else None
+        if cross:
+            sites.append((module, Site(name, -1, True, temporal), False, level, grid))
+        else:
+            chosen = next(selected)
+            sites.append((module, Site(name, index, False, temporal), chosen, level, grid))
+            index += 1
+    no_sdpa = sorted({type(m.processor).__name__ for m, site, chosen, *_ in sites if chosen
+                      and _makes_no_sdpa_call(m.processor)})
+    if no_sdpa:
+        raise ValueError(
+            f"{type(model).__name__} has selected attention modules whose processors ({', '.join(no_sdpa)}) make no "
+            "scaled_dot_product_attention call (attention slicing, xformers or the legacy AttnProcessor), so "
+            "attnplug's method could not run there. Call pipe.disable_attention_slicing() / "
+            "disable_xformers_memory_efficient_attention() or model.set_default_attn_processor() first."
         )
-        index += self_attn
-        module.set_processor(wrapper)
-        wrappers.append((module, wrapper))
-        logger.debug("attnplug: %s -> %s (selected=%s)", name, type(method).__name__, wrapper.selected)
+    return _Plan(model, method, sites, len(self_names))
 
-    def pre_hook(mod, args, kwargs):
-        was_step = runtime.state.step
-        runtime.state.observe(mod, args, kwargs)
-        if runtime.state.step == 0 and was_step != 0:
-            method.reset()
-        for module, wrapper in wrappers:
-            if module.processor is not wrapper:
-                # diffusers' loaders (IP-adapter, some LoRA paths) replace processors: wrap the new one.
-                logger.info("attnplug: processor of a patched module was replaced; wrapping the new %s.",
-                            type(module.processor).__name__)
-                wrapper.set_stock(module.processor)
-                module.set_processor(wrapper)
 
-    handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    model._attnplug = _Applied(runtime, wrappers, handle)
-    method.attach(model)
-    logger.info(
-        "attnplug: %s on %d of %d self-attention layers of %s (%s family)",
-        type(method).__name__, sum(w.selected for _, w in wrappers), len(self_names), type(model).__name__,
-        family.name,
-    )
+def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /, *, schedule: Schedule | None = None,
+          layers=None, steps=None, **options):
+    """Run the attention method ``config`` describes (default: dense) in every denoiser of ``target`` (a pipeline,
+    or a denoiser model). ``config`` may be a config, a method name with its fields (``apply(pipe, "agent",
+    agents=16)``) or an :class:`~attnplug.methods.AttentionMethod`.
+
+    Self-attention only. ``schedule`` (or the ``layers=`` indices/regex and ``steps=(start, stop)`` shortcuts) says
+    which layers and denoising steps use it; without one, the method's default schedule. Everything is validated
+    before a previous application is replaced (idempotent). Returns ``target``."""
+    if isinstance(config, str):
+        config = config_from_options(config, options)
+    elif options:
+        raise TypeError(
+            f"apply() got method fields {sorted(options)} but config is {type(config).__name__}; give the method "
+            "by name (apply(pipe, 'agent', agents=16)) or put the fields in the config."
+        )
+    config = config if config is not None else DenseConfig()
+    denoisers, pipe = resolve_denoisers(target)
+    build_method(config)  # TypeError for a wrong config type before anything else
+    sched = _schedule(config, schedule, layers, steps)
+    plans = [_plan(model, build_method(config), sched) for _, model in denoisers]
+    for _, model in denoisers:
+        remove(model)
+    for (label, _), plan in zip(denoisers, plans):
+        _install(plan, sched, pipe, label)
     return target
 
 
+def _install(plan: _Plan, sched: Schedule, pipe, label: str) -> None:
+    model, method = plan.model, plan.method
+    family = family_of(model)
+    uses_steps = bool(sched.warmup_steps or sched.until_step is not None or getattr(method, "uses_steps", True))
+    runtime = Runtime(method=method, schedule=sched, state=LayoutState(family, num_steps_fn=_num_steps_fn(pipe)),
+                      num_layers=plan.num_layers, uses_steps=uses_steps)
+    runtime.tracker = StepTracker(runtime, model)
+    created = []
+    for module, site, chosen, level, grid in plan.sites:
+        hook = AttentionHook(runtime, site, chosen, level, grid)
+        if not hasattr(module, "_diffusers_hook"):
+            created.append(module)
+        registry(module).register_hook(hook, ATTENTION_HOOK)
+        runtime.hooks.append(hook)
+        logger.debug("%s -> %s (selected=%s, level=%d)", site.name, type(method).__name__, chosen, level)
+    model.register_forward_pre_hook(runtime.tracker, with_kwargs=True, prepend=True)
+    method_hook = method.model_hook() if hasattr(method, "model_hook") else None
+    if method_hook is not None:
+        if not hasattr(model, "_diffusers_hook"):
+            created.append(model)
+        registry(model).register_hook(method_hook, METHOD_HOOK)
+    if hasattr(model, "_diffusers_hook"):
+        registry(model).invalidate_child_registries_cache()
+    runtime.update()
+    model.__dict__["_attnplug"] = _Applied(runtime, created, method_hook is not None)
+    _log_backends(model, plan)
+    logger.info(
+        "%s on %d of %d self-attention layers of %s%s (%s family)",
+        type(method).__name__, sum(chosen for _, _, chosen, _, _ in plan.sites), plan.num_layers, type(model).__name__, f" ({label})" if label else "", family.name,
+    )
+
+
+def _log_backends(model, plan: _Plan) -> None:
+    backends = {str(getattr(getattr(m.processor, "_attention_backend", None), "value", None))
+                for m, site, chosen, *_ in plan.sites if chosen and hasattr(m.processor, "_attention_backend")}
+    backends.discard("None")
+    backends.discard("native")
+    if backends:
+        logger.info(
+            "attention backend %s bypassed in the selected layers of %s while the method runs (native SDPA there); "
+            "every other call keeps it", ", ".join(sorted(backends)), type(model).__name__,
+        )
+
+
+@dataclass
 class _Applied:
-    def __init__(self, runtime: Runtime, wrappers, handle):
-        self.runtime, self.wrappers, self.handle = runtime, wrappers, handle
+    runtime: Runtime
+    created: list  # modules whose HookRegistry attnplug created (removed again when left empty)
+    method_hook: bool
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return _Applied(copy.deepcopy(self.runtime, memo), copy.deepcopy(self.created, memo), self.method_hook)
+
+
+def _applied(model) -> _Applied | None:
+    return model.__dict__.get("_attnplug")
 
 
 def remove(target):
-    """Undo :func:`apply` exactly (the original processors are put back). A no-op when nothing is applied.
+    """Undo :func:`apply` exactly: every attnplug hook comes off every denoiser. A no-op when nothing is applied.
     Returns ``target``."""
-    model, _ = resolve_denoiser(target)
-    applied = model.__dict__.get("_attnplug")
-    if applied is None:
-        return target
-    applied.runtime.method.detach(model)
-    for module, wrapper in applied.wrappers:
-        if module.processor is wrapper:
-            module.set_processor(wrapper.stock)
-    applied.handle.remove()
-    del model.__dict__["_attnplug"]
+    denoisers, _ = resolve_denoisers(target)
+    for _, model in denoisers:
+        applied_ = _applied(model)
+        if applied_ is None:
+            continue
+        tracker = applied_.runtime.tracker
+        for key in [k for k, v in model._forward_pre_hooks.items() if v is tracker]:
+            del model._forward_pre_hooks[key]
+            model._forward_pre_hooks_with_kwargs.pop(key, None)
+        if applied_.method_hook:
+            registry(model).remove_hook(METHOD_HOOK, recurse=False)
+        for hook in applied_.runtime.hooks:
+            for module in model.modules():
+                module_reg = getattr(module, "_diffusers_hook", None)
+                if module_reg is not None and module_reg.get_hook(ATTENTION_HOOK) is hook:
+                    module_reg.remove_hook(ATTENTION_HOOK, recurse=False)
+                    break
+        for module in applied_.created:
+            module_reg = getattr(module, "_diffusers_hook", None)
+            if module_reg is not None and not module_reg.hooks:
+                del module._diffusers_hook
+        if hasattr(model, "_diffusers_hook"):
+            registry(model).invalidate_child_registries_cache()
+        del model.__dict__["_attnplug"]
     return target
 
 
 @contextlib.contextmanager
-def applied(target, config: MethodConfig | None = None, **kwargs) -> Iterator:
-    """Context manager: :func:`apply` on entry, :func:`remove` on exit."""
+def applied(target, config: MethodConfig | str | None = None, **kwargs) -> Iterator:
+    """Context manager: :func:`apply` on entry, :func:`remove` on exit (also when the body raises)."""
     apply(target, config, **kwargs)
     try:
         yield target
@@ -189,24 +306,59 @@ def applied(target, config: MethodConfig | None = None, **kwargs) -> Iterator:
         remove(target)
 
 
-def stats(target) -> dict[str, int]:
-    """Counters of the applied model: attention ``calls`` intercepted, how many ran the ``method`` and how many ran
-    ``dense``, and ``passthrough`` calls no SDPA could be intercepted from. Empty when nothing is applied."""
-    model, _ = resolve_denoiser(target)
-    applied_ = model.__dict__.get("_attnplug")
-    return dict(applied_.runtime.stats) if applied_ is not None else {}
+def _standalone_processors(model) -> list[AttnplugProcessor]:
+    seen = {}
+    for _, module in attention_modules(model):
+        if isinstance(module.processor, AttnplugProcessor):
+            seen[id(module.processor)] = module.processor
+    return list(seen.values())
+
+
+def stats(target) -> dict:
+    """What ran in the attention calls since :func:`apply` (or :func:`reset_stats`), over every denoiser:
+
+    ``{"self": {"calls", "method", "stock", "reasons": {code: n}}, "cross": {...}, "passthrough": n,
+    "method_report": {...}}`` — ``method`` counts calls the method computed, ``stock`` calls that ran stock attention
+    with the reason code of each (see :data:`attnplug.processors.stats.REASONS`; methods add their own), and
+    ``passthrough`` calls whose processor made no attention call to intercept. Standalone
+    :class:`AttnplugProcessor`\\ s are counted too. Empty when nothing is applied."""
+    denoisers, _ = resolve_denoisers(target)
+    parts, reports = [], []
+    for _, model in denoisers:
+        applied_ = _applied(model)
+        if applied_ is not None:
+            parts.append(applied_.runtime.stats.as_dict())
+            reports.append(_report(applied_.runtime.method))
+        else:
+            for proc in _standalone_processors(model):
+                parts.append(proc.stats.as_dict())
+                reports.append(_report(proc.method))
+    if not parts:
+        return {}
+    out = merge_stats(parts)
+    out["method_report"] = reports[0] if len(reports) == 1 else {f"denoiser_{i}": r for i, r in enumerate(reports)}
+    return out
+
+
+def _report(method) -> dict:
+    report = getattr(method, "report", None)
+    value = report() if callable(report) else {}
+    return value if isinstance(value, dict) else {"records": value}
 
 
 def reset_stats(target) -> None:
     """Zero the counters returned by :func:`stats`."""
-    model, _ = resolve_denoiser(target)
-    applied_ = model.__dict__.get("_attnplug")
-    if applied_ is not None:
-        applied_.runtime.stats.clear()
+    denoisers, _ = resolve_denoisers(target)
+    for _, model in denoisers:
+        applied_ = _applied(model)
+        if applied_ is not None:
+            applied_.runtime.stats.clear()
+        for proc in _standalone_processors(model):
+            proc.stats.clear()
 
 
 def method_of(target) -> AttentionMethod | None:
-    """The :class:`AttentionMethod` applied to ``target`` (e.g. to read a sparsity report), or None."""
+    """The :class:`~attnplug.methods.AttentionMethod` applied to ``target`` (its first denoiser), or None."""
     model, _ = resolve_denoiser(target)
-    applied_ = model.__dict__.get("_attnplug")
+    applied_ = _applied(model)
     return applied_.runtime.method if applied_ is not None else None

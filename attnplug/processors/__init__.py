@@ -1,6 +1,20 @@
-"""Wrapping processors that intercept the attention call of diffusers' stock processors."""
+"""The interception core: hooks around attention modules, the standalone processor, and the call counters."""
 
+from .core import Interception, Site, stock_attention
+from .hooks import AttentionHook, Runtime, StepTracker
 from .intercept import SDPAInterceptor
-from .wrapper import AttnplugProcessor, Runtime, default_stock_processor
+from .standalone import AttnplugProcessor, default_stock_processor
+from .stats import CallStats
 
-__all__ = ["AttnplugProcessor", "Runtime", "SDPAInterceptor", "default_stock_processor"]
+__all__ = [
+    "AttentionHook",
+    "AttnplugProcessor",
+    "CallStats",
+    "Interception",
+    "Runtime",
+    "SDPAInterceptor",
+    "Site",
+    "StepTracker",
+    "default_stock_processor",
+    "stock_attention",
+]

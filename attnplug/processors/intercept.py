@@ -2,7 +2,7 @@
 
 Every stock processor ends in ``torch.nn.functional.scaled_dot_product_attention`` on ``(B, H, N, D)`` tensors,
 directly (``AttnProcessor2_0``, CogVideoX, HunyuanVideo) or through ``dispatch_attention_fn``'s native backend
-(Flux, Wan, LTX; forced while wrapped). A ``TorchFunctionMode`` active during the processor call catches exactly that
+(Flux, Wan, LTX; switched to the native backend for the intercepted call only). A ``TorchFunctionMode`` active during the processor call catches exactly that
 call and hands it to a handler; every other op runs unchanged.
 """
 
@@ -40,4 +40,7 @@ class SDPAInterceptor(TorchFunctionMode):
             self.calls += 1
             # The mode is disabled inside this handler, so attention computed by the method is not re-intercepted.
             return self.handler(**sdpa_arguments(args, kwargs))
+        if func is torch.Tensor.unflatten:
+            # Tensor.unflatten calls super() in Python, which dynamo cannot trace through a mode; same result.
+            return torch.unflatten(*args, **kwargs)
         return func(*args, **kwargs)

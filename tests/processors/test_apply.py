@@ -1,35 +1,36 @@
-"""apply(): targets, schedules, bad input, standalone processors, and what users combine it with."""
+"""apply(): targets, name + fields, schedules and steps, validation before change, stats, standalone processors."""
+
+import copy
+import logging
 
 import pytest
 import torch
 
 import attnplug
-from attnplug.methods.base import AttentionMethod
-from attnplug.methods.dense import dense_attention
 from attnplug.plugin import attention_modules
 from attnplug.testing import forward, tiny_model
 
 
-class Tagged(AttentionMethod):
-    """Exact attention that records (layer index, step) of every call it serves."""
-
-    supports_mask = True
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, q, k, v, layout, mask=None, info=None):
-        self.calls.append((info.layer_index, info.step))
-        return dense_attention(q, k, v, mask, info.scale)
-
-
-def test_unsupported_module_names_class_and_families():
+def test_unsupported_targets_and_configs_are_named():
     with pytest.raises(TypeError, match=r"Linear.*Supported denoisers:.*UNet2DConditionModel"):
         attnplug.apply(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="pipeline"):
         attnplug.apply(object())
-    with pytest.raises(TypeError, match="method config"):
-        attnplug.apply(tiny_model("pixart")[0], "agent")
+    model = tiny_model("pixart")[0]
+    with pytest.raises(ValueError, match="Unknown method 'nope'; choose one of .*agent"):
+        attnplug.apply(model, "nope")
+    with pytest.raises(TypeError, match=r"the class AgentConfig; use AgentConfig\(\)"):
+        attnplug.apply(model, attnplug.AgentConfig)
+    with pytest.raises(TypeError, match="method fields"):
+        attnplug.apply(model, attnplug.DenseConfig(), agents=4)
+
+
+def test_method_by_name_with_fields():
+    model, inputs = tiny_model("pixart")
+    attnplug.apply(model, "neighborhood", kernel_size=3)
+    assert type(attnplug.method_of(model)).__name__ == "NeighborhoodMethod"
+    forward(model, inputs)
+    assert attnplug.stats(model)["self"]["calls"] == 2
 
 
 def test_layer_selection_out_of_range_says_range():
@@ -42,6 +43,18 @@ def test_layer_selection_out_of_range_says_range():
         attnplug.apply(model, schedule=attnplug.Schedule(skip_first_layers=2, skip_last_layers=1))
     with pytest.raises(ValueError, match="not both"):
         attnplug.apply(model, schedule=attnplug.Schedule(), layers=[0])
+    with pytest.raises(ValueError, match=r"steps=\(5, 2\) selects no step"):
+        attnplug.apply(model, steps=(5, 2))
+
+
+def test_apply_validates_before_replacing_the_previous_application(tagged):
+    model, inputs = tiny_model("wan")
+    attnplug.apply(model, tagged)
+    with pytest.raises(ValueError, match="out of range"):
+        attnplug.apply(model, attnplug.DenseConfig(), layers=[9])
+    assert attnplug.method_of(model) is tagged  # still applied, unchanged
+    forward(model, inputs)
+    assert len(tagged.calls) == 2
 
 
 def test_schedule_validation():
@@ -57,46 +70,84 @@ def test_schedule_validation():
         attnplug.Schedule(until_step=7).step_active(0, 4)
 
 
-def test_layers_and_steps_select_calls():
+def test_layers_and_steps_from_timesteps_with_reasons(tagged):
     model, inputs = tiny_model("wan")
-    method = Tagged()
-    attnplug.apply(model, method, layers=[1], steps=(1, 3))
+    attnplug.apply(model, tagged, layers=[1], steps=(1, 3))
     for t in (900, 900, 600, 300, 100):  # the repeated timestep is a second guidance pass of step 0
         forward(model, {**inputs, "timestep": torch.tensor([t, t])})
-    assert method.calls == [(1, 1), (1, 2)]
-    stats = attnplug.stats(model)
-    assert stats["method"] == 2 and stats["dense: step outside the schedule"] == 3
-    assert stats["dense: layer not selected"] == 5
+    assert [(i, s) for i, s, *_ in tagged.calls] == [(1, 1), (1, 2)]
+    st = attnplug.stats(model)["self"]
+    assert st["calls"] == 10 and st["method"] == 2 and st["stock"] == 8
+    assert st["reasons"] == {"layer-not-selected": 5, "outside-schedule": 3}
 
 
-def test_layers_by_regex_and_skip_first_last():
-    model, inputs = tiny_model("unet")
-    method = Tagged()
-    attnplug.apply(model, method, layers=r"^down_blocks")
-    forward(model, inputs)
-    assert {i for i, _ in method.calls} == {0, 1}  # two down-block self-attentions
-    method2 = Tagged()
-    attnplug.apply(model, method2, schedule=attnplug.Schedule(skip_first_layers=1, skip_last_layers=1))
-    forward(model, inputs)
-    n = attnplug.stats(model)["calls"] // 2  # half of the calls are cross-attention
-    assert {i for i, _ in method2.calls} == set(range(1, n - 1))
+def test_steps_from_cache_context(tagged):
+    """Pipelines that name the step (diffusers' CacheContext) are followed exactly, timestep ignored."""
+    model, inputs = tiny_model("wan")
+    attnplug.apply(model, tagged, steps=(1, 2))
+    for i in range(3):
+        for name in ("cond", "uncond"):
+            with model.cache_context(name, step_index=i, num_inference_steps=3):
+                forward(model, {**inputs, "timestep": torch.tensor([500, 500])})  # same timestep every step
+    assert [(s, g) for _, s, _, g in tagged.calls] == [(1, "cond"), (1, "cond"), (1, "uncond"), (1, "uncond")]
 
 
-def test_fraction_schedule_needs_pipeline_step_count():
+def test_fraction_schedule_needs_pipeline_step_count(tagged):
     model, inputs = tiny_model("pixart")
-    attnplug.apply(model, Tagged(), schedule=attnplug.Schedule(until_step=0.5))
+    attnplug.apply(model, tagged, schedule=attnplug.Schedule(until_step=0.5))
     with pytest.raises(ValueError, match="number of denoising steps is unknown"):
         forward(model, inputs)
 
 
-def test_standalone_processor_infers_square_grid_or_fails_clearly():
+def test_unet_level_is_relative_to_the_finest_attention_level(tagged):
+    """A U-Net without attention at the latent resolution (SDXL's layout) still has a level-0 attention layer."""
+    from diffusers import UNet2DConditionModel
+
+    model = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+    inputs = dict(sample=torch.randn(1, 4, 16, 16), timestep=torch.tensor(500),
+                  encoder_hidden_states=torch.randn(1, 5, 16))
+    attnplug.apply(model, tagged)
+    forward(model, inputs)
+    levels = [level for _, _, level, _ in tagged.calls]
+    assert min(levels) == 0 and max(levels) == 1 and len(levels) == attnplug.stats(model)["self"]["calls"]
+
+
+def test_stats_count_handbacks_with_the_methods_reason():
+    from attnplug.methods.base import AttentionMethod
+
+    class Never(AttentionMethod):
+        def __call__(self, q, k, v, layout, mask=None, info=None):
+            self.reason = "grid-too-small"
+            return None
+
+        def last_reason(self):
+            return self.reason
+
+    model, inputs = tiny_model("pixart")
+    attnplug.apply(model, Never())
+    stock = forward(tiny_model("pixart")[0], inputs)
+    torch.testing.assert_close(forward(model, inputs), stock, atol=1e-5, rtol=1e-5)
+    st = attnplug.stats(model)
+    assert st["self"] == {"calls": 2, "method": 0, "stock": 2, "reasons": {"grid-too-small": 2}}
+    attnplug.reset_stats(model)
+    assert attnplug.stats(model)["self"]["calls"] == 0
+
+
+def test_standalone_processor_counts_and_infers_square_grid_or_fails_clearly(tagged):
     model, inputs = tiny_model("pixart", height=16, width=16)
     stock = forward(model, inputs)
     model.set_attn_processor(attnplug.AttnplugProcessor(attnplug.DenseConfig()))
     torch.testing.assert_close(forward(model, inputs), stock, atol=1e-5, rtol=1e-5)
+    st = attnplug.stats(model)
+    assert st["self"]["method"] == 2 and st["cross"]["stock"] == 2
 
     model, inputs = tiny_model("pixart", height=16, width=24)
-    model.set_attn_processor(attnplug.AttnplugProcessor(Tagged()))
+    model.set_attn_processor(attnplug.AttnplugProcessor(tagged))
     with pytest.raises(ValueError, match="96 tokens: it is not a square"):
         forward(model, inputs)
 
@@ -109,79 +160,44 @@ def test_standalone_processor_keeps_rope_for_flux():
     torch.testing.assert_close(forward(model, inputs), stock, atol=1e-5, rtol=1e-5)
 
 
-def test_replaced_processor_is_rewrapped():
-    """diffusers' IP-adapter loading replaces processors after apply(); the next call wraps the new ones."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    model, inputs = tiny_model("unet")
-    method = Tagged()
-    attnplug.apply(model, method)
-    model.set_attn_processor(AttnProcessor2_0())  # what a loader does
+def test_deepcopy_of_an_applied_model_is_independent(tagged):
+    model, inputs = tiny_model("wan")
+    attnplug.apply(model, tagged)
+    clone = copy.deepcopy(model)
+    forward(clone, inputs)
+    assert len(tagged.calls) == 0  # the copy runs its own copy of the method
+    assert attnplug.stats(model)["self"]["calls"] == 0
+    assert attnplug.stats(clone)["self"]["calls"] == 2
+    attnplug.remove(clone)
     forward(model, inputs)
-    assert len(method.calls) > 0
-    for _, module in attention_modules(model):
-        assert isinstance(module.processor, attnplug.AttnplugProcessor)
-        assert isinstance(module.processor.stock, AttnProcessor2_0)
-    attnplug.remove(model)
-    assert all(isinstance(m.processor, AttnProcessor2_0) for _, m in attention_modules(model))
+    assert len(tagged.calls) == 2
 
 
-def test_lora_loaded_after_apply():
-    peft = pytest.importorskip("peft")
-    model, inputs = tiny_model("unet")
-    config = peft.LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
-    reference, _ = tiny_model("unet")
-    reference.add_adapter(config)
-    attnplug.apply(model, Tagged())
-    model.add_adapter(config)
-    model.load_state_dict(reference.state_dict())
-    out = forward(model, inputs)
-    ref = forward(reference, inputs)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert attnplug.stats(model)["method"] > 0
-    assert not torch.allclose(out, forward(tiny_model("unet")[0], inputs), atol=1e-3)  # LoRA had an effect
-
-
-def test_accelerate_offload_hooks():
-    from accelerate import cpu_offload_with_hook
-
-    model, inputs = tiny_model("sd3")
-    stock = forward(model, inputs)
-    model, hook = cpu_offload_with_hook(model, execution_device="cpu")
-    attnplug.apply(model, Tagged())
-    out = forward(model, inputs)
-    torch.testing.assert_close(out, stock, atol=1e-5, rtol=1e-5)
-    assert attnplug.stats(model)["method"] > 0
-    hook.offload()
-    attnplug.remove(model)
-
-
-@pytest.mark.parametrize(
-    "family", ["pixart", pytest.param("unet", marks=pytest.mark.slow), pytest.param("flux", marks=pytest.mark.slow)]
-)
-def test_torch_compile_same_output_and_graph_breaks_counted(family, capsys):
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    model, inputs = tiny_model(family)
-    stock = forward(model, inputs)
-    attnplug.apply(model, attnplug.DenseConfig())
-    compiled = torch.compile(model, backend="aot_eager")
-    out = forward(compiled, inputs)
-    torch.testing.assert_close(out, stock, atol=1e-5, rtol=1e-5)
-    assert attnplug.stats(model)["method"] > 0
-    breaks = sum(counters["graph_break"].values())
-    with capsys.disabled():
-        reasons = sorted({r.splitlines()[0][:70] for r in counters["graph_break"]})
-        print(f"\n[torch.compile {family}] graph breaks: {breaks} ({'; '.join(reasons)})")
-
-
-def test_method_of_returns_applied_method():
+def test_method_of_and_the_apply_log(tagged, caplog):
     model, _ = tiny_model("pixart")
     assert attnplug.method_of(model) is None
-    method = Tagged()
-    attnplug.apply(model, method)
-    assert attnplug.method_of(model) is method
+    with caplog.at_level(logging.INFO, logger="attnplug"):
+        attnplug.apply(model, tagged)
+    assert attnplug.method_of(model) is tagged
+    assert "Tagged on 2 of 2 self-attention layers of PixArtTransformer2DModel" in caplog.text
     attnplug.remove(model)
     assert attnplug.method_of(model) is None
+
+
+def test_every_denoiser_of_a_pipeline_is_patched(tmp_path, tagged):
+    """Wan 2.2 pipelines hold two experts (transformer, transformer_2): both run the method."""
+    from diffusers import WanPipeline
+
+    from attnplug.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("wan", str(tmp_path))
+    second = copy.deepcopy(pipe.transformer)
+    pipe = WanPipeline(**{**pipe.components, "transformer_2": second}, boundary_ratio=0.5)
+    attnplug.apply(pipe, tagged)
+    assert attnplug.method_of(pipe.transformer) is attnplug.method_of(pipe.transformer_2) is tagged
+    pipe("x", num_inference_steps=2, height=16, width=16, num_frames=5, output_type="pt", guidance_scale=1.0)
+    per_model = [attnplug.stats(m)["self"]["method"] for m in (pipe.transformer, pipe.transformer_2)]
+    assert all(n > 0 for n in per_model), per_model
+    assert attnplug.stats(pipe)["self"]["method"] == sum(per_model)
+    attnplug.remove(pipe)
+    assert attnplug.method_of(pipe.transformer_2) is None

@@ -1,4 +1,7 @@
-"""Dense processors reproduce stock output on every family; remove() is exact; every attention call is intercepted."""
+"""Dense through attnplug reproduces stock output on every family; remove() is exact; every selected attention call
+is intercepted; the stock processors are never replaced."""
+
+import inspect
 
 import pytest
 import torch
@@ -8,47 +11,57 @@ from attnplug.plugin import attention_modules
 from attnplug.testing import FAMILY_NAMES, forward, tiny_model
 
 
-def _count_attention_calls(model, inputs) -> int:
-    calls = []
-    handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for _, m in attention_modules(model)]
+def _count_attention_calls(model, inputs) -> tuple[int, int]:
+    """(self-attention calls, cross-attention calls) of one forward, counted on the stock model."""
+    from attnplug.layout import family_of
+    from attnplug.plugin import is_cross_attention_module
+
+    calls = {"self": 0, "cross": 0}
+    handles = []
+    excluded = family_of(model).exclude_modules  # e.g. HunyuanVideo's text refiner never sees the image grid
+    for name, module in attention_modules(model):
+        if any(part in name for part in excluded):
+            continue
+        kind = "cross" if is_cross_attention_module(name, module) else "self"
+        handles.append(module.register_forward_pre_hook(lambda *a, kind=kind: calls.__setitem__(kind,
+                                                                                                 calls[kind] + 1)))
     try:
         forward(model, inputs)
     finally:
         for h in handles:
             h.remove()
-    return len(calls)
+    return calls["self"], calls["cross"]
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_dense_matches_stock_and_remove_is_exact(family):
     model, inputs = tiny_model(family)
     stock = forward(model, inputs)
-    n_calls = _count_attention_calls(model, inputs)
+    processors = {n: m.processor for n, m in attention_modules(model)}
+    n_self, n_cross = _count_attention_calls(model, inputs)
 
     attnplug.apply(model, attnplug.DenseConfig())
+    assert {n: m.processor for n, m in attention_modules(model)} == processors  # nothing replaced
     out = forward(model, inputs)
     stats = attnplug.stats(model)
     torch.testing.assert_close(out, stock, atol=1e-5, rtol=1e-5)
-    assert stats["calls"] == n_calls > 0, stats  # no silent pass-through
-    assert stats.get("passthrough", 0) == 0
-    assert stats.get("method", 0) > 0
+    assert stats["self"]["calls"] == stats["self"]["method"] == n_self > 0, stats
+    assert stats["cross"]["calls"] == stats["cross"]["stock"] == n_cross, stats
+    assert stats["passthrough"] == 0
 
     attnplug.remove(model)
     assert torch.equal(forward(model, inputs), stock)
     assert attnplug.stats(model) == {}
-    assert not any(isinstance(m.processor, attnplug.AttnplugProcessor) for _, m in attention_modules(model))
+    assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())  # no registry left behind
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "hunyuanvideo", "cogvideox"])
-def test_wrapper_exposes_stock_signature(family):
-    """diffusers passes a processor only the kwargs its signature declares (RoPE would be dropped otherwise)."""
-    import inspect
-
+def test_stock_processor_and_signature_untouched(family):
     model, _ = tiny_model(family)
-    stock = {n: inspect.signature(m.processor.__call__).parameters.keys() for n, m in attention_modules(model)}
-    attnplug.apply(model)
-    for name, module in attention_modules(model):
-        assert list(inspect.signature(module.processor.__call__).parameters.keys()) == list(stock[name])
+    before = {n: (m.processor, inspect.signature(m.processor.__call__)) for n, m in attention_modules(model)}
+    attnplug.apply(model, attnplug.NeighborhoodConfig(kernel_size=3))
+    after = {n: (m.processor, inspect.signature(m.processor.__call__)) for n, m in attention_modules(model)}
+    assert before == after
 
 
 def test_apply_is_idempotent_and_remove_noop():
@@ -56,20 +69,24 @@ def test_apply_is_idempotent_and_remove_noop():
     attnplug.remove(model)  # no-op when not applied
     attnplug.apply(model)
     attnplug.apply(model)
-    wrapped = [m.processor for _, m in attention_modules(model)]
-    assert all(isinstance(p, attnplug.AttnplugProcessor) for p in wrapped)
-    assert not any(isinstance(p.stock, attnplug.AttnplugProcessor) for p in wrapped)  # no double wrapping
+    forward(model, inputs)
+    n_calls = attnplug.stats(model)["self"]["calls"]
+    assert n_calls == 2  # two self-attention layers, one forward: no double hooks
     attnplug.remove(model)
     attnplug.remove(model)
-    assert not any(isinstance(m.processor, attnplug.AttnplugProcessor) for _, m in attention_modules(model))
+    assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())
 
 
-def test_applied_context_manager_restores():
+def test_applied_context_manager_restores_even_when_the_body_raises():
     model, inputs = tiny_model("sd3")
     stock = forward(model, inputs)
     with attnplug.applied(model, attnplug.DenseConfig()) as m:
         assert m is model
-        assert attnplug.stats(model) == {}
+        assert attnplug.stats(model)["self"]["calls"] == 0
         forward(model, inputs)
-        assert attnplug.stats(model)["calls"] > 0
+        assert attnplug.stats(model)["self"]["calls"] > 0
+    assert torch.equal(forward(model, inputs), stock)
+    with pytest.raises(RuntimeError, match="boom"), attnplug.applied(model, "neighborhood", kernel_size=3):
+        raise RuntimeError("boom")
+    assert attnplug.method_of(model) is None
     assert torch.equal(forward(model, inputs), stock)

@@ -1,0 +1,211 @@
+"""diffusers hooks that put attnplug around a denoiser without replacing any of its processors.
+
+- :class:`AttentionHook` (named ``"attnplug.attention"``) on each attention module: runs the module's own forward,
+  and only when this call may run the method, inside the interception (:class:`~.core.Interception`).
+- :class:`StepTracker`, a forward pre-hook on the denoiser: records the token grid before each call and tracks the
+  denoising step. Whether each layer runs the method at this step is decided there, eagerly, and handed to the
+  attention hooks as one bool, so a compiled graph specialises on nothing but that bool.
+
+The step comes from diffusers' ``CacheContext`` (``model.cache_context("cond", step_index=..., ...)``, set by the
+pipelines) when present, else from the timestep (a repeated timestep is another pass of the same step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from ..config import Schedule
+from ..layout import LayoutState, TokenLayout
+from ..methods.base import AttentionMethod, CallInfo
+from .core import Interception, Site
+from .stats import CallStats
+
+ATTENTION_HOOK = "attnplug.attention"
+METHOD_HOOK = "attnplug.method"
+
+
+@dataclass
+class Runtime:
+    """Everything one applied denoiser shares: the method, its schedule, the layout/step state, the counters."""
+
+    method: AttentionMethod
+    schedule: Schedule
+    state: LayoutState
+    num_layers: int
+    stats: CallStats = field(default_factory=CallStats)
+    hooks: list = field(default_factory=list)  # the AttentionHooks, in module order
+    uses_steps: bool = True
+    interception: Interception | None = None
+    tracker: StepTracker | None = None
+
+    def __post_init__(self):
+        self.interception = Interception(self.method, self.stats, self.layout)
+
+    def layout(self, site: Site, n: int) -> TokenLayout:
+        return self.state.layout_for(n, site.name, site.temporal)
+
+    def update(self) -> None:
+        """Re-decide, for the current step, which hooks run the method and what their CallInfo says."""
+        state = self.state
+        active_step = self.schedule.step_active(state.step, state.num_steps)
+        for hook in self.hooks:
+            hook.refresh(state, active_step)
+
+
+class AttentionHook(ModelHook):
+    """Around one attention module: stock forward, intercepted only when this call may run the method.
+
+    Stateful for diffusers: the pipeline's ``CacheContext`` reaches it (and so the step tracker)."""
+
+    _is_stateful = True
+
+    def __init__(self, runtime: Runtime, site: Site, selected: bool, level: int, train_grid):
+        super().__init__()
+        self.runtime, self.site, self.selected = runtime, site, selected
+        self.level, self.train_grid = level, train_grid
+        self.active = False
+        self.reason = "cross-attention" if site.is_cross else "layer-not-selected"
+        self.info = CallInfo()
+        self.context = _ContextListener(runtime.tracker.on_context)
+
+    def refresh(self, state: LayoutState, active_step: bool) -> None:
+        site, runtime = self.site, self.runtime
+        if site.is_cross:
+            self.active = runtime.interception.overrides_cross and active_step
+            self.reason = "cross-attention"
+        else:
+            self.active = self.selected and active_step
+            self.reason = "layer-not-selected" if not self.selected else "outside-schedule"
+        self.info = CallInfo(
+            layer_name=site.name,
+            layer_index=site.index,
+            num_layers=runtime.num_layers,
+            step=state.step,
+            num_steps=state.num_steps,
+            latent_grid=state.grid,
+            level=self.level,
+            train_grid=self.train_grid,
+            guidance=state.guidance,
+        )
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        forward = self.fn_ref.original_forward
+        if not self.active:
+            self.runtime.stats.record("cross" if self.site.is_cross else "self", "stock", self.reason)
+            return forward(*args, **kwargs)
+        info = self.info
+        if info.latent_grid != self.runtime.state.grid:  # the grid changed since the step began (a new size)
+            info = dataclasses.replace(info, latent_grid=self.runtime.state.grid)
+        return self.runtime.interception.run(self.site, info, module.processor, lambda: forward(*args, **kwargs))
+
+    def reset_state(self, module):
+        self.runtime.tracker.reset()
+        return module
+
+
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class _ContextListener(StateManager):
+    """Receives the pipeline's ``CacheContext`` (diffusers hands it to every StateManager of a stateful hook)."""
+
+    def __init__(self, on_context):
+        super().__init__(_NoState)
+        self._on_context = on_context
+
+    def set_context(self, context) -> None:
+        super().set_context(context)
+        self._on_context(context)
+
+
+class StepTracker:
+    """The denoiser's forward pre-hook (a torch hook, outside the hooked ``forward``): records the token grid
+    before each call, follows the step, and re-decides the attention hooks' flags when the step changes."""
+
+    def __init__(self, runtime: Runtime, model: torch.nn.Module):
+        self.runtime = runtime
+        self.has_context = False
+        self._last_context = None
+        self._owner = id(model)
+
+    def on_context(self, context) -> None:
+        if context is self._last_context:  # every attention hook hears the same context
+            return
+        self._last_context = context
+        runtime = self.runtime
+        if context is None or context.step_index is None:
+            self.has_context = False
+            return
+        self.has_context = True
+        if runtime.state.set_context(context.step_index, context.num_inference_steps, context.name):
+            runtime.method.reset()
+        runtime.update()
+
+    @torch.compiler.disable
+    def _observe_timestep(self, args, kwargs) -> None:
+        runtime = self.runtime
+        if runtime.state.observe_timestep(args, kwargs):
+            runtime.method.reset()
+        runtime.update()
+
+    def __call__(self, module, args, kwargs):
+        if id(module) != self._owner:  # a deep copy of the applied model: bind its hooks to its own modules
+            self._adopt(module)
+        runtime = self.runtime
+        runtime.state.observe_grid(module, args, kwargs)
+        if not self.has_context and runtime.uses_steps:
+            self._observe_timestep(args, kwargs)
+
+    @torch.compiler.disable
+    def _adopt(self, model: torch.nn.Module) -> None:
+        for module in model.modules():
+            if getattr(module, "_diffusers_hook", None) is not None and module is not model:
+                rebuild_forward_chain(module)
+        self._owner = id(model)
+
+    def reset(self) -> None:
+        self.runtime.state.reset()
+        self.has_context = False
+        self._last_context = None
+
+
+def _run_hooked(fn_ref, module, *args, **kwargs):
+    args, kwargs = fn_ref.pre_forward(module, *args, **kwargs)
+    return fn_ref.post_forward(module, fn_ref.forward(*args, **kwargs))
+
+
+def rebuild_forward_chain(module: torch.nn.Module) -> None:
+    """Re-link a module's diffusers hook chain to the module itself. ``copy.deepcopy`` copies the hooks but leaves
+    the rewritten ``forward`` calling the original module's chain (it lives in a closure); this rebuilds it."""
+    reg = module._diffusers_hook
+    if not reg._fn_refs:
+        return
+    first = reg._fn_refs[0]
+    base = first.original_forward if first.original_forward is not None else first.forward
+    if not (isinstance(base, types.MethodType) and base.__self__ is module):
+        base = types.MethodType(type(module).forward, module)
+    forward = base
+    for name, fn_ref in zip(reg._hook_order, reg._fn_refs):
+        hook = reg.hooks[name]
+        fn_ref.pre_forward, fn_ref.post_forward = hook.pre_forward, hook.post_forward
+        if hasattr(hook, "new_forward"):
+            fn_ref.original_forward = forward
+            fn_ref.forward = functools.partial(hook.new_forward, module)
+        else:
+            fn_ref.forward = forward
+        hook.fn_ref = fn_ref
+        forward = functools.partial(_run_hooked, fn_ref, module)
+    module.forward = forward
+
+
+def registry(module: torch.nn.Module) -> HookRegistry:
+    return HookRegistry.check_if_exists_or_initialize(module)

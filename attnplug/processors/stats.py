@@ -1,0 +1,119 @@
+"""Structured counters of what ran in the attention calls of one applied model (or one standalone processor).
+
+Counts live in a small integer tensor indexed by ``(kind, outcome, reason)`` keys, so counting inside a
+``torch.compile`` graph is an in-graph tensor update, not a Python value the graph would guard on (and recompile for).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+#: Reason codes for a call that ran stock attention instead of the method.
+REASONS = {
+    "cross-attention": "cross-attention call (the method replaces self-attention only)",
+    "layer-not-selected": "the schedule does not select this layer",
+    "outside-schedule": "the denoising step is outside the schedule",
+    "dropout-causal-gqa": "a dropout, causal or grouped-query call, which methods do not take",
+    "mask-unsupported": "the call has an attention mask and the method takes none",
+    "handed-back": "the method handed the call back without a reason",
+}
+KINDS = ("self", "cross")
+
+
+class CallStats:
+    """Counts per attention kind (``"self"`` / ``"cross"``): calls, method, stock, and the reason of every stock call.
+
+    :meth:`as_dict` gives the structure :func:`attnplug.stats` returns."""
+
+    _CAPACITY = 256
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._index: dict[tuple, int] = {}
+        self._counts = torch.zeros(self._CAPACITY, dtype=torch.int64)
+        for kind in KINDS:
+            for outcome in ("calls", "method", "stock"):
+                self._slot((kind, outcome))
+            for reason in REASONS:
+                self._slot((kind, "reason", reason))
+        self._slot(("passthrough",))
+
+    def __deepcopy__(self, memo):
+        copy_ = CallStats.__new__(CallStats)
+        copy_._lock = threading.Lock()
+        copy_._index = dict(self._index)
+        copy_._counts = self._counts.clone()
+        return copy_
+
+    def _slot(self, key: tuple) -> int:
+        i = self._index.get(key)
+        if i is None:
+            if len(self._index) >= self._CAPACITY:  # an unbounded stream of reason codes: fold the rest together
+                return self._index.setdefault((key[0], "reason", "other"), self._CAPACITY - 1)
+            i = self._index[key] = len(self._index)
+        return i
+
+    def _bump(self, key: tuple) -> None:
+        self._counts[self._slot(key)] += 1
+
+    def record(self, kind: str, outcome: str, reason: str | None = None) -> None:
+        """Count one call of ``kind`` ("self"/"cross") that ran ``outcome`` ("method"/"stock", with ``reason``)."""
+        if torch.compiler.is_compiling():
+            self._record(kind, outcome, reason)
+            return
+        with self._lock:
+            self._record(kind, outcome, reason)
+
+    def _record(self, kind: str, outcome: str, reason: str | None) -> None:
+        self._bump((kind, "calls"))
+        self._bump((kind, outcome))
+        if reason is not None:
+            self._bump((kind, "reason", reason))
+
+    def passthrough(self) -> None:
+        """Count a call whose processor made no ``scaled_dot_product_attention`` call (nothing to intercept)."""
+        self._bump(("passthrough",))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.zero_()
+
+    def total(self) -> int:
+        """All counted calls (both kinds) and pass-throughs."""
+        d = self.as_dict()
+        return d["self"]["calls"] + d["cross"]["calls"] + d["passthrough"]
+
+    def as_dict(self) -> dict:
+        """``{"self": {"calls", "method", "stock", "reasons": {code: n}}, "cross": {...}, "passthrough": n}``."""
+        with self._lock:
+            counts = self._counts.tolist()
+            index = dict(self._index)
+        value = {key: counts[i] for key, i in index.items()}
+        out: dict = {}
+        for kind in KINDS:
+            reasons = {key[2]: n for key, n in value.items() if key[0] == kind and len(key) == 3 and n}
+            out[kind] = {
+                "calls": value[(kind, "calls")],
+                "method": value[(kind, "method")],
+                "stock": value[(kind, "stock")],
+                "reasons": dict(sorted(reasons.items())),
+            }
+        out["passthrough"] = value[("passthrough",)]
+        return out
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """Sum several :meth:`CallStats.as_dict` results (e.g. a pipeline's two denoisers)."""
+    out: dict = {kind: {"calls": 0, "method": 0, "stock": 0, "reasons": {}} for kind in KINDS}
+    out["passthrough"] = 0
+    for part in parts:
+        for kind in KINDS:
+            mine, theirs = out[kind], part.get(kind, {})
+            for key in ("calls", "method", "stock"):
+                mine[key] += theirs.get(key, 0)
+            for reason, n in theirs.get("reasons", {}).items():
+                mine["reasons"][reason] = mine["reasons"].get(reason, 0) + n
+        out["passthrough"] += part.get("passthrough", 0)
+    return out
