@@ -234,7 +234,8 @@ def _install(plan: _Plan, sched: Schedule, pipe, label: str) -> None:
     _log_backends(model, plan)
     logger.info(
         "%s on %d of %d self-attention layers of %s%s (%s family)",
-        type(method).__name__, sum(chosen for _, _, chosen, _, _ in plan.sites), plan.num_layers, type(model).__name__, f" ({label})" if label else "", family.name,
+        type(method).__name__, sum(chosen for _, _, chosen, _, _ in plan.sites), plan.num_layers,
+        type(model).__name__, f" ({label})" if label else "", family.name,
     )
 
 

@@ -24,7 +24,11 @@ from .intercept import SDPAInterceptor
 from .stats import CallStats
 
 try:  # diffusers >= 0.35: processors of the newer families call dispatch_attention_fn
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _AttentionBackendRegistry,
+        dispatch_attention_fn,
+    )
 except ImportError:  # pragma: no cover - older diffusers call SDPA directly
     AttentionBackendName = _AttentionBackendRegistry = dispatch_attention_fn = None
 

@@ -2,8 +2,8 @@
 
 Every stock processor ends in ``torch.nn.functional.scaled_dot_product_attention`` on ``(B, H, N, D)`` tensors,
 directly (``AttnProcessor2_0``, CogVideoX, HunyuanVideo) or through ``dispatch_attention_fn``'s native backend
-(Flux, Wan, LTX; switched to the native backend for the intercepted call only). A ``TorchFunctionMode`` active during the processor call catches exactly that
-call and hands it to a handler; every other op runs unchanged.
+(Flux, Wan, LTX; switched to native for the intercepted call only). A ``TorchFunctionMode`` active during the
+processor call catches exactly that call and hands it to a handler; every other op runs unchanged.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import attnplug
-from attnplug.plugin import attention_modules
 from attnplug.testing import forward, tiny_model
 
 
