@@ -285,15 +285,6 @@ class AgentMethod(AttentionMethod):
     def __init__(self, config: AgentConfig | None = None):
         self.config = config or AgentConfig()
 
-    def _skip(self, layout: TokenLayout, info: CallInfo) -> str | None:
-        """Why this call is handed back, or None."""
-        if layout.height == 1 and layout.width == 1:
-            return "temporal-only layout (no spatial grid to pool)"
-        m = self.config.max_level
-        if m is not None and info.level > m:
-            return f"attention level {info.level} > max_level={m}"
-        return None
-
     def __call__(
         self,
         q: torch.Tensor,
@@ -303,24 +294,24 @@ class AgentMethod(AttentionMethod):
         mask: torch.Tensor | None = None,
         info: CallInfo | None = None,
     ) -> torch.Tensor | None:
-        """``q, k, v (B, H, N, D)`` of one self-attention call laid out as ``layout`` -> ``(B, H, N, D)`` or None."""
+        """``q, k, v (B, H, N, D)`` of one self-attention call laid out as ``layout`` -> ``(B, H, N, D)``, or None to
+        hand the call back (reason codes ``temporal-only-layout``, ``level-above-max-level``,
+        ``mask-not-key-padding``)."""
         info = info or CallInfo()
         cfg = self.config
-        if q.shape[-2] != k.shape[-2]:
-            return None  # not self-attention
         layout.check(q.shape[-2])
-        reason = self._skip(layout, info)
-        if reason is not None:
-            log_once(logger, logging.DEBUG, f"agent attention: stock attention in {info.layer_name or 'a layer'}: "
-                     f"{reason}")
-            return None
+        if layout.height == 1 and layout.width == 1:
+            return self.hand_back("temporal-only-layout")  # no spatial grid to pool agents from
+        if cfg.max_level is not None and info.level > cfg.max_level:
+            return self.hand_back("level-above-max-level")
         grid = agent_grid(cfg, layout)
         img_bias, text_bias, text_rows_mask = None, None, None
         if mask is not None:
             split = _split_mask(mask, layout)
             if split is None:
-                log_once(logger, logging.DEBUG, "agent attention: mask is not key padding; that call runs dense")
-                return None
+                log_once(logger, logging.DEBUG, "agent attention: a mask that is not key padding; that call runs "
+                         "stock attention")
+                return self.hand_back("mask-not-key-padding")
             key_bias, text_rows_mask = split
             key_bias = _key_bias(key_bias, torch.float32 if layout.text_tokens else q.dtype)
             img_bias, text_bias = layout.split(key_bias, dim=-1) if layout.text_tokens else (key_bias, None)

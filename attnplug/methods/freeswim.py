@@ -10,10 +10,12 @@ Two ideas, both above the training resolution:
    which restores global semantic consistency. The full branch runs only every ``refresh_every`` steps; in between
    the windowed branch reuses the cached cross-attention outputs (FreeSwim's cache).
 
-The training grid. ``FreeSwimConfig.train_grid`` when given (tokens at the model's finest attention level, halved per
-U-Net level below it); otherwise ``CallInfo.train_grid``, which the layout layer fills from the model's config. The
-window is that grid rounded up to odd (``2 * (n // 2) + 1``). A call whose window covers its whole token grid (at or
-below the training resolution) is handed back to stock attention, and so is a call whose training grid is unknown.
+The training grid. ``FreeSwimConfig.train_grid`` when given, in the units of the denoiser's input token grid
+(``CallInfo.latent_grid``: latent / patch for DiTs, the latent for U-Nets) and scaled with each layer's grid (U-Net
+levels); otherwise ``CallInfo.train_grid``, which the layout layer fills from the model's config at the call's level.
+The window is that grid rounded up to odd (``2 * (n // 2) + 1``). A call whose window covers its whole token grid (at
+or below the training resolution) is handed back to stock attention (reason ``window-covers-grid``), and so is a call
+whose training grid is unknown (``train-grid-unknown``, with a warning).
 
 How it fits attnplug. A method sees one module's ``(q, k, v)``; the dual path needs two things beyond that:
 
@@ -69,9 +71,9 @@ class FreeSwimConfig(MethodConfig):
 
     name: ClassVar[str] = "freeswim"
     train_grid: int | tuple | None = help_field(
-        None, "Training-resolution token grid at the model's finest attention level: an int (height = width), "
-        "(height, width) or (frames, height, width); the window is this size rounded up to odd, halved per U-Net "
-        "level. None: the model's own training grid (from its config).", min=1,
+        None, "Training-resolution token grid of the denoiser input (latent / patch; Wan 2.1 480p: (30, 52)): an int "
+        "(height = width), (height, width) or (frames, height, width); the window is this size rounded up to odd, "
+        "scaled with each layer's grid on U-Nets. None: the model's own training grid (from its config).", min=1,
     )
     refresh_every: int = help_field(
         2, "Run the full-attention branch every this many steps and reuse its cross-attention outputs in between "
@@ -106,8 +108,7 @@ class FreeSwimConfig(MethodConfig):
 def window_for(train_grid: tuple, grid: tuple[int, int, int]) -> tuple[int | None, int, int] | None:
     """The FreeSwim window ``(frames or None, height, width)`` for a call on ``grid`` given the training grid at that
     call's level, or None when it covers the whole grid (the call is then dense attention)."""
-    tf, th, tw = train_grid
-    window = (None if tf is None else min(tf, grid[0]), 2 * (th // 2) + 1, 2 * (tw // 2) + 1)
+    window = tuple(None if t is None else 2 * (t // 2) + 1 for t in train_grid)
     if all(w is None or w >= n for w, n in zip(window, grid)):
         return None
     return window
@@ -140,16 +141,22 @@ class FreeSwimMethod(AttentionMethod):
         self.config = config or FreeSwimConfig()
         self._state = _RunState()
         self._hooked = 0  # number of denoisers whose FreeSwimHook is registered
+        self._in_call = False  # a denoiser call is running through run()
         self._windows: dict[tuple, NeighborhoodMethod] = {}
         self._windows_lock = threading.Lock()
 
     # -- self-attention ----------------------------------------------------------------------------------------
-    def train_grid_at(self, info: CallInfo) -> tuple[int | None, int, int] | None:
-        """The training grid ``(frames or None, height, width)`` at this call's level, or None when unknown."""
+    def train_grid_at(self, layout: TokenLayout, info: CallInfo) -> tuple[int | None, int, int] | None:
+        """The training grid ``(frames or None, height, width)`` at this call's grid, or None when unknown.
+
+        A configured grid is scaled by ``layout.grid / info.latent_grid`` (U-Net levels; 1 for DiTs). The model's
+        (``info.train_grid``) is already at the call's level; its frames are not windowed."""
         if self.config.train_grid is not None:
             tf, th, tw = self.config.train_grid
-            f = 2**info.level
-            return tf, -(-th // f), -(-tw // f)
+            if info.latent_grid is not None:
+                _, lh, lw = info.latent_grid
+                th, tw = -(-th * layout.height // lh), -(-tw * layout.width // lw)
+            return tf, th, tw
         if info.train_grid is not None:
             return None, info.train_grid[1], info.train_grid[2]
         return None
@@ -166,26 +173,26 @@ class FreeSwimMethod(AttentionMethod):
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> windowed output, or None to hand the call back."""
-        if mask is not None or q.shape[-2] != k.shape[-2]:
-            return None
+        if mask is not None:
+            return self.hand_back("attention-mask")
         info = info or CallInfo()
         st = self._state
-        train = self.train_grid_at(info)
+        train = self.train_grid_at(layout, info)
         if train is None:
             st.counts["self: training grid unknown"] += 1
             log_once(logger, logging.WARNING, "FreeSwim: the model's training grid is unknown, so self-attention "
                      "stays stock; give FreeSwimConfig(train_grid=(height, width)) in tokens.")
-            return None
+            return self.hand_back("train-grid-unknown")
         window = window_for(train, layout.grid)
         if st.branch == "full":
             st.would_window += window is not None
             st.counts["self: full branch (stock)"] += 1
-            return None
+            return self.hand_back("freeswim-full-branch")
         if window is None:
             st.counts["self: window covers the grid (stock)"] += 1
             log_once(logger, logging.INFO, f"FreeSwim: the training-size window covers the token grid {layout.grid} "
-                     f"(training grid {train} at level {info.level}), so that call runs stock attention.")
-            return None
+                     f"(training grid {train[1:]} at this level), so that call runs stock attention.")
+            return self.hand_back("window-covers-grid")
         if not self._hooked and self.config.override_cross_attention:
             log_once(logger, logging.WARNING, "FreeSwim: only the windowed self-attention is active; use "
                      "attnplug.apply(...) for the full-branch cross-attention override.")
@@ -216,13 +223,12 @@ class FreeSwimMethod(AttentionMethod):
         return cached
 
     # -- the dual path (driven by FreeSwimHook) ----------------------------------------------------------------
-    def begin_call(self, timestep: tuple | None) -> bool:
+    def _begin_call(self, timestep: tuple | None) -> bool:
         """Advance the step / guidance-pass counters for a denoiser call with ``timestep`` (None = unknown: a new
         step); whether the full branch must run first."""
         st = self._state
         if timestep is not None and st.last_timestep is not None and timestep > st.last_timestep:
-            self.reset()  # a new run starts at the highest noise level
-            st = self._state
+            st = self._state = _RunState()  # a new run starts at the highest noise level
         if timestep is None or timestep != st.last_timestep:
             st.steps += 1
             st.pass_index = 0
@@ -234,47 +240,56 @@ class FreeSwimMethod(AttentionMethod):
         last = st.cache_step.get(st.pass_index)
         return last is None or last > st.steps or st.steps - last >= self.config.refresh_every
 
-    def run_full_branch(self, forward, args, kwargs) -> tuple[Any, bool]:
-        """Run the full branch ``forward(*args, **kwargs)``; ``(output, whether the windowed branch must still run)``.
-        """
-        st = self._state
-        st.branch, st.would_window, st.cross_seen = "full", 0, 0
-        pass_index, steps = st.pass_index, st.steps
+    def run(self, forward, timestep: tuple | None, args: tuple, kwargs: dict):
+        """One denoiser call ``forward(*args, **kwargs)`` through the dual path: the full branch first on refresh
+        steps, then (unless the full branch found nothing to window) the windowed branch. Returns the output."""
+        self._in_call = True
         try:
-            out = forward(*args, **kwargs)
-        finally:
+            if not self._begin_call(timestep):
+                return forward(*args, **kwargs)
             st = self._state
-            st.branch = "window"
-        st.counts["full branches"] += 1
-        st.cache_step[pass_index] = steps
-        if st.cross_seen == 0 and st.would_window:
-            st.no_cross = True
-            log_once(logger, logging.INFO, "FreeSwim: the model has no separate cross-attention to override; only "
-                     "the windowed self-attention applies (the full branch is not run again).")
-        if st.would_window == 0:
-            # Nothing to window: the windowed branch would give this very output (stock self-attention, its own
-            # cross-attention outputs), so it is not run; and no cached output may override a later step.
-            for key in [key for key in st.cache if key[0] == pass_index]:
-                del st.cache[key]
-            st.counts["windowed branches skipped (nothing to window)"] += 1
-            return out, False
-        return out, True
+            st.branch, st.would_window, st.cross_seen = "full", 0, 0
+            try:
+                out = forward(*args, **kwargs)
+            finally:
+                self._state.branch = "window"
+            st = self._state  # (a reset during the call keeps the call's position, see reset())
+            st.counts["full branches"] += 1
+            st.cache_step[st.pass_index] = st.steps
+            if st.cross_seen == 0 and st.would_window:
+                st.no_cross = True
+                log_once(logger, logging.INFO, "FreeSwim: the model has no separate cross-attention to override; "
+                         "only the windowed self-attention applies (the full branch is not run again).")
+            if st.would_window == 0:
+                # Nothing to window: the windowed branch would give this very output (stock self-attention, its
+                # own cross-attention outputs), so it is not run, and no cached output overrides a later step.
+                for key in [key for key in st.cache if key[0] == st.pass_index]:
+                    del st.cache[key]
+                st.counts["windowed branches skipped (nothing to window)"] += 1
+                return out
+            del out
+            return forward(*args, **kwargs)
+        finally:
+            self._in_call = False
 
     def model_hook(self) -> FreeSwimHook | None:
         """The dual-path hook for the denoiser (None when ``override_cross_attention`` is off)."""
         return FreeSwimHook(self) if self.config.override_cross_attention else None
 
     def reset(self) -> None:
-        """Forget the run: caches, step counters and the report (the branch in progress, if any, is kept)."""
-        self._state = _RunState(branch=self._state.branch)
+        """Forget the run: caches, counters and the report. Called inside a denoiser call (a new run detected by the
+        plugin), the call's branch and position (step, guidance pass) are kept."""
+        old = self._state
+        self._state = _RunState()
+        if self._in_call:
+            st = self._state
+            st.branch, st.steps, st.pass_index, st.last_timestep = old.branch, old.steps, old.pass_index, \
+                old.last_timestep
 
     def report(self) -> dict[str, Any]:
         """What ran during this run: self-attention calls windowed / handed back by cause, cross-attention calls cached
         and overridden, full branches run, windowed branches skipped."""
-        out: dict[str, Any] = dict(self._state.counts)
-        if self.config.train_grid is not None:
-            out["train_grid"] = "config"
-        return out
+        return dict(self._state.counts)
 
 
 class FreeSwimHook(ModelHook):
@@ -318,11 +333,4 @@ class FreeSwimHook(ModelHook):
         return None
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        forward = self.fn_ref.original_forward
-        if not self.method.begin_call(self._timestep(args, kwargs)):
-            return forward(*args, **kwargs)
-        out, again = self.method.run_full_branch(forward, args, kwargs)
-        if not again:
-            return out
-        del out
-        return forward(*args, **kwargs)
+        return self.method.run(self.fn_ref.original_forward, self._timestep(args, kwargs), args, kwargs)

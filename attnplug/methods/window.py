@@ -107,23 +107,17 @@ class WindowMethod(AttentionMethod):
     def __init__(self, config: WindowConfig | None = None):
         self.config = config or WindowConfig()
 
-    def _skip(self, layout: TokenLayout, info: CallInfo, plan: WindowPlan) -> str | None:
-        """Why this call is handed back, or None."""
-        if self.config.max_level is not None and info.level > self.config.max_level:
-            return f"attention level {info.level} > max_level={self.config.max_level}"
-        if plan.is_dense:
-            return f"the window {plan.window} covers the token grid {layout.grid}"
-        return None
-
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
-        """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> ``(B, H, N, D)``, or None to hand the call back."""
-        if mask is not None or q.shape[-2] != k.shape[-2]:
-            return None
+        """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> ``(B, H, N, D)``, or None to hand the call back
+        (reason codes ``attention-mask``, ``level-above-max-level``, ``window-covers-grid``)."""
+        if mask is not None:
+            return self.hand_back("attention-mask")
         info = info or CallInfo()
+        if self.config.max_level is not None and info.level > self.config.max_level:
+            return self.hand_back("level-above-max-level")
         plan = self.config.plan(layout, info.step)
-        reason = self._skip(layout, info, plan)
-        if reason is not None:
-            log_once(logger, logging.DEBUG, f"window attention: stock attention in {info.layer_name or 'a layer'}: "
-                     f"{reason}")
-            return None
+        if plan.is_dense:
+            log_once(logger, logging.DEBUG, f"window attention: the window {plan.window} covers the token grid "
+                     f"{layout.grid} in {info.layer_name or 'a layer'}; stock attention there")
+            return self.hand_back("window-covers-grid")
         return window_attention(q, k, v, layout, plan, info.scale)

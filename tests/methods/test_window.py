@@ -1,77 +1,75 @@
-"""Shifted-window attention (HiDiffusion MSW-MSA) vs a brute-force masked reference built with Python loops."""
+"""Shifted-window attention method (HiDiffusion MSW-MSA): which levels and calls it windows, the shift schedule,
+config validation, threads and end to end (the kernel against its brute-force reference is in
+tests/kernels/test_window_attention.py)."""
 
 from __future__ import annotations
 
-import math
+import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import attnplug
+from attnplug.kernels.window import window_attention_reference
 from attnplug.layout import TokenLayout
 from attnplug.methods.base import CallInfo
-from attnplug.methods.window import WindowConfig, WindowProcessor, window_attention, window_plan
+from attnplug.methods.window import WindowConfig, WindowMethod
 from attnplug.testing import forward, tiny_model
 
 
-def brute_force_window_mask(layout: TokenLayout, window, shift) -> torch.Tensor:
-    """``(N, N)`` bool in the layout's token order: image tokens see the image tokens whose cyclically shifted
-    coordinates fall in the same window in every dimension, and all text; text sees everything."""
-    f, h, w = layout.grid
-    off = layout.text_tokens if layout.text_first else 0
-    n = layout.num_tokens
-    win_id = {}
-    for t in range(f):
-        for y in range(h):
-            for x in range(w):
-                c = (t, y, x)
-                win_id[off + (t * h + y) * w + x] = tuple(((c[d] - shift[d]) % layout.grid[d]) // window[d]
-                                                          for d in range(3))
-    mask = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        for j in range(n):
-            if i not in win_id or j not in win_id:
-                mask[i, j] = True
-            else:
-                mask[i, j] = win_id[i] == win_id[j]
-    return mask
+def _qkv(layout: TokenLayout, seed=0, batch=1, heads=2, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, heads, layout.num_tokens, dim, generator=g) for _ in range(3))
 
 
-def masked_attention(q, k, v, mask, scale=None):
-    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = (q.double() @ k.double().transpose(-1, -2)) * scale
-    return (torch.softmax(s.masked_fill(~mask, -math.inf), -1) @ v.double()).to(q.dtype)
+class _Spy(WindowMethod):
+    def __init__(self, config):
+        super().__init__(config)
+        self.calls = []
+
+    def __call__(self, q, k, v, layout, mask=None, info=None):
+        out = super().__call__(q, k, v, layout, mask, info)
+        self.calls.append((layout, info, out is not None))
+        return out
 
 
-CASES = [
-    # grid, window_size (None = fraction 0.5 on height/width), shift index
-    ((1, 8, 8), None, 0),  # 2x2 windows, divides
-    ((1, 8, 8), None, 1),  # shifted by a quarter window
-    ((1, 9, 7), None, 3),  # odd sides: windows 5 x 4, padded
-    ((1, 6, 10), (4, 3), 2),  # explicit windows, padding on both axes
-    ((3, 6, 6), (2, 3, 3), 1),  # 3-D windows, frames padded
-    ((4, 5, 6), None, 2),  # video, frames unwindowed
-]
-
-
-@pytest.mark.parametrize("text", [0, 3, -4], ids=["no-text", "text-last", "text-first"])
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-w{c[1]}-s{c[2]}" for c in CASES])
-def test_matches_brute_force(case, text):
-    grid, size, idx = case
-    layout = TokenLayout(*grid, text_tokens=abs(text), text_first=text < 0)
-    plan = window_plan(grid, size, 0.5, shift_index=idx, num_shifts=4)
-    torch.manual_seed(0)
-    q, k, v = torch.randn(3, 2, 2, layout.num_tokens, 8).unbind(0)
-    out = window_attention(q, k, v, layout, plan, scale=0.3)
-    ref = masked_attention(q, k, v, brute_force_window_mask(layout, plan.window, plan.shift), scale=0.3)
+def test_method_matches_the_reference_at_the_step_shift():
+    layout = TokenLayout(1, 9, 7, text_tokens=3)
+    q, k, v = _qkv(layout)
+    cfg = WindowConfig()
+    out = WindowMethod(cfg)(q, k, v, layout, info=CallInfo(step=3, scale=0.3))
+    plan = cfg.plan(layout, 3)
+    assert plan.shift == (0, 3, 3)
+    ref = window_attention_reference(q, k, v, layout, plan.window, plan.shift, scale=0.3)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
-def test_plan_rule():
-    p = window_plan((1, 9, 7), None, 0.5, shift_index=3)
-    assert p.window == (1, 5, 4) and p.counts == (1, 2, 2) and p.padding == (0, 1, 1) and p.shift == (0, 3, 3)
-    assert window_plan((1, 64, 64), None, 0.5, shift_index=2).shift == (0, 16, 16)  # HiDiffusion: w // 4 * 2
-    assert window_plan((1, 8, 8), 16, shift_index=1).is_dense
+def test_level_zero_runs_on_a_grid_smaller_than_the_latent_grid():
+    """SDXL-like U-Nets have no attention at the latent resolution: level 0 (the finest *attention* grid) is windowed
+    although its grid is half the latent grid."""
+    layout = TokenLayout(1, 8, 8)
+    q, k, v = _qkv(layout)
+    out = WindowConfig().build()(q, k, v, layout, info=CallInfo(latent_grid=(1, 16, 16), level=0, step=1))
+    assert out is not None
+    assert (out - F.scaled_dot_product_attention(q, k, v)).abs().max() > 1e-3  # windowed, not dense
+
+
+def test_levels_above_max_level_are_handed_back():
+    layout = TokenLayout(1, 4, 4)
+    q, k, v = _qkv(layout)
+    info = CallInfo(latent_grid=(1, 8, 8), level=1, step=1)
+    assert WindowConfig().build()(q, k, v, layout, info=info) is None
+    assert WindowConfig(max_level=1).build()(q, k, v, layout, info=info) is not None
+    assert WindowConfig(max_level=None).build()(q, k, v, layout, info=CallInfo(level=7)) is not None
+
+
+def test_window_covering_the_grid_is_handed_back():
+    layout = TokenLayout(1, 5, 5, text_tokens=2)
+    q, k, v = _qkv(layout)
+    assert WindowConfig(window_fraction=1.0).build()(q, k, v, layout) is None
+    assert WindowConfig(window_size=8).build()(q, k, v, layout) is None
+    assert WindowConfig(window_size=(2, 8, 8)).build()(q, k, v, TokenLayout(1, 5, 5, text_tokens=2)) is None
 
 
 def test_shift_schedules():
@@ -82,37 +80,52 @@ def test_shift_schedules():
     assert len(set(rnd)) > 1 and all(0 <= r < 4 for r in rnd)
 
 
-def test_highest_level_only():
-    method = WindowConfig().build()
-    q = torch.randn(1, 1, 16, 8)
-    info = CallInfo(latent_grid=(1, 8, 8), step=1)
-    assert method(q, q, q, TokenLayout(1, 4, 4), info=info) is None
-    assert method(q, q, q, TokenLayout(1, 4, 4), info=CallInfo(latent_grid=(1, 4, 4))) is not None
-    assert WindowConfig(levels="all").build()(q, q, q, TokenLayout(1, 4, 4), info=info) is not None
-
-
-def test_full_window_is_dense():
-    layout = TokenLayout(1, 5, 5, text_tokens=2)
-    q, k, v = torch.randn(3, 1, 2, 27, 8).unbind(0)
-    out = WindowConfig(window_fraction=1.0).build()(q, k, v, layout)
-    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=0)
+def test_sizes_normalised_one_way():
+    assert WindowConfig(window_size=4).window_size == (4, 4)  # an int covers height and width
+    assert WindowConfig(window_size=[2, 4, 4]).window_size == (2, 4, 4)
+    assert WindowConfig(window_fraction=(0.5, 0.25)).window_fraction == (0.5, 0.25)
+    assert WindowConfig(window_size=4).plan(TokenLayout(3, 8, 8)).window == (3, 4, 4)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(window_fraction=0.0), "window_fraction for height must be in"),
-        (dict(window_fraction=(1.0, 0.5, 1.5)), "window_fraction for width must be in"),
+        (dict(window_fraction=0.0), "window_fraction for height must be > 0"),
+        (dict(window_fraction=(1.0, 0.5, 1.5)), "window_fraction for width must be <= 1"),
         (dict(window_size=(4, 0)), "window_size for width must be >= 1"),
-        (dict(window_size=2.5), "window_size must be a int"),
+        (dict(window_size=2.5), "window_size must be"),
         (dict(shift="left"), "shift must be one of"),
-        (dict(num_shifts=0), "num_shifts must be an int >= 1"),
-        (dict(levels="top"), "levels must be one of"),
+        (dict(num_shifts=0), "num_shifts must be in"),
+        (dict(max_level=-1), "max_level must be in"),
+        (dict(max_level="highest"), "max_level must be an int"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         WindowConfig(**kwargs)
+
+
+def test_two_threads_give_the_single_thread_results():
+    method = WindowConfig(window_size=(3, 4)).build()
+    layouts = [TokenLayout(1, 10, 9, text_tokens=3), TokenLayout(2, 7, 11)]  # both padded
+    inputs = [[(*_qkv(layouts[t], seed=10 * t + i), CallInfo(step=i)) for i in range(12)] for t in range(2)]
+    expected = [[method(q, k, v, layouts[t], info=info) for q, k, v, info in inputs[t]] for t in range(2)]
+    results: list[list] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def run(t):
+        barrier.wait()
+        for q, k, v, info in inputs[t]:
+            results[t].append(method(q, k, v, layouts[t], info=info))
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in range(2):
+        assert len(results[t]) == len(expected[t])
+        assert all(torch.equal(a, b) for a, b in zip(results[t], expected[t]))
 
 
 @pytest.mark.parametrize("family", ["unet", "pixart", "sd3", "flux", "wan", "cogvideox"])
@@ -122,25 +135,60 @@ def test_end_to_end(family):
     with attnplug.applied(model, WindowConfig()):
         out = forward(model, inputs)
         st = attnplug.stats(model)
-    assert st.get("method", 0) > 0, st
+    assert st["self"]["method"] > 0, st
     assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
     with attnplug.applied(model, WindowConfig(window_fraction=1.0)):
         full = forward(model, inputs)
-        assert attnplug.stats(model).get("method", 0) > 0
+        st = attnplug.stats(model)
+    assert st["self"]["method"] == 0, st  # a covering window is stock attention, and counted so
     torch.testing.assert_close(full, dense, atol=1e-5, rtol=1e-5)
 
 
-def test_unet_lower_levels_stay_dense():
+def _sdxl_like_unet():
+    """A tiny U-Net shaped like SDXL's: no attention at the latent resolution (first block DownBlock2D)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+    inputs = dict(sample=torch.randn(1, 4, 16, 16), timestep=torch.tensor(500),
+                  encoder_hidden_states=torch.randn(1, 5, 16))
+    return model, inputs
+
+
+def test_sdxl_like_unet_windows_its_finest_attention_level():
+    """F1: the defaults window the highest-resolution attention blocks of a U-Net without attention at the latent
+    resolution (before, every call was handed back)."""
+    model, inputs = _sdxl_like_unet()
+    dense = forward(model, inputs)
+    spy = _Spy(WindowConfig())
+    with attnplug.applied(model, spy):
+        out = forward(model, inputs)
+        st = attnplug.stats(model)
+    assert st["self"]["method"] > 0 and not torch.allclose(out, dense, atol=1e-5), st
+    ran = {layout.grid for layout, info, ran in spy.calls if ran}
+    assert ran == {(1, 8, 8)}, spy.calls  # the 8x8 attention blocks, not the 4x4 ones
+    assert all(ran == (info.level <= 0) for layout, info, ran in spy.calls)
+
+
+def test_unet_lower_levels_stay_stock():
     model, inputs = tiny_model("unet", height=16, width=16)
-    with attnplug.applied(model, WindowConfig()):
+    spy = _Spy(WindowConfig())
+    with attnplug.applied(model, spy):
         forward(model, inputs)
         st = attnplug.stats(model)
-    assert st["method"] > 0 and st.get("dense: method handed the call back", 0) > 0, st
+    assert st["self"]["method"] > 0 and st["self"]["stock"] > 0, st
+    assert all(ran == (info.level == 0) for layout, info, ran in spy.calls)
+    assert {info.level for _, info, _ in spy.calls} == {0, 1}
 
 
 def test_standalone_processor():
     model, inputs = tiny_model("pixart", height=16, width=16)
-    model.set_attn_processor(WindowProcessor(WindowConfig()))
-    assert torch.isfinite(forward(model, inputs)).all()
-    with pytest.raises(TypeError, match="WindowConfig"):
-        WindowProcessor(attnplug.DenseConfig())
+    dense = forward(model, inputs)
+    model.set_attn_processor(attnplug.AttnplugProcessor(WindowConfig()))
+    out = forward(model, inputs)
+    assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
