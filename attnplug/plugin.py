@@ -173,7 +173,7 @@ def _plan(model: torch.nn.Module, method: AttentionMethod, sched: Schedule) -> _
             f"{type(model).__name__} has selected attention modules whose processors ({', '.join(no_sdpa)}) make no "
             "scaled_dot_product_attention call (attention slicing, xformers or the legacy AttnProcessor), so "
             "attnplug's method could not run there. Call pipe.disable_attention_slicing() / "
-            "disable_xformers_memory_efficient_attention() or model.set_default_attn_processor() first."
+            "disable_xformers_memory_efficient_attention() or model.set_attn_processor(AttnProcessor2_0()) first."
         )
     return _Plan(model, method, sites, len(self_names))
 

@@ -127,7 +127,8 @@ class Interception:
                 logging.WARNING,
                 f"attnplug: {type(processor).__name__} makes no scaled_dot_product_attention call (e.g. attention "
                 "slicing or xformers), so the method cannot run in the modules that use it; they ran their stock "
-                "attention. Use diffusers' default processors (model.set_default_attn_processor()) to run the method.",
+                "attention. Put SDPA processors back (e.g. model.set_attn_processor(AttnProcessor2_0())) to run the "
+                "method.",
             )
         return out
 
