@@ -45,7 +45,10 @@ LIMITS = {"size": (4, 1024), "frames": (1, 256), "steps": (1, 200), "guidance": 
 MAX_PIXELS = 1024 * 1024 * 16  # height x width x frames of one request
 QUEUE_SIZE = 16
 CONCURRENCY = 2  # events at once; generations on one model are serialised by that model's lock
-CSS = "#out-image img, #dense-image img, #out-video video, #dense-video video {image-rendering: pixelated;}"
+CSS = """
+#out-image img, #dense-image img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}
+#out-video video, #dense-video video {image-rendering: pixelated;}
+"""  # tiny generated images are shown enlarged without smoothing; the files keep the generated size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,8 +175,13 @@ def pipeline_forms() -> dict[str, list[FormField]]:
     out = {}
     for label, cls in PIPELINE_CONFIGS.items():
         if cls is not None and PIPELINE_FNS.get(label) is not None and dataclasses.is_dataclass(cls):
-            out[label] = [_form_field(f"pipeline.{PIPELINES[label]}", s) for s in field_specs(cls)]
+            out[label] = [_form_field(f"pipeline.{PIPELINES[label]}", s) for s in field_specs(cls)
+                          if s.name not in PIPELINE_SET_BY_APP and s.type not in ("Any", "object")]
     return out
+
+
+# Pipeline config fields the app fills itself: the method chosen above (``attention``) and no console progress bar.
+PIPELINE_SET_BY_APP = ("attention", "progress")
 
 
 def _component(ff: FormField) -> gr.components.Component:
@@ -512,9 +520,17 @@ def _run(pipe, req: Request, technique: str, report: Callable[[int, int], None],
             kwargs.pop("height"), kwargs.pop("width")
             if _accepts(fn, "height"):
                 kwargs.update(height=req.height, width=req.width)
+        if _accepts(pipe.__call__, "output_type"):
+            kwargs["output_type"] = "np"
         cfg_cls = PIPELINE_CONFIGS.get(technique)
-        if req.pipeline_options and cfg_cls is not None and _accepts(fn, "config"):
-            kwargs["config"] = cfg_cls(**req.pipeline_options)
+        if cfg_cls is not None and _accepts(fn, "config"):
+            options = dict(req.pipeline_options)
+            names = {f.name for f in dataclasses.fields(cfg_cls)}
+            if "progress" in names:
+                options["progress"] = False
+            if "attention" in names and req.method != "dense":
+                options["attention"] = req.config  # the technique applies the method in its hi-res stage
+            kwargs["config"] = cfg_cls(**options)
         else:
             kwargs.update(req.pipeline_options)
         call = lambda **kw: fn(pipe, req.prompt, **kw)  # noqa: E731
@@ -686,8 +702,14 @@ def generate(req: Request, cache: ModelCache, report: Callable[[int, int], None]
             if req.compare:
                 attnplug.remove(pipe)
                 dense = _run(pipe, _dense_request(req), "standard", report, total, 0)
-            attnplug.apply(pipe, req.config, schedule=req.schedule)
-            attnplug.reset_stats(pipe)
+            if req.pipeline == "standard":
+                attnplug.apply(pipe, req.config, schedule=req.schedule)
+                attnplug.reset_stats(pipe)
+            else:
+                notes.append(f"dense = the stock pipeline at the same size, without the {req.pipeline} technique")
+            if req.pipeline != "standard" and req.schedule is not None:
+                notes.append(f"the schedule form applies to the standard pipeline; {req.pipeline} runs the method "
+                             "with its own recipe")
             run = _run(pipe, req, req.pipeline, report, total, req.steps if req.compare else 0)
             stats = attnplug.stats(pipe)
         finally:
@@ -713,11 +735,12 @@ def generate(req: Request, cache: ModelCache, report: Callable[[int, int], None]
     dtype = str(cache.dtype).removeprefix("torch.")
     lines = [f"**{req.method}**{technique} on `{req.model}` ({cache.device}, {dtype}), "
              f"{req.task} {req.width}x{req.height}" + (f"x{req.num_frames} frames" if req.task == "video" else "")
-             + f", {req.steps} steps, seed {req.seed}", "", "| | |", "|---|---|"]
+             + f", {req.steps} steps, seed {req.seed}", "", "| measure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     sched = req.schedule if req.schedule is not None else req.config.default_schedule()
     lines += ["", f"schedule: {'method default: ' if req.schedule is None else ''}{sched or 'every step and layer'}"]
-    lines += ["", "**What the method did**", ""] + [f"- {line}" for line in _stats_lines(stats)]
+    did = _stats_lines(stats) or ["no attnplug counters were left on the pipeline after this run"]
+    lines += ["", "**What the method did**", ""] + [f"- {line}" for line in did]
     if notes:
         lines += ["", "**Notes**", ""] + [f"- {n}" for n in notes]
     return Result(method_file, dense_file, "\n".join(lines), jsonable(stats), notes)

@@ -18,13 +18,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture(scope="session")
 def app_module():
     pytest.importorskip("gradio")
-    name = "attnplug_demo_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, APP_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_demo_module("app")
 
 
 def free_port() -> int:
@@ -37,12 +31,30 @@ def free_port() -> int:
 def server(app_module):
     """``(demo, url)``: the app serving on 127.0.0.1 in this process (Gradio's own server thread)."""
     demo = app_module.build_app()
-    _, url, _ = app_module.serve(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    _, url, _ = app_module.serve(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True,
+                                 allowed_paths=[str(ARTIFACTS)])
     yield demo, url
     demo.close()
+
+
+def load_demo_module(name: str):
+    """``demos/<name>.py`` imported as ``attnplug_demo_<name>`` (once)."""
+    key = f"attnplug_demo_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, APP_PATH.parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def screenshot_module():
+    return load_demo_module("screenshot")
