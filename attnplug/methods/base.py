@@ -48,6 +48,10 @@ class AttentionMethod:
 
     #: Whether the method honours a non-None attention mask; if False, calls with a mask go to dense attention.
     supports_mask: bool = False
+    #: Whether the method reads the denoising step (``info.step``) or keeps per-run state reset at step 0. A method
+    #: that does not (dense, neighbourhood) runs under a step-free schedule with no step tracking at all, so a
+    #: compiled model never reads the timestep.
+    uses_steps: bool = True
 
     def hand_back(self, reason: str) -> None:
         """Hand the current call back to stock attention, saying why: ``return self.hand_back("window-covers-grid")``.

@@ -76,6 +76,7 @@ class DenseMethod(AttentionMethod):
     """Exact attention: SDPA, or xformers when configured."""
 
     supports_mask = True
+    uses_steps = False
 
     def __init__(self, config: DenseConfig | None = None):
         self.config = config or DenseConfig()

@@ -146,6 +146,8 @@ class NeighborhoodMethod(AttentionMethod):
     Hands the call back (``None``) with reason ``"attention-mask"`` when an attention mask is given and
     ``"window-covers-grid"`` when the window is the whole grid (stock attention computes the same)."""
 
+    uses_steps = False
+
     def __init__(self, config: NeighborhoodConfig | None = None):
         self.config = config or NeighborhoodConfig()
 
