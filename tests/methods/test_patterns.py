@@ -8,7 +8,11 @@ import math
 import pytest
 import torch
 
+from attnplug.layout import TokenLayout
 from attnplug.methods.patterns import (
+    PATTERNS,
+    Plan,
+    PlanCache,
     add_global_blocks,
     apply_rectification,
     band_block_mask,
@@ -34,7 +38,8 @@ from attnplug.methods.patterns import (
 
 
 def _clamped_window(a: int, length: int, w: int, s: int = 1) -> range:
-    leader = min((a // s) * s + (s - 1) // 2, length - 1)
+    """NATTEN's window: the stride group's centre leads (the right-hand one for even strides), clamped inward."""
+    leader = min((a // s) * s + s // 2, length - 1)
     start = min(max(leader - w // 2, 0), length - w)
     return range(start, start + w)
 
@@ -46,6 +51,7 @@ def _clamped_window(a: int, length: int, w: int, s: int = 1) -> range:
         ((3, 4, 4), (1, 2, 2), (3, 1, 2), (1, 1, 1)),
         ((2, 4, 6), (1, 2, 3), (2, 2, 2), (1, 1, 1)),
         ((4, 6, 8), (1, 2, 2), (3, 3, 3), (2, 1, 3)),
+        ((4, 8, 8), (1, 2, 1), (2, 2, 4), (2, 2, 4)),  # even strides: the right-hand centre leads
     ],
 )
 def test_tiles_lut_matches_brute_force(grid, tile, window, stride):
@@ -76,10 +82,12 @@ def test_tiles_lut_matches_brute_force(grid, tile, window, stride):
 
 
 def test_tile_grid_error_names_dimension_and_fit_tile():
-    with pytest.raises(ValueError, match=r"height 6 % 4 = 2.*tile_fit='shrink'"):
+    with pytest.raises(ValueError, match=r"SparseVideoConfig.tile=\(2, 4, 4\).*height 6 % 4 = 2.*tile_fit='shrink'"):
         tile_grid((4, 6, 8), (2, 4, 4))
     assert fit_tile((4, 6, 7), (4, 4, 4)) == (4, 3, 1)
     assert fit_tile((2, 6, 8), (4, 4, 4)) == (2, 3, 4)
+    assert fit_tile((121, 8, 8), (4, 4, 4)) == (1, 4, 4)
+    assert fit_tile((21, 30, 52), (4, 4, 4)) == (3, 3, 4)
 
 
 def test_tile_window_for_density():
@@ -246,3 +254,44 @@ def test_global_blocks_and_priority_lut_order():
     lut = lut_from_block_mask(full, 8, locality_priority(5)[None, None])
     assert lut.indices[0, 0, 2, :3].tolist() in ([2, 1, 3], [2, 3, 1])
     assert lut.indices[0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_even_stride_differs_from_left_hand_leader():
+    """Window 2, stride 2 over 4 tiles: NATTEN's leaders give windows [0, 2), [0, 2), [2, 4), [2, 4)."""
+    mask = tile_block_mask((1, 1, 4), (1, 1, 2), stride=(1, 1, 2))
+    assert [row.nonzero().flatten().tolist() for row in mask] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+
+
+def test_every_pattern_plans_and_runs():
+    """Each pattern implements the protocol: ``plan`` gives a :class:`Plan` for the layout, ``run`` an output of
+    the input's shape whose density lies in (0, 1]."""
+    from attnplug.methods.base import CallInfo
+    from attnplug.methods.sparse_video import SparseVideoConfig
+
+    layout = TokenLayout(2, 4, 8, text_tokens=3)
+    q, k, v = (torch.randn(1, 2, layout.num_tokens, 8) for _ in range(3))
+    for name, cls in PATTERNS.items():
+        cfg = SparseVideoConfig(pattern=name, density=0.5, tile=(1, 2, 4), block_size=8, num_sampled_rows=8)
+        pattern = cls(cfg)
+        plan = pattern.plan(layout, "cpu")
+        assert isinstance(plan, Plan) and plan.layout == layout and plan.block == pattern.block_for(layout.grid)
+        res = pattern.run(q, k, v, plan, CallInfo(scale=8**-0.5))
+        assert res.out.shape == q.shape and 0 < res.density <= 1 and torch.isfinite(res.out).all(), name
+
+
+def test_plan_cache_is_bounded_and_keyed_by_device():
+    cache = PlanCache(maxsize=2)
+    built = []
+
+    def build(layout, device):
+        built.append((layout, str(device)))
+        return Plan(layout=layout, block=1)
+
+    a, b, c = (TokenLayout(2, 2, n) for n in (1, 2, 3))
+    cache.get(a, "cpu", build)
+    cache.get(a, torch.device("cpu"), build)  # same key
+    cache.get(b, "cpu", build)
+    cache.get(a, "cpu", build)  # a is now the most recent
+    cache.get(c, "cpu", build)  # evicts b
+    cache.get(a, "meta", build)  # another device: another plan
+    assert len(cache) == 2 and built == [(a, "cpu"), (b, "cpu"), (c, "cpu"), (a, "meta")]

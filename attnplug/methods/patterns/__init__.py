@@ -1,4 +1,5 @@
-"""Block patterns of the sparse video method (each builds a boolean block mask for the block-sparse kernel).
+"""Block patterns of the sparse video method. Each implements the :class:`Pattern` protocol (:mod:`.base`):
+``plan(layout, device) -> Plan`` once per layout, ``run(q, k, v, plan, info) -> PatternOutput`` per call.
 
 - :mod:`.tiles`: sliding tile attention (STA) in tile-major order;
 - :mod:`.heads`: spatial / temporal heads chosen online (Sparse VideoGen);
@@ -6,11 +7,21 @@
 - :mod:`.threshold`: in-kernel score-threshold skipping (BLASST) on top of any pattern.
 """
 
+from .base import CallSummary, Pattern, PatternOutput, Plan, PlanCache, effective_density, key_padding, pair_density
 from .common import add_global_blocks, block_token_mask, inverse_permutation, lut_from_block_mask
-from .heads import HEAD_PATTERNS, band_block_mask, band_width_for_density, head_coords, head_permutation, profile_heads
-from .threshold import DEFAULT_THRESHOLD, effective_density, locality_priority
-from .tiles import fit_tile, tile_block_mask, tile_grid, tile_permutation, tile_window_for_density
+from .heads import HeadsPattern, band_block_mask, band_width_for_density, head_coords, head_permutation, profile_heads
+from .threshold import DEFAULT_THRESHOLD, ThresholdPattern, locality_priority
+from .tiles import (
+    TilesPattern,
+    fit_tile,
+    tile_block_mask,
+    tile_grid,
+    tile_major_order,
+    tile_permutation,
+    tile_window_for_density,
+)
 from .topk import (
+    TopkPattern,
     apply_rectification,
     gapr_compensable,
     pool_blocks,
@@ -19,9 +30,21 @@ from .topk import (
     select_blocks,
 )
 
+#: The pattern class of each ``SparseVideoConfig.pattern`` name.
+PATTERNS: dict[str, type] = {p.name: p for p in (TilesPattern, HeadsPattern, TopkPattern, ThresholdPattern)}
+
 __all__ = [
     "DEFAULT_THRESHOLD",
-    "HEAD_PATTERNS",
+    "CallSummary",
+    "PATTERNS",
+    "HeadsPattern",
+    "Pattern",
+    "PatternOutput",
+    "Plan",
+    "PlanCache",
+    "ThresholdPattern",
+    "TilesPattern",
+    "TopkPattern",
     "add_global_blocks",
     "apply_rectification",
     "band_block_mask",
@@ -33,8 +56,10 @@ __all__ = [
     "head_coords",
     "head_permutation",
     "inverse_permutation",
+    "key_padding",
     "locality_priority",
     "lut_from_block_mask",
+    "pair_density",
     "pool_blocks",
     "pooled_block_probs",
     "profile_heads",
@@ -42,6 +67,7 @@ __all__ = [
     "select_blocks",
     "tile_block_mask",
     "tile_grid",
+    "tile_major_order",
     "tile_permutation",
     "tile_window_for_density",
 ]

@@ -20,10 +20,13 @@ import math
 import torch
 from torch import Tensor
 
-from .common import add_global_blocks, block_ranges
+from ...layout import TokenLayout
+from ..base import CallInfo
+from .base import PatternOutput, Plan, effective_density, full_permutation, pair_density, run_block_sparse, take
+from .common import add_global_blocks, block_ranges, block_token_mask, inverse_permutation, lut_from_block_mask
 
 __all__ = [
-    "HEAD_PATTERNS",
+    "HeadsPattern",
     "band_block_mask",
     "band_width_for_density",
     "head_coords",
@@ -31,7 +34,7 @@ __all__ = [
     "profile_heads",
 ]
 
-HEAD_PATTERNS = ("spatial", "temporal")
+_KINDS = ("spatial", "temporal")
 
 
 def head_permutation(grid: tuple[int, int, int], kind: str, device=None) -> Tensor:
@@ -42,7 +45,7 @@ def head_permutation(grid: tuple[int, int, int], kind: str, device=None) -> Tens
         return idx
     if kind == "temporal":
         return idx.view(f, h * w).t().reshape(-1)
-    raise ValueError(f"kind must be one of {HEAD_PATTERNS}, got {kind!r}.")
+    raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
 
 
 def head_coords(grid: tuple[int, int, int], kind: str, device=None) -> Tensor:
@@ -116,3 +119,69 @@ def profile_heads(
             out = torch.matmul(torch.softmax(s, -1).nan_to_num(0.0), vf)
             errors[c, h] = (out - full).pow(2).mean()
     return errors.argmin(0), errors
+
+
+class HeadsPattern:
+    """``pattern="heads"`` (Sparse VideoGen): per head and call, the spatial or temporal band mask whose output on
+    ``num_sampled_rows`` sampled query rows is closest to full attention."""
+
+    name = "heads"
+    video_only = True
+
+    def __init__(self, config):
+        self.config = config
+
+    def block_for(self, grid: tuple[int, int, int]) -> int:
+        """Tokens per block (``block_size``)."""
+        return self.config.block_size
+
+    def plan(self, layout: TokenLayout, device) -> Plan:
+        """One candidate :class:`Plan` per kind (order, band mask and LUT on ``device``), widths from the density."""
+        cfg = self.config
+        n, block = layout.num_tokens, cfg.block_size
+        candidates = {}
+        for kind in _KINDS:
+            coord = head_coords(layout.grid, kind)
+            width = band_width_for_density(coord, block, cfg.density)
+            mask = band_block_mask(coord, width, block, n)
+            perm = full_permutation(head_permutation(layout.grid, kind), n)
+            candidates[kind] = Plan(
+                layout=layout, block=block, perm=perm.to(device), inv=inverse_permutation(perm).to(device),
+                lut=lut_from_block_mask(mask[None, None], block).to(device), mask=mask.to(device),
+                density=pair_density(mask, n, block), details={"width": width},
+            )
+        widths = tuple(candidates[kind].details["width"] for kind in _KINDS)
+        return Plan(layout=layout, block=block, details={"widths": widths}, candidates=candidates)
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
+        """Profile the heads on sampled rows (deterministic per seed, layer and step), then one kernel call."""
+        from ...kernels import BlockLUT
+
+        cfg, scale = self.config, info.scale
+        kinds = [plan.candidates[kind] for kind in _KINDS]
+        block, n_img = plan.block, plan.layout.image_tokens
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + info.layer_index * 10_007 + max(info.step, 0))
+        rows = torch.randperm(n_img, generator=gen)[: min(cfg.num_sampled_rows, n_img)].to(q.device)
+        token_masks = [block_token_mask(kd.mask, kd.inv, block, rows) for kd in kinds]
+        choice, _ = profile_heads(q, k, v, token_masks, rows, scale)
+        heads = q.shape[1]
+        temporal = int(choice.sum())
+        if temporal in (0, heads):
+            kd = kinds[1 if temporal else 0]
+            out, stats = run_block_sparse(take(q, kd.perm), take(k, kd.perm), take(v, kd.perm), kd.lut, scale, cfg)
+            out, density = take(out, kd.inv), kd.density
+        else:
+            perms = torch.stack([kinds[int(c)].perm for c in choice])  # (H, N)
+            invs = torch.stack([kinds[int(c)].inv for c in choice])
+            masks = torch.stack([kinds[int(c)].mask for c in choice])[None]  # (1, H, M, M)
+            lut = BlockLUT.from_block_mask(masks, block, block)
+
+            def gather(x, idx):
+                return torch.gather(x, 2, idx[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1]))
+
+            out, stats = run_block_sparse(gather(q, perms), gather(k, perms), gather(v, perms), lut, scale, cfg)
+            out = gather(out, invs)
+            density = sum(kinds[int(c)].density for c in choice) / heads
+        details = {"temporal_heads": temporal, "spatial_heads": heads - temporal}
+        return PatternOutput(out, density, effective_density(density, stats), details)
+

@@ -10,10 +10,18 @@ order by their pooled scores instead.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_THRESHOLD", "effective_density", "locality_priority"]
+from ...layout import TokenLayout
+from ..base import CallInfo
+from .base import PatternOutput, Plan, effective_density, full_permutation, run_static
+from .common import inverse_permutation, lut_from_block_mask
+from .tiles import tile_major_order
+
+__all__ = ["DEFAULT_THRESHOLD", "ThresholdPattern", "effective_density", "locality_priority"]
 
 #: Threshold used by the ``threshold`` pattern when none is given (``exp(-8)`` ~ 3e-4 of the max weight per token).
 DEFAULT_THRESHOLD = 8.0
@@ -25,8 +33,35 @@ def locality_priority(num_blocks: int, device=None) -> Tensor:
     return -(i[:, None] - i[None, :]).abs()
 
 
-def effective_density(lut_density: float, stats: dict | None) -> float:
-    """Density after threshold skipping: ``lut_density * (1 - skipped / visited)`` (blocks of equal size)."""
-    if not stats or not stats.get("visited_blocks"):
-        return lut_density
-    return lut_density * (1.0 - stats.get("skipped_blocks", 0) / stats["visited_blocks"])
+class ThresholdPattern:
+    """``pattern="threshold"``: every block (tile-major order when the tile fits), nearest first, with the kernel's
+    threshold skipping."""
+
+    name = "threshold"
+    video_only = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def block_for(self, grid: tuple[int, int, int]) -> int:
+        """Tokens per block (``block_size``)."""
+        return self.config.block_size
+
+    def plan(self, layout: TokenLayout, device) -> Plan:
+        """All ``(M, M)`` blocks with a locality-ordered LUT on ``device``."""
+        n = layout.num_tokens
+        image_perm, tile = tile_major_order(layout.grid, self.config)
+        block = self.config.block_size
+        m = math.ceil(n / block)
+        mask = torch.ones(m, m, dtype=torch.bool)
+        lut = lut_from_block_mask(mask[None, None], block, locality_priority(m)[None, None])
+        perm = full_permutation(image_perm, n) if image_perm is not None else None
+        return Plan(
+            layout=layout, block=block, perm=None if perm is None else perm.to(device),
+            inv=None if perm is None else inverse_permutation(perm).to(device), lut=lut.to(device), mask=mask,
+            density=1.0, details={"tile": tile},
+        )
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
+        """One call on text-last ``q, k, v (B, H, N, D)``."""
+        return run_static(q, k, v, plan, info, self.config)

@@ -25,7 +25,14 @@ import math
 import torch
 from torch import Tensor
 
+from ...layout import TokenLayout
+from ..base import CallInfo
+from .base import PatternOutput, Plan, effective_density, full_permutation, pair_density, run_block_sparse, take
+from .common import add_global_blocks, inverse_permutation, lut_from_block_mask
+from .tiles import tile_major_order
+
 __all__ = [
+    "TopkPattern",
     "apply_rectification",
     "gapr_compensable",
     "pool_blocks",
@@ -125,3 +132,53 @@ def apply_rectification(out: Tensor, r: Tensor, comp: Tensor, block: int) -> Ten
     rt = r.repeat_interleave(block, dim=-1)[..., :n, None]
     ct = comp.repeat_interleave(block, dim=-2)[:, :, :n]
     return (out.float() * rt + ct).to(out.dtype)
+
+
+class TopkPattern:
+    """``pattern="topk"``: per call, the key blocks with the largest pooled scores (``density`` budget or
+    ``topk_mass``), diagonal and text blocks always kept, with the configured rectification."""
+
+    name = "topk"
+    video_only = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def block_for(self, grid: tuple[int, int, int]) -> int:
+        """Tokens per block (``block_size``)."""
+        return self.config.block_size
+
+    def plan(self, layout: TokenLayout, device) -> Plan:
+        """Only the token order (tile-major when the tile fits); the blocks are chosen per call."""
+        image_perm, tile = tile_major_order(layout.grid, self.config)
+        perm = full_permutation(image_perm, layout.num_tokens) if image_perm is not None else None
+        return Plan(
+            layout=layout, block=self.config.block_size, perm=None if perm is None else perm.to(device),
+            inv=None if perm is None else inverse_permutation(perm).to(device), details={"tile": tile},
+        )
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
+        """Pool, select, attend the selected blocks, rectify; text-last ``q, k, v (B, H, N, D)``."""
+        cfg, scale, block = self.config, info.scale, plan.block
+        n, n_img = plan.layout.num_tokens, plan.layout.image_tokens
+        qp, kp, vp = take(q, plan.perm), take(k, plan.perm), take(v, plan.perm)
+        qm, qdev, _ = pool_blocks(qp, block)
+        km, kdev, ksizes = pool_blocks(kp, block)
+        vm = pool_blocks(vp, block, deviations=False)[0]
+        probs = pooled_block_probs(qm, km, ksizes, scale)  # (B, H, M, M)
+        m = probs.shape[-1]
+        forced = add_global_blocks(torch.eye(m, dtype=torch.bool, device=q.device), n_img, n, block)
+        budget = math.ceil(cfg.density * m)
+        selected = select_blocks(probs, budget, forced, cfg.topk_mass)
+        lut = lut_from_block_mask(selected, block, probs if cfg.effective_threshold is not None else None)
+        out, stats = run_block_sparse(qp, kp, vp, lut, scale, cfg)
+        details: dict = {"budget_blocks": budget}
+        if cfg.rectify != "none":
+            comp = gapr_compensable(qm, qdev, km, kdev) if cfg.rectify == "gapr" else None
+            r, c = rectification_terms(probs, selected, comp, vm)
+            out = apply_rectification(out, r, c, block)
+            skipped = (~selected).sum()
+            compensated = (~selected & comp).sum() if comp is not None else skipped
+            details["compensated_fraction"] = float(compensated) / max(int(skipped), 1)
+        density = pair_density(selected, n, block)
+        return PatternOutput(take(out, plan.inv), density, effective_density(density, stats), details)
