@@ -21,6 +21,7 @@ from .processors.hooks import (
     AttentionHook,
     Runtime,
     StepTracker,
+    bind_forward,
     registry,
 )
 from .processors.standalone import AttnplugProcessor, build_method
@@ -219,6 +220,7 @@ def _install(plan: _Plan, sched: Schedule, pipe, label: str) -> None:
         if not hasattr(module, "_diffusers_hook"):
             created.append(module)
         registry(module).register_hook(hook, ATTENTION_HOOK)
+        bind_forward(module)
         runtime.hooks.append(hook)
         logger.debug("%s -> %s (selected=%s, level=%d)", site.name, type(method).__name__, chosen, level)
     model.register_forward_pre_hook(runtime.tracker, with_kwargs=True, prepend=True)

@@ -49,7 +49,11 @@ class Runtime:
         self.interception = Interception(self.method, self.stats, self.layout)
 
     def layout(self, site: Site, n: int) -> TokenLayout:
-        return self.state.layout_for(n, site.name, site.temporal)
+        # the module name only in the error: reading it in a compiled graph would specialise the graph per layer
+        try:
+            return self.state.layout_for(n, "", site.temporal)
+        except ValueError as e:
+            raise ValueError(f"{site.name}: {e}") from None
 
     def update(self) -> None:
         """Re-decide, for the current step, which hooks run the method and what their CallInfo says."""
@@ -178,6 +182,20 @@ class StepTracker:
         self._last_context = None
 
 
+def _intercepted_forward(module, *args, **kwargs):
+    return module._diffusers_hook.hooks[ATTENTION_HOOK].new_forward(module, *args, **kwargs)
+
+
+def bind_forward(module: torch.nn.Module) -> None:
+    """Where attnplug's hook is the outermost of a module's diffusers hooks, make ``module.forward`` a method bound
+    to the module (the same call as diffusers' rewritten forward, which is a per-module ``functools.partial``):
+    dynamo guards on a partial's identity, so every block would compile its own graph under regional compilation,
+    while a bound method of one shared function lets all blocks of a shape share one graph."""
+    reg = getattr(module, "_diffusers_hook", None)
+    if reg is not None and reg._hook_order and reg._hook_order[-1] == ATTENTION_HOOK:
+        module.forward = types.MethodType(_intercepted_forward, module)
+
+
 def _run_hooked(fn_ref, module, *args, **kwargs):
     args, kwargs = fn_ref.pre_forward(module, *args, **kwargs)
     return fn_ref.post_forward(module, fn_ref.forward(*args, **kwargs))
@@ -205,6 +223,7 @@ def rebuild_forward_chain(module: torch.nn.Module) -> None:
         hook.fn_ref = fn_ref
         forward = functools.partial(_run_hooked, fn_ref, module)
     module.forward = forward
+    bind_forward(module)
 
 
 def registry(module: torch.nn.Module) -> HookRegistry:
