@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -11,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._logging import log_once
+from .._cache import BoundedCache
 from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
 from .masks import NeighborhoodMask
 from .reference import block_sparse_reference
@@ -22,26 +23,29 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_logged: set[tuple[str, str]] = set()
+_LUT_CACHE = BoundedCache(32)
+_TRITON_IMPORT: list[str | None] = []  # [] = not tried yet; [None] = imports; [message] = why not
 
 
 def _log_once(backend: str, reason: str) -> None:
-    if (backend, reason) not in _logged:
-        _logged.add((backend, reason))
-        logger.debug("block_sparse_attention: backend %r (%s)", backend, reason)
+    log_once(logger, logging.DEBUG, f"block_sparse_attention: backend {backend!r} ({reason})")
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-@functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the install
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    """Why triton does not import (None if it does); tried once per process (a plain memo, not ``lru_cache``:
+    dynamo traces through it)."""
+    if not _TRITON_IMPORT:
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # pragma: no cover - depends on the install
+            _TRITON_IMPORT.append(f"{type(exc).__name__}: {exc}")
+        else:
+            _TRITON_IMPORT.append(None)
+    return _TRITON_IMPORT[0]
 
 
 def _validate_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -96,10 +100,11 @@ def choose_backend(backend: str, q: Tensor) -> tuple[str, str]:
     return backend, "forced"
 
 
-@functools.lru_cache(maxsize=32)
 def _neighborhood_lut(neighborhood: NeighborhoodMask, n_q: int, n_k: int, block_m: int, block_n: int,
                       device: str) -> BlockLUT:
-    return neighborhood.block_lut(n_q, block_m, block_n, n_k=n_k, device=device)
+    """The exact LUT of ``neighborhood``, cached per shape and device (bounded)."""
+    return _LUT_CACHE.get_or_build((neighborhood, n_q, n_k, block_m, block_n, device),
+                                   lambda: neighborhood.block_lut(n_q, block_m, block_n, n_k=n_k, device=device))
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None = None, *,

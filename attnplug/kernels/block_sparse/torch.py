@@ -4,9 +4,10 @@ One call per query block (consecutive query blocks with identical LUT rows are m
 only the listed key blocks are gathered (a zero-copy slice when they are contiguous) and attended with one
 ``F.scaled_dot_product_attention`` call batched over the LUT's broadcast batch/head dimensions; long unmasked rows
 on the CPU go in key chunks merged by log-sum-exp (see ``CHUNK_ABOVE_KEYS``). On the CPU the calls run on a few
-worker threads with single-threaded torch ops (see ``CPU_WORKERS``), one cost-balanced share of query blocks per
-worker. An element mask is built only when the neighbourhood or key padding actually masks something in the
-gathered keys.
+worker threads whose torch ops are single-threaded (:func:`attnplug.kernels._threads.worker_pool`: per-thread
+OpenMP/MKL counts, never the process-wide ``torch.set_num_threads``), one cost-balanced share of query blocks per
+worker, as many workers as the caller's ``torch.get_num_threads()``. An element mask is built only when the
+neighbourhood or key padding actually masks something in the gathered keys.
 
 Measured on the project's 2-core CPU (see ``benchmarks/README.md``): this plain per-query-block SDPA beat batched and
 padded variants and reaches ``0.8 / density`` or better at 16k tokens for densities 0.1-1 (95 % of it at 0.05);
@@ -20,12 +21,12 @@ softmax and ``P V`` (on the CPU the saving is small: threshold skipping is a GPU
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._threads import worker_pool
 from .lut import BlockLUT
 from .masks import NeighborhoodMask
 
@@ -108,15 +109,9 @@ def _sdpa_chunked(q: Tensor, k: Tensor, v: Tensor, row: list[int], block: int, n
     return acc.to(q.dtype)
 
 
-def _cpu_workers(device: torch.device, jobs: int) -> int:
-    if device.type != "cpu" or jobs < 2:
-        return 1
-    return max(1, min(jobs, CPU_WORKERS or torch.get_num_threads()))
-
-
-#: Worker threads for the CPU path (None = ``torch.get_num_threads()``). Each worker runs whole query-block calls
-#: with intra-op threading off, so no per-call thread barrier: on a loaded machine (the project's 2-core box at load
-#: 13) barriers made 128-token SDPA calls 40x slower than single-threaded ones.
+#: Worker threads for the CPU path (None = the caller's ``torch.get_num_threads()``). Each worker runs whole
+#: query-block calls single-threaded, so no per-call thread barrier: on a loaded machine (a 2-core box at load 10)
+#: barriers made this path 2.5-8x slower than with workers.
 CPU_WORKERS: int | None = None
 
 
@@ -130,9 +125,7 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
     Returns:
         ``(out (B, H, N_q, D) in q.dtype, number of threshold-skipped blocks)``.
 
-    On the CPU the query-block calls are spread over ``CPU_WORKERS`` Python threads while ``torch.set_num_threads(1)``
-    is in effect (restored afterwards; torch ops release the GIL). Concurrent torch work in other threads of the
-    process runs single-threaded during that time.
+    Thread-safe: no shared mutable state and no process-wide settings (concurrent callers share the worker pool).
     """
     n_q = q.shape[2]
     n_k = k.shape[2]
@@ -184,18 +177,13 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
         out[bsl, hsl, q_lo:q_hi] = o
         return n_skip
 
-    workers = _cpu_workers(q.device, len(jobs))
+    pool = worker_pool() if q.device.type == "cpu" and len(jobs) > 1 else None
+    workers = 1 if pool is None else max(1, min(len(jobs), CPU_WORKERS or torch.get_num_threads()))
     if workers == 1:
         return out, sum(run(job) for job in jobs)
     shares = _balanced_shares(jobs, workers, bm, bn)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            skipped = sum(pool.map(lambda share: sum(run(job) for job in share), shares))
-    finally:
-        torch.set_num_threads(previous)
-    return out, skipped
+    futures = [pool.submit(lambda share=share: sum(run(job) for job in share)) for share in shares]
+    return out, sum(f.result() for f in futures)
 
 
 def _balanced_shares(jobs: list, workers: int, bm: int, bn: int) -> list[list]:
