@@ -1,7 +1,8 @@
 """Structured counters of what ran in the attention calls of one applied model (or one standalone processor).
 
-Counts live in a small integer tensor indexed by ``(kind, outcome, reason)`` keys, so counting inside a
-``torch.compile`` graph is an in-graph tensor update, not a Python value the graph would guard on (and recompile for).
+Counts are indexed by ``(kind, outcome, reason)`` keys: Python ints in eager calls (cheap), and a small integer
+tensor inside a ``torch.compile`` graph, where an in-graph tensor update replaces a Python value the graph would
+guard on (and recompile for).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class CallStats:
     def __init__(self):
         self._lock = threading.Lock()
         self._index: dict[tuple, int] = {}
-        self._counts = torch.zeros(self._CAPACITY, dtype=torch.int64)
+        self._counts = torch.zeros(self._CAPACITY, dtype=torch.int64)  # compiled calls
+        self._eager = [0] * self._CAPACITY  # eager calls
         for kind in KINDS:
             for outcome in ("calls", "method", "stock"):
                 self._slot((kind, outcome))
@@ -45,6 +47,7 @@ class CallStats:
         copy_._lock = threading.Lock()
         copy_._index = dict(self._index)
         copy_._counts = self._counts.clone()
+        copy_._eager = list(self._eager)
         return copy_
 
     def _slot(self, key: tuple) -> int:
@@ -56,7 +59,10 @@ class CallStats:
         return i
 
     def _bump(self, key: tuple) -> None:
-        self._counts[self._slot(key)] += 1
+        if torch.compiler.is_compiling():
+            self._counts[self._slot(key)] += 1
+        else:
+            self._eager[self._slot(key)] += 1
 
     def record(self, kind: str, outcome: str, reason: str | None = None) -> None:
         """Count one call of ``kind`` ("self"/"cross") that ran ``outcome`` ("method"/"stock", with ``reason``)."""
@@ -74,11 +80,16 @@ class CallStats:
 
     def passthrough(self) -> None:
         """Count a call whose processor made no ``scaled_dot_product_attention`` call (nothing to intercept)."""
-        self._bump(("passthrough",))
+        if torch.compiler.is_compiling():
+            self._bump(("passthrough",))
+            return
+        with self._lock:
+            self._bump(("passthrough",))
 
     def clear(self) -> None:
         with self._lock:
             self._counts.zero_()
+            self._eager = [0] * self._CAPACITY
 
     def total(self) -> int:
         """All counted calls (both kinds) and pass-throughs."""
@@ -88,7 +99,7 @@ class CallStats:
     def as_dict(self) -> dict:
         """``{"self": {"calls", "method", "stock", "reasons": {code: n}}, "cross": {...}, "passthrough": n}``."""
         with self._lock:
-            counts = self._counts.tolist()
+            counts = [a + b for a, b in zip(self._counts.tolist(), self._eager)]
             index = dict(self._index)
         value = {key: counts[i] for key, i in index.items()}
         out: dict = {}
