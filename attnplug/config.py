@@ -95,11 +95,19 @@ def validate_fields(config) -> None:
                 raise ValueError(f"{owner}.{spec.name} must be in [{lo}, {hi}], got {value!r}.")
 
 
+_REGISTRY: dict[str, type[MethodConfig]] = {}
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base class of method configs. Subclasses set ``name`` and implement :meth:`build`."""
 
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            _REGISTRY.setdefault(cls.name, cls)
 
     def __post_init__(self):
         validate_fields(self)
@@ -223,17 +231,9 @@ class Schedule:
 
 
 def method_configs() -> dict[str, type[MethodConfig]]:
-    """All registered method config classes by ``name`` (every :class:`MethodConfig` subclass with a name)."""
-    from . import methods  # noqa: F401 - importing registers the built-in methods
-
-    found: dict[str, type[MethodConfig]] = {}
-    stack = list(MethodConfig.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls.name:
-            found.setdefault(cls.name, cls)
-    return dict(sorted(found.items()))
+    """All registered method config classes by ``name``: every :class:`MethodConfig` subclass that sets ``name``
+    registers itself when its class is defined (the built-in ones when ``attnplug`` is imported)."""
+    return dict(sorted(_REGISTRY.items()))
 
 
 def config_from_options(name: str, options: dict[str, Any] | None = None) -> MethodConfig:

@@ -224,6 +224,7 @@ def _install(plan: _Plan, sched: Schedule, pipe, label: str) -> None:
         runtime.hooks.append(hook)
         logger.debug("%s -> %s (selected=%s, level=%d)", site.name, type(method).__name__, chosen, level)
     model.register_forward_pre_hook(runtime.tracker, with_kwargs=True, prepend=True)
+    model.register_forward_hook(runtime.tracker.after)
     method_hook = method.model_hook() if hasattr(method, "model_hook") else None
     if method_hook is not None:
         if not hasattr(model, "_diffusers_hook"):
@@ -281,6 +282,8 @@ def remove(target):
         for key in [k for k, v in model._forward_pre_hooks.items() if v is tracker]:
             del model._forward_pre_hooks[key]
             model._forward_pre_hooks_with_kwargs.pop(key, None)
+        for key in [k for k, v in model._forward_hooks.items() if getattr(v, "__self__", None) is tracker]:
+            del model._forward_hooks[key]
         if applied_.method_hook:
             registry(model).remove_hook(METHOD_HOOK, recurse=False)
         for hook in applied_.runtime.hooks:

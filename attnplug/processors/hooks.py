@@ -17,6 +17,8 @@ import functools
 import types
 from dataclasses import dataclass, field
 
+import logging
+
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
@@ -26,6 +28,8 @@ from ..layout import LayoutState, TokenLayout
 from ..methods.base import AttentionMethod, CallInfo
 from .core import Interception, Site
 from .stats import CallStats
+
+logger = logging.getLogger(__name__)
 
 ATTENTION_HOOK = "attnplug.attention"
 METHOD_HOOK = "attnplug.method"
@@ -140,6 +144,7 @@ class StepTracker:
         self.has_context = False
         self._last_context = None
         self._owner = id(model)
+        self._settled = False  # the method has run (or the warning that it did not was given)
 
     def on_context(self, context) -> None:
         if context is self._last_context:  # every attention hook hears the same context
@@ -175,6 +180,24 @@ class StepTracker:
             if getattr(module, "_diffusers_hook", None) is not None and module is not model:
                 rebuild_forward_chain(module)
         self._owner = id(model)
+
+    def after(self, module, args, output):
+        """Forward hook: warn once when the method was due to run in a call and ran on none of it."""
+        if self._settled or torch.compiler.is_compiling():
+            return None
+        runtime = self.runtime
+        counts = runtime.stats.as_dict()["self"]
+        if counts["method"] > 0:
+            self._settled = True
+        elif counts["stock"] and any(h.active for h in runtime.hooks if not h.site.is_cross):
+            self._settled = True
+            reasons = ", ".join(f"{code} ({n})" for code, n in counts["reasons"].items())
+            logger.warning(
+                "attnplug: %s was due to run in %s but ran on none of its %d self-attention calls so far; they ran "
+                "stock attention because: %s. See attnplug.stats(...) and the method's docs.",
+                type(runtime.method).__name__, type(module).__name__, counts["calls"], reasons,
+            )
+        return None
 
     def reset(self) -> None:
         self.runtime.state.reset()

@@ -116,6 +116,22 @@ def test_unet_level_is_relative_to_the_finest_attention_level(tagged):
     assert min(levels) == 0 and max(levels) == 1 and len(levels) == attnplug.stats(model)["self"]["calls"]
 
 
+def test_a_method_that_ran_on_nothing_warns_once_with_the_reasons(caplog):
+    from attnplug.methods.base import AttentionMethod
+
+    class Never(AttentionMethod):
+        def __call__(self, q, k, v, layout, mask=None, info=None):
+            return self.hand_back("grid-too-small")
+
+    model, inputs = tiny_model("pixart")
+    attnplug.apply(model, Never(), steps=(1, 3))
+    with caplog.at_level(logging.WARNING, logger="attnplug"):
+        for t in (900, 600, 300):
+            forward(model, {**inputs, "timestep": torch.tensor([t, t])})
+    warnings = [r.getMessage() for r in caplog.records if "ran on none" in r.getMessage()]
+    assert len(warnings) == 1 and "grid-too-small (2)" in warnings[0] and "outside-schedule (2)" in warnings[0]
+
+
 def test_stats_count_handbacks_with_the_methods_reason():
     from attnplug.methods.base import AttentionMethod
 
