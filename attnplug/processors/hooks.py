@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import types
 from dataclasses import dataclass, field
-
-import logging
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
