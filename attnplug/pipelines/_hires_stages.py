@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import logging
 from collections.abc import Iterator
@@ -229,9 +230,11 @@ def start_index(steps: int, strength: float) -> int:
     return steps - min(steps, max(1, round(steps * strength)))
 
 
-def renoise(family: Family, pipe, x0: torch.Tensor, steps: int, strength: float, generator) -> torch.Tensor:
+def renoise(family: Family, pipe, x0: torch.Tensor, steps: int, strength: float,
+            generator) -> tuple[torch.Tensor, float]:
     """Noise the clean latent ``x0`` to the first timestep of the truncated schedule (see :func:`refine_schedule`),
-    divided by the scheduler's ``init_noise_sigma`` (the pipeline multiplies it back)."""
+    divided by the scheduler's ``init_noise_sigma`` (the pipeline multiplies it back). Returns the latents and that
+    timestep."""
     from diffusers.utils.torch_utils import randn_tensor
 
     sched = copy.deepcopy(pipe.scheduler)
@@ -244,21 +247,31 @@ def renoise(family: Family, pipe, x0: torch.Tensor, steps: int, strength: float,
         noisy = sched.scale_noise(x0, t0, noise)
     else:
         noisy = sched.add_noise(x0, noise, t0)
-    return noisy / getattr(sched, "init_noise_sigma", 1.0)
+    return noisy / getattr(sched, "init_noise_sigma", 1.0), float(t0[0])
 
 
 @contextlib.contextmanager
-def refine_schedule(pipe, strength: float) -> Iterator[None]:
+def refine_schedule(pipe, strength: float, first_timestep: float | None = None) -> Iterator[None]:
     """While active, ``pipe`` runs only the last ``strength`` part of its schedule: its scheduler is a copy whose
-    ``set_timesteps`` slices the schedule after building it. The user's scheduler is put back on exit."""
+    ``set_timesteps`` slices the schedule after building it. The user's scheduler is put back on exit.
+    ``first_timestep``: the timestep the latents were noised for (:func:`renoise`); a pipeline that builds a different
+    schedule raises instead of denoising from the wrong noise level."""
     original = pipe.scheduler
     sched = copy.deepcopy(original)
     build = sched.set_timesteps
 
+    @functools.wraps(build)  # pipelines inspect its signature for `timesteps` / `sigmas` support
     def set_timesteps(*args, **kwargs):
         build(*args, **kwargs)
         steps = len(sched.timesteps) // int(getattr(sched, "order", 1) or 1)
         _truncate(sched, start_index(steps, strength))
+        t0 = float(sched.timesteps[0])
+        if first_timestep is not None and abs(t0 - first_timestep) > 1e-3 * max(1.0, abs(first_timestep)):
+            raise RuntimeError(
+                f"hires: {type(pipe).__name__} built a schedule starting at t={t0:.4f}, not the "
+                f"t={first_timestep:.4f} the latents were noised for (its set_timesteps arguments differ from the "
+                "expected ones)."
+            )
 
     sched.set_timesteps = set_timesteps
     pipe.scheduler = sched

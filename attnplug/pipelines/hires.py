@@ -402,10 +402,10 @@ def _run_coarse_to_fine(pipe, prompt, p: HiResPlan, config, denoiser, kwargs):
             final = i == len(p.sizes) - 1
             x = stages.result_latents(family, pipe, out, h, w)
             x = stages.upsample(x, (h1 // family.vae_factor, w1 // family.vae_factor), config.upsample_mode)
-            x = stages.renoise(family, pipe, x, steps, p.strength, generator)
+            x, t0 = stages.renoise(family, pipe, x, steps, p.strength, generator)
             stage_kw = stages.stage_kwargs(family, kwargs, final=final)
             stage_kw["latents"] = stages.pipeline_latents(family, pipe, x)
-            with stages.refine_schedule(pipe, p.strength), _Applied(pipe, refine_method):
+            with stages.refine_schedule(pipe, p.strength, t0), _Applied(pipe, refine_method):
                 out = pipe(prompt, height=h1, width=w1, **stage_kw)
             h, w = h1, w1
             bar.update(1)

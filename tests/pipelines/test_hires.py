@@ -23,8 +23,49 @@ def shapes():
     return {name: load_pipeline(name) for name in ("shapes-unet", "shapes-dit")}
 
 
+def _tiny_vae():
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, shift_factor=0.0,
+    ).eval()
+
+
+def _tiny_clip(hidden, projection=None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=514, hidden_size=hidden, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
+                         pad_token_id=513, projection_dim=projection or hidden)
+    return (CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)).eval()
+
+
+def _tiny_sd3_or_flux(name, tmp_path):
+    """Tiny SD3 (two CLIPs, no T5) / Flux (CLIP + T5) pipelines around attnplug.testing's tiny transformers."""
+    import diffusers
+    from transformers import T5Config, T5EncoderModel
+
+    from attnplug.testing import tiny_model, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer(str(tmp_path))
+    if name == "sd3":
+        transformer, _ = tiny_model("sd3", height=8, width=8)
+        return diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae(),
+            text_encoder=_tiny_clip(8, 8), tokenizer=tok, text_encoder_2=_tiny_clip(8, 8), tokenizer_2=tok,
+            text_encoder_3=None, tokenizer_3=None)
+    transformer, _ = tiny_model("flux")
+    t5 = T5EncoderModel(T5Config(vocab_size=514, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                 pad_token_id=513, eos_token_id=513, decoder_start_token_id=513)).eval()
+    return diffusers.FluxPipeline(
+        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+        vae=_tiny_vae(), text_encoder=_tiny_clip(16), tokenizer=tok, text_encoder_2=t5, tokenizer_2=tok)
+
+
 def _tiny(name, tmp_path):
-    pipe = tiny_pipeline(name, str(tmp_path))
+    pipe = _tiny_sd3_or_flux(name, tmp_path) if name in ("sd3", "flux") else tiny_pipeline(name, str(tmp_path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -65,10 +106,10 @@ def _dit_inputs(dit, size=32, batch=2):
 # ------------------------------------------------------------------------------------------------ shapes
 
 
-@pytest.mark.parametrize("name", ["sd", "pixart", "wan"])
+@pytest.mark.parametrize("name", ["sd", "pixart", "wan", "sd3", "flux"])
 def test_tiny_pipelines_2x_shape(name, tmp_path):
     pipe = _tiny(name, tmp_path)
-    cfg = FAST.replace(train_size=(16, 16)) if name == "wan" else FAST
+    cfg = FAST.replace(train_size=(16, 16)) if name in ("wan", "flux") else FAST
     out = _array(hires(pipe, "a red circle", height=32, width=32, config=cfg, **_tiny_kwargs(name)))
     assert out.shape == ((1, 1, 32, 32, 3) if name == "wan" else (1, 32, 32, 3))
     assert np.isfinite(out).all()
@@ -78,7 +119,7 @@ def test_tiny_pipelines_2x_shape(name, tmp_path):
 def test_embedded_2x_and_4x_shapes(shapes, name):
     pipe = shapes[name]
     for size in (32, 64):
-        out = hires(pipe, "red circle", height=size, width=size, config=FAST, num_inference_steps=3,
+        out = hires(pipe, "red circle", height=size, width=size, config=FAST, num_inference_steps=2,
                     generator=torch.Generator().manual_seed(0), output_type="np").images
         assert out.shape == (1, size, size, 3) and np.isfinite(out).all()
 
