@@ -132,7 +132,10 @@ class Schedule:
     Layers are the self-attention modules of the denoiser in registration order, indexed from 0.
     """
 
-    warmup_steps: int = help_field(0, "Number of first denoising steps that stay dense (warm-up).")
+    warmup_steps: int | float = help_field(
+        0, "First denoising steps that stay dense (warm-up): a number of steps, or a float fraction of the steps in "
+        "[0, 1)."
+    )
     until_step: int | float | None = help_field(
         None, "Last step (exclusive) using the method: an int step index, or a float fraction of the steps in (0, 1]."
     )
@@ -143,7 +146,12 @@ class Schedule:
     )
 
     def __post_init__(self):
-        for name in ("warmup_steps", "skip_first_layers", "skip_last_layers"):
+        w = self.warmup_steps
+        if isinstance(w, float) and not isinstance(w, bool):
+            if not 0.0 <= w < 1.0:
+                raise ValueError(f"Schedule.warmup_steps as a fraction must be in [0, 1), got {w!r}.")
+        for name in (("warmup_steps",) if not isinstance(w, float) else ()) + ("skip_first_layers",
+                                                                               "skip_last_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"Schedule.{name} must be an int >= 0, got {value!r}.")
@@ -204,8 +212,16 @@ class Schedule:
         """Whether denoising step ``step`` (0-based; -1 = unknown) uses the method."""
         if step < 0:
             return self.warmup_steps == 0 and self.until_step is None
+        warmup = self.warmup_steps
+        if isinstance(warmup, float):
+            if num_steps is None:
+                raise ValueError(
+                    "Schedule.warmup_steps is a fraction but the number of denoising steps is unknown: apply attnplug "
+                    "to the pipeline (not only its model), or give warmup_steps as a number of steps."
+                )
+            warmup = round(warmup * num_steps)
         if num_steps is not None:
-            if self.warmup_steps > num_steps:
+            if warmup > num_steps:
                 raise ValueError(
                     f"Schedule.warmup_steps={self.warmup_steps} exceeds the {num_steps} denoising steps of this run "
                     f"(valid: 0..{num_steps})."
@@ -215,7 +231,7 @@ class Schedule:
                     f"Schedule.until_step={self.until_step} exceeds the {num_steps} denoising steps of this run "
                     f"(valid: 0..{num_steps})."
                 )
-        if step < self.warmup_steps:
+        if step < warmup:
             return False
         u = self.until_step
         if u is None:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 OWNER = "SparseVideoConfig"
 #: Dense warm-up steps of the default schedule (Sparse VideoGen keeps the first 10-30 % of 50 steps dense).
-DEFAULT_WARMUP_STEPS = 5
+DEFAULT_WARMUP_STEPS = 0.1  # a fraction of the steps: Sparse VideoGen 2 keeps 10 % dense (5 of 50)
 
 
 def _number(name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
@@ -134,7 +134,8 @@ class SparseVideoConfig(MethodConfig):
         return self.threshold
 
     def default_schedule(self) -> Schedule:
-        """Sparse VideoGen's dense warm-up: the first :data:`DEFAULT_WARMUP_STEPS` denoising steps stay dense."""
+        """Sparse VideoGen's dense warm-up: the first :data:`DEFAULT_WARMUP_STEPS` (a fraction) of the denoising
+        steps stay dense."""
         return Schedule(warmup_steps=DEFAULT_WARMUP_STEPS)
 
     def build(self) -> SparseVideoMethod:

@@ -300,7 +300,7 @@ def test_steps_and_layers_belong_to_the_schedule():
     for name in ("dense_warmup_steps", "dense_first_layers", "dense_last_layers"):
         with pytest.raises(TypeError, match=name):
             SparseVideoConfig(**{name: 1})
-    assert SparseVideoConfig().default_schedule() == attnplug.Schedule(warmup_steps=5)
+    assert SparseVideoConfig().default_schedule() == attnplug.Schedule(warmup_steps=0.1)
 
 
 def test_report_per_layer_and_step_and_reset():
