@@ -25,13 +25,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attnplug.kernels.block_sparse.masks import dim_window  # noqa: E402
+from attnplug.kernels.neighborhood import neighborhood_attention, neighborhood_lut, tile_plan  # noqa: E402
 from attnplug.layout import TokenLayout  # noqa: E402
-from attnplug.methods.neighborhood import (  # noqa: E402
-    NeighborhoodConfig,
-    neighborhood_attention,
-    neighborhood_lut,
-    tile_plan,
-)
+from attnplug.methods.neighborhood import NeighborhoodConfig  # noqa: E402
 
 HEADS, DIM = 4, 64
 
@@ -95,7 +91,7 @@ def run_case(name, grid, kernel, stride, reps, args, flex_fn):
     row["tiles_tile"] = plan.tile
     row["tiles_visited_ratio"] = n * n / plan.visited_pairs
     t0 = time.perf_counter()
-    lut = neighborhood_lut(res, n, 64, 64, "cpu")
+    lut = neighborhood_lut(res, n, n, 64, 64, "cpu")
     row["kernel_lut_s"] = time.perf_counter() - t0
     row["kernel_lut_density"] = lut.density(n, n)
 
@@ -104,8 +100,8 @@ def run_case(name, grid, kernel, stride, reps, args, flex_fn):
     ref = F.scaled_dot_product_attention(q, k, v)
 
     def method(backend):
-        return lambda: neighborhood_attention(q, k, v, layout, res.kernel_size, res.dilation, res.stride,
-                                              res.is_causal, backend=backend)
+        return lambda: neighborhood_attention(q, k, v, res.kernel_size, res.stride, res.dilation, res.is_causal,
+                                              layout=layout, backend=backend)
 
     row["tiles_s"] = timeit(method("tiles"), reps)
     if not args.skip_kernel:
