@@ -320,6 +320,10 @@ def _distributed_state(device: str):
     None. On CPU it is created with ``cpu=True``: without it a CPU launch silently runs N full copies."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+            logger.warning("`accelerate launch --cpu` starts ONE process without MPI; for N CPU processes use "
+                           "`torchrun --nproc_per_node N -m attnplug ...` or "
+                           "`accelerate launch --multi_gpu --num_processes N -m attnplug ... --device cpu`.")
         return None
     from accelerate import PartialState
 
@@ -440,12 +444,14 @@ def _finished(sidecar: Path, key: str, out: Path, overwrite: bool) -> bool:
     return all((out / rel).is_file() for rel in record.get("outputs", []))
 
 
-def _clean_partials(out: Path) -> None:
-    for path in out.rglob(".*.part.*"):
-        try:
-            path.unlink()
-        except OSError:
-            pass
+def _clean_partials(out: Path, ids: list[str]) -> None:
+    """Remove what an interrupted run of these items left half-written (temporary ``.NAME.part.EXT`` files)."""
+    for item_id in ids:
+        for path in [*out.glob(f".{item_id}*.part.*"), *(out / "media" / item_id).glob(".*.part.*")]:
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
 
 def _save_outputs(result, stem: Path, args) -> tuple[list[Path], list]:
@@ -525,8 +531,7 @@ def cmd_generate(args) -> int:
     keys = {item.id: _recipe_key(args, item, config, schedule) for item in items}
     mine, rank = _split(items, state)
     todo = [it for it in mine if not _finished(out / f"{it.id}.json", keys[it.id], out, args.overwrite)]
-    if rank == 0:
-        _clean_partials(out)
+    _clean_partials(out, [it.id for it in todo])
     skipped = len(mine) - len(todo)
     if source.random_weights and rank == 0:
         print(f"note: {args.model} has RANDOM weights (a plumbing test): its output is noise.")
@@ -573,11 +578,11 @@ def cmd_generate(args) -> int:
         from .report import write_report
 
         json_path, html_path = write_report(out)
-        done = len(todo)
-        print(f"{args.model} / {args.method}: {done} generated, {skipped} already done"
-              f"{f' (process 0 of {state.num_processes})' if state else ''}; "
+        merged = json.loads(json_path.read_text())
+        where = f" by process 0 of {state.num_processes}" if state else ""
+        print(f"{args.model} / {args.method}: {len(todo)} generated{where}, {skipped} already done, "
               f"{totals['seconds']:.2f} s; self-attention calls: {totals['method']} method, {totals['stock']} stock "
-              f"of {totals['self_calls']} -> {out}/ ({html_path.name})")
+              f"of {totals['self_calls']}; {merged['items']} item(s) in {out}/ ({html_path.name})")
     return 0
 
 
@@ -636,8 +641,7 @@ def cmd_bench(args) -> int:
 
     todo = [it for it in mine if not all(_finished(sidecar(it, label), keys[(it.id, label)], out, args.overwrite)
                                          for label in configs)]
-    if rank == 0:
-        _clean_partials(out)
+    _clean_partials(out, [it.id for it in todo])
     if todo:
         import attnplug
 
@@ -963,12 +967,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Formatter(logging.Formatter):
+    """``name: message``, without repeating an ``attnplug:`` the message already starts with."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace(f"{record.name}: attnplug: ", f"{record.name}: ", 1)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
     root = logging.getLogger("attnplug")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setFormatter(_Formatter("%(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

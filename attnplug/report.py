@@ -547,7 +547,8 @@ def summarize(records: list[dict]) -> list[dict]:
     for r in records:
         by_method.setdefault(r.get("method_label") or r.get("method", "?"), []).append(r)
     rows = []
-    for method, rs in by_method.items():
+    order = sorted(by_method, key=lambda m: not any(r.get("reference") for r in by_method[m]))
+    for method, rs in ((m, by_method[m]) for m in order):
         speedups = [_num(r.get("speedup")) for r in rs]
         speedups = [s for s in speedups if s is not None]
         dup = [r["detector"]["duplicated"] for r in rs if isinstance(r.get("detector"), dict)
