@@ -35,6 +35,7 @@ from attnplug.methods.agent import AgentConfig, AgentMethod
 from attnplug.methods.base import CallInfo
 
 ROOT = Path(__file__).resolve().parent
+EVERY_STEP = attnplug.Schedule()  # instead of the agent's default schedule (first 40 % of the steps)
 SECTIONS = "attention,e2e,fidelity,trained"
 
 
@@ -68,7 +69,7 @@ def bench_attention(sides, agent_counts, heads, dim, repeats, sources=("pool", "
         cases = {"dense": (_noop, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), _noop)}
         for source in sources:
             for count in agent_counts:
-                method = AgentMethod(AgentConfig(agents=count, agent_source=source, dense_after=None))
+                method = AgentMethod(AgentConfig(agents=count, agent_source=source))
                 cases[(source, count)] = (
                     _noop, lambda m=method, q=q, k=k, v=v, layout=layout: m(q, k, v, layout, None, CallInfo()), _noop
                 )
@@ -114,11 +115,12 @@ def bench_e2e(unet, scales, configs, repeats, train_size=32) -> list[dict]:
 
         cases = {"dense": (_noop, run, _noop)}
         for label, cfg in configs.items():
-            cases[label] = (lambda cfg=cfg: attnplug.apply(unet, cfg), run, lambda: attnplug.remove(unet))
+            cases[label] = (lambda cfg=cfg: attnplug.apply(unet, cfg, schedule=EVERY_STEP), run,
+                            lambda: attnplug.remove(unet))
         med = interleaved_medians(cases, repeats)
-        attnplug.apply(unet, configs[next(iter(configs))])
+        attnplug.apply(unet, configs[next(iter(configs))], schedule=EVERY_STEP)
         run()
-        calls = attnplug.stats(unet).get("method", 0)
+        calls = attnplug.stats(unet)["self"]["method"]
         attnplug.remove(unet)
         for label in configs:
             dense, agent = med["dense"], med[label]
@@ -141,21 +143,21 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 def bench_fidelity(unet, size, steps, agent_counts) -> list[dict]:
     from diffusers import DDIMScheduler
 
-    def holder():  # a pipeline-like holder, so attnplug knows the number of steps (dense_after)
+    def holder():  # a pipeline-like holder, so attnplug knows the number of steps (the default schedule)
         return SimpleNamespace(unet=unet, scheduler=DDIMScheduler(steps_offset=1, clip_sample=False))
 
     ref = _denoise_with(holder(), size, steps)
     rows = []
     for count in agent_counts:
-        for label, after in (("all steps", None), ("first 40% of steps", 0.4)):
+        for label, schedule in (("all steps", EVERY_STEP), ("first 40% of steps", None)):  # None: the default
             pipe = holder()
-            attnplug.apply(pipe, AgentConfig(agents=count, dense_after=after))
+            attnplug.apply(pipe, AgentConfig(agents=count), schedule=schedule)
             out = _denoise_with(pipe, size, steps)
-            stats = attnplug.stats(pipe)
+            stats = attnplug.stats(pipe)["self"]
             attnplug.remove(pipe)
             value = psnr(out, ref)
             rows.append(dict(latent=[size, size], agents=count, steps=steps, schedule=label, psnr_db=value,
-                             agent_calls=stats.get("method", 0), dense_calls=stats.get("dense", 0)))
+                             agent_calls=stats["method"], dense_calls=stats["stock"]))
             print(f"fidelity {size}x{size} agents={count} {label}: PSNR {value:.2f} dB", flush=True)
     return rows
 
@@ -199,13 +201,13 @@ def bench_trained(name: str, size: int, steps: int, configs: dict, prompts=("red
 
     ref = generate()
     rows = [dict(model=name, size=[size, size], config="dense", steps=steps, psnr_db=math.inf, ok=ok(ref), **stamp)]
-    for label, cfg in configs.items():
-        with attnplug.applied(pipe, cfg):
+    for label, (cfg, schedule) in configs.items():
+        with attnplug.applied(pipe, cfg, schedule=schedule):
             out = generate()
-            stats = attnplug.stats(pipe)
+            stats = attnplug.stats(pipe)["self"]
         value = psnr(out, ref)
         rows.append(dict(model=name, size=[size, size], config=label, steps=steps, psnr_db=value, ok=ok(out),
-                         agent_calls=stats.get("method", 0), dense_calls=stats.get("dense", 0), **stamp))
+                         agent_calls=stats["method"], dense_calls=stats["stock"], **stamp))
         print(f"{name} {size}x{size} {label}: PSNR {value:.2f} dB, ok {rows[-1]['ok']}", flush=True)
     return rows
 
@@ -258,15 +260,15 @@ def main(argv=None) -> dict:
         unet = bench_unet()
     if "e2e" in sections:
         configs = {
-            "agent, 256 agents": AgentConfig(agents=256, dense_after=None),
-            "agent, AgentSD default (4x4 cells)": AgentConfig(dense_after=None),
+            "agent, 256 agents": AgentConfig(agents=256),
+            "agent, AgentSD default (4x4 cells)": AgentConfig(),
         }
         result["e2e"] = bench_e2e(unet, scales, configs, args.repeats)
     if "fidelity" in sections:
         result["fidelity"] = bench_fidelity(unet, 32 if args.quick else 64, args.steps, (16, 64, 256, 1024))
     if "trained" in sections:
-        configs = {f"{n} agents": AgentConfig(agents=n, dense_after=None) for n in (4, 16, 64, 256)}
-        configs["16 agents, first 40% of steps"] = AgentConfig(agents=16)
+        configs = {f"{n} agents": (AgentConfig(agents=n), EVERY_STEP) for n in (4, 16, 64, 256)}
+        configs["16 agents, first 40% of steps"] = (AgentConfig(agents=16), None)  # the default schedule
         result["trained"] = []
         for size in (32,) if args.quick else (32, 64):  # training size and 2x (16x16 and 32x32 tokens)
             result["trained"] += bench_trained("shapes-dit", size, args.steps, configs)
