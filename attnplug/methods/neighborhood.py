@@ -22,7 +22,6 @@ from ..config import MethodConfig, help_field
 from ..kernels.neighborhood import (
     BACKENDS,
     ResolvedNeighborhood,
-    neighborhood_attention,
     neighborhood_dispatch,
     normalize_params,
     resolve_neighborhood,
@@ -30,15 +29,9 @@ from ..kernels.neighborhood import (
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
 
-__all__ = ["NEIGHBORHOOD_BACKENDS", "NeighborhoodConfig", "NeighborhoodMethod", "neighborhood_attention"]
+__all__ = ["NEIGHBORHOOD_BACKENDS", "NeighborhoodConfig", "NeighborhoodMethod"]
 
 NEIGHBORHOOD_BACKENDS = BACKENDS
-
-
-def _int_triple(value, name: str, owner: str, *, allow_none: bool = False) -> tuple:
-    """Kept for :mod:`attnplug.methods.freeswim` until it calls :func:`attnplug._args.as_tuple` itself."""
-    return as_tuple(value, 3, name, owner, spatial=2, fill=None if allow_none else 1, allow_none=allow_none,
-                    minimum=1)
 
 
 @dataclass(frozen=True)
