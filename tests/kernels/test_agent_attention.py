@@ -8,9 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from attnplug.kernels.agent import agent_attention, agent_attention_reference, gather_with_lse
+from attnplug.kernels.agent import torch as agent_torch
 from attnplug.kernels.merge import merge_attentions
 
 ATOL = 1e-5
+
+
+@pytest.fixture(params=["cpu-flash", "chunked"])
+def gather_path(request, monkeypatch):
+    """Both gather paths: PyTorch's CPU flash kernel (with its log-sum-exp) and the chunked matmuls used elsewhere."""
+    if request.param == "chunked":
+        monkeypatch.setattr(agent_torch, "_CPU_FLASH", None)
+    return request.param
 
 
 def _inputs(dim, seed, b=2, h=2, n=37, na=6, t=9, with_text=False, with_mask=False):
@@ -30,7 +39,7 @@ def _inputs(dim, seed, b=2, h=2, n=37, na=6, t=9, with_text=False, with_mask=Fal
 @pytest.mark.parametrize("dim", [40, 64, 80])
 @pytest.mark.parametrize("with_text", [False, True])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_fast_path_matches_reference(dim, with_text, with_mask):
+def test_fast_path_matches_reference(dim, with_text, with_mask, gather_path):
     q, k, v, agents, tk, tv, key_bias, text_bias = _inputs(dim, dim, with_text=with_text, with_mask=with_mask)
     sg, sb, ts, c = dim**-0.5, (dim**-0.5) ** 0.3, 0.9 * dim**-0.5, 0.075
     out = agent_attention(
@@ -61,7 +70,7 @@ def test_reference_with_one_hot_agents_is_dense_attention():
     torch.testing.assert_close(ref, F.scaled_dot_product_attention(q, k, v), atol=1e-9, rtol=0)
 
 
-def test_gather_with_lse_chunks_agents_exactly():
+def test_gather_with_lse_is_exact(gather_path):
     q, k, v, agents, _, _, key_bias, _ = _inputs(16, 5, na=11, with_mask=True)
     values, lse = gather_with_lse(agents, k, v, 0.3, key_bias, chunk_size=1)  # one agent row per chunk
     logits = agents @ k.transpose(-1, -2) * 0.3 + key_bias
