@@ -101,6 +101,7 @@ def main() -> None:
     device = args.device
     dtype = getattr(torch, args.dtype or ("float16" if device == "cuda" else "float32"))
     backend = "auto"
+    load_start = os.getloadavg()
     rows = []
     for n in args.n:
         g = torch.Generator().manual_seed(n)
@@ -150,6 +151,7 @@ def main() -> None:
         "reps": args.reps, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "note": "median of reps, dense and sparse interleaved; speedup = dense_ms / sparse_ms",
+        "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -30,6 +30,16 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # it may have been held by a thread that does not exist in the child
+    _state.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _loaded_library(*names: str) -> str | None:
     """Path of an already loaded shared library whose file name contains one of ``names`` (Linux)."""
     try:
@@ -77,10 +87,11 @@ def _init_worker(setters) -> None:
 def worker_pool() -> ThreadPoolExecutor | None:
     """The process's pool of single-threaded torch workers (``os.cpu_count()`` threads, created on first use), or None
     where per-thread thread counts are not available. Shared by every caller (concurrent callers queue)."""
-    if "pool" in _state:
+    pid = os.getpid()
+    if _state.get("pid") == pid:  # a forked child must not reuse its parent's (dead) worker threads
         return _state["pool"]  # type: ignore[return-value]
     with _lock:
-        if "pool" not in _state:
+        if _state.get("pid") != pid:
             setters = _thread_setters()
             if setters is None:
                 log_once(logger, logging.DEBUG, "kernels: no per-thread OpenMP control; CPU calls run in the caller")
@@ -88,4 +99,5 @@ def worker_pool() -> ThreadPoolExecutor | None:
             else:
                 _state["pool"] = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="attnplug-kernel",
                                                     initializer=_init_worker, initargs=(setters,))
+            _state["pid"] = pid
     return _state["pool"]  # type: ignore[return-value]
