@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -159,7 +158,6 @@ class SparseVideoMethod(AttentionMethod):
         self.pattern = PATTERNS[self.config.pattern](self.config)
         self._plans = PlanCache(max_plans)
         self._summary = CallSummary()
-        self._local = threading.local()  # the hand-back reason of this thread's last call
 
     def reset(self) -> None:
         """Forget the summary of the previous run (plans stay cached)."""
@@ -170,10 +168,6 @@ class SparseVideoMethod(AttentionMethod):
         counts, hand-back reasons, the density used (mean fraction of token pairs in the LUT over the sparse calls,
         text included; ``effective_density`` after threshold skipping), per layer and per step, and the plans."""
         return {"pattern": self.config.pattern, **self._summary.as_dict()}
-
-    def last_reason(self) -> str | None:
-        """Why this thread's last call was handed back (None if it ran the pattern)."""
-        return getattr(self._local, "reason", None)
 
     def prepare(self, layout: TokenLayout, info: CallInfo | None = None, device: torch.device | str = "cpu") -> None:
         """Check the config against ``layout`` on ``device`` without running anything: call it at the first call of
@@ -195,8 +189,8 @@ class SparseVideoMethod(AttentionMethod):
         return self._plans.get(replace(layout, text_first=False), device, self._build)
 
     def _hand_back(self, info: CallInfo, reason: str) -> None:
-        self._local.reason = reason
         self._summary.add(info, None, reason=reason)
+        self.hand_back(reason)
 
     # ------------------------------------------------------------------ entry point
     def __call__(
@@ -236,7 +230,6 @@ class SparseVideoMethod(AttentionMethod):
             res = self.pattern.run(qt, kt, vt, plan, info)
         else:
             res = run_key_padded(self._run_on, qt, kt, vt, layout, keep, info)
-        self._local.reason = None
         self._summary.add(info, plan, res)
         return layout.from_text_last(res.out)
 
