@@ -138,3 +138,36 @@ def test_worker_threads_are_single_threaded_and_the_caller_keeps_its_count():
     t.start()
     t.join()
     assert torch.get_num_threads() == before and seen == [before]
+
+
+def _forked_call(conn):
+    import attnplug.kernels.block_sparse.torch as bst
+
+    # libgomp itself cannot run a parallel region in a forked child of a process that used one (plain SDPA hangs
+    # too), so the child runs its own ops single-threaded (as DataLoader workers do) and asks for 2 kernel workers.
+    torch.set_num_threads(1)
+    bst.CPU_WORKERS = 2
+    q, k, v = torch.randn(3, 1, 2, 1024, 32).unbind(0)
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    out = block_sparse_attention(q, k, v, BlockLUT.from_block_mask(mask[None, None], 64, 64), backend="torch")
+    conn.send(bool(torch.isfinite(out).all()))
+
+
+def test_block_sparse_torch_works_in_a_forked_child():
+    """A child forked after the parent used the worker pool runs the CPU path (its own pool, rebuilt after fork)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    q, k, v = torch.randn(3, 1, 2, 1024, 32).unbind(0)
+    block_sparse_attention(q, k, v, BlockLUT.from_block_mask(torch.ones(1, 1, 16, 16, dtype=torch.bool).tril(),
+                                                             64, 64), backend="torch")  # parent's pool is up
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_forked_call, args=(child,))
+    proc.start()
+    proc.join(60)
+    alive = proc.is_alive()
+    if alive:
+        proc.kill()
+    assert not alive and parent.poll(1) and parent.recv() is True
