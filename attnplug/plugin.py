@@ -98,6 +98,8 @@ def _schedule(config, schedule: Schedule | None, layers, steps) -> Schedule:
             raise TypeError(f"schedule must be an attnplug.Schedule, got {type(schedule).__name__}.")
         return schedule
     if layers is None and steps is None:
+        if isinstance(config, AttentionMethod):  # a method instance: its config's default, if it has one
+            config = getattr(config, "config", None)
         default = config.default_schedule() if isinstance(config, MethodConfig) else None
         return default if default is not None else Schedule()
     kwargs = {}
@@ -199,20 +201,21 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     denoisers, pipe = resolve_denoisers(target)
     build_method(config)  # TypeError for a wrong config type before anything else
     sched = _schedule(config, schedule, layers, steps)
+    is_default = schedule is None and layers is None and steps is None
     plans = [_plan(model, build_method(config), sched) for _, model in denoisers]
     for _, model in denoisers:
         remove(model)
     for (label, _), plan in zip(denoisers, plans):
-        _install(plan, sched, pipe, label)
+        _install(plan, sched, pipe, label, is_default)
     return target
 
 
-def _install(plan: _Plan, sched: Schedule, pipe, label: str) -> None:
+def _install(plan: _Plan, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
     model, method = plan.model, plan.method
     family = family_of(model)
     uses_steps = bool(sched.warmup_steps or sched.until_step is not None or getattr(method, "uses_steps", True))
     runtime = Runtime(method=method, schedule=sched, state=LayoutState(family, num_steps_fn=_num_steps_fn(pipe)),
-                      num_layers=plan.num_layers, uses_steps=uses_steps)
+                      num_layers=plan.num_layers, uses_steps=uses_steps, default_schedule=default_schedule)
     runtime.tracker = StepTracker(runtime, model)
     created = []
     for module, site, chosen, level, grid in plan.sites:
@@ -296,6 +299,11 @@ def remove(target):
             module_reg = getattr(module, "_diffusers_hook", None)
             if module_reg is not None and not module_reg.hooks:
                 del module._diffusers_hook
+                forward = module.__dict__.get("forward")
+                if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is getattr(
+                    type(module).forward, "__func__", type(module).forward
+                ):  # the registry leaves the class's forward bound in the instance: the module as it was
+                    del module.__dict__["forward"]
         if hasattr(model, "_diffusers_hook"):
             registry(model).invalidate_child_registries_cache()
         del model.__dict__["_attnplug"]

@@ -22,6 +22,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from .._logging import log_once
 from ..config import Schedule
 from ..layout import LayoutState, TokenLayout
 from ..methods.base import AttentionMethod, CallInfo
@@ -45,6 +46,7 @@ class Runtime:
     stats: CallStats = field(default_factory=CallStats)
     hooks: list = field(default_factory=list)  # the AttentionHooks, in module order
     uses_steps: bool = True
+    default_schedule: bool = False  # the method's own default, not one the caller gave
     interception: Interception | None = None
     tracker: StepTracker | None = None
 
@@ -61,7 +63,17 @@ class Runtime:
     def update(self) -> None:
         """Re-decide, for the current step, which hooks run the method and what their CallInfo says."""
         state = self.state
-        active_step = self.schedule.step_active(state.step, state.num_steps)
+        try:
+            active_step = self.schedule.step_active(state.step, state.num_steps)
+        except ValueError:
+            if not self.default_schedule or state.num_steps is not None:
+                raise
+            # a default schedule in fractions of a run whose length is unknown (a model called without its
+            # pipeline): the method runs at every step, and says so once
+            log_once(logger, logging.WARNING, f"attnplug: {type(self.method).__name__}'s default schedule "
+                     f"{self.schedule} needs the number of denoising steps, which is unknown here (the model is "
+                     "called without its pipeline); the method runs at every step. Pass schedule=... to choose.")
+            active_step = True
         for hook in self.hooks:
             hook.refresh(state, active_step)
 

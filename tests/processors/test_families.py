@@ -53,6 +53,7 @@ def test_dense_matches_stock_and_remove_is_exact(family):
     assert torch.equal(forward(model, inputs), stock)
     assert attnplug.stats(model) == {}
     assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())  # no registry left behind
+    assert not any("forward" in m.__dict__ for m in model.modules())  # nor a forward bound to an instance
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "hunyuanvideo", "cogvideox"])
