@@ -246,9 +246,19 @@ def _install(plan: _Plan, sched: Schedule, pipe, label: str, default_schedule: b
 
 
 def _log_backends(model, plan: _Plan) -> None:
-    backends = {str(getattr(getattr(m.processor, "_attention_backend", None), "value", None))
-                for m, site, chosen, *_ in plan.sites if chosen and hasattr(m.processor, "_attention_backend")}
-    backends.discard("None")
+    """One log line when the method's layers bypass an attention backend the user chose."""
+    try:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        backend = _AttentionBackendRegistry._active_backend
+        active = str(getattr(backend, "value", backend))
+    except ImportError:  # pragma: no cover - older diffusers
+        active = "native"
+    backends = set()
+    for module, _, chosen, _, _ in plan.sites:
+        if chosen and hasattr(module.processor, "_attention_backend"):
+            backend = module.processor._attention_backend
+            backends.add(str(getattr(backend, "value", backend)) if backend is not None else active)
     backends.discard("native")
     if backends:
         logger.info(
