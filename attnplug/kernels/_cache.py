@@ -7,15 +7,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import torch
+
 __all__ = ["BoundedCache"]
 
 
 class BoundedCache:
     """Least-recently-inserted cache of at most ``max_entries`` values.
 
-    Lookups are a plain ``dict.get`` (no lock, nothing for ``torch.compile`` to trace beyond it); inserts and
-    evictions take a lock. Two threads missing the same key both build the value; the first insert wins and both get
-    an equal value. Unlike ``functools.lru_cache``, dynamo traces through the lookup instead of skipping the wrapper.
+    Lookups are a plain ``dict.get`` (no lock, nothing for ``torch.compile`` to trace beyond it); building, inserts
+    and evictions run outside compiled graphs (``torch.compiler.disable``) and take a lock. Two threads missing the
+    same key both build the value; the first insert wins and both get an equal value. Unlike
+    ``functools.lru_cache``, dynamo traces through the lookup instead of skipping the wrapper.
     """
 
     def __init__(self, max_entries: int):
@@ -26,9 +29,15 @@ class BoundedCache:
         self._lock = threading.Lock()
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The cached value of ``key``, built by ``build()`` on a miss."""
         value = self._data.get(key)
         if value is not None:
             return value
+        return self._insert(key, build)
+
+    @torch.compiler.disable
+    def _insert(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        # Not traced by torch.compile: plans are built once, in eager mode, and enter graphs as inputs.
         value = build()
         with self._lock:
             existing = self._data.get(key)
