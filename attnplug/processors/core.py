@@ -158,13 +158,15 @@ class Interception:
             if world > 1:
                 info = dataclasses.replace(info, head_offset=rank * query.shape[1])
                 query, key, value = (to_canonical(x, layout, world) for x in (query, key, value))
+            last_reason = getattr(self.method, "last_reason", None)
+            if callable(last_reason):
+                last_reason()  # drop a code a previous call left on this thread
             out = self.method(query, key, value, layout, attn_mask, info)
             if out is not None:
                 stats.record("self", "method")
                 return from_canonical(out, layout, world) if world > 1 else out
             if world > 1:
                 query, key, value = (from_canonical(x, layout, world) for x in (query, key, value))
-            last_reason = getattr(self.method, "last_reason", None)
             reason = (last_reason() if callable(last_reason) else None) or "handed-back"
         stats.record("self", "stock", reason)
         return stock_attention(user_backend, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
