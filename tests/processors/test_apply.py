@@ -137,13 +137,17 @@ def test_stats_count_handbacks_with_the_methods_reason():
 
     class Never(AttentionMethod):
         def __call__(self, q, k, v, layout, mask=None, info=None):
-            self.reason = "grid-too-small"
+            return self.hand_back("grid-too-small")
+
+    class Silent(AttentionMethod):
+        def __call__(self, q, k, v, layout, mask=None, info=None):
             return None
 
-        def last_reason(self):
-            return self.reason
-
     model, inputs = tiny_model("pixart")
+    Never().hand_back("stale")  # a code left on this thread by an earlier call is not reported
+    attnplug.apply(model, Silent())
+    forward(model, inputs)
+    assert attnplug.stats(model)["self"]["reasons"] == {"handed-back": 2}
     attnplug.apply(model, Never())
     stock = forward(tiny_model("pixart")[0], inputs)
     torch.testing.assert_close(forward(model, inputs), stock, atol=1e-5, rtol=1e-5)
