@@ -107,9 +107,3 @@ class AttentionMethod:
         """What the method did beyond the per-call counters (e.g. FreeSwim's full-branch passes), as plain numbers
         and strings; shown as ``attnplug.stats(x)["method_report"]``. Default: ``{}``."""
         return {}
-
-    def attach(self, model: torch.nn.Module) -> None:
-        """Called by :func:`attnplug.apply` once the model's processors are wrapped (e.g. to wrap its forward)."""
-
-    def detach(self, model: torch.nn.Module) -> None:
-        """Called by :func:`attnplug.remove` before the processors are restored; undoes :meth:`attach`."""
