@@ -16,6 +16,7 @@ import copy
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -171,15 +172,37 @@ def pipeline_latents(family: Family, pipe, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def upsample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Resize the last two dims of ``x`` (``(B, C, h, w)`` or ``(B, C, F, h, w)``) to ``size``."""
+def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
+    """Separable Gaussian low-pass of ``(N, C, H, W)`` with per-axis ``sigma`` in pixels (reflect padding)."""
+    out = x
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        radius = max(1, math.ceil(3 * s))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-0.5 * (t / s) ** 2)
+        k = (k / k.sum()).view(1, 1, -1, 1) if axis == 0 else (k / k.sum()).view(1, 1, 1, -1)
+        pad = (0, 0, radius, radius) if axis == 0 else (radius, radius, 0, 0)
+        c = out.shape[1]
+        out = F.conv2d(F.pad(out, pad, mode="reflect"), k.expand(c, 1, *k.shape[2:]), groups=c)
+    return out
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int], mode: str, lowpass: float = 0.0) -> torch.Tensor:
+    """Resize the last two dims of ``x`` (``(B, C, h, w)`` or ``(B, C, F, h, w)``) to ``size``; ``lowpass`` > 0
+    blurs the result with a Gaussian of that many *source* pixels, so the coarse stage hands on only its low
+    frequencies and the refinement draws the fine ones (the low-frequency guidance of DiffuseHigh / FreeScale)."""
     kw = {} if mode == "nearest" else {"align_corners": False}
+    y = x.permute(0, 2, 1, 3, 4).reshape(-1, x.shape[1], *x.shape[-2:]) if x.ndim == 5 else x
+    h, w = y.shape[-2:]
+    y = F.interpolate(y.float(), size=size, mode=mode, **kw)
+    if lowpass > 0:
+        y = gaussian_blur(y, (lowpass * size[0] / h, lowpass * size[1] / w))
+    y = y.to(x.dtype)
     if x.ndim == 5:
-        b, c, f, h, w = x.shape
-        y = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        y = F.interpolate(y.float(), size=size, mode=mode, **kw).to(x.dtype)
+        b, c, f = x.shape[:3]
         return y.reshape(b, f, c, *size).permute(0, 2, 1, 3, 4)
-    return F.interpolate(x.float(), size=size, mode=mode, **kw).to(x.dtype)
+    return y
 
 
 # ------------------------------------------------------------------------------------------------ schedules
