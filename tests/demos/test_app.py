@@ -93,7 +93,7 @@ def test_short_video_plays_as_h264(client):
         ({"method": "neighborhood", "method__neighborhood__kernel_size": "(4, 4)"}, "kernel_size"),
         ({"method__agent__agents": "(4,"}, "agents"),
         ({"default_schedule": False, "schedule__warmup_steps": -1}, "warmup_steps"),
-        ({"method": "sparse_video"}, "warmup_steps=5 exceeds the 2"),  # its default schedule needs > 2 steps
+        ({"default_schedule": False, "schedule__until_step": "1.5"}, "until_step"),
         ({"prompt": "  "}, "prompt is empty"),
     ],
 )
