@@ -311,6 +311,32 @@ def check_extension(name: str):
                         f"({type(exc).__name__}: {exc}).") from None
 
 
+def extension_config(name: str, options: list[tuple[str, object]]):
+    """The ``HiResConfig`` / ``LongVideoConfig`` for ``--hires-option`` / ``--long-video-option`` values (None when
+    none is given: the pipeline's defaults); ``UserError`` for an unknown field or a bad value."""
+    if not options:
+        return None
+    cls_name = {"hires": "HiResConfig", "long_video": "LongVideoConfig"}[name]
+    flag = "--hires-option" if name == "hires" else "--long-video-option"
+    try:
+        import attnplug.pipelines as pipelines
+
+        cls = getattr(pipelines, cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"{flag} needs attnplug.pipelines.{cls_name} ({type(exc).__name__}: {exc}).") from None
+    fields = [f.name for f in dataclasses.fields(cls)]
+    values = dict(options)
+    for key in values:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            raise UserError(f"{flag}: {cls_name} has no field {key!r}; its fields: {', '.join(fields)}."
+                            + (f" Did you mean {close[0]!r}?" if close else ""))
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Running
 
@@ -376,13 +402,19 @@ def _run_pipe(pipe, item: Item, args, kwargs: dict):
     if args.hires:
         fn = check_extension("hires")
         extra = {k: v for k, v in kwargs.items() if k not in ("height", "width")}
-        return fn(pipe, item.prompt, height=kwargs.get("height"), width=kwargs.get("width"), generator=generator,
-                  **extra, **dict(args.hires_option))
+        if "height" not in kwargs or "width" not in kwargs:
+            raise UserError(f"--hires needs --height and --width (the target size) ({item.source}).")
+        config = extension_config("hires", args.hires_option)
+        return fn(pipe, item.prompt, height=kwargs["height"], width=kwargs["width"], generator=generator,
+                  **({"config": config} if config is not None else {}), **extra)
     if args.long_video:
         fn = check_extension("long_video")
         extra = {k: v for k, v in kwargs.items() if k != "num_frames"}
-        return fn(pipe, item.prompt, num_frames=kwargs.get("num_frames"), generator=generator, **extra,
-                  **dict(args.long_video_option))
+        if "num_frames" not in kwargs:
+            raise UserError(f"--long-video needs --frames (the target length) ({item.source}).")
+        config = extension_config("long_video", args.long_video_option)
+        return fn(pipe, item.prompt, num_frames=kwargs["num_frames"], generator=generator,
+                  **({"config": config} if config is not None else {}), **extra)
     return pipe(item.prompt, generator=generator, **kwargs)
 
 
@@ -490,10 +522,20 @@ def _prepare(args):
     check_call_against_model(source, items)
     if args.hires and args.long_video:
         raise UserError("--hires and --long-video cannot be combined.")
+    if args.hires_option and not args.hires:
+        raise UserError("--hires-option needs --hires.")
+    if args.long_video_option and not args.long_video:
+        raise UserError("--long-video-option needs --long-video.")
     if args.hires:
         check_extension("hires")
+        extension_config("hires", args.hires_option)
+        if any(it.call.get("height") is None or it.call.get("width") is None for it in items):
+            raise UserError("--hires needs --height and --width (the target size).")
     if args.long_video:
         check_extension("long_video")
+        extension_config("long_video", args.long_video_option)
+        if any(it.call.get("frames") is None for it in items):
+            raise UserError("--long-video needs --frames (the target length).")
     out = check_out_dir(Path(args.out))
     state = _distributed_state(device)
     _set_threads(args, state)

@@ -188,3 +188,28 @@ def test_demo_runs_with_embedded_models(tmp_path, capsys, monkeypatch):
         assert model in out
     assert sorted(loads) == sorted(set(loads))  # one load per model
     assert list(tmp_path.glob("*.json")) and list(tmp_path.glob("*.png")) and list(tmp_path.glob("*.mp4"))
+
+
+def test_hires_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("attnplug.pipelines.hires")
+    out = tmp_path / "h"
+    assert main(["generate", "red circle", "--model", "shapes-unet", "--hires", "--height", "32", "--width", "32",
+                 "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    (record,) = _records(out).values()
+    from PIL import Image
+
+    assert record["hires"] and Image.open(out / record["outputs"][0]).size == (32, 32)
+    assert "--hires" in record["command"]
+    assert main(["generate", "x", "--hires", "--hires-option", "bogus=1", "--height", "32", "--width", "32",
+                 "--out", str(out)]) == 2
+    assert "HiResConfig has no field 'bogus'" in capsys.readouterr().err
+    assert main(["generate", "x", "--hires", "--out", str(out)]) == 2
+    assert "--hires needs --height and --width" in capsys.readouterr().err
+
+
+def test_missing_pipeline_extension_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "attnplug.pipelines.long_video", None)  # as if not installed
+    assert main(["generate", "x", "--model", "shapes-video", "--long-video", "--frames", "16",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--long-video needs attnplug.pipelines.long_video" in err and "Traceback" not in err
