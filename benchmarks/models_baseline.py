@@ -13,16 +13,14 @@ Writes ``benchmarks/results/models_baseline.json`` and prints a markdown table. 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 
-from attnplug.models import detect, load_pipeline, summarize_video
+from attnplug.loading import load
 from attnplug.models.data import COLORS, DIRECTIONS, SHAPES, image_prompt, video_prompt
 from attnplug.models.grid import tile
+from attnplug.report import Stopwatch, as_float_array, environment, judge, write_json
 
 ROOT = Path(__file__).resolve().parent
 
@@ -40,7 +38,7 @@ def video_prompts(n: int) -> list[str]:
 
 def bench_images(name: str, scales: list[int], samples: int, steps: int, batch: int, grid_dir: Path | None,
                  samples_4x: int | None = None) -> list:
-    pipe = load_pipeline(name)
+    pipe = load(name)
     base = pipe.sample_defaults["height"]
     rows = []
     for scale in scales:
@@ -49,30 +47,28 @@ def bench_images(name: str, scales: list[int], samples: int, steps: int, batch: 
         prompts = image_prompts(n)
         counts, oks, dups, dup_same, empty, correct_shape = [], 0, 0, 0, 0, 0
         images = []
-        start = time.perf_counter()
-        for i in range(0, n, batch):
-            chunk = prompts[i:i + batch]
-            gens = [torch.Generator().manual_seed(1000 + i + j) for j in range(len(chunk))]
-            latents = torch.stack([torch.randn(3, size, size, generator=g) for g in gens])
-            out = pipe(chunk, height=size, width=size, num_inference_steps=steps, latents=latents,
-                       output_type="np").images
-            for prompt, img in zip(chunk, out):
-                color, shape = prompt.split()
-                det = detect(img)
-                counts.append(det.count)
-                ok = det.count == 1 and det.objects[0].color == color
-                oks += ok
-                correct_shape += ok and det.objects[0].shape == shape
-                dups += det.count >= 2
-                dup_same += sum(o.color == color for o in det.objects) >= 2
-                empty += det.count == 0
-                images.append(img)
-        seconds = time.perf_counter() - start
+        with Stopwatch() as sw:
+            for i in range(0, n, batch):
+                chunk = prompts[i:i + batch]
+                gens = [torch.Generator().manual_seed(1000 + i + j) for j in range(len(chunk))]
+                latents = torch.stack([torch.randn(3, size, size, generator=g) for g in gens])
+                out = as_float_array(pipe(chunk, height=size, width=size, num_inference_steps=steps,
+                                          latents=latents, output_type="np"))
+                for prompt, img in zip(chunk, out):
+                    color = prompt.split()[0]
+                    verdict = judge(img, prompt)
+                    counts.append(verdict["count"])
+                    oks += verdict["ok"]
+                    correct_shape += verdict["shape_ok"]
+                    dups += verdict["duplicated"]
+                    dup_same += verdict["colors"].count(color) >= 2
+                    empty += verdict["count"] == 0
+                    images.append(img)
         rows.append({
             "model": name, "scale": scale, "size": size, "samples": n, "steps": steps,
             "ok_rate": oks / n, "ok_shape_rate": correct_shape / n, "duplication_rate": dups / n,
             "same_color_duplication_rate": dup_same / n, "empty_rate": empty / n,
-            "mean_objects": sum(counts) / n, "seconds_per_image": seconds / n,
+            "mean_objects": sum(counts) / n, "seconds_per_image": sw.seconds / n,
         })
         if grid_dir is not None:
             grid = tile([images[k:k + 6] for k in range(0, min(len(images), 12), 6)], scale=max(1, 4 // scale))
@@ -82,32 +78,32 @@ def bench_images(name: str, scales: list[int], samples: int, steps: int, batch: 
 
 
 def bench_video(name: str, frame_counts: list[int], samples: int, steps: int, batch: int) -> list:
-    pipe = load_pipeline(name)
+    pipe = load(name)
     rows = []
     for frames in frame_counts:
         prompts = video_prompts(samples)
         persistent, color_ok, direction_ok, linear = 0, 0, 0, []
-        start = time.perf_counter()
-        for i in range(0, samples, batch):
-            chunk = prompts[i:i + batch]
-            h, w = pipe.sample_defaults["height"], pipe.sample_defaults["width"]
-            gens = [torch.Generator().manual_seed(2000 + i + j) for j in range(len(chunk))]
-            latents = torch.stack([torch.randn(3, frames, h, w, generator=g) for g in gens])
-            out = pipe(chunk, num_frames=frames, num_inference_steps=steps, latents=latents, output_type="np").frames
-            for prompt, video in zip(chunk, out):
-                color, _, _, direction = prompt.split()
-                s = summarize_video(video)
-                persistent += s.persistent
-                color_ok += s.persistent and s.color == color
-                direction_ok += s.persistent and s.direction == direction
-                if s.linearity is not None:
-                    linear.append(s.linearity)
-        seconds = time.perf_counter() - start
+        with Stopwatch() as sw:
+            for i in range(0, samples, batch):
+                chunk = prompts[i:i + batch]
+                h, w = pipe.sample_defaults["height"], pipe.sample_defaults["width"]
+                gens = [torch.Generator().manual_seed(2000 + i + j) for j in range(len(chunk))]
+                latents = torch.stack([torch.randn(3, frames, h, w, generator=g) for g in gens])
+                out = as_float_array(pipe(chunk, num_frames=frames, num_inference_steps=steps, latents=latents,
+                                          output_type="np"))
+                for prompt, video in zip(chunk, out):
+                    verdict = judge(video, prompt)
+                    persistent += verdict["persistent"]
+                    color_ok += verdict["color_ok"]
+                    direction_ok += verdict["direction_ok"]
+                    if verdict["linearity"] is not None:
+                        linear.append(verdict["linearity"])
         rows.append({
             "model": name, "frames": frames, "samples": samples, "steps": steps,
             "persistent_rate": persistent / samples, "color_rate": color_ok / samples,
             "direction_rate": direction_ok / samples,
-            "mean_linearity": sum(linear) / len(linear) if linear else None, "seconds_per_video": seconds / samples,
+            "mean_linearity": sum(linear) / len(linear) if linear else None,
+            "seconds_per_video": sw.seconds / samples,
         })
         print(rows[-1], flush=True)
     return rows
@@ -149,17 +145,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from attnplug.models.loader import MODELS_DIR
 
-    result = {"images": [], "video": [], "torch_threads": args.threads, "machine": platform.processor() or "cpu"}
+    result = {"images": [], "video": [], "torch_threads": args.threads, "environment": environment("cpu")}
     for name in args.models:
         grid_dir = MODELS_DIR / name if args.grids else None
         result["images"] += bench_images(name, args.scales, args.samples, args.steps, args.batch, grid_dir,
                                          args.samples_4x)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result)
     if not args.no_video:
         result["video"] = bench_video("shapes-video", args.frames, args.video_samples, args.steps, args.batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print(table(result))
 
 
