@@ -1073,7 +1073,7 @@ def _run_gpu_suite() -> int:
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
     if not script.is_file():
         raise UserError("--suite gpu needs benchmarks/gpu.sh from a source checkout.")
-    return subprocess.call(["bash", str(script)])
+    return subprocess.call(["bash", str(script)], env={**os.environ, "PYTHON": sys.executable})
 
 
 if __name__ == "__main__":
