@@ -155,3 +155,12 @@ def test_form_widgets_follow_field_metadata(app_module):
     assert literal.parse("") is None
     with pytest.raises(ValueError, match="m.n=2.5 must be an integer"):
         make("m", FieldSpec("n", "int", 2, "", min=1, max=8)).parse(2.5)
+
+
+def test_progress_counts_every_denoising_step(app_module, tmp_path):
+    values = app_module.default_inputs()
+    values.update(steps=3, method="window", compare=True)
+    seen = []
+    app_module.generate(app_module.parse_request(values), app_module.ModelCache(), lambda d, t: seen.append((d, t)),
+                        out_dir=tmp_path)
+    assert seen == [(i, 6) for i in range(1, 7)]  # dense then method, 3 steps each; the warm-up step is not shown
