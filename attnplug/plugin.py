@@ -135,7 +135,7 @@ def _num_steps_fn(pipe):
 
 
 @dataclass
-class _Plan:
+class _Installation:
     """What :func:`apply` will install on one denoiser, computed (and validated) before anything changes."""
 
     model: torch.nn.Module
@@ -144,7 +144,7 @@ class _Plan:
     num_layers: int
 
 
-def _plan(model: torch.nn.Module, method: AttentionMethod, sched: Schedule) -> _Plan:
+def _installation(model: torch.nn.Module, method: AttentionMethod, sched: Schedule) -> _Installation:
     family = family_of(model)
     modules = attention_modules(model)
     if not modules:
@@ -178,7 +178,7 @@ def _plan(model: torch.nn.Module, method: AttentionMethod, sched: Schedule) -> _
             "attnplug's method could not run there. Call pipe.disable_attention_slicing() / "
             "disable_xformers_memory_efficient_attention() or model.set_attn_processor(AttnProcessor2_0()) first."
         )
-    return _Plan(model, method, sites, len(self_names))
+    return _Installation(model, method, sites, len(self_names))
 
 
 def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /, *, schedule: Schedule | None = None,
@@ -202,7 +202,7 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     build_method(config)  # TypeError for a wrong config type before anything else
     sched = _schedule(config, schedule, layers, steps)
     is_default = schedule is None and layers is None and steps is None
-    plans = [_plan(model, build_method(config), sched) for _, model in denoisers]
+    plans = [_installation(model, build_method(config), sched) for _, model in denoisers]
     for _, model in denoisers:
         remove(model)
     for (label, _), plan in zip(denoisers, plans):
@@ -210,7 +210,7 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     return target
 
 
-def _install(plan: _Plan, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
+def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
     model, method = plan.model, plan.method
     family = family_of(model)
     uses_steps = bool(sched.warmup_steps or sched.until_step is not None or getattr(method, "uses_steps", True))
@@ -245,7 +245,7 @@ def _install(plan: _Plan, sched: Schedule, pipe, label: str, default_schedule: b
     )
 
 
-def _log_backends(model, plan: _Plan) -> None:
+def _log_backends(model, plan: _Installation) -> None:
     """One log line when the method's layers bypass an attention backend the user chose."""
     try:
         from diffusers.models.attention_dispatch import _AttentionBackendRegistry

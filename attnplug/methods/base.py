@@ -87,6 +87,12 @@ class AttentionMethod:
     def reset(self) -> None:
         """Forget per-run state (caches), called when a new denoising run starts."""
 
+    def prepare(self, layout: TokenLayout, info: CallInfo | None = None, device: torch.device | str = "cpu") -> None:
+        """Check the method against the denoiser's token grid before anything runs: called at the first call with a
+        new latent grid, also when the schedule keeps that step stock, so an impossible config raises (a
+        ``ValueError`` naming the field) before any denoising step. ``layout`` holds the image grid only. Default:
+        nothing to check."""
+
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, info: CallInfo
     ) -> torch.Tensor | None:

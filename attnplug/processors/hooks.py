@@ -156,6 +156,7 @@ class StepTracker:
         self._last_context = None
         self._owner = id(model)
         self._settled = False  # the method has run (or the warning that it did not was given)
+        self._prepared = None  # the latent grid the method last checked itself against
 
     def on_context(self, context) -> None:
         if context is self._last_context:  # every attention hook hears the same context
@@ -182,8 +183,17 @@ class StepTracker:
             self._adopt(module)
         runtime = self.runtime
         runtime.state.observe_grid(module, args, kwargs)
+        if runtime.state.grid != self._prepared:
+            self._prepare(module)
         if not self.has_context and runtime.uses_steps:
             self._observe_timestep(args, kwargs)
+
+    @torch.compiler.disable
+    def _prepare(self, module) -> None:
+        grid = self.runtime.state.grid
+        device = next(module.parameters(), torch.empty(0)).device
+        self.runtime.method.prepare(TokenLayout(*grid), None, device)
+        self._prepared = grid
 
     @torch.compiler.disable
     def _adopt(self, model: torch.nn.Module) -> None:

@@ -476,8 +476,6 @@ def test_triton_blocks_checked_in_prepare(monkeypatch):
     method.prepare(TokenLayout(121, 8, 8), CallInfo(step=0))  # (1, 4, 4): 16-token blocks run
 
 
-@pytest.mark.xfail(strict=True, reason="needs the interception core to call method.prepare(layout, info, device) "
-                                       "at the first call of a run, also inside the schedule's warm-up")
 def test_impossible_config_fails_before_the_first_step(tmp_path):
     pipe = attnplug.testing.tiny_pipeline("wan", str(tmp_path))
     steps = []
