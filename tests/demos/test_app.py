@@ -164,3 +164,19 @@ def test_progress_counts_every_denoising_step(app_module, tmp_path):
     app_module.generate(app_module.parse_request(values), app_module.ModelCache(), lambda d, t: seen.append((d, t)),
                         out_dir=tmp_path)
     assert seen == [(i, 6) for i in range(1, 7)]  # dense then method, 3 steps each; the warm-up step is not shown
+
+
+def test_hires_pipeline_matches_the_library(client, app_module):
+    if "hi-res" not in app_module.available_pipelines("image"):
+        pytest.skip("attnplug.pipelines.hires is not importable in this install")
+    from attnplug.pipelines import HiResConfig, hires
+
+    out = client.predict(prompt="red circle", height=32, width=32, steps=STEPS, seed=2, method="agent",
+                         pipeline="hi-res", compare=False, api_name="/generate")
+    pipe = load_pipeline("shapes-unet")
+    ref = hires(pipe, "red circle", height=32, width=32, config=HiResConfig(attention=attnplug.AgentConfig(),
+                                                                            progress=False),
+                num_inference_steps=STEPS, generator=torch.Generator().manual_seed(2), output_type="np").images[0]
+    got = _png(out[0])
+    assert got.shape == (32, 32, 3) and np.abs(got - _u8(ref)).max() <= 1
+    assert "hi-res pipeline" in out[4]
