@@ -765,7 +765,8 @@ def cmd_bench(args) -> int:
             print(f"  {row['method']:<28s} speed-up {sp if sp is None else f'{sp:.2f}x'}  PSNR "
                   f"{'-' if ps is None else f'{ps:.1f}'}  SSIM "
                   f"{'-' if row['ssim_mean'] is None else format(row['ssim_mean'], '.3f')}  method calls "
-                  f"{'-' if row['coverage_mean'] is None else format(row['coverage_mean'], '.0%')}")
+                  f"{'-' if row['coverage_mean'] is None else format(row['coverage_mean'], '.0%')}"
+                  + ("" if row["density_mean"] is None else f"  density {row['density_mean']:.2f}"))
     return 0
 
 

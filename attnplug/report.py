@@ -595,8 +595,13 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+_HEADERS = {"speedup_median": "speed-up (median)", "seconds_mean": "s / run", "psnr_mean": "PSNR dB",
+            "ssim_mean": "SSIM", "duplication_rate": "duplicated", "coverage_mean": "method calls",
+            "density_mean": "density", "attention_share_mean": "attention share", "peak_mib_max": "peak MiB"}
+
+
 def _table(rows: list[dict], columns: list[str], css: str = "") -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(_HEADERS.get(c, c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
                    for r in rows)
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -75,7 +75,7 @@ def test_bench_then_report(tmp_path, capsys):
     classes = [t["class"] for t in page.tables]
     assert {"summary", "records", "media", "environment"} <= set(classes)
     summary = next(t for t in page.tables if t["class"] == "summary")["rows"]
-    assert summary[0][:2] == ["method", "items"] and [row[0] for row in summary[1:]] == [
+    assert summary[0][:3] == ["method", "items", "speed-up (median)"] and [row[0] for row in summary[1:]] == [
         "dense", "agent[agents=4]", "neighborhood[kernel_size=3]"]
     plots = [i for i in page.imgs if i.get("class") == "plot"]
     assert len(plots) == 2 and all(i["src"].startswith("data:image/png;base64,") for i in plots)
