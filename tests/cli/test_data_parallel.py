@@ -27,3 +27,27 @@ def test_two_processes_one_merged_report(tmp_path):
     assert sorted(ids) == expected  # every prompt x seed exactly once
     assert report["ranks"] == [0, 1] and not report["duplicate_records"]
     assert {rec["rank"] for rec in report["records"]} == {0, 1}
+
+
+@pytest.mark.slow
+def test_accelerate_launch_bench_two_cpu_processes(tmp_path):
+    """`accelerate launch --multi_gpu` on a CPU machine starts 2 processes; attnplug joins them with
+    PartialState(cpu=True) (without it, each would run everything)."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("accelerate launcher not installed")
+    out = tmp_path / "bench"
+    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "attnplug", "bench",
+                        "--model", "shapes-unet", "--methods", "dense,agent", "--prompt", "red circle",
+                        "--prompt", "blue square", "--seeds", "0,1", "--steps", "2", "--warmup", "0",
+                        "--device", "cpu", "--out", str(out), "--no-progress"],
+                       env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    pairs = sorted((rec["id"], rec["method"]) for rec in report["records"])
+    ids = [f"{i:03d}-{p}-s{s}" for i, p in enumerate(["red-circle", "blue-square"]) for s in (0, 1)]
+    assert pairs == sorted((i, m) for i in ids for m in ("dense", "agent"))
+    assert report["ranks"] == [0, 1]
+    for rec in report["records"]:
+        assert rec["fidelity"]["ssim"] > 0

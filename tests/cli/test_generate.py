@@ -174,7 +174,6 @@ def test_help_example_is_valid(capsys):
     assert parse_option("agents=64") == ("agents", 64)
 
 
-@pytest.mark.slow
 def test_demo_runs_with_embedded_models(tmp_path, capsys, monkeypatch):
     from attnplug import loading
     from attnplug.models import available_models
