@@ -550,6 +550,20 @@ def _split(items: list, state):
         return list(mine), state.process_index
 
 
+def _load(args, device, dtype, source):
+    """Load the pipeline; unless ``-v``, transformers' notes about optional image processors are silenced."""
+    from .loading import load
+
+    if source.kind != "embedded" and not getattr(args, "verbose", 0):
+        try:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover - diffusers pipelines with text encoders need it
+            pass
+    return load(args.model, device=device, dtype=dtype)
+
+
 def _base_record(args, item: Item, source, device, dtype, rank: int) -> dict:
     from .report import RECORD_MARK
 
@@ -581,10 +595,9 @@ def cmd_generate(args) -> int:
     if todo:
         import attnplug
 
-        from .loading import load
         from .report import environment, measure, summarize_stats, write_json
 
-        pipe = load(args.model, device=device, dtype=dtype)
+        pipe = _load(args, device, dtype, source)
         _progress(pipe, args)
         attnplug.apply(pipe, config, schedule=schedule)
         env = environment(device)
@@ -687,7 +700,6 @@ def cmd_bench(args) -> int:
     if todo:
         import attnplug
 
-        from .loading import load
         from .report import (
             as_float_array,
             environment,
@@ -698,7 +710,7 @@ def cmd_bench(args) -> int:
             write_json,
         )
 
-        pipe = load(args.model, device=device, dtype=dtype)
+        pipe = _load(args, device, dtype, source)
         _progress(pipe, args)
         env = environment(device)
 

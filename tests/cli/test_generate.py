@@ -80,6 +80,25 @@ def test_video_is_browser_mp4(tmp_path):
     assert meta["codec"] == "h264" and "yuv420p" in meta["pix_fmt"]
     assert len(frames) == 4 and tuple(meta["size"]) == (16, 16)
     assert "counts" in record["detector"] and len(record["detector"]["counts"]) == 4
+    page = (out / "report.html").read_text()
+    assert '<video class="thumb" src="data:video/mp4;base64,' in page
+
+
+def test_tiny_video_pipeline_and_images_per_prompt(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["generate", "x", "--model", "tiny-wan", "--frames", "5", "--steps", "1", "--height", "16",
+                 "--width", "16", "--out", str(out), "--no-progress"]) == 0
+    (record,) = _records(out).values()
+    assert record["outputs"][0].endswith(".mp4") and record["call"]["num_frames"] == 5
+    assert record["random_weights"] and record["detector"] is None
+    out = tmp_path / "s"
+    assert main(["generate", "x", "--model", "tiny-sd", "--steps", "1", "--height", "16", "--width", "16",
+                 "--negative-prompt", "blurry", "--guidance", "3", "--num-images", "2", "--video-format", "gif",
+                 "--out", str(out), "--no-progress"]) == 0
+    (record,) = _records(out).values()
+    assert len(record["outputs"]) == 2 and record["call"]["negative_prompt"] == "blurry"
+    assert record["call"]["num_images_per_prompt"] == 2 and record["call"]["guidance_scale"] == 3
+    assert "RANDOM weights" in capsys.readouterr().out
 
 
 def test_kill_mid_batch_then_resume(tmp_path):
