@@ -140,3 +140,21 @@ def test_methods_listing(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "agent:" in out and "--warmup-steps" in out
+
+
+def test_ui_runs_the_demo_app_or_says_why_not(capsys, monkeypatch, tmp_path):
+    import runpy
+
+    import attnplug.cli as cli
+
+    seen = {}
+    app = tmp_path / "app.py"
+    app.write_text("")
+    monkeypatch.setattr(cli, "find_ui_app", lambda: app)
+    monkeypatch.setattr(runpy, "run_path", lambda path, run_name: seen.update(path=path, argv=list(cli.sys.argv)))
+    assert main(["ui", "--port", "7999", "--share", "--device", "cpu"]) == 0
+    assert seen["path"] == str(app) and seen["argv"][1:] == ["--host", "127.0.0.1", "--port", "7999", "--share",
+                                                              "--device", "cpu"]
+    monkeypatch.setattr(cli, "find_ui_app", lambda: None)
+    assert main(["ui"]) == 2
+    assert "demos/app.py is not part of this install" in capsys.readouterr().err
