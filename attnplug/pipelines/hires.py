@@ -265,7 +265,7 @@ def _hidiffusion_attention(pipe, config: HiResConfig, family: stages.Family):
     h0, w0 = family.train_size
     down = family.vae_factor * 2 ** level
     window = WindowConfig(window_size=(max(1, h0 // down), max(1, w0 // down)), shift=config.window_shift,
-                          levels="all")
+                          max_level=None)
     return _wrap_scale(window.build(), config, family), Schedule(layers=regex)
 
 
@@ -290,7 +290,7 @@ def _refine_attention(config: HiResConfig, family: stages.Family):
     if kind == "window":
         from ..methods.window import WindowConfig
 
-        return WindowConfig(window_size=grid, shift=config.window_shift, levels="all").build()
+        return WindowConfig(window_size=grid, shift=config.window_shift, max_level=None).build()
     if kind == "freeswim":
         from ..methods.freeswim import FreeSwimConfig
 

@@ -273,10 +273,11 @@ def test_bad_inputs(shapes):
 
 @pytest.mark.slow
 def test_slow_2x_duplication_halved(shapes):
-    """12 seeds at 2x: duplication at most half of stock's, one-object rate not below stock's (both models)."""
+    """24 images at 2x: duplication at most half of stock's, one-object rate not below stock's (both models)."""
     from attnplug.models import detect
 
-    prompts = [f"{c} {s}" for s in ("circle", "square") for c in ("red", "green", "blue", "yellow", "cyan", "magenta")]
+    colours = ("red", "green", "blue", "yellow", "cyan", "magenta")
+    prompts = ([f"{c} {s}" for s in ("circle", "square", "triangle") for c in colours] * 2)[:24]
     for pipe in shapes.values():
         rates = {}
         for label, fn in (("stock", pipe), ("hires", lambda *a, p=pipe, **k: hires(p, *a, config=FAST, **k))):
