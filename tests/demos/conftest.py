@@ -31,9 +31,7 @@ def free_port() -> int:
 def server(app_module):
     """``(demo, url)``: the app serving on 127.0.0.1 in this process (Gradio's own server thread)."""
     demo = app_module.build_app()
-    ARTIFACTS.mkdir(exist_ok=True)
-    _, url, _ = app_module.serve(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True,
-                                 allowed_paths=[str(ARTIFACTS)])
+    _, url, _ = app_module.serve(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
     yield demo, url
     demo.close()
 

@@ -1,7 +1,8 @@
 """The web UI in a real browser: Debian's headless Chromium driven by Selenium against the app on localhost.
 
 Types a prompt, clicks Generate, waits for the generated image and checks it loaded at the requested size; saves a
-screenshot under ``test-artifacts/``. Skipped (with the reason) only where Chromium or its driver is not installed
+screenshot under ``test-artifacts/``. Switches to the video model and checks the generated MP4 plays. Skipped (with
+the reason) only where Chromium or its driver is not installed
 (``apt-get install -y chromium chromium-driver``; ``.ci/run`` installs them).
 """
 
@@ -63,22 +64,38 @@ def test_generate_in_the_browser(browser, server, artifacts_dir):
     assert (artifacts_dir / "ui-browser.png").stat().st_size > 10_000
 
 
-def test_mp4_plays_in_the_browser(browser, server, app_module, artifacts_dir):
-    """The MP4 the app writes (H.264, yuv420p) decodes in Chromium: its frames load at the encoded size."""
-    import numpy as np
+def test_video_plays_in_the_browser(browser, server):
+    """Choosing the video model switches the page to video; the MP4 it generates (H.264, yuv420p) decodes in
+    Chromium at the encoded size."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    frames = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
-    path = app_module.save_video(frames, artifacts_dir, "ui-browser-video")
+    wait = WebDriverWait(browser, TIMEOUT)
     browser.get(server[1])
-    script = """
-        const done = arguments[arguments.length - 1];
-        const v = document.createElement('video');
-        v.muted = true;
-        v.onloadeddata = () => done([v.videoWidth, v.videoHeight, v.readyState]);
-        v.onerror = () => done(['error', v.error && v.error.code]);
-        v.src = arguments[0];
-        document.body.appendChild(v);
-    """
-    browser.set_script_timeout(TIMEOUT)
-    width, height, ready = browser.execute_async_script(script, f"{server[1]}gradio_api/file={path}")
-    assert (width, height) == (256, 256) and ready >= 2
+    model = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#model input")))
+    model.click()
+    model.send_keys(Keys.CONTROL, "a")
+    model.send_keys("shapes-video")
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='option'][contains(., 'shapes-video')]"))).click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#task input[value=video]").is_selected())
+    prompt = browser.find_element(By.CSS_SELECTOR, "#prompt textarea").get_attribute("value")
+    assert prompt == "blue square moving left"
+    for elem_id, value in (("frames", "4"), ("steps", "2")):
+        box = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.CSS_SELECTOR, "#compare input").click()  # method only
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+
+    def playable(driver):
+        for video in driver.find_elements(By.CSS_SELECTOR, "#out-video video"):
+            size = driver.execute_script(
+                "const v = arguments[0]; return v.readyState >= 2 ? [v.videoWidth, v.videoHeight] : null", video)
+            if size:
+                return size
+        return False
+
+    assert wait.until(playable) == [256, 256]  # 16 x 16 frames enlarged 16x for display
+    assert not any(e.is_displayed() for e in browser.find_elements(By.CSS_SELECTOR, "#out-image"))
