@@ -125,7 +125,7 @@ class Interception:
             log_once(
                 logger,
                 logging.WARNING,
-                f"attnplug: {type(processor).__name__} makes no scaled_dot_product_attention call (e.g. attention "
+                f"{type(processor).__name__} makes no scaled_dot_product_attention call (e.g. attention "
                 "slicing or xformers), so the method cannot run in the modules that use it; they ran their stock "
                 "attention. Put SDPA processors back (e.g. model.set_attn_processor(AttnProcessor2_0())) to run the "
                 "method.",
@@ -149,7 +149,7 @@ class Interception:
             reason = "dropout-causal-gqa"
         elif attn_mask is not None and not self.method.supports_mask:
             reason = "mask-unsupported"
-            log_once(logger, logging.WARNING, f"attnplug: {type(self.method).__name__} takes no attention mask; "
+            log_once(logger, logging.WARNING, f"{type(self.method).__name__} takes no attention mask; "
                      "calls with a mask run stock attention.")
         else:
             layout = self.layout_fn(site, query.shape[-2])

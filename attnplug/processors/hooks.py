@@ -70,7 +70,7 @@ class Runtime:
                 raise
             # a default schedule in fractions of a run whose length is unknown (a model called without its
             # pipeline): the method runs at every step, and says so once
-            log_once(logger, logging.WARNING, f"attnplug: {type(self.method).__name__}'s default schedule "
+            log_once(logger, logging.WARNING, f"{type(self.method).__name__}'s default schedule "
                      f"{self.schedule} needs the number of denoising steps, which is unknown here (the model is "
                      "called without its pipeline); the method runs at every step. Pass schedule=... to choose.")
             active_step = True
@@ -214,7 +214,7 @@ class StepTracker:
             self._settled = True
             reasons = ", ".join(f"{code} ({n})" for code, n in counts["reasons"].items())
             logger.warning(
-                "attnplug: %s was due to run in %s but ran on none of its %d self-attention calls so far; they ran "
+                "%s was due to run in %s but ran on none of its %d self-attention calls so far; they ran "
                 "stock attention because: %s. See attnplug.stats(...) and the method's docs.",
                 type(runtime.method).__name__, type(module).__name__, counts["calls"], reasons,
             )
