@@ -646,7 +646,7 @@ def cmd_generate(args) -> int:
 
 
 def parse_methods(text: str) -> list[tuple[str, str, dict]]:
-    """``"dense,agent[agents=16;max_downsample=2],neighborhood"`` -> ``[(label, name, options), ...]``."""
+    """``"dense,agent[agents=16;max_level=1],neighborhood"`` -> ``[(label, name, options), ...]``."""
     entries, depth, cur = [], 0, ""
     for ch in text:
         if ch == "," and depth == 0:
@@ -989,7 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bench)
     bench.add_argument("--prompt", dest="prompt_opt", action="append", default=[], help="a prompt (repeatable)")
     bench.add_argument("--methods", default="dense,agent,neighborhood",
-                       help="comma list; options per entry: agent[agents=16;max_downsample=2]; 'stock' = no attnplug")
+                       help="comma list; options per entry: agent[agents=16;max_level=1]; 'stock' = no attnplug")
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs per method before timing")
     bench.add_argument("--repeats", type=int, default=1, help="timed runs per method and item (median)")
     bench.add_argument("--suite", choices=("gpu",), help="gpu: the CUDA benchmark scripts (benchmarks/gpu.sh)")

@@ -51,8 +51,8 @@ def test_bad_value_names_choices_and_range():
 
 
 def test_methods_and_seeds_syntax():
-    assert parse_methods("dense,agent[agents=16;max_downsample=2],neighborhood") == [
-        ("dense", "dense", {}), ("agent[agents=16;max_downsample=2]", "agent", {"agents": 16, "max_downsample": 2}),
+    assert parse_methods("dense,agent[agents=16;max_level=1],neighborhood") == [
+        ("dense", "dense", {}), ("agent[agents=16;max_level=1]", "agent", {"agents": 16, "max_level": 1}),
         ("neighborhood", "neighborhood", {})]
     assert parse_seeds("0,2-4") == [0, 2, 3, 4]
     with pytest.raises(UserError, match="--seeds"):
