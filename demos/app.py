@@ -556,19 +556,19 @@ def _run(pipe, req: Request, technique: str, report: Callable[[int, int], None],
 
 
 def quality(frames: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """PSNR (dB) and SSIM of ``frames`` against ``reference``, both ``(F, H, W, 3)`` in [0, 1]; frames as a batch."""
+    """PSNR (dB) and SSIM of ``frames`` against ``reference``, both ``(F, H, W, 3)`` in [0, 1]; frames as a batch.
+    Uses ``attnplug.report.psnr`` / ``ssim`` when installed (torchmetrics either way)."""
     if REPORT:
-        report = importlib.import_module("attnplug.report")
-        fn = getattr(report, "image_quality", None)
-        if fn is not None:
-            return dict(fn(frames, reference))
+        from attnplug.report import psnr, ssim
+
+        return {"psnr": psnr(frames, reference), "ssim": ssim(frames, reference)}
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     a = torch.from_numpy(frames).permute(0, 3, 1, 2).double()
     b = torch.from_numpy(reference).permute(0, 3, 1, 2).double()
-    mse = float(((a - b) ** 2).mean())
-    psnr = math.inf if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=1.0))
-    kernel = min(11, min(a.shape[-2:]) - (1 - min(a.shape[-2:]) % 2))  # odd, at most the image side
+    psnr = math.inf if bool((a == b).all()) else float(peak_signal_noise_ratio(a, b, data_range=1.0))
+    side = min(a.shape[-2:])
+    kernel = max(3, min(11, side if side % 2 else side - 1))  # odd, at most the image side
     ssim = float(structural_similarity_index_measure(a, b, data_range=1.0, kernel_size=kernel,
                                                      sigma=1.5 * kernel / 11))
     return {"psnr": psnr, "ssim": ssim}
