@@ -163,11 +163,12 @@ class StepTracker:
             return
         self._last_context = context
         runtime = self.runtime
-        if context is None or context.step_index is None:
+        step = getattr(context, "step_index", None)  # diffusers < 0.42 hands a bare name, without the step
+        if step is None:
             self.has_context = False
             return
         self.has_context = True
-        if runtime.state.set_context(context.step_index, context.num_inference_steps, context.name):
+        if runtime.state.set_context(step, getattr(context, "num_inference_steps", None), context.name):
             runtime.method.reset()
         runtime.update()
 
