@@ -184,13 +184,15 @@ def _to(pipe, device: str, dtype) -> None:
             torch.nn.Module.to(component, device=device)
 
 
-def load(model: str, *, device: str = "cpu", dtype=None):
+def load(model: str, *, device: str = "cpu", dtype=None, use_safetensors: bool | None = None):
     """Load ``model`` as a diffusers pipeline on ``device`` in ``dtype`` (None: the model's own, float32 for the
     embedded and tiny ones).
 
     ``model`` is anything :func:`resolve` accepts. Hub ids go through ``DiffusionPipeline.from_pretrained`` (with
     ``torch_dtype``); an id missing from the cache while offline raises a ``ValueError`` saying how to pass a local
-    folder. The returned pipeline carries ``attnplug_source`` (the :class:`ModelSource`).
+    folder. ``use_safetensors=True`` refuses pickle weights (diffusers' own switch; the embedded and tiny models are
+    safetensors or built in code anyway). The returned pipeline carries ``attnplug_source`` (the
+    :class:`ModelSource`).
     """
     import torch
 
@@ -208,6 +210,8 @@ def load(model: str, *, device: str = "cpu", dtype=None):
         from diffusers import DiffusionPipeline
 
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        if use_safetensors is not None:
+            kwargs["use_safetensors"] = use_safetensors
         try:
             pipe = DiffusionPipeline.from_pretrained(source.path or source.name, **kwargs)
         except OSError as exc:
