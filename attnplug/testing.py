@@ -175,6 +175,23 @@ def tiny_model(
     return model.eval(), inputs
 
 
+def sdxl_like_unet(seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """A tiny U-Net shaped like SDXL's, with no attention at the latent resolution (first block ``DownBlock2D``),
+    and inputs for one forward (16 x 16 latents, batch 1)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    model = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+    inputs = dict(sample=torch.randn(1, 4, 16, 16), timestep=torch.tensor(500),
+                  encoder_hidden_states=torch.randn(1, 5, 16))
+    return model, inputs
+
+
 def forward(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     """Run ``model(**inputs)`` without grad and return the output tensor."""
     with torch.no_grad():

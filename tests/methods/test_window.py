@@ -145,19 +145,9 @@ def test_end_to_end(family):
 
 
 def _sdxl_like_unet():
-    """A tiny U-Net shaped like SDXL's: no attention at the latent resolution (first block DownBlock2D)."""
-    from diffusers import UNet2DConditionModel
+    from attnplug.testing import sdxl_like_unet
 
-    torch.manual_seed(0)
-    model = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
-    ).eval()
-    inputs = dict(sample=torch.randn(1, 4, 16, 16), timestep=torch.tensor(500),
-                  encoder_hidden_states=torch.randn(1, 5, 16))
-    return model, inputs
+    return sdxl_like_unet()
 
 
 def test_sdxl_like_unet_windows_its_finest_attention_level():

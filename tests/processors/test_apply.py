@@ -100,16 +100,9 @@ def test_fraction_schedule_needs_pipeline_step_count(tagged):
 
 def test_unet_level_is_relative_to_the_finest_attention_level(tagged):
     """A U-Net without attention at the latent resolution (SDXL's layout) still has a level-0 attention layer."""
-    from diffusers import UNet2DConditionModel
+    from attnplug.testing import sdxl_like_unet
 
-    model = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
-    ).eval()
-    inputs = dict(sample=torch.randn(1, 4, 16, 16), timestep=torch.tensor(500),
-                  encoder_hidden_states=torch.randn(1, 5, 16))
+    model, inputs = sdxl_like_unet()
     attnplug.apply(model, tagged)
     forward(model, inputs)
     levels = [level for _, _, level, _ in tagged.calls]
