@@ -831,13 +831,12 @@ def _demo_jobs(models: list[str]) -> list[tuple]:
 
     jobs = []
     if "shapes-unet" in models:
-        window = NeighborhoodConfig.from_training_resolution((16, 16), family="unet")
         jobs += [("shapes-unet", "red circle", 1, "dense"), ("shapes-unet", "red circle", 2, "dense"),
-                 ("shapes-unet", "red circle", 2, window), ("shapes-unet", "red circle", 2, AgentConfig())]
+                 ("shapes-unet", "red circle", 2, AgentConfig()), ("shapes-unet", "red circle", 2, "hires")]
     if "shapes-dit" in models:
         window = NeighborhoodConfig.from_training_resolution((8, 8))
         jobs += [("shapes-dit", "blue square", 1, "dense"), ("shapes-dit", "blue square", 2, "dense"),
-                 ("shapes-dit", "blue square", 2, window)]
+                 ("shapes-dit", "blue square", 2, window), ("shapes-dit", "blue square", 2, "hires")]
     if "shapes-video" in models:
         jobs.append(("shapes-video", "green triangle moving right", 1, "dense"))
     return jobs
@@ -845,6 +844,8 @@ def _demo_jobs(models: list[str]) -> list[tuple]:
 
 def cmd_demo(args) -> int:
     """``attnplug demo``: the embedded models at 1x/2x with a few methods; each pipeline is loaded once."""
+    from dataclasses import asdict
+
     import torch
     from tqdm.auto import tqdm
 
@@ -853,7 +854,7 @@ def cmd_demo(args) -> int:
     from .config import config_from_options
     from .loading import load
     from .models import available_models
-    from .report import as_float_array, judge, save_media, write_json
+    from .report import as_float_array, jsonable, judge, save_media, write_json
 
     out = check_out_dir(Path(args.out))
     models = available_models()
@@ -868,21 +869,33 @@ def cmd_demo(args) -> int:
             pipes[model] = load(model)
         pipe = pipes[model]
         size = {"height": pipe.sample_defaults["height"] * scale, "width": pipe.sample_defaults["width"] * scale}
-        config = config_from_options(method) if isinstance(method, str) else method
-        with attnplug.applied(pipe, config):
+        generator = torch.Generator().manual_seed(args.seed)
+        if method == "hires":  # the hi-res pipeline (HiDiffusion / coarse-to-fine), not an attention method
+            from .pipelines import HiResConfig, hires
+
+            config = HiResConfig(progress=False)
             start = time.perf_counter()
-            result = pipe(prompt, generator=torch.Generator().manual_seed(args.seed), output_type="np", **size)
-            seconds = time.perf_counter() - start
-            stats = attnplug.stats(pipe)
+            result = hires(pipe, prompt, config=config, generator=generator, output_type="np", **size)
+            seconds, stats, name = time.perf_counter() - start, {}, "hires"
+        else:
+            config = config_from_options(method) if isinstance(method, str) else method
+            with attnplug.applied(pipe, config):
+                start = time.perf_counter()
+                result = pipe(prompt, generator=generator, output_type="np", **size)
+                seconds = time.perf_counter() - start
+                stats = attnplug.stats(pipe)
+            name = config.name
         media = as_float_array(result)[0]
-        stem = out / f"{model}_{scale}x_{config.name}"
+        stem = out / f"{model}_{scale}x_{name}"
         path = save_media(media, stem, video_format="mp4")
         verdict = judge(media, prompt)
         write_json(stem.with_suffix(".json"), {"model": model, "prompt": prompt, "seed": args.seed, "call": size,
-                                               "seconds": seconds, "config": config.describe(), "stats": stats,
+                                               "seconds": seconds, "stats": stats,
+                                               "config": jsonable(config.describe() if hasattr(config, "describe")
+                                                                  else {"pipeline": name, **asdict(config)}),
                                                "detector": verdict, "outputs": [path.name]})
         objects = verdict.get("count", verdict.get("counts"))
-        rows.append(f"  {model:13s} {scale}x {config.name:13s} {seconds:6.2f} s  objects {objects}  {path}")
+        rows.append(f"  {model:13s} {scale}x {name:13s} {seconds:6.2f} s  objects {objects}  {path}")
     print("\n".join(rows))
     print("(objects: what the classical detector finds per image/frame; 1 = the prompted shape, >1 = duplication)")
     return 0

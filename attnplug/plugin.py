@@ -292,6 +292,7 @@ def remove(target):
         if applied_ is None:
             continue
         tracker = applied_.runtime.tracker
+        tracker.conclude(type(model).__name__)
         for key in [k for k, v in model._forward_pre_hooks.items() if v is tracker]:
             del model._forward_pre_hooks[key]
             model._forward_pre_hooks_with_kwargs.pop(key, None)

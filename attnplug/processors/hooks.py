@@ -155,7 +155,8 @@ class StepTracker:
         self.has_context = False
         self._last_context = None
         self._owner = id(model)
-        self._settled = False  # the method has run (or the warning that it did not was given)
+        self._settled = False  # judged whether the method ran (and warned if it did not)
+        self._due = False  # some call was due to run the method
         self._prepared = None  # the latent grid the method last checked itself against
 
     def on_context(self, context) -> None:
@@ -169,6 +170,7 @@ class StepTracker:
             return
         self.has_context = True
         if runtime.state.set_context(step, getattr(context, "num_inference_steps", None), context.name):
+            self.conclude()
             runtime.method.reset()
         runtime.update()
 
@@ -176,6 +178,7 @@ class StepTracker:
     def _observe_timestep(self, args, kwargs) -> None:
         runtime = self.runtime
         if runtime.state.observe_timestep(args, kwargs):
+            self.conclude()
             runtime.method.reset()
         runtime.update()
 
@@ -204,22 +207,33 @@ class StepTracker:
         self._owner = id(model)
 
     def after(self, module, args, output):
-        """Forward hook: warn once when the method was due to run in a call and ran on none of it."""
+        """Forward hook: once the method was due to run and a run is over, warn if it ran on none of it.
+
+        A method that reads no step is judged after its first call (every step is alike); one that does, at the
+        last step of a run when the number of steps is known, else when the next run starts or at ``remove``."""
         if self._settled or torch.compiler.is_compiling():
             return None
-        runtime = self.runtime
-        counts = runtime.stats.as_dict()["self"]
-        if counts["method"] > 0:
-            self._settled = True
-        elif counts["stock"] and any(h.active for h in runtime.hooks if not h.site.is_cross):
-            self._settled = True
+        runtime, state = self.runtime, self.runtime.state
+        if any(h.active for h in runtime.hooks if not h.site.is_cross):
+            self._due = True
+        last_step = state.num_steps is not None and state.step >= state.num_steps - 1
+        if not runtime.uses_steps or last_step:
+            self.conclude(type(module).__name__)
+        return None
+
+    def conclude(self, where: str = "the denoiser") -> None:
+        """Warn once if the method was due to run but ran on none of the self-attention calls so far."""
+        if self._settled or not self._due:
+            return
+        counts = self.runtime.stats.as_dict()["self"]
+        self._settled = True
+        if counts["method"] == 0 and counts["stock"]:
             reasons = ", ".join(f"{code} ({n})" for code, n in counts["reasons"].items())
             logger.warning(
-                "%s was due to run in %s but ran on none of its %d self-attention calls so far; they ran "
-                "stock attention because: %s. See attnplug.stats(...) and the method's docs.",
-                type(runtime.method).__name__, type(module).__name__, counts["calls"], reasons,
+                "%s was due to run in %s but ran on none of its %d self-attention calls; they ran stock attention "
+                "because: %s. See attnplug.stats(...) and the method's docs.",
+                type(self.runtime.method).__name__, where, counts["calls"], reasons,
             )
-        return None
 
     def reset(self) -> None:
         self.runtime.state.reset()

@@ -121,8 +121,20 @@ def test_a_method_that_ran_on_nothing_warns_once_with_the_reasons(caplog):
     with caplog.at_level(logging.WARNING, logger="attnplug"):
         for t in (900, 600, 300):
             forward(model, {**inputs, "timestep": torch.tensor([t, t])})
+        # the run's length is unknown (a bare model): judged when the run ends, here at remove
+        assert not [r for r in caplog.records if "ran on none" in r.getMessage()]
+        attnplug.remove(model)
     warnings = [r.getMessage() for r in caplog.records if "ran on none" in r.getMessage()]
-    assert len(warnings) == 1 and "grid-too-small (2)" in warnings[0] and "outside-schedule (2)" in warnings[0]
+    assert len(warnings) == 1 and "grid-too-small (4)" in warnings[0] and "outside-schedule (2)" in warnings[0]
+
+    caplog.clear()
+    wan, wan_inputs = tiny_model("wan")
+    attnplug.apply(wan, Never(), schedule=attnplug.Schedule(warmup_steps=1))
+    with caplog.at_level(logging.WARNING, logger="attnplug"):
+        for i in range(3):  # a pipeline names its steps: judged at the last one, without remove
+            with wan.cache_context("cond", step_index=i, num_inference_steps=3):
+                forward(wan, wan_inputs)
+            assert len([r for r in caplog.records if "ran on none" in r.getMessage()]) == (i == 2)
 
 
 def test_stats_count_handbacks_with_the_methods_reason():
