@@ -250,3 +250,46 @@ def test_ulysses_token_order_round_trip(text_first):
     gathered = torch.cat(ranks, dim=2)  # what Ulysses' all-to-all hands the attention op
     assert torch.equal(to_canonical(gathered, layout, world), canonical)
     assert torch.equal(from_canonical(canonical, layout, world), gathered)
+
+
+@pytest.mark.parametrize("order", ["lora_first", "apply_first"])
+def test_pipeline_lora_loader_fuse_unfuse_unload(order, tmp_path, tagged):
+    """diffusers' own pipeline LoRA loader (load_lora_weights / fuse_lora / unfuse_lora / unload_lora_weights)."""
+    peft = pytest.importorskip("peft")
+    from peft.utils import get_peft_model_state_dict
+
+    from attnplug.testing import tiny_pipeline
+
+    def images(pipe):
+        return pipe("x", num_inference_steps=2, height=32, width=32, guidance_scale=1.0, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    pipe = tiny_pipeline("sd", str(tmp_path))
+    donor = tiny_pipeline("sd", str(tmp_path / "donor")).unet
+    donor.add_adapter(peft.LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                      init_lora_weights=False))
+    lora = {f"unet.{k}": v for k, v in get_peft_model_state_dict(donor).items()}
+    reference = tiny_pipeline("sd", str(tmp_path / "ref"))
+    reference.load_lora_weights(dict(lora))
+    expected = [images(reference)]
+    reference.fuse_lora()
+    expected.append(images(reference))
+    reference.unfuse_lora()
+    reference.unload_lora_weights()
+    expected.append(images(reference))
+
+    if order == "apply_first":
+        attnplug.apply(pipe, tagged)
+    pipe.load_lora_weights(dict(lora))
+    if order == "lora_first":
+        attnplug.apply(pipe, tagged)
+    got = [images(pipe)]
+    pipe.fuse_lora()
+    got.append(images(pipe))
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    got.append(images(pipe))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(expected[0], expected[2], atol=1e-3)  # the LoRA had an effect
+    assert attnplug.stats(pipe)["self"]["method"] > 0
