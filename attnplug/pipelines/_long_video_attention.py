@@ -1,0 +1,171 @@
+"""Temporal window attention for long videos (FreeNoise's window fusion, arXiv 2310.15169, in full 3D attention).
+
+A video longer than the model's training length ``L`` is covered by frame windows of ``L`` frames that slide by
+``stride`` frames (the last window is moved back so it ends at the last frame). Inside each window, every query
+attends to every key of the window's frames (all spatial positions): a training-length 3D attention, so the relative
+temporal positions the model sees (its RoPE phases) stay within what it was trained on. A frame covered by several
+windows gets the weighted mean of their outputs (``"pyramid"`` weights favour the window centre, ``"flat"`` weights
+are equal), which is what keeps motion continuous across windows.
+
+The global path keeps the video one scene: ``global_heads`` heads (by global head index) attend densely over the
+whole video, and the first ``global_steps`` denoising steps are dense for all heads (layout and motion are decided in
+the first steps). Text tokens of joint attention stay global: text queries attend to every key, image queries to
+their window plus all text keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..layout import TokenLayout
+from ..methods.base import AttentionMethod, CallInfo
+
+WEIGHTINGS = ("pyramid", "flat")
+
+
+def window_starts(frames: int, window: int, stride: int) -> list[int]:
+    """First frame of each temporal window: ``0, stride, 2 * stride, ...``, plus a last window moved back to end at
+    ``frames`` when the stride does not land there. One window ``[0]`` when ``frames <= window``."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window ({window}) and stride ({stride}) must be >= 1.")
+    if stride > window:
+        raise ValueError(f"stride ({stride}) must be <= window ({window}), or frames between windows get no output.")
+    if frames <= window:
+        return [0]
+    starts = list(range(0, frames - window + 1, stride))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return starts
+
+
+def frame_weights(window: int, weighting: str) -> torch.Tensor:
+    """Per-frame fusion weights ``(window,)`` of one window: pyramid ``min(i + 1, window - i)`` or flat ones."""
+    if weighting == "flat":
+        return torch.ones(window)
+    if weighting == "pyramid":
+        i = torch.arange(window, dtype=torch.float32)
+        return torch.minimum(i + 1, window - i)
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+
+
+def temporal_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: TokenLayout,
+    window: int,
+    stride: int,
+    weighting: str = "pyramid",
+    scale: float | None = None,
+    attend=None,
+) -> torch.Tensor:
+    """Window-fused temporal attention on ``q, k, v`` of shape ``(B, H, N, D)`` with ``N = layout.num_tokens``.
+
+    Image queries of window ``w`` attend to the image keys of ``w``'s frames (and all text keys); each frame's output
+    is the ``weighting``-weighted mean over the windows that contain it. Text queries attend to all keys. Returns
+    ``(B, H, N, D)``. ``attend(q, k, v, layout)`` (default: SDPA) computes one window's attention on its
+    ``TokenLayout(window, height, width, text_tokens)`` (text keys last), e.g. a sparse video method.
+    """
+    layout.check(q.shape[-2])
+    f, hw = layout.frames, layout.height * layout.width
+    qi, qt = layout.split(q)
+    ki, kt = layout.split(k)
+    vi, vt = layout.split(v)
+    starts = window_starts(f, window, stride)
+    w = min(window, f)
+    weights = frame_weights(w, weighting).to(device=q.device, dtype=torch.float32)
+    acc = torch.zeros(qi.shape, device=q.device, dtype=torch.float32)
+    total = torch.zeros(f, device=q.device, dtype=torch.float32)
+    per_token = weights.repeat_interleave(hw).view(1, 1, -1, 1)
+    for s in starts:
+        sl = slice(s * hw, (s + w) * hw)
+        kw, vw = ki[:, :, sl], vi[:, :, sl]
+        if layout.text_tokens:
+            kw, vw = torch.cat([kw, kt], dim=2), torch.cat([vw, vt], dim=2)
+        out = None
+        if attend is not None:
+            sub = TokenLayout(w, layout.height, layout.width, layout.text_tokens, text_first=False)
+            out = attend(qi[:, :, sl], kw, vw, sub)
+        if out is None:
+            out = F.scaled_dot_product_attention(qi[:, :, sl], kw, vw, scale=scale)
+        else:
+            out = out[:, :, : w * hw]
+        acc[:, :, sl] += per_token * out.float()
+        total[s:s + w] += weights
+    image = (acc / total.repeat_interleave(hw).view(1, 1, -1, 1)).to(q.dtype)
+    if not layout.text_tokens:
+        return image
+    text = F.scaled_dot_product_attention(qt, k, v, scale=scale)
+    return layout.merge(image, text)
+
+
+@dataclass
+class TemporalWindowMethod(AttentionMethod):
+    """Attention method: :func:`temporal_window_attention` on video self-attention, with a dense global path.
+
+    Args:
+        window: frames per window (the training length in latent frames).
+        stride: frames between window starts (``window // 2`` = FreeNoise's half-window overlap).
+        weighting: ``"pyramid"`` or ``"flat"`` fusion weights.
+        global_heads: heads (global index ``info.head_offset + h``) that attend densely over the whole video.
+        global_steps: first denoising steps that are dense for every head.
+        inner: a method run on each window instead of SDPA (e.g. ``SparseVideoConfig(...).build()``); its output
+            for the window's image queries is used; a hand-back (None) runs SDPA on that window.
+
+    Calls whose video has at most ``window`` frames (or that are not video) are handed back to dense attention.
+    """
+
+    window: int
+    stride: int
+    weighting: str = "pyramid"
+    global_heads: int = 0
+    global_steps: int = 0
+    inner: AttentionMethod | None = None
+
+    def __post_init__(self):
+        window_starts(self.window + 1, self.window, self.stride)  # validates window / stride
+        frame_weights(1, self.weighting)
+        if self.global_heads < 0 or self.global_steps < 0:
+            raise ValueError(
+                f"global_heads ({self.global_heads}) and global_steps ({self.global_steps}) must be >= 0."
+            )
+        self.calls = {"window": 0, "dense_step": 0, "short": 0}
+
+    def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
+        if layout.frames <= self.window:
+            self.calls["short"] += 1
+            return None
+        info = info or CallInfo()
+        if 0 <= info.step < self.global_steps:
+            self.calls["dense_step"] += 1
+            return None
+        self.calls["window"] += 1
+        attend = None
+        if self.inner is not None:
+            def attend(qw, kw, vw, sub):
+                # the inner method needs square q/k: pad the queries with the text keys' queries is not possible,
+                # so it sees the window's image tokens only (text keys of joint attention are dropped for it).
+                n = qw.shape[-2]
+                if kw.shape[-2] != n:
+                    return None
+                return self.inner(qw, kw, vw, TokenLayout(sub.frames, sub.height, sub.width), None, info)
+        g = max(0, min(self.global_heads - info.head_offset, q.shape[1]))
+        if g == 0:
+            return temporal_window_attention(
+                q, k, v, layout, self.window, self.stride, self.weighting, info.scale, attend
+            )
+        dense = F.scaled_dot_product_attention(q[:, :g], k[:, :g], v[:, :g], scale=info.scale)
+        if g == q.shape[1]:
+            return dense
+        local = temporal_window_attention(
+            q[:, g:], k[:, g:], v[:, g:], layout, self.window, self.stride, self.weighting, info.scale, attend
+        )
+        return torch.cat([dense, local], dim=1)
+
+    def reset(self) -> None:
+        self.calls = dict.fromkeys(self.calls, 0)
+        if self.inner is not None:
+            self.inner.reset()

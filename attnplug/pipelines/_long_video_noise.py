@@ -1,0 +1,67 @@
+"""Noise re-scheduling for long videos (FreeNoise, Qiu et al., ICLR 2024, arXiv 2310.15169).
+
+The initial noise of an ``F``-frame video is one window of ``window`` freshly drawn frames followed by shuffled copies
+of that window (``[e_0 .. e_{L-1}, perm_1(e), perm_2(e), ...]`` cut to ``F`` frames): distant frames share noise, so
+the windows of a long video start from related noise and tend to draw the same content. Everything is drawn from the
+caller's generator (one per sample when a list is given), so the noise is deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _generators(generator, batch: int) -> list[torch.Generator | None]:
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {batch} videos.")
+        return list(generator)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator, a list of them or None, got {type(generator).__name__}."
+        )
+    return [generator] * batch
+
+
+def rescheduled_noise(
+    shape: tuple[int, ...],
+    frame_dim: int,
+    window: int,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    shuffle: bool = True,
+) -> torch.Tensor:
+    """FreeNoise initial noise of ``shape`` (batch first; frames on axis ``frame_dim``, e.g. ``(B, C, F, H, W)`` with
+    ``frame_dim=2``).
+
+    Sample ``b`` draws a ``window``-frame block from its generator (``generator[b]`` for a list, else the shared one,
+    on the generator's device), then ``ceil(F / window) - 1`` permutations of it (``torch.randperm``, same generator);
+    block ``j`` of the result is the base block with its frames permuted (``shuffle=False``: repeated as is). Returns
+    the noise on ``device`` in ``dtype``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not 0 < frame_dim < len(shape):
+        raise ValueError(f"frame_dim={frame_dim} must index a non-batch axis of shape {shape}.")
+    frames = shape[frame_dim]
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}.")
+    window = min(window, frames)
+    gens = _generators(generator, shape[0])
+    sample_shape = list(shape[1:])
+    sample_shape[frame_dim - 1] = window
+    axis = frame_dim - 1
+    videos = []
+    for g in gens:
+        gen_device = g.device if g is not None else "cpu"
+        base = torch.randn(sample_shape, generator=g, device=gen_device, dtype=torch.float32)
+        blocks = [base]
+        for _ in range(-(-frames // window) - 1):
+            if shuffle:
+                perm = torch.randperm(window, generator=g, device=gen_device)
+                blocks.append(base.index_select(axis, perm))
+            else:
+                blocks.append(base)
+        videos.append(torch.cat(blocks, dim=axis).narrow(axis, 0, frames))
+    return torch.stack(videos).to(device=device, dtype=dtype)

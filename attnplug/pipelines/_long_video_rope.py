@@ -1,0 +1,293 @@
+"""RoPE length extrapolation for video DiTs: RIFLEx (Zhao et al., ICML 2025, arXiv 2502.15894).
+
+Each temporal RoPE component ``j`` rotates by ``omega_j * p`` at latent frame ``p``, with period
+``N_j = 2 pi / omega_j``. RIFLEx finds the *intrinsic* component, the one whose period is closest to the training
+length ``L`` (``argmin_j |N_j - L|``), and lowers its frequency to ``margin * 2 pi / L_test`` so that over the
+extended length ``L_test`` it stays within one period (no repetition); all other components are kept.
+
+Applied by a diffusers :class:`~diffusers.hooks.ModelHook` on the model's rotary-embedding module, which rewrites
+the temporal columns of the ``(cos, sin)`` it returns; :func:`remove_riflex` takes the hook off (the module's output
+is then bit-identical to stock). One adapter per family knows where the temporal columns are:
+
+- Wan (``WanRotaryPosEmbed``, ``transformer.rope``): columns ``[0, t_dim)``, theta 10000;
+- HunyuanVideo (``HunyuanVideoRotaryPosEmbed``): columns ``[0, rope_dim[0])``, ``module.theta``;
+- CogVideoX: the pipeline computes the embedding and passes it as ``image_rotary_emb``; a pre-forward hook on the
+  transformer rewrites that argument (columns ``[0, head_dim // 4)``, theta 10000);
+
+LTX is not supported yet: its rotary embedding works on normalised coordinates scaled per call
+(``rope_interpolation_scale``), so the intrinsic component depends on the call. It, and families with no temporal
+rotary embedding, get a ``NotImplementedError`` naming the family.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+logger = logging.getLogger(__name__)
+
+HOOK_NAME = "attnplug_riflex"
+
+
+def intrinsic_component(periods: list[float], train_frames: int) -> int:
+    """Index of the component whose period (in latent frames) is closest to ``train_frames``."""
+    return min(range(len(periods)), key=lambda j: abs(periods[j] - train_frames))
+
+
+def riflex_frequency(omega: float, test_frames: int, margin: float) -> float:
+    """The lowered intrinsic frequency: ``margin * 2 pi / test_frames``, never above the original ``omega``."""
+    return min(omega, margin * 2 * math.pi / test_frames)
+
+
+@dataclass(frozen=True)
+class RiflexPlan:
+    """What the hook changes: the temporal RoPE frequencies per latent frame, ``omegas`` -> ``new_omegas``.
+    ``index`` is the intrinsic component; ``position_scale`` divides every temporal position first (1 = none)."""
+
+    family: str
+    index: int
+    omegas: tuple[float, ...]
+    new_omegas: tuple[float, ...]
+    train_frames: int
+    test_frames: int
+    position_scale: float = 1.0
+
+    @property
+    def omega(self) -> float:
+        return self.omegas[self.index]
+
+    @property
+    def new_omega(self) -> float:
+        return self.new_omegas[self.index]
+
+    @property
+    def period(self) -> float:
+        return 2 * math.pi / self.omega
+
+
+def _rope_freqs(dim: int, theta: float) -> list[float]:
+    """diffusers' ``get_1d_rotary_pos_embed`` frequencies: ``theta ** -(2 j / dim)``."""
+    return [1.0 / theta ** (2 * j / dim) for j in range(dim // 2)]
+
+
+def _rewrite(cos: torch.Tensor, sin: torch.Tensor, frames: int, plan: RiflexPlan, col0: int = 0):
+    """New ``cos, sin`` whose temporal column pairs ``col0 + 2 j, col0 + 2 j + 1`` (interleaved) hold
+    ``new_omegas[j] * p`` for the latent frame ``p`` of each token, for every ``j`` the plan changes. Tokens are
+    frame-major (``N / frames`` per frame); shapes ``(..., N, ..., D)`` with the token axis the only other
+    non-singleton one."""
+    d = cos.shape[-1]
+    n = cos.numel() // d
+    p = torch.arange(frames, device=cos.device, dtype=torch.float64).repeat_interleave(n // frames)
+    out = []
+    for t, fn in ((cos, torch.cos), (sin, torch.sin)):
+        new = t.clone()
+        flat = new.view(n, d)
+        for j, (w, w_new) in enumerate(zip(plan.omegas, plan.new_omegas)):
+            if w_new == w:
+                continue
+            value = fn(w_new * p).to(t.dtype)
+            flat[:, col0 + 2 * j] = value
+            flat[:, col0 + 2 * j + 1] = value
+        out.append(new)
+    return out[0], out[1]
+
+
+class _RiflexHook(ModelHook):
+    """Post-forward hook on a rotary module (pre-forward on a CogVideoX transformer) applying a :class:`RiflexPlan`."""
+
+    def __init__(self, adapter: _Adapter, plan: RiflexPlan):
+        super().__init__()
+        self.adapter, self.plan = adapter, plan
+        self._frames: int | None = None
+
+    def pre_forward(self, module, *args, **kwargs):
+        return self.adapter.pre_forward(self, module, args, kwargs)
+
+    def post_forward(self, module, output):
+        return self.adapter.post_forward(self, module, output)
+
+
+class _Adapter:
+    family = ""
+
+    def find(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def components(self, model: torch.nn.Module, target: torch.nn.Module) -> list[float]:
+        """Temporal RoPE frequencies per latent frame."""
+        raise NotImplementedError
+
+    def pre_forward(self, hook: _RiflexHook, module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        hook._frames = self.latent_frames(module, x)
+        return args, kwargs
+
+    def latent_frames(self, module, x: torch.Tensor) -> int:
+        raise NotImplementedError
+
+    def post_forward(self, hook: _RiflexHook, module, output):
+        cos, sin = output
+        return _rewrite(cos, sin, hook._frames, hook.plan)
+
+
+class _WanAdapter(_Adapter):
+    family = "wan"
+
+    def find(self, model):
+        return model.rope
+
+    def components(self, model, target):
+        return _rope_freqs(target.t_dim, 10000.0)
+
+    def latent_frames(self, module, x):
+        return x.shape[2] // module.patch_size[0]
+
+
+class _HunyuanAdapter(_Adapter):
+    family = "hunyuanvideo"
+
+    def find(self, model):
+        return model.rope
+
+    def components(self, model, target):
+        return _rope_freqs(target.rope_dim[0], float(target.theta))
+
+    def latent_frames(self, module, x):
+        return x.shape[2] // module.patch_size_t
+
+
+class _CogVideoXAdapter(_Adapter):
+    """The rotary embedding arrives as the transformer's ``image_rotary_emb`` argument."""
+
+    family = "cogvideox"
+
+    def find(self, model):
+        if not model.config.use_rotary_positional_embeddings:
+            raise NotImplementedError(
+                "RIFLEx is not supported for this CogVideoX model: it has no rotary positional embeddings "
+                "(config.use_rotary_positional_embeddings is False)."
+            )
+        return model
+
+    def components(self, model, target):
+        return _rope_freqs(model.config.attention_head_dim // 4, 10000.0)
+
+    def pre_forward(self, hook, module, args, kwargs):
+        emb = kwargs.get("image_rotary_emb")
+        if emb is not None:
+            x = args[0] if args else kwargs["hidden_states"]  # (B, F, C, H, W)
+            pt = module.config.patch_size_t or 1
+            frames = -(-x.shape[1] // pt)
+            kwargs = dict(kwargs, image_rotary_emb=_rewrite(*emb, frames, hook.plan))
+        return args, kwargs
+
+    def post_forward(self, hook, module, output):
+        return output
+
+
+_ADAPTERS: dict[str, type[_Adapter]] = {
+    "wan": _WanAdapter,
+    "hunyuanvideo": _HunyuanAdapter,
+    "cogvideox": _CogVideoXAdapter,
+}
+
+
+def supported_families() -> tuple[str, ...]:
+    """Families whose temporal RoPE RIFLEx can hook."""
+    return tuple(_ADAPTERS)
+
+
+def _adapter_for(model: torch.nn.Module) -> _Adapter:
+    from ..layout import family_of
+
+    try:
+        family = family_of(model).name
+    except TypeError:
+        family = type(model).__name__
+    if family == "ltx":
+        raise NotImplementedError(
+            f"RIFLEx is not supported for the ltx family ({type(model).__name__}): its rotary embedding uses "
+            "normalised temporal coordinates scaled per call (rope_interpolation_scale), which this hook does not "
+            f"rewrite. Supported families: {', '.join(_ADAPTERS)}."
+        )
+    if family not in _ADAPTERS:
+        raise NotImplementedError(
+            f"RIFLEx is not supported for the {family} family ({type(model).__name__}): it has no temporal rotary "
+            f"embedding module to hook. Supported families: {', '.join(_ADAPTERS)}."
+        )
+    return _ADAPTERS[family]()
+
+
+ROPE_MODES = ("riflex", "by_part")
+
+
+def riflex_plan(
+    model: torch.nn.Module,
+    train_frames: int,
+    test_frames: int,
+    margin: float = 0.9,
+    position_scale: float = 1.0,
+    mode: str = "riflex",
+) -> RiflexPlan:
+    """The :class:`RiflexPlan` for ``model`` (``train_frames`` / ``test_frames`` in latent frames).
+
+    ``mode="riflex"``: every temporal frequency is divided by ``position_scale = s`` (position interpolation; 1 =
+    none), so the video spans ``test_frames / s`` training-frame units, and the intrinsic component is lowered for
+    that span (RIFLEx). ``mode="by_part"``: components whose period is shorter than ``train_frames`` (seen through
+    whole cycles in training) are kept and only the longer-period ones are divided by ``s`` (YaRN's by-part
+    interpolation, arXiv 2309.00071, on the temporal axis).
+    """
+    if not isinstance(train_frames, int) or not isinstance(test_frames, int) or min(train_frames, test_frames) < 1:
+        raise ValueError(f"train_frames ({train_frames!r}) and test_frames ({test_frames!r}) must be ints >= 1.")
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1], got {margin!r}.")
+    if not position_scale >= 1:
+        raise ValueError(f"position_scale must be >= 1, got {position_scale!r}.")
+    if mode not in ROPE_MODES:
+        raise ValueError(f"mode must be one of {ROPE_MODES}, got {mode!r}.")
+    adapter = _adapter_for(model)
+    target = adapter.find(model)
+    omegas = tuple(adapter.components(model, target))
+    periods = [2 * math.pi / w for w in omegas]
+    k = intrinsic_component(periods, train_frames)
+    if mode == "by_part":
+        scaled = [w if n < train_frames else w / position_scale for w, n in zip(omegas, periods)]
+    else:
+        scaled = [w / position_scale for w in omegas]
+        span = test_frames / position_scale
+        if span > train_frames:
+            scaled[k] = riflex_frequency(omegas[k], span, margin) / position_scale
+    return RiflexPlan(adapter.family, k, omegas, tuple(scaled), train_frames, test_frames, position_scale)
+
+
+def apply_riflex(
+    model: torch.nn.Module,
+    train_frames: int,
+    test_frames: int,
+    margin: float = 0.9,
+    position_scale: float = 1.0,
+    mode: str = "riflex",
+) -> RiflexPlan:
+    """Hook ``model``'s rotary embedding with RIFLEx for ``test_frames`` latent frames (see :func:`riflex_plan`);
+    returns the plan. ``NotImplementedError`` naming the family when it has no temporal rotary embedding to hook."""
+    plan = riflex_plan(model, train_frames, test_frames, margin, position_scale, mode)
+    adapter = _adapter_for(model)
+    target = adapter.find(model)
+    remove_riflex(model)
+    hook = _RiflexHook(adapter, plan)
+    HookRegistry.check_if_exists_or_initialize(target).register_hook(hook, HOOK_NAME)
+    logger.debug("RIFLEx on %s: component %d, omega %.4g -> %.4g", plan.family, plan.index, plan.omega,
+                 plan.new_omega)
+    return plan
+
+
+def remove_riflex(model: torch.nn.Module) -> None:
+    """Take the RIFLEx hook off ``model`` (a no-op when none is registered)."""
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+            registry.remove_hook(HOOK_NAME, recurse=False)

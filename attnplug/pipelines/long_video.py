@@ -1,0 +1,351 @@
+"""Training-free long video: several times a video model's training length in one call.
+
+``attnplug.pipelines.long_video(pipe, prompt, num_frames=...)`` runs ``pipe`` once with, as
+:class:`LongVideoConfig` chooses:
+
+- **noise re-scheduling** (FreeNoise): the initial noise repeats shuffled windows of training-length noise
+  (:mod:`._long_video_noise`), passed as ``latents=``;
+- **temporal windows** (FreeNoise's window fusion in full 3D attention): self-attention restricted to
+  training-length frame windows that slide with overlap, overlapping outputs fused, plus a dense global path
+  (:mod:`._long_video_attention`), applied with :func:`attnplug.apply`;
+- **temporal RoPE rescaling** for video DiTs: RIFLEx (lower the intrinsic frequency) or by-part position
+  interpolation (:mod:`._long_video_rope`), a hook on the rotary-embedding module;
+- **temporal attention regularisation** (VSTAR) for AnimateDiff motion modules (:mod:`._long_video_vstar`), with
+  diffusers' own FreeNoise (``pipe.enable_free_noise``) for the windows and the noise of AnimateDiff.
+
+Everything is undone when the call returns or raises: the model is stock again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._logging import log_once
+from ..config import help_field, validate_fields
+from ..layout import family_of
+from ..methods.sparse_video import SparseVideoConfig
+from ..plugin import apply, method_of, remove, resolve_denoiser
+from ._long_video_attention import WEIGHTINGS, TemporalWindowMethod
+from ._long_video_noise import rescheduled_noise
+from ._long_video_rope import ROPE_MODES, apply_riflex, remove_riflex, supported_families
+from ._long_video_vstar import TemporalBandMethod
+
+logger = logging.getLogger(__name__)
+
+# Training length in video frames (what the model was trained on) when the model config does not say.
+TRAIN_FRAMES = {"wan": 81, "hunyuanvideo": 129, "cogvideox": 49, "ltx": 121, "animatediff": 16}
+ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
+
+
+@dataclass(frozen=True)
+class LongVideoConfig:
+    """Which long-video techniques :func:`long_video` uses. ``None`` fields take the family default
+    (:func:`resolve_config`); frame counts are video frames (before the VAE's temporal compression)."""
+
+    noise_rescheduling: bool | None = help_field(
+        None, "FreeNoise initial noise: shuffled repeats of one training-length window (None = family default)."
+    )
+    temporal_windows: bool | None = help_field(
+        None, "Self-attention in sliding training-length frame windows with fused overlaps (None = family default)."
+    )
+    window: int | None = help_field(
+        None, "Window length in video frames (None = family default, a multiple of the training length).", min=1
+    )
+    stride: int | None = help_field(None, "Frames between window starts (None = half the window).", min=1)
+    weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
+    global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
+    global_steps: int = help_field(0, "First denoising steps with dense attention for all heads (global path).", min=0)
+    rope: str = help_field(
+        "auto",
+        "Temporal RoPE rescaling for video DiTs: 'riflex' (lower the intrinsic frequency), 'by_part' (interpolate "
+        "the long-period components by `position_scale`, keep the short ones), 'none', or 'auto' (family default).",
+        choices=ROPE_CHOICES,
+    )
+    position_scale: float | None = help_field(
+        None, "Temporal position divisor for the RoPE rescaling (None = family default; 1 = no interpolation).", min=1
+    )
+    riflex_margin: float = help_field(0.9, "RIFLEx: the video spans this fraction of one period.", min=0.01, max=1)
+    vstar: bool | None = help_field(
+        None, "VSTAR band bias on temporal attention (AnimateDiff motion modules; None = family default)."
+    )
+    vstar_strength: float = help_field(1.0, "VSTAR: bias added on the diagonal of the temporal logits.", min=0)
+    vstar_sigma: float = help_field(0.25, "VSTAR: band width as a fraction of the frames attended.", min=0.01, max=4)
+    train_frames: int | None = help_field(
+        None, "Training length in video frames (None = from the model config or the family table).", min=1
+    )
+    sparse: SparseVideoConfig | None = help_field(
+        None, "A sparse video pattern run inside each temporal window (attnplug.SparseVideoConfig), or None."
+    )
+
+    def __post_init__(self):
+        validate_fields(self)
+        if self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
+            raise TypeError(f"LongVideoConfig.sparse must be a SparseVideoConfig or None, got {self.sparse!r}.")
+
+
+@dataclass(frozen=True)
+class LongVideoPlan:
+    """A :class:`LongVideoConfig` resolved for one pipeline and frame count (all counts in latent frames)."""
+
+    family: str
+    num_frames: int
+    latent_frames: int
+    train_latent: int
+    temporal_compression: int
+    noise_rescheduling: bool
+    temporal_windows: bool
+    window: int
+    stride: int
+    rope: str
+    position_scale: float
+    vstar: bool
+
+    @property
+    def extension(self) -> float:
+        return self.latent_frames / self.train_latent
+
+
+# ---------------------------------------------------------------------------------------------- frame arithmetic
+def temporal_compression(pipe) -> int:
+    """Video frames per latent frame of ``pipe``'s VAE (1 for pixel-space pipelines and AnimateDiff)."""
+    for attr in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio"):
+        value = getattr(pipe, attr, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return 1
+
+
+def latent_frames(num_frames: int, compression: int) -> int:
+    """Latent frames of ``num_frames`` video frames (``(F - 1) / r + 1`` for a causal video VAE)."""
+    return num_frames if compression == 1 else (num_frames - 1) // compression + 1
+
+
+def check_num_frames(num_frames, compression: int, owner: str = "the pipeline") -> None:
+    """``ValueError`` listing valid frame counts unless ``num_frames`` fits the temporal compression."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}.")
+    if compression > 1 and (num_frames - 1) % compression:
+        lo = (num_frames - 1) // compression * compression + 1
+        near = sorted({max(1, lo - compression), lo, lo + compression, lo + 2 * compression})
+        raise ValueError(
+            f"num_frames={num_frames} does not fit {owner}'s temporal compression of {compression}: valid counts are "
+            f"{compression}k + 1 (1, {compression + 1}, {2 * compression + 1}, ...), e.g. "
+            f"{', '.join(map(str, near))}."
+        )
+
+
+def training_frames(pipe, model, family: str) -> int:
+    """The model's training length in video frames: the pipeline's / model's config, else :data:`TRAIN_FRAMES`."""
+    defaults = getattr(pipe, "sample_defaults", None)
+    if isinstance(defaults, dict) and isinstance(defaults.get("num_frames"), int):
+        return defaults["num_frames"]
+    sample = getattr(model.config, "sample_frames", None)
+    if isinstance(sample, int) and sample > 1:
+        return sample
+    if family == "animatediff":
+        return min(TRAIN_FRAMES["animatediff"], int(getattr(model.config, "motion_max_seq_length", 16) or 16))
+    if family not in TRAIN_FRAMES:
+        raise ValueError(
+            f"The training length of the {family} family is unknown; give LongVideoConfig(train_frames=...)."
+        )
+    return TRAIN_FRAMES[family]
+
+
+def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None) -> LongVideoPlan:
+    """The per-family defaults filled in (see ``docs/long_video.md``) and the frame count checked."""
+    config = config or LongVideoConfig()
+    model, _ = resolve_denoiser(pipe)
+    family = family_of(model).name
+    r = temporal_compression(pipe)
+    check_num_frames(num_frames, r, type(pipe).__name__)
+    train = config.train_frames or training_frames(pipe, model, family)
+    train_latent = latent_frames(train, r) if (train - 1) % r == 0 else max(1, train // r)
+    lat = latent_frames(num_frames, r)
+    dit = family in supported_families()
+    ext = lat / train_latent
+    # Defaults measured on shapes-video (benchmarks/longvideo_bench.py): windows of twice the training length,
+    # by-part RoPE interpolation by half the extension beyond 2x.
+    scale = config.position_scale if config.position_scale is not None else max(1.0, ext / 2)
+    window_latent = (
+        latent_frames(config.window, r) if config.window is not None else min(lat, 2 * train_latent)
+    )
+    stride_latent = latent_frames(config.stride, r) if config.stride is not None else max(1, window_latent // 2)
+    rope = config.rope
+    if rope == "auto":
+        rope = "by_part" if dit and ext > 1 else "none"
+    if rope != "none" and not dit:
+        if config.rope != "auto":
+            apply_riflex(model, 1, 1)  # raises NotImplementedError naming the family
+        rope = "none"
+    windows = config.temporal_windows
+    if windows is None:
+        windows = family != "ltx" and ext > 2
+    noise = config.noise_rescheduling
+    if noise is None:
+        noise = False
+    vstar = config.vstar if config.vstar is not None else family == "animatediff" and ext > 1
+    if vstar and family != "animatediff":
+        raise ValueError(f"LongVideoConfig.vstar applies to AnimateDiff motion modules; the model is {family}.")
+    if stride_latent > window_latent:
+        raise ValueError(f"LongVideoConfig.stride ({config.stride}) must not exceed the window ({config.window}).")
+    return LongVideoPlan(
+        family=family, num_frames=num_frames, latent_frames=lat, train_latent=train_latent,
+        temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
+        window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- latents
+def _call_default(pipe, name: str):
+    defaults = getattr(pipe, "sample_defaults", None)
+    if isinstance(defaults, dict) and name in defaults:
+        return defaults[name]
+    param = inspect.signature(pipe.__call__).parameters.get(name)
+    if param is None or param.default is inspect.Parameter.empty or param.default is None:
+        raise ValueError(f"Give {name}= for noise re-scheduling: {type(pipe).__name__} has no default for it.")
+    return param.default
+
+
+def _latent_shape(pipe, model, family: str, plan: LongVideoPlan, prompt, kwargs) -> tuple[tuple[int, ...], int]:
+    """Shape of the initial noise ``pipe`` would draw, and its frame axis."""
+    n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+    per = kwargs.get("num_videos_per_prompt", 1) or 1
+    batch = n_prompts * per
+    height = kwargs.get("height") or _call_default(pipe, "height")
+    width = kwargs.get("width") or _call_default(pipe, "width")
+    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or 1
+    channels = model.config.in_channels
+    h, w = height // spatial, width // spatial
+    if family in ("wan", "hunyuanvideo"):
+        return (batch, channels, plan.latent_frames, h, w), 2
+    if family == "cogvideox":
+        return (batch, plan.latent_frames, channels, h, w), 1
+    raise NotImplementedError(
+        f"Noise re-scheduling is not supported for the {family} family (its latents are packed or drawn per "
+        "frame by the pipeline); set LongVideoConfig(noise_rescheduling=False)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None = None, **kwargs):
+    """Generate a video of ``num_frames`` frames, longer than ``pipe``'s training length, training-free.
+
+    Args:
+        pipe: a diffusers video pipeline (Wan, HunyuanVideo, CogVideoX, LTX, AnimateDiff, the embedded
+            ``shapes-video``).
+        prompt: passed to ``pipe``.
+        num_frames: video frames; must fit the VAE's temporal compression (Wan: ``4k + 1``).
+        config: :class:`LongVideoConfig` (default: the family defaults).
+        **kwargs: passed to ``pipe(...)`` (``generator``, ``num_inference_steps``, ``height``, ...).
+
+    Returns:
+        What ``pipe(...)`` returns (``.frames``). The model is stock again afterwards, also when the call raises.
+    """
+    config = config or LongVideoConfig()
+    if not isinstance(config, LongVideoConfig):
+        raise TypeError(f"config must be a LongVideoConfig, got {type(config).__name__}.")
+    model, _ = resolve_denoiser(pipe)
+    if method_of(model) is not None:
+        raise ValueError(
+            "long_video applies its own attention method; attnplug.remove(pipe) first (a sparse pattern goes in "
+            "LongVideoConfig(sparse=...))."
+        )
+    plan = resolve_config(pipe, num_frames, config)
+    logger.info("long_video: %s", plan)
+    if plan.family == "animatediff":
+        return _animatediff(pipe, prompt, plan, config, kwargs)
+    if plan.noise_rescheduling:
+        if kwargs.get("latents") is not None:
+            raise ValueError("LongVideoConfig.noise_rescheduling draws the initial noise; do not also pass latents=.")
+        shape, axis = _latent_shape(pipe, model, plan.family, plan, prompt, kwargs)
+        window = min(plan.window, plan.train_latent) if plan.temporal_windows else plan.train_latent
+        kwargs["latents"] = rescheduled_noise(shape, axis, window, kwargs.get("generator"), device=model.device)
+    with contextlib.ExitStack() as stack:
+        if plan.rope != "none":
+            stack.callback(remove_riflex, model)
+            apply_riflex(
+                model, plan.train_latent, plan.latent_frames, config.riflex_margin, plan.position_scale, plan.rope
+            )
+        if plan.temporal_windows or config.sparse is not None:
+            inner = config.sparse.build() if config.sparse is not None else None
+            window = plan.window if plan.temporal_windows else plan.latent_frames
+            method = TemporalWindowMethod(
+                window=window, stride=min(plan.stride, window), weighting=config.weighting,
+                global_heads=config.global_heads, global_steps=config.global_steps, inner=inner,
+            )
+            stack.callback(remove, model)
+            apply(pipe, method)
+        return pipe(prompt, num_frames=num_frames, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- AnimateDiff
+def _animatediff_temporal_attention(unet) -> list:
+    """The self-attention modules of the motion modules (attention over frames)."""
+    return [m for n, m in unet.named_modules() if "motion_modules" in n and hasattr(m, "set_processor")
+            and hasattr(m, "processor") and not getattr(m, "is_cross_attention", False)]
+
+
+def _disable_free_noise(pipe) -> None:
+    try:
+        pipe.disable_free_noise()
+    except AttributeError:
+        # diffusers <= 0.42 rebuilds a mid block without motion modules too; undo the blocks that have them.
+        log_once(logger, logging.DEBUG, "disable_free_noise failed on a mid block without motion modules; "
+                 "disabling the motion blocks one by one")
+        pipe._free_noise_context_length = None
+        for block in [*pipe.unet.down_blocks, pipe.unet.mid_block, *pipe.unet.up_blocks]:
+            if hasattr(block, "motion_modules"):
+                pipe._disable_free_noise_in_block(block)
+
+
+def _animatediff(pipe, prompt, plan: LongVideoPlan, config: LongVideoConfig, kwargs: dict):
+    """AnimateDiff: diffusers' FreeNoise gives the windows and the noise; attnplug adds the VSTAR band bias."""
+    if not hasattr(pipe, "enable_free_noise"):
+        raise TypeError(
+            f"{type(pipe).__name__} has no enable_free_noise (diffusers' FreeNoise); use AnimateDiffPipeline."
+        )
+    from ..layout import TokenLayout
+    from ..processors.wrapper import AttnplugProcessor
+
+    user_free_noise = pipe.free_noise_enabled
+    use_windows = plan.temporal_windows or plan.latent_frames > plan.train_latent
+    with contextlib.ExitStack() as stack:
+        if use_windows and not user_free_noise:
+            stack.callback(_disable_free_noise, pipe)
+            pipe.enable_free_noise(
+                context_length=plan.train_latent, context_stride=max(1, plan.train_latent // 2),
+                weighting_scheme=config.weighting if config.weighting != "flat" else "flat",
+                noise_type="shuffle_context" if config.noise_rescheduling is not False else "random",
+            )
+        if plan.vstar:
+            context = pipe._free_noise_context_length if pipe.free_noise_enabled else plan.latent_frames
+            method = TemporalBandMethod(config.vstar_strength, config.vstar_sigma)
+            modules = _animatediff_temporal_attention(pipe.unet)
+            stock = [m.processor for m in modules]
+
+            def restore():
+                for m, p in zip(modules, stock):
+                    m.set_processor(p)
+
+            stack.callback(restore)
+            frames = min(context, plan.latent_frames)
+            for m, p in zip(modules, stock):
+                m.set_processor(AttnplugProcessor(method, p, layout=TokenLayout(frames, 1, 1)))
+        return pipe(prompt, num_frames=plan.num_frames, **kwargs)
+
+
+def describe(plan: LongVideoPlan) -> dict[str, Any]:
+    """The plan as a plain dict (for reports)."""
+    out = dataclasses.asdict(plan)
+    out["extension"] = round(plan.extension, 3)
+    return out
+
+
+__all__ = ["LongVideoConfig", "LongVideoPlan", "check_num_frames", "long_video", "resolve_config"]
