@@ -25,8 +25,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .._logging import log_once
 from ..config import help_field, validate_fields
 from ..layout import family_of
@@ -34,7 +32,7 @@ from ..methods.sparse_video import SparseVideoConfig
 from ..plugin import apply, method_of, remove, resolve_denoiser
 from ._long_video_attention import WEIGHTINGS, TemporalWindowMethod
 from ._long_video_noise import rescheduled_noise
-from ._long_video_rope import ROPE_MODES, apply_riflex, remove_riflex, supported_families
+from ._long_video_rope import apply_riflex, remove_riflex, supported_families
 from ._long_video_vstar import TemporalBandMethod
 
 logger = logging.getLogger(__name__)
