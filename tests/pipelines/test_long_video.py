@@ -1,0 +1,125 @@
+"""Long video: frame-count checks, FreeNoise noise, the temporal-window method vs a masked dense reference, RIFLEx
+hooks (applied per family, removed exactly), the model stock after a call that raised."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnplug
+from attnplug.layout import TokenLayout
+from attnplug.pipelines.long_video import LongVideoConfig, long_video
+from attnplug.pipelines._long_video_attention import frame_weights, temporal_window_attention, window_starts
+from attnplug.pipelines._long_video_noise import rescheduled_noise
+from attnplug.pipelines._long_video_rope import apply_riflex, remove_riflex, riflex_plan
+from attnplug.pipelines._long_video_vstar import TemporalBandMethod, band_bias
+from attnplug.pipelines.long_video import check_num_frames
+from attnplug.testing import forward, tiny_model
+
+
+def test_invalid_frame_count_lists_valid_counts():
+    with pytest.raises(ValueError, match=r"4k \+ 1.*29, 33"):
+        check_num_frames(32, 4, "WanPipeline")
+    check_num_frames(33, 4)
+    check_num_frames(32, 1)
+
+
+def test_noise_deterministic_and_windows_repeated():
+    a = rescheduled_noise((2, 3, 20, 4, 4), 2, 8, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    b = rescheduled_noise((2, 3, 20, 4, 4), 2, 8, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    c = rescheduled_noise((2, 3, 20, 4, 4), 2, 8, [torch.Generator().manual_seed(s) for s in (2, 1)])
+    assert torch.equal(a, b) and not torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    for video in a:
+        base = video[:, :8]
+        for start in (8, 16):
+            block = video[:, start:start + 8]
+            for i in range(block.shape[1]):  # every frame of a later block is one of the base frames
+                assert sum(bool((block[:, i] == base[:, j]).all()) for j in range(8)) == 1
+        assert not torch.equal(video[:, 8:16], base)  # shuffled, not a plain repeat
+
+
+@pytest.mark.parametrize("frames,text", [(11, 0), (9, 3)])
+def test_window_method_matches_masked_dense_reference(frames, text):
+    torch.manual_seed(0)
+    layout = TokenLayout(frames, 2, 3, text_tokens=text)
+    q, k, v = (torch.randn(2, 3, layout.num_tokens, 8) for _ in range(3))  # fp32: fusion accumulates in fp32
+    out = temporal_window_attention(q, k, v, layout, window=4, stride=2, weighting="pyramid")
+    hw = 6
+    acc = torch.zeros(2, 3, frames * hw, 8, )
+    total = torch.zeros(frames * hw, 1, )
+    w = frame_weights(4, "pyramid")
+    for s in window_starts(frames, 4, 2):
+        keep = torch.zeros(layout.num_tokens, dtype=torch.bool)
+        keep[s * hw:(s + 4) * hw] = True
+        keep[frames * hw:] = True  # text keys stay visible
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep.expand(layout.num_tokens, -1))
+        wt = torch.zeros(frames * hw, 1, )
+        wt[s * hw:(s + 4) * hw, 0] = w.repeat_interleave(hw)
+        acc += wt * ref[:, :, :frames * hw]
+        total += wt
+    expected = acc / total
+    torch.testing.assert_close(out[:, :, :frames * hw], expected, atol=2e-6, rtol=1e-5)  # fp32 summation order
+    if text:
+        torch.testing.assert_close(out[:, :, frames * hw:], F.scaled_dot_product_attention(q, k, v)[:, :, frames * hw:])
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuanvideo", "cogvideox", "ltx", "pixart"])
+def test_riflex_hook_per_family_and_exact_removal(family):
+    if family == "cogvideox":
+        pytest.skip("the tiny CogVideoX has no rotary embeddings (covered by the not-supported message)")
+    model, inputs = tiny_model(family, frames=3)
+    if family in ("ltx", "pixart"):
+        with pytest.raises(NotImplementedError, match=family):
+            apply_riflex(model, 2, 8)
+        return
+    before = forward(model, inputs)
+    plan = apply_riflex(model, 2, 8)
+    assert plan.new_omega < plan.omega
+    changed = forward(model, inputs)
+    assert not torch.equal(changed, before)
+    remove_riflex(model)
+    assert torch.equal(forward(model, inputs), before)
+
+
+def test_riflex_plan_picks_the_period_closest_to_training_length():
+    model, _ = tiny_model("wan")  # t_dim 4: periods 2 pi, 200 pi
+    plan = riflex_plan(model, 8, 32)
+    assert plan.index == 0 and abs(plan.new_omega - 0.9 * 2 * torch.pi / 32) < 1e-9
+
+
+def test_vstar_bias_against_reference():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 4) for _ in range(3))
+    out = TemporalBandMethod(2.0, 0.5)(q, k, v, TokenLayout(6, 1, 1))
+    logits = q @ k.transpose(-1, -2) / 2 + band_bias(6, 2.0, 3.0)
+    torch.testing.assert_close(out, logits.softmax(-1) @ v, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    from attnplug.models import load_pipeline
+
+    pipe = load_pipeline("shapes-video")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_model_stock_after_a_call_that_raised(shapes):
+    gen = torch.Generator().manual_seed(0)
+    stock = shapes("red circle moving left", num_frames=24, num_inference_steps=2, generator=gen,
+                   output_type="pt").frames
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        long_video(shapes, "red circle moving left", num_frames=24, num_inference_steps=0,
+                   config=LongVideoConfig(rope="riflex", temporal_windows=True))
+    assert attnplug.method_of(shapes) is None
+    assert not shapes.transformer.rope._diffusers_hook.hooks
+    again = shapes("red circle moving left", num_frames=24, num_inference_steps=2,
+                   generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    assert torch.equal(stock, again)
+
+
+def test_long_video_runs_with_sparse_composition(shapes):
+    out = long_video(shapes, "blue square moving up", num_frames=32, num_inference_steps=2,
+                     generator=torch.Generator().manual_seed(1),
+                     config=LongVideoConfig(noise_rescheduling=True, sparse=attnplug.SparseVideoConfig(density=0.5)))
+    assert out.frames.shape == (1, 32, 16, 16, 3)
+    assert attnplug.method_of(shapes) is None
