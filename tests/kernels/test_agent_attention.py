@@ -8,18 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from attnplug.kernels.agent import agent_attention, agent_attention_reference, gather_with_lse
-from attnplug.kernels.agent import torch as agent_torch
 from attnplug.kernels.merge import merge_attentions
 
 ATOL = 1e-5
 
 
-@pytest.fixture(params=["cpu-flash", "chunked"])
-def gather_path(request, monkeypatch):
-    """Both gather paths: PyTorch's CPU flash kernel (with its log-sum-exp) and the chunked matmuls used elsewhere."""
-    if request.param == "chunked":
-        monkeypatch.setattr(agent_torch, "_CPU_FLASH", None)
-    return request.param
+@pytest.fixture
+def gather_path():
+    """The gather path: chunked matmuls with their log-sum-exp (PyTorch's CPU flash op is not used: it gave
+    non-finite rows now and then on small head dims)."""
+    return "chunked"
 
 
 def _inputs(dim, seed, b=2, h=2, n=37, na=6, t=9, with_text=False, with_mask=False):

@@ -79,8 +79,8 @@ def gather_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``softmax(agents k^T * scale + key_bias) v`` and its row log-sum-exp, in float32.
 
-    On the CPU one call of PyTorch's flash kernel, which returns the log-sum-exp; elsewhere chunked over agents so
-    each score block holds about ``chunk_size * 256`` floats.
+    Chunked over agents so each score block holds about ``chunk_size * 256`` floats. (PyTorch's CPU flash op also
+    returns the log-sum-exp, but gave non-finite rows now and then on small head dims, so it is not used.)
 
     Args:
         agents: ``(B, H, n, D)``; k, v: ``(B, H, N, D)``; key_bias: additive, broadcastable to ``(B, H, 1, N)``.
@@ -89,10 +89,6 @@ def gather_with_lse(
         ``(values (B, H, n, D), lse (B, H, n))``.
     """
     dtype = torch.float32
-    if agents.device.type == "cpu" and _CPU_FLASH is not None:
-        bias = None if key_bias is None else key_bias.to(dtype)
-        out, lse = _CPU_FLASH(agents.to(dtype), k.to(dtype), v.to(dtype), 0.0, False, attn_mask=bias, scale=scale)
-        return out, lse
     n = agents.shape[-2]
     rows = max(1, min(n, (chunk_size * 256) // max(1, k.shape[-2])))
     k_t, vf = k.to(dtype).transpose(-1, -2), v.to(dtype)
@@ -105,7 +101,3 @@ def gather_with_lse(
         values.append((logits - lse).exp() @ vf)
         lses.append(lse.squeeze(-1))
     return torch.cat(values, dim=-2), torch.cat(lses, dim=-1)
-
-
-#: PyTorch's CPU flash-attention op, which also returns the log-sum-exp (None where this torch build lacks it).
-_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
