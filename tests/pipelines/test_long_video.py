@@ -7,12 +7,11 @@ import torch.nn.functional as F
 
 import attnplug
 from attnplug.layout import TokenLayout
-from attnplug.pipelines.long_video import LongVideoConfig, long_video
 from attnplug.pipelines._long_video_attention import frame_weights, temporal_window_attention, window_starts
 from attnplug.pipelines._long_video_noise import rescheduled_noise
 from attnplug.pipelines._long_video_rope import apply_riflex, remove_riflex, riflex_plan
 from attnplug.pipelines._long_video_vstar import TemporalBandMethod, band_bias
-from attnplug.pipelines.long_video import check_num_frames
+from attnplug.pipelines.long_video import LongVideoConfig, check_num_frames, long_video
 from attnplug.testing import forward, tiny_model
 
 
