@@ -102,7 +102,8 @@ def main() -> None:
         ROOT / "results" / "long_video_strip.png")
     print("| frames | variant | persistent | steady | time vs stock (same frames) |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['frames']} | {r['variant']} | {r['persistent']:.0%} | {r['steady']:.0%} | {r['time_ratio']:.2f} |")
+        print(f"| {r['frames']} | {r['variant']} | {r['persistent']:.0%} | {r['steady']:.0%} "
+              f"| {r['time_ratio']:.2f} |")
 
 
 if __name__ == "__main__":
