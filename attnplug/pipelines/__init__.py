@@ -7,6 +7,8 @@ They use only attnplug's public API and module hooks on the stock diffusers modu
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 _LAZY = {
     "hires": "hires",
@@ -31,3 +33,18 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
+
+
+class _Package(types.ModuleType):
+    """The entry points share their names with their modules (``hires`` in ``hires.py``). Importing a submodule
+    binds it as the package attribute of that name; here the entry point function is bound instead, so
+    ``attnplug.pipelines.hires(...)`` is the function whichever import ran first (the module stays in
+    ``sys.modules``)."""
+
+    def __setattr__(self, name, value):
+        if name in _LAZY and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

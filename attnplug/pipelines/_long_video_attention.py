@@ -146,8 +146,7 @@ class TemporalWindowMethod(AttentionMethod):
         attend = None
         if self.inner is not None:
             def attend(qw, kw, vw, sub):
-                # the inner method needs square q/k: pad the queries with the text keys' queries is not possible,
-                # so it sees the window's image tokens only (text keys of joint attention are dropped for it).
+                # the inner method needs as many keys as queries: windows with text keys (joint attention) use SDPA
                 n = qw.shape[-2]
                 if kw.shape[-2] != n:
                     return None

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -452,14 +450,3 @@ class HiResPipeline:
         if name == "pipe":
             raise AttributeError(name)
         return getattr(self.pipe, name)
-
-
-class _CallableModule(types.ModuleType):
-    """This module shares its name with :func:`hires`: importing it binds the module as ``attnplug.pipelines.hires``,
-    shadowing the function the package exports. Calling the module calls the function, so both spellings work."""
-
-    def __call__(self, *args, **kwargs):
-        return hires(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

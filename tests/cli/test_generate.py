@@ -226,7 +226,10 @@ def test_hires_through_the_cli(tmp_path, capsys):
 
 
 def test_missing_pipeline_extension_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import attnplug.pipelines
+
     monkeypatch.setitem(sys.modules, "attnplug.pipelines.long_video", None)  # as if not installed
+    monkeypatch.delattr(attnplug.pipelines, "long_video", raising=False)
     assert main(["generate", "x", "--model", "shapes-video", "--long-video", "--frames", "16",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
