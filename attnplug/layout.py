@@ -348,10 +348,10 @@ class LayoutState:
         if temporal is None:
             temporal = any(part in module_name for part in fam.temporal_modules)
         if temporal:
-            if n == f:
-                return TokenLayout(f, 1, 1)
+            if n <= f:  # all frames, or a window of them (diffusers' FreeNoise runs motion modules per window)
+                return TokenLayout(n, 1, 1)
             raise ValueError(
-                f"Temporal attention module {module_name!r} got {n} tokens but the latent has {f} frames."
+                f"Temporal attention module {module_name!r} got {n} tokens but the latent has only {f} frames."
             )
         frames = 1 if fam.frames_in_batch else f
         candidates = [(frames, hh, ww) for hh, ww in zip(_halvings(h), _halvings(w))] if fam.multiscale else [

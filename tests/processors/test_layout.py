@@ -101,3 +101,15 @@ def test_grid_unmatched_sequence_says_both_numbers():
     state = LayoutState(FAMILIES["WanTransformer3DModel"], grid=(2, 4, 4))
     with pytest.raises(ValueError, match=r"31 tokens.*\(2, 4, 4\)"):
         state.layout_for(31, "blocks.0.attn1")
+
+
+def test_temporal_modules_take_a_window_of_the_frames():
+    """diffusers' FreeNoise runs AnimateDiff's motion modules on windows of the frames: a temporal call may see
+    fewer frames than the latent, never more."""
+    from attnplug.layout import FAMILIES, LayoutState
+
+    state = LayoutState(FAMILIES["UNetMotionModel"], grid=(32, 8, 8))
+    assert state.layout_for(16, "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1").grid == (16, 1, 1)
+    assert state.layout_for(32, "mid_block.motion_modules.0.attn1").grid == (32, 1, 1)
+    with pytest.raises(ValueError, match="got 33 tokens but the latent has only 32 frames"):
+        state.layout_for(33, "up_blocks.1.motion_modules.0.attn1")
