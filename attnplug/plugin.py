@@ -14,7 +14,7 @@ from .config import MethodConfig, Schedule, config_from_options
 from .layout import LayoutState, family_of, latent_level, training_grid
 from .methods.base import AttentionMethod
 from .methods.dense import DenseConfig
-from .processors.core import Site
+from .processors.core import Site, backend_name
 from .processors.hooks import (
     ATTENTION_HOOK,
     METHOD_HOOK,
@@ -199,7 +199,6 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
         )
     config = config if config is not None else DenseConfig()
     denoisers, pipe = resolve_denoisers(target)
-    build_method(config)  # TypeError for a wrong config type before anything else
     sched = _schedule(config, schedule, layers, steps)
     is_default = schedule is None and layers is None and steps is None
     plans = [_installation(model, build_method(config), sched) for _, model in denoisers]
@@ -213,7 +212,7 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
 def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
     model, method = plan.model, plan.method
     family = family_of(model)
-    uses_steps = bool(sched.warmup_steps or sched.until_step is not None or getattr(method, "uses_steps", True))
+    uses_steps = bool(sched.warmup_steps or sched.until_step is not None or method.uses_steps)
     runtime = Runtime(method=method, schedule=sched, state=LayoutState(family, num_steps_fn=_num_steps_fn(pipe)),
                       num_layers=plan.num_layers, uses_steps=uses_steps, default_schedule=default_schedule)
     runtime.tracker = StepTracker(runtime, model)
@@ -228,7 +227,7 @@ def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_sch
         logger.debug("%s -> %s (selected=%s, level=%d)", site.name, type(method).__name__, chosen, level)
     model.register_forward_pre_hook(runtime.tracker, with_kwargs=True, prepend=True)
     model.register_forward_hook(runtime.tracker.after)
-    method_hook = method.model_hook() if hasattr(method, "model_hook") else None
+    method_hook = method.model_hook()
     if method_hook is not None:
         if not hasattr(model, "_diffusers_hook"):
             created.append(model)
@@ -247,19 +246,9 @@ def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_sch
 
 def _log_backends(model, plan: _Installation) -> None:
     """One log line when the method's layers bypass an attention backend the user chose."""
-    try:
-        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-        backend = _AttentionBackendRegistry._active_backend
-        active = str(getattr(backend, "value", backend))
-    except ImportError:  # pragma: no cover - older diffusers
-        active = "native"
-    backends = set()
-    for module, _, chosen, _, _ in plan.sites:
-        if chosen and hasattr(module.processor, "_attention_backend"):
-            backend = module.processor._attention_backend
-            backends.add(str(getattr(backend, "value", backend)) if backend is not None else active)
-    backends.discard("native")
+    backends = {backend_name(module.processor._attention_backend) for module, _, chosen, _, _ in plan.sites
+                if chosen and hasattr(module.processor, "_attention_backend")}
+    backends -= {None, "native"}
     if backends:
         logger.info(
             "attention backend %s bypassed in the selected layers of %s while the method runs (native SDPA there); "
@@ -272,11 +261,6 @@ class _Applied:
     runtime: Runtime
     created: list  # modules whose HookRegistry attnplug created (removed again when left empty)
     method_hook: bool
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        return _Applied(copy.deepcopy(self.runtime, memo), copy.deepcopy(self.created, memo), self.method_hook)
 
 
 def _applied(model) -> _Applied | None:

@@ -46,10 +46,16 @@ class Site:
     temporal: bool = False  # attends over frames only (AnimateDiff motion modules)
 
 
-def _backend_name(backend) -> str | None:
-    if backend is None or backend is _ABSENT:
+def backend_name(backend=None) -> str | None:
+    """The attention backend a processor's ``_attention_backend`` selects, by name: its own when set, the
+    process-wide active one when None, and None for processors that do not dispatch (``_ABSENT``)."""
+    if backend is _ABSENT:
         return None
-    return getattr(backend, "value", str(backend))
+    if backend is None:
+        if _AttentionBackendRegistry is None:
+            return None
+        backend = _AttentionBackendRegistry._active_backend
+    return str(getattr(backend, "value", backend))
 
 
 def context_parallel(processor) -> tuple[int, int]:
@@ -155,19 +161,16 @@ class Interception:
             layout = self.layout_fn(site, query.shape[-2])
             if scale is not None and info.scale != scale:
                 info = dataclasses.replace(info, scale=scale)
+            q, k, v = query, key, value
             if world > 1:
                 info = dataclasses.replace(info, head_offset=rank * query.shape[1])
-                query, key, value = (to_canonical(x, layout, world) for x in (query, key, value))
-            last_reason = getattr(self.method, "last_reason", None)
-            if callable(last_reason):
-                last_reason()  # drop a code a previous call left on this thread
-            out = self.method(query, key, value, layout, attn_mask, info)
+                q, k, v = (to_canonical(x, layout, world) for x in (query, key, value))
+            self.method.last_reason()  # drop a code a previous call left on this thread
+            out = self.method(q, k, v, layout, attn_mask, info)
             if out is not None:
                 stats.record("self", "method")
                 return from_canonical(out, layout, world) if world > 1 else out
-            if world > 1:
-                query, key, value = (from_canonical(x, layout, world) for x in (query, key, value))
-            reason = (last_reason() if callable(last_reason) else None) or "handed-back"
+            reason = self.method.last_reason() or "handed-back"
         stats.record("self", "stock", reason)
         return stock_attention(user_backend, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
@@ -175,9 +178,7 @@ class Interception:
 def stock_attention(backend, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False) -> torch.Tensor:
     """Attention on ``(B, H, N, D)`` tensors through the backend the processor (or the process) was set to."""
-    name = _backend_name(backend)
-    if name is None and backend is not _ABSENT and _AttentionBackendRegistry is not None:
-        name = _backend_name(_AttentionBackendRegistry._active_backend)
+    name = backend_name(backend)
     if name is None or name == "native" or dispatch_attention_fn is None:
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,

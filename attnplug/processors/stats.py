@@ -58,43 +58,30 @@ class CallStats:
             i = self._index[key] = len(self._index)
         return i
 
-    def _bump(self, key: tuple) -> None:
-        if torch.compiler.is_compiling():
-            self._counts[self._slot(key)] += 1
-        else:
-            self._eager[self._slot(key)] += 1
+    def _count(self, *keys: tuple) -> None:
+        if torch.compiler.is_compiling():  # in-graph tensor updates; the graph replays them, no lock to trace
+            for key in keys:
+                self._counts[self._slot(key)] += 1
+            return
+        with self._lock:
+            for key in keys:
+                self._eager[self._slot(key)] += 1
 
     def record(self, kind: str, outcome: str, reason: str | None = None) -> None:
         """Count one call of ``kind`` ("self"/"cross") that ran ``outcome`` ("method"/"stock", with ``reason``)."""
-        if torch.compiler.is_compiling():
-            self._record(kind, outcome, reason)
-            return
-        with self._lock:
-            self._record(kind, outcome, reason)
-
-    def _record(self, kind: str, outcome: str, reason: str | None) -> None:
-        self._bump((kind, "calls"))
-        self._bump((kind, outcome))
-        if reason is not None:
-            self._bump((kind, "reason", reason))
+        if reason is None:
+            self._count((kind, "calls"), (kind, outcome))
+        else:
+            self._count((kind, "calls"), (kind, outcome), (kind, "reason", reason))
 
     def passthrough(self) -> None:
         """Count a call whose processor made no ``scaled_dot_product_attention`` call (nothing to intercept)."""
-        if torch.compiler.is_compiling():
-            self._bump(("passthrough",))
-            return
-        with self._lock:
-            self._bump(("passthrough",))
+        self._count(("passthrough",))
 
     def clear(self) -> None:
         with self._lock:
             self._counts.zero_()
             self._eager = [0] * self._CAPACITY
-
-    def total(self) -> int:
-        """All counted calls (both kinds) and pass-throughs."""
-        d = self.as_dict()
-        return d["self"]["calls"] + d["cross"]["calls"] + d["passthrough"]
 
     def as_dict(self) -> dict:
         """``{"self": {"calls", "method", "stock", "reasons": {code: n}}, "cross": {...}, "passthrough": n}``."""
