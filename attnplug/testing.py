@@ -192,6 +192,32 @@ def sdxl_like_unet(seed: int = 0) -> tuple[torch.nn.Module, dict]:
     return model, inputs
 
 
+def run_concurrently(works: list[Callable[[], object]]) -> list[object]:
+    """Run each callable of ``works`` in its own thread, all started together (a barrier), and return their results
+    in order; an exception in a thread is raised here."""
+    import threading
+
+    results: list[object] = [None] * len(works)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(works))
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = works[i]()
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(works))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def forward(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     """Run ``model(**inputs)`` without grad and return the output tensor."""
     with torch.no_grad():

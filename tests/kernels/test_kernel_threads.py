@@ -13,6 +13,7 @@ from attnplug.kernels import BlockLUT, block_sparse_attention, neighborhood_atte
 from attnplug.kernels.neighborhood import dispatch as nb_dispatch
 from attnplug.kernels.neighborhood import tiles as nb_tiles
 from attnplug.layout import TokenLayout
+from attnplug.testing import run_concurrently
 
 CALLS = 32
 
@@ -27,25 +28,7 @@ def _inputs(seed: int, grid, text: int):
 
 def _run_two_threads(fn, jobs):
     """Runs ``fn(job)`` CALLS times for each job, one thread per job, started together; returns the outputs."""
-    results = {i: [] for i in range(len(jobs))}
-    barrier = threading.Barrier(len(jobs))
-    errors = []
-
-    def worker(i):
-        try:
-            barrier.wait()
-            for _ in range(CALLS):
-                results[i].append(fn(jobs[i]))
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    return results
+    return dict(enumerate(run_concurrently([lambda job=job: [fn(job) for _ in range(CALLS)] for job in jobs])))
 
 
 @pytest.mark.parametrize("backend", ["tiles", "torch"])

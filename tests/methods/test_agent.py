@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from attnplug.kernels.agent import agent_attention_reference
 from attnplug.layout import TokenLayout
 from attnplug.methods.agent import AgentConfig, AgentMethod, agent_grid, merge_agents, pool_agents
 from attnplug.methods.base import CallInfo
-from attnplug.testing import FAMILY_NAMES, forward, tiny_model
+from attnplug.testing import FAMILY_NAMES, forward, run_concurrently, tiny_model
 
 ATOL = 1e-5
 EVERY_STEP = attnplug.Schedule()  # bare models have no step count: run on every step instead of the default 40 %
@@ -344,19 +343,7 @@ def test_two_threads_give_the_single_thread_results():
     layouts = [TokenLayout(1, 6, 9, text_tokens=5), TokenLayout(2, 4, 6)]
     inputs = [[_qkv(layouts[t], batch=1, heads=2, dim=16, seed=10 * t + i) for i in range(12)] for t in range(2)]
     expected = [[method(*x, layouts[t]) for x in inputs[t]] for t in range(2)]
-    results: list[list] = [[], []]
-    barrier = threading.Barrier(2)
-
-    def run(t):
-        barrier.wait()
-        for x in inputs[t]:
-            results[t].append(method(*x, layouts[t]))
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    results = run_concurrently([lambda t=t: [method(*x, layouts[t]) for x in inputs[t]] for t in range(2)])
     for t in range(2):
         assert len(results[t]) == len(expected[t])
         assert all(torch.equal(a, b) for a, b in zip(results[t], expected[t]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import tracemalloc
 
 import pytest
@@ -30,7 +29,7 @@ from attnplug.methods.patterns import (
     tile_permutation,
 )
 from attnplug.methods.sparse_video import SparseVideoConfig, SparseVideoMethod
-from attnplug.testing import forward, tiny_model
+from attnplug.testing import forward, run_concurrently, tiny_model
 
 
 def masked_reference(q, k, v, mask, scale=None):
@@ -356,19 +355,8 @@ def test_two_threads_give_single_thread_results(pattern):
     single = cfg.build()
     expected = [[single(*x, lay, None, info) for x in xs] for lay, xs in zip(layouts, inputs)]
     shared = cfg.build()
-    got: list[list] = [[], []]
-    barrier = threading.Barrier(2)
-
-    def work(t):
-        barrier.wait()
-        for _ in range(3):
-            got[t].extend(shared(*x, layouts[t], None, info) for x in inputs[t])
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    got = run_concurrently(
+        [lambda t=t: [shared(*x, layouts[t], None, info) for _ in range(3) for x in inputs[t]] for t in range(2)])
     for t in range(2):
         assert len(got[t]) == 18
         for i, out in enumerate(got[t]):

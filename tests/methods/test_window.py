@@ -4,8 +4,6 @@ tests/kernels/test_window_attention.py)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +13,7 @@ from attnplug.kernels.window import window_attention_reference
 from attnplug.layout import TokenLayout
 from attnplug.methods.base import CallInfo
 from attnplug.methods.window import WindowConfig, WindowMethod
-from attnplug.testing import forward, tiny_model
+from attnplug.testing import forward, run_concurrently, tiny_model
 
 
 def _qkv(layout: TokenLayout, seed=0, batch=1, heads=2, dim=8):
@@ -110,19 +108,8 @@ def test_two_threads_give_the_single_thread_results():
     layouts = [TokenLayout(1, 10, 9, text_tokens=3), TokenLayout(2, 7, 11)]  # both padded
     inputs = [[(*_qkv(layouts[t], seed=10 * t + i), CallInfo(step=i)) for i in range(12)] for t in range(2)]
     expected = [[method(q, k, v, layouts[t], info=info) for q, k, v, info in inputs[t]] for t in range(2)]
-    results: list[list] = [[], []]
-    barrier = threading.Barrier(2)
-
-    def run(t):
-        barrier.wait()
-        for q, k, v, info in inputs[t]:
-            results[t].append(method(q, k, v, layouts[t], info=info))
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    results = run_concurrently(
+        [lambda t=t: [method(q, k, v, layouts[t], info=info) for q, k, v, info in inputs[t]] for t in range(2)])
     for t in range(2):
         assert len(results[t]) == len(expected[t])
         assert all(torch.equal(a, b) for a, b in zip(results[t], expected[t]))
