@@ -99,6 +99,18 @@ class Pattern(Protocol):
     def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput: ...
 
 
+class ConfiguredPattern:
+    """What the patterns share: they hold their ``SparseVideoConfig``, and blocks are ``block_size`` tokens unless a
+    pattern sizes them from the grid (tiles)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def block_for(self, grid: tuple[int, int, int]) -> int:
+        """Tokens per block (``block_size``)."""
+        return self.config.block_size
+
+
 class PlanCache:
     """Bounded, thread-safe LRU cache of plans keyed by ``(layout, device)``."""
 

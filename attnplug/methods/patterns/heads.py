@@ -22,7 +22,16 @@ from torch import Tensor
 
 from ...layout import TokenLayout
 from ..base import CallInfo
-from .base import PatternOutput, Plan, effective_density, full_permutation, pair_density, run_block_sparse, take
+from .base import (
+    ConfiguredPattern,
+    PatternOutput,
+    Plan,
+    effective_density,
+    full_permutation,
+    pair_density,
+    run_block_sparse,
+    take,
+)
 from .common import add_global_blocks, block_ranges, block_token_mask, inverse_permutation, lut_from_block_mask
 
 __all__ = [
@@ -121,19 +130,12 @@ def profile_heads(
     return errors.argmin(0), errors
 
 
-class HeadsPattern:
+class HeadsPattern(ConfiguredPattern):
     """``pattern="heads"`` (Sparse VideoGen): per head and call, the spatial or temporal band mask whose output on
     ``num_sampled_rows`` sampled query rows is closest to full attention."""
 
     name = "heads"
     video_only = True
-
-    def __init__(self, config):
-        self.config = config
-
-    def block_for(self, grid: tuple[int, int, int]) -> int:
-        """Tokens per block (``block_size``)."""
-        return self.config.block_size
 
     def plan(self, layout: TokenLayout, device) -> Plan:
         """One candidate :class:`Plan` per kind (order, band mask and LUT on ``device``), widths from the density."""

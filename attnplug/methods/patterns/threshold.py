@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ...layout import TokenLayout
 from ..base import CallInfo
-from .base import PatternOutput, Plan, effective_density, full_permutation, run_static
+from .base import ConfiguredPattern, PatternOutput, Plan, effective_density, full_permutation, run_static
 from .common import inverse_permutation, lut_from_block_mask
 from .tiles import tile_major_order
 
@@ -33,19 +33,12 @@ def locality_priority(num_blocks: int, device=None) -> Tensor:
     return -(i[:, None] - i[None, :]).abs()
 
 
-class ThresholdPattern:
+class ThresholdPattern(ConfiguredPattern):
     """``pattern="threshold"``: every block (tile-major order when the tile fits), nearest first, with the kernel's
     threshold skipping."""
 
     name = "threshold"
     video_only = False
-
-    def __init__(self, config):
-        self.config = config
-
-    def block_for(self, grid: tuple[int, int, int]) -> int:
-        """Tokens per block (``block_size``)."""
-        return self.config.block_size
 
     def plan(self, layout: TokenLayout, device) -> Plan:
         """All ``(M, M)`` blocks with a locality-ordered LUT on ``device``."""

@@ -30,7 +30,7 @@ from ..._logging import log_once
 from ...kernels.block_sparse.masks import dim_window
 from ...layout import TokenLayout
 from ..base import CallInfo
-from .base import PatternOutput, Plan, full_permutation, pair_density, run_static
+from .base import ConfiguredPattern, PatternOutput, Plan, full_permutation, pair_density, run_static
 from .common import add_global_blocks, inverse_permutation, lut_from_block_mask
 
 __all__ = [
@@ -143,14 +143,11 @@ def tile_major_order(grid: tuple[int, int, int], config) -> tuple[Tensor | None,
     return tile_permutation(grid, tile), tile
 
 
-class TilesPattern:
+class TilesPattern(ConfiguredPattern):
     """``pattern="tiles"``: sliding tile attention over the image tokens; text tokens global (see the module)."""
 
     name = "tiles"
     video_only = True
-
-    def __init__(self, config):
-        self.config = config
 
     def tile_for(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
         """The tile used on ``grid``: the config's, fitted with ``tile_fit="shrink"``; ``ValueError`` otherwise."""

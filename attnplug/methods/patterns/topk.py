@@ -27,7 +27,16 @@ from torch import Tensor
 
 from ...layout import TokenLayout
 from ..base import CallInfo
-from .base import PatternOutput, Plan, effective_density, full_permutation, pair_density, run_block_sparse, take
+from .base import (
+    ConfiguredPattern,
+    PatternOutput,
+    Plan,
+    effective_density,
+    full_permutation,
+    pair_density,
+    run_block_sparse,
+    take,
+)
 from .common import add_global_blocks, inverse_permutation, lut_from_block_mask
 from .tiles import tile_major_order
 
@@ -134,19 +143,12 @@ def apply_rectification(out: Tensor, r: Tensor, comp: Tensor, block: int) -> Ten
     return (out.float() * rt + ct).to(out.dtype)
 
 
-class TopkPattern:
+class TopkPattern(ConfiguredPattern):
     """``pattern="topk"``: per call, the key blocks with the largest pooled scores (``density`` budget or
     ``topk_mass``), diagonal and text blocks always kept, with the configured rectification."""
 
     name = "topk"
     video_only = False
-
-    def __init__(self, config):
-        self.config = config
-
-    def block_for(self, grid: tuple[int, int, int]) -> int:
-        """Tokens per block (``block_size``)."""
-        return self.config.block_size
 
     def plan(self, layout: TokenLayout, device) -> Plan:
         """Only the token order (tile-major when the tile fits); the blocks are chosen per call."""
