@@ -269,26 +269,22 @@ def test_pipeline_lora_loader_fuse_unfuse_unload(order, tmp_path, tagged):
     donor.add_adapter(peft.LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                                       init_lora_weights=False))
     lora = {f"unet.{k}": v for k, v in get_peft_model_state_dict(donor).items()}
-    reference = tiny_pipeline("sd", str(tmp_path / "ref"))
-    reference.load_lora_weights(dict(lora))
-    expected = [images(reference)]
-    reference.fuse_lora()
-    expected.append(images(reference))
-    reference.unfuse_lora()
-    reference.unload_lora_weights()
-    expected.append(images(reference))
+    def loaded_fused_unloaded(pipe, after_load=lambda: None):
+        pipe.load_lora_weights(dict(lora))
+        after_load()
+        outs = [images(pipe)]
+        pipe.fuse_lora()
+        outs.append(images(pipe))
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+        return outs + [images(pipe)]
 
+    expected = loaded_fused_unloaded(tiny_pipeline("sd", str(tmp_path / "ref")))
     if order == "apply_first":
         attnplug.apply(pipe, tagged)
-    pipe.load_lora_weights(dict(lora))
-    if order == "lora_first":
-        attnplug.apply(pipe, tagged)
-    got = [images(pipe)]
-    pipe.fuse_lora()
-    got.append(images(pipe))
-    pipe.unfuse_lora()
-    pipe.unload_lora_weights()
-    got.append(images(pipe))
+        got = loaded_fused_unloaded(pipe)
+    else:
+        got = loaded_fused_unloaded(pipe, after_load=lambda: attnplug.apply(pipe, tagged))
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(expected[0], expected[2], atol=1e-3)  # the LoRA had an effect
