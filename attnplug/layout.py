@@ -261,7 +261,8 @@ def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     fam = family_of(model)
     if fam.multiscale:
-        return (1, _halvings(h)[min(level, len(_halvings(h)) - 1)], _halvings(w)[min(level, len(_halvings(w)) - 1)])
+        hs, ws = _halvings(h), _halvings(w)
+        return (1, hs[min(level, len(hs) - 1)], ws[min(level, len(ws) - 1)])
     _, ph, pw = _patch(model.config)
     if fam.grid is _grid_image_4d:
         return (1, h // ph, w // pw)
