@@ -67,6 +67,28 @@ def test_schedule_validation():
         attnplug.Schedule(warmup_steps=9).step_active(0, 4)
     with pytest.raises(ValueError, match=r"until_step=7 exceeds"):
         attnplug.Schedule(until_step=7).step_active(0, 4)
+    with pytest.raises(ValueError, match=r"warmup_steps as a fraction must be in \[0, 1\), got 1.5"):
+        attnplug.Schedule(warmup_steps=1.5)
+    with pytest.raises(ValueError, match="warmup_steps is a fraction but the number of denoising steps is unknown"):
+        attnplug.Schedule(warmup_steps=0.25).step_active(0, None)
+    assert [attnplug.Schedule(warmup_steps=0.25).step_active(i, 8) for i in range(3)] == [False, False, True]
+
+
+def test_a_fraction_default_schedule_on_a_bare_model_runs_every_step_and_says_so(caplog, monkeypatch):
+    """AgentSD's default (the first 40 % of the steps) needs the run's length; a model called without its pipeline
+    has none, so the method runs at every step, with one warning (a schedule the caller gives still raises)."""
+    from attnplug import _logging
+
+    monkeypatch.setattr(_logging, "_seen", {})  # the warning is logged once per process; start from none seen
+    model, inputs = tiny_model("unet")
+    with caplog.at_level(logging.WARNING, logger="attnplug"):
+        attnplug.apply(model, "agent")
+        forward(model, inputs)
+    assert attnplug.stats(model)["self"]["method"] > 0
+    assert "default schedule" in caplog.text and "runs at every step" in caplog.text
+    attnplug.apply(model, "agent", schedule=attnplug.Schedule(until_step=0.4))
+    with pytest.raises(ValueError, match="number of denoising steps is unknown"):
+        forward(model, inputs)
 
 
 def test_layers_and_steps_from_timesteps_with_reasons(tagged):
