@@ -228,7 +228,7 @@ def forward(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # Tiny full pipelines (random weights, local tokenizer): one per family group.
 
-PIPELINE_NAMES = ("sd", "pixart", "wan")
+PIPELINE_NAMES = ("sd", "pixart", "wan", "animatediff")
 
 
 def tiny_tokenizer(directory: str):
@@ -264,7 +264,8 @@ def tiny_tokenizer(directory: str):
 
 def tiny_pipeline(name: str, tmpdir: str, seed: int = 0):
     """A tiny random-weight diffusers pipeline: ``"sd"`` (StableDiffusionPipeline, U-Net), ``"pixart"``
-    (PixArtAlphaPipeline, image DiT) or ``"wan"`` (WanPipeline, video DiT). ``tmpdir`` holds the tokenizer files."""
+    (PixArtAlphaPipeline, image DiT), ``"wan"`` (WanPipeline, video DiT) or ``"animatediff"`` (AnimateDiffPipeline,
+    a U-Net with motion modules). ``tmpdir`` holds the tokenizer files."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
@@ -272,35 +273,46 @@ def tiny_pipeline(name: str, tmpdir: str, seed: int = 0):
         raise ValueError(f"Unknown tiny pipeline {name!r}; choose one of {', '.join(PIPELINE_NAMES)}.")
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(tmpdir)
-    if name == "sd":
-        unet, _ = _unet(8, 8, 1, 1, 1)
-        vae = diffusers.AutoencoderKL(
+    def kl_vae():
+        return diffusers.AutoencoderKL(
             block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
+        ).eval()
+
+    def clip_text_encoder():
+        return CLIPTextModel(CLIPTextConfig(
             vocab_size=514, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
-        ))
+        )).eval()
+
+    if name == "sd":
+        unet, _ = _unet(8, 8, 1, 1, 1)
         return diffusers.StableDiffusionPipeline(
-            unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+            unet=unet.eval(), vae=kl_vae(), text_encoder=clip_text_encoder(), tokenizer=tokenizer,
             scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
         )
+    if name == "animatediff":
+        unet, _ = _unet(8, 8, 1, 1, 1)
+        adapter = diffusers.MotionAdapter(
+            block_out_channels=(16, 32), motion_layers_per_block=1, motion_num_attention_heads=2,
+            motion_norm_num_groups=8, motion_max_seq_length=32, use_motion_mid_block=False,
+        )
+        return diffusers.AnimateDiffPipeline(
+            unet=unet.eval(), vae=kl_vae(), text_encoder=clip_text_encoder(), tokenizer=tokenizer,
+            motion_adapter=adapter.eval(), scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False,
+                                                                   beta_schedule="linear"),
+        )
     if name == "pixart":
         transformer, _ = _pixart(8, 8, 1, 1, 1)
-        vae = diffusers.AutoencoderKL(
-            block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        )
+        vae = kl_vae()
         text_encoder = T5EncoderModel(T5Config(
             vocab_size=514, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, pad_token_id=513,
             eos_token_id=513, decoder_start_token_id=513,
         ))
         return diffusers.PixArtAlphaPipeline(
-            tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
+            tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, transformer=transformer.eval(),
             scheduler=diffusers.DPMSolverMultistepScheduler(),
         )
     transformer, _ = _wan(8, 8, 1, 1, 1)

@@ -284,12 +284,6 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
 
 
 # ---------------------------------------------------------------------------------------------- AnimateDiff
-def _animatediff_temporal_attention(unet) -> list:
-    """The self-attention modules of the motion modules (attention over frames)."""
-    return [m for n, m in unet.named_modules() if "motion_modules" in n and hasattr(m, "set_processor")
-            and hasattr(m, "processor") and not getattr(m, "is_cross_attention", False)]
-
-
 def _disable_free_noise(pipe) -> None:
     try:
         pipe.disable_free_noise()
@@ -309,9 +303,6 @@ def _animatediff(pipe, prompt, plan: LongVideoPlan, config: LongVideoConfig, kwa
         raise TypeError(
             f"{type(pipe).__name__} has no enable_free_noise (diffusers' FreeNoise); use AnimateDiffPipeline."
         )
-    from ..layout import TokenLayout
-    from ..processors.wrapper import AttnplugProcessor
-
     user_free_noise = pipe.free_noise_enabled
     use_windows = plan.temporal_windows or plan.latent_frames > plan.train_latent
     with contextlib.ExitStack() as stack:
@@ -319,23 +310,13 @@ def _animatediff(pipe, prompt, plan: LongVideoPlan, config: LongVideoConfig, kwa
             stack.callback(_disable_free_noise, pipe)
             pipe.enable_free_noise(
                 context_length=plan.train_latent, context_stride=max(1, plan.train_latent // 2),
-                weighting_scheme=config.weighting if config.weighting != "flat" else "flat",
+                weighting_scheme=config.weighting,
                 noise_type="shuffle_context" if config.noise_rescheduling is not False else "random",
             )
         if plan.vstar:
-            context = pipe._free_noise_context_length if pipe.free_noise_enabled else plan.latent_frames
-            method = TemporalBandMethod(config.vstar_strength, config.vstar_sigma)
-            modules = _animatediff_temporal_attention(pipe.unet)
-            stock = [m.processor for m in modules]
-
-            def restore():
-                for m, p in zip(modules, stock):
-                    m.set_processor(p)
-
-            stack.callback(restore)
-            frames = min(context, plan.latent_frames)
-            for m, p in zip(modules, stock):
-                m.set_processor(AttnplugProcessor(method, p, layout=TokenLayout(frames, 1, 1)))
+            # After enable_free_noise: FreeNoise rebuilds the motion blocks, so their attention modules are new.
+            stack.callback(remove, pipe)
+            apply(pipe, TemporalBandMethod(config.vstar_strength, config.vstar_sigma))
         return pipe(prompt, num_frames=plan.num_frames, **kwargs)
 
 

@@ -123,3 +123,57 @@ def test_long_video_runs_with_sparse_composition(shapes):
                      config=LongVideoConfig(noise_rescheduling=True, sparse=attnplug.SparseVideoConfig(density=0.5)))
     assert out.frames.shape == (1, 32, 16, 16, 3)
     assert attnplug.method_of(shapes) is None
+
+
+@pytest.fixture(scope="module")
+def animatediff(tmp_path_factory):
+    from attnplug.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("animatediff", str(tmp_path_factory.mktemp("tok")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_animatediff_long_video_uses_free_noise_and_vstar_then_restores(animatediff, monkeypatch):
+    import importlib
+
+    lv = importlib.import_module("attnplug.pipelines.long_video")  # the package attribute is the function
+
+    made = []
+
+    class Recording(lv.TemporalBandMethod):
+        def __post_init__(self):
+            super().__post_init__()
+            made.append(self)
+
+    monkeypatch.setattr(lv, "TemporalBandMethod", Recording)
+    args = dict(num_inference_steps=2, height=8, width=8, output_type="pt")
+    before = animatediff("red circle", num_frames=16, generator=torch.Generator().manual_seed(0), **args).frames
+    plan = lv.resolve_config(animatediff, 64)
+    assert plan.train_latent == 16 and plan.vstar  # min(16, motion_max_seq_length=32)
+    seen = []
+    enable = animatediff.enable_free_noise
+    monkeypatch.setattr(animatediff, "enable_free_noise", lambda **kw: (seen.append(kw), enable(**kw))[1])
+    out = long_video(animatediff, "red circle", num_frames=64, generator=torch.Generator().manual_seed(0), **args)
+    assert out.frames.shape == (1, 64, 3, 8, 8)
+    assert seen == [dict(context_length=16, context_stride=8, weighting_scheme="pyramid",
+                         noise_type="shuffle_context")]
+    assert made and made[0].calls > 0  # the band bias ran on the motion modules' frame attention
+    plain = long_video(animatediff, "red circle", num_frames=64, generator=torch.Generator().manual_seed(0),
+                       config=LongVideoConfig(vstar=False), **args)
+    assert not torch.equal(plain.frames, out.frames)
+    assert not animatediff.free_noise_enabled and attnplug.method_of(animatediff) is None
+    again = animatediff("red circle", num_frames=16, generator=torch.Generator().manual_seed(0), **args).frames
+    assert torch.equal(before, again)
+
+
+def test_animatediff_keeps_a_users_free_noise(animatediff):
+    import importlib
+
+    animatediff.enable_free_noise(context_length=8, context_stride=4)
+    try:
+        long_video(animatediff, "red circle", num_frames=24, num_inference_steps=1, height=8, width=8,
+                   output_type="pt")
+        assert animatediff.free_noise_enabled and animatediff._free_noise_context_length == 8
+    finally:
+        importlib.import_module("attnplug.pipelines.long_video")._disable_free_noise(animatediff)
