@@ -64,17 +64,47 @@ def test_window_method_matches_masked_dense_reference(frames, text):
 
 @pytest.mark.parametrize("family", ["wan", "hunyuanvideo", "cogvideox", "ltx", "pixart"])
 def test_riflex_hook_per_family_and_exact_removal(family):
-    if family == "cogvideox":
-        pytest.skip("the tiny CogVideoX has no rotary embeddings (covered by the not-supported message)")
     model, inputs = tiny_model(family, frames=3)
-    if family in ("ltx", "pixart"):
-        with pytest.raises(NotImplementedError, match=family):
+    if family in ("ltx", "pixart", "cogvideox"):  # the tiny CogVideoX has no rotary embeddings
+        with pytest.raises(NotImplementedError, match=f"(?i){family}"):
             apply_riflex(model, 2, 8)
         return
     before = forward(model, inputs)
     plan = apply_riflex(model, 2, 8)
     assert plan.new_omega < plan.omega
     changed = forward(model, inputs)
+    assert not torch.equal(changed, before)
+    remove_riflex(model)
+    assert torch.equal(forward(model, inputs), before)
+
+
+def test_riflex_on_cogvideox_rewrites_the_temporal_columns_of_image_rotary_emb():
+    from diffusers import CogVideoXTransformer3DModel
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    torch.manual_seed(0)
+    frames, side, head_dim = 6, 8, 16
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=head_dim, in_channels=4, out_channels=4, time_embed_dim=4,
+        text_embed_dim=16, num_layers=1, sample_width=side, sample_height=side, sample_frames=frames, patch_size=2,
+        temporal_compression_ratio=1, max_text_seq_length=3, use_rotary_positional_embeddings=True,
+    ).eval()
+    emb = get_3d_rotary_pos_embed(head_dim, ((0, 0), (side // 2, side // 2)), (side // 2, side // 2), frames)
+    inputs = dict(hidden_states=torch.randn(1, frames, 4, side, side), encoder_hidden_states=torch.randn(1, 3, 16),
+                  timestep=torch.tensor([500]), image_rotary_emb=emb)
+    seen = []
+    model.transformer_blocks[0].register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["image_rotary_emb"]), with_kwargs=True)
+    before = forward(model, inputs)
+    plan = apply_riflex(model, 2, frames)
+    changed = forward(model, inputs)
+    cos, sin = seen[-1]
+    p = torch.arange(frames, dtype=torch.float64).repeat_interleave((side // 2) ** 2)
+    k = plan.index
+    torch.testing.assert_close(cos[:, 2 * k], torch.cos(plan.new_omega * p).float())
+    torch.testing.assert_close(sin[:, 2 * k + 1], torch.sin(plan.new_omega * p).float())
+    kept = [c for c in range(head_dim) if c // 2 != k]
+    assert torch.equal(cos[:, kept], emb[0][:, kept]) and torch.equal(sin[:, kept], emb[1][:, kept])
     assert not torch.equal(changed, before)
     remove_riflex(model)
     assert torch.equal(forward(model, inputs), before)
