@@ -8,9 +8,10 @@ windows gets the weighted mean of their outputs (``"pyramid"`` weights favour th
 are equal), which is what keeps motion continuous across windows.
 
 The global path keeps the video one scene: ``global_heads`` heads (by global head index) attend densely over the
-whole video, and the first ``global_steps`` denoising steps are dense for all heads (layout and motion are decided in
-the first steps). Text tokens of joint attention stay global: text queries attend to every key, image queries to
-their window plus all text keys.
+whole video; dense first denoising steps (layout and motion are decided in the first steps) come from the
+:class:`~attnplug.Schedule` the method is applied with (``warmup_steps``).
+Text tokens of joint attention stay global: text queries attend to every key, image queries to their window plus
+all text keys.
 """
 
 from __future__ import annotations
@@ -111,7 +112,6 @@ class TemporalWindowMethod(AttentionMethod):
         stride: frames between window starts (``window // 2`` = FreeNoise's half-window overlap).
         weighting: ``"pyramid"`` or ``"flat"`` fusion weights.
         global_heads: heads (global index ``info.head_offset + h``) that attend densely over the whole video.
-        global_steps: first denoising steps that are dense for every head.
         inner: a method run on each window instead of SDPA (e.g. ``SparseVideoConfig(...).build()``); its output
             for the window's image queries is used; a hand-back (None) runs SDPA on that window.
 
@@ -122,26 +122,21 @@ class TemporalWindowMethod(AttentionMethod):
     stride: int
     weighting: str = "pyramid"
     global_heads: int = 0
-    global_steps: int = 0
     inner: AttentionMethod | None = None
+    uses_steps = False  # dense first steps come from the Schedule
 
     def __post_init__(self):
         window_starts(self.window + 1, self.window, self.stride)  # validates window / stride
         frame_weights(1, self.weighting)
-        if self.global_heads < 0 or self.global_steps < 0:
-            raise ValueError(
-                f"global_heads ({self.global_heads}) and global_steps ({self.global_steps}) must be >= 0."
-            )
-        self.calls = {"window": 0, "dense_step": 0, "short": 0}
+        if self.global_heads < 0:
+            raise ValueError(f"global_heads must be >= 0, got {self.global_heads!r}.")
+        self.calls = {"window": 0, "short": 0}
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         if layout.frames <= self.window:
             self.calls["short"] += 1
             return None
         info = info or CallInfo()
-        if 0 <= info.step < self.global_steps:
-            self.calls["dense_step"] += 1
-            return None
         self.calls["window"] += 1
         attend = None
         if self.inner is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._logging import log_once
-from ..config import help_field, validate_fields
+from ..config import Schedule, help_field, validate_fields
 from ..layout import family_of
 from ..methods.sparse_video import SparseVideoConfig
 from ..plugin import apply, method_of, remove, resolve_denoiser
@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 # Training length in video frames (what the model was trained on) when the model config does not say.
 TRAIN_FRAMES = {"wan": 81, "hunyuanvideo": 129, "cogvideox": 49, "ltx": 121, "animatediff": 16}
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
+# Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
+# 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
+# beyond that, and the first half of the steps dense when the windows run.
+POSITION_SCALE = 0.75
+GLOBAL_STEPS = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,21 @@ class LongVideoConfig:
     stride: int | None = help_field(None, "Frames between window starts (None = half the window).", min=1)
     weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
     global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
-    global_steps: int = help_field(0, "First denoising steps with dense attention for all heads (global path).", min=0)
+    global_steps: int | float | None = help_field(
+        None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
+        "number of steps, or a fraction of the steps in [0, 1) (None = half the steps).", min=0
+    )
     rope: str = help_field(
         "auto",
-        "Temporal RoPE rescaling for video DiTs: 'riflex' (lower the intrinsic frequency), 'by_part' (interpolate "
-        "the long-period components by `position_scale`, keep the short ones), 'none', or 'auto' (family default).",
+        "Temporal RoPE rescaling for video DiTs: 'riflex' (divide positions by `position_scale`, then lower the "
+        "intrinsic frequency if the video still spans more than the training length), 'by_part' (interpolate "
+        "the long-period components by `position_scale`, keep the short ones), 'none', or 'auto' (family default: "
+        "'riflex' on RoPE families).",
         choices=ROPE_CHOICES,
     )
     position_scale: float | None = help_field(
-        None, "Temporal position divisor for the RoPE rescaling (None = family default; 1 = no interpolation).", min=1
+        None, "Temporal position divisor for the RoPE rescaling (None = 0.75 x the extension, at least 1; 1 = no "
+        "interpolation).", min=1
     )
     riflex_margin: float = help_field(0.9, "RIFLEx: the video spans this fraction of one period.", min=0.01, max=1)
     vstar: bool | None = help_field(
@@ -84,6 +95,12 @@ class LongVideoConfig:
 
     def __post_init__(self):
         validate_fields(self)
+        g = self.global_steps
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or (isinstance(g, float)
+                                                                                          and not 0 <= g < 1)):
+            raise ValueError(
+                f"LongVideoConfig.global_steps must be None, an int >= 0 or a fraction in [0, 1), got {g!r}."
+            )
         if self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
             raise TypeError(f"LongVideoConfig.sparse must be a SparseVideoConfig or None, got {self.sparse!r}.")
 
@@ -104,6 +121,7 @@ class LongVideoPlan:
     rope: str
     position_scale: float
     vstar: bool
+    global_steps: int | float = 0
 
     @property
     def extension(self) -> float:
@@ -168,16 +186,14 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     lat = latent_frames(num_frames, r)
     dit = family in supported_families()
     ext = lat / train_latent
-    # Defaults measured on shapes-video (benchmarks/longvideo_bench.py): windows of twice the training length,
-    # by-part RoPE interpolation by half the extension beyond 2x.
-    scale = config.position_scale if config.position_scale is not None else max(1.0, ext / 2)
+    scale = config.position_scale if config.position_scale is not None else max(1.0, POSITION_SCALE * ext)
     window_latent = (
         latent_frames(config.window, r) if config.window is not None else min(lat, 2 * train_latent)
     )
     stride_latent = latent_frames(config.stride, r) if config.stride is not None else max(1, window_latent // 2)
     rope = config.rope
     if rope == "auto":
-        rope = "by_part" if dit and ext > 1 else "none"
+        rope = "riflex" if dit and ext > 1 else "none"
     if rope != "none" and not dit:
         if config.rope != "auto":
             apply_riflex(model, 1, 1)  # raises NotImplementedError naming the family
@@ -197,6 +213,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         family=family, num_frames=num_frames, latent_frames=lat, train_latent=train_latent,
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
+        global_steps=GLOBAL_STEPS if config.global_steps is None else config.global_steps,
     )
 
 
@@ -276,10 +293,10 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
             window = plan.window if plan.temporal_windows else plan.latent_frames
             method = TemporalWindowMethod(
                 window=window, stride=min(plan.stride, window), weighting=config.weighting,
-                global_heads=config.global_heads, global_steps=config.global_steps, inner=inner,
+                global_heads=config.global_heads, inner=inner,
             )
             stack.callback(remove, model)
-            apply(pipe, method)
+            apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
         return pipe(prompt, num_frames=num_frames, **kwargs)
 
 

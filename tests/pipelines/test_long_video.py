@@ -1,6 +1,8 @@
 """Long video: frame-count checks, FreeNoise noise, the temporal-window method vs a masked dense reference, RIFLEx
 hooks (applied per family, removed exactly), the model stock after a call that raised."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,8 +167,6 @@ def animatediff(tmp_path_factory):
 
 
 def test_animatediff_long_video_uses_free_noise_and_vstar_then_restores(animatediff, monkeypatch):
-    import importlib
-
     lv = importlib.import_module("attnplug.pipelines.long_video")  # the package attribute is the function
 
     made = []
@@ -198,8 +198,6 @@ def test_animatediff_long_video_uses_free_noise_and_vstar_then_restores(animated
 
 
 def test_animatediff_keeps_a_users_free_noise(animatediff):
-    import importlib
-
     animatediff.enable_free_noise(context_length=8, context_stride=4)
     try:
         long_video(animatediff, "red circle", num_frames=24, num_inference_steps=1, height=8, width=8,
@@ -207,3 +205,34 @@ def test_animatediff_keeps_a_users_free_noise(animatediff):
         assert animatediff.free_noise_enabled and animatediff._free_noise_context_length == 8
     finally:
         importlib.import_module("attnplug.pipelines.long_video")._disable_free_noise(animatediff)
+
+
+def test_defaults_on_shapes_video_follow_the_extension(shapes):
+    lv = importlib.import_module("attnplug.pipelines.long_video")
+    at4 = lv.resolve_config(shapes, 32)
+    assert (at4.rope, at4.temporal_windows, at4.window, at4.stride, at4.noise_rescheduling) == (
+        "riflex", True, 16, 8, False)
+    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4)) and at4.global_steps == 0.5
+    at2 = lv.resolve_config(shapes, 16)
+    assert not at2.temporal_windows and at2.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 2))
+    assert lv.resolve_config(shapes, 8).rope == "none"
+    with pytest.raises(ValueError, match=r"global_steps.*1\.5"):
+        LongVideoConfig(global_steps=1.5)
+
+
+def test_global_steps_keep_the_first_steps_dense(shapes, monkeypatch):
+    lv = importlib.import_module("attnplug.pipelines.long_video")
+    made = []
+
+    class Recording(lv.TemporalWindowMethod):
+        def __post_init__(self):
+            super().__post_init__()
+            made.append(self)
+
+    monkeypatch.setattr(lv, "TemporalWindowMethod", Recording)
+    windows = {}
+    for g in (0, 0.5, 4):
+        long_video(shapes, "red circle moving up", num_frames=32, num_inference_steps=4,
+                   generator=torch.Generator().manual_seed(0), config=LongVideoConfig(rope="none", global_steps=g))
+        windows[g] = made[-1].calls["window"]
+    assert windows[0] > 0 and windows[0.5] * 2 == windows[0] and windows[4] == 0
