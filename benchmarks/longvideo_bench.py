@@ -160,11 +160,11 @@ def main() -> None:
     for frames in args.frames:
         more, first = run_frames(pipe, frames, args.prompts, args.steps, {"stock": None, **VARIANTS})
         rows += more
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_strip(first, args.out.parent / "long_video_strip.png")
     animatediff = animatediff_rows(2)
     result = {"model": "shapes-video", "train_frames": TRAIN_FRAMES, "prompts": args.prompts, "steps": args.steps,
               "torch_threads": args.threads, "loadavg": os.getloadavg(), "rows": rows, "animatediff": animatediff}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print("| frames | variant | persistent | steady (>= 0.2 px/frame) | steady path (>= 1.4 px) | median speed "
           "| time vs stock |\n|---|---|---|---|---|---|---|")

@@ -201,6 +201,11 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     windows = config.temporal_windows
     if windows is None:
         windows = family != "ltx" and ext > 2
+    if windows and window_latent >= lat:
+        if config.temporal_windows:
+            log_once(logger, logging.INFO, f"long_video: the temporal window ({window_latent} latent frames) covers "
+                     f"the whole video ({lat}); attention stays dense")
+        windows = False
     noise = config.noise_rescheduling
     if noise is None:
         noise = False
