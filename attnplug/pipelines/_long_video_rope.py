@@ -12,11 +12,11 @@ is then bit-identical to stock). One adapter per family knows where the temporal
 - Wan (``WanRotaryPosEmbed``, ``transformer.rope``): columns ``[0, t_dim)``, theta 10000;
 - HunyuanVideo (``HunyuanVideoRotaryPosEmbed``): columns ``[0, rope_dim[0])``, ``module.theta``;
 - CogVideoX: the pipeline computes the embedding and passes it as ``image_rotary_emb``; a pre-forward hook on the
-  transformer rewrites that argument (columns ``[0, head_dim // 4)``, theta 10000);
+  transformer rewrites that argument (columns ``[0, head_dim // 4)``, theta 10000;
+- LTX (``LTXVideoRotaryPosEmbed``): normalised temporal coordinates scaled per call (``rope_interpolation_scale``
+  or ``video_coords``), so the plan is recomputed for each call's scale.
 
-LTX is not supported yet: its rotary embedding works on normalised coordinates scaled per call
-(``rope_interpolation_scale``), so the intrinsic component depends on the call. It, and families with no temporal
-rotary embedding, get a ``NotImplementedError`` naming the family.
+Families with no temporal rotary embedding get a ``NotImplementedError`` naming the family.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class RiflexPlan:
     train_frames: int
     test_frames: int
     position_scale: float = 1.0
+    margin: float = 0.9
+    mode: str = "riflex"
 
     @property
     def omega(self) -> float:
@@ -189,10 +191,73 @@ class _CogVideoXAdapter(_Adapter):
         return output
 
 
+class _LTXAdapter(_Adapter):
+    """LTX (``LTXVideoRotaryPosEmbed``, ``transformer.rope``). A token of latent frame ``p`` has the temporal
+    coordinate ``c = a p`` with ``a = rope_interpolation_scale[0] * patch_size_t / base_num_frames`` (``a = 1``
+    without a scale; ``c`` is read from ``video_coords`` when given), and component ``j`` the angle ``w_j (2 c - 1)``
+    with ``w_j = theta ** (j / (K - 1)) * pi / 2``, ``K = dim // 6``: ``2 a w_j`` radians per latent frame. Its
+    columns are ``pad + 6 j`` and ``pad + 6 j + 1`` after ``pad = dim % 6`` padding columns. ``a`` comes with each
+    call (the pipeline passes ``vae_temporal_compression / frame_rate``), so the plan is recomputed for each ``a``;
+    the plan :func:`riflex_plan` returns assumes LTXPipeline's default (compression 8, 25 fps)."""
+
+    family = "ltx"
+    reference_scale = 8 / 25
+
+    def find(self, model):
+        return model.rope
+
+    @staticmethod
+    def _half_angles(target) -> list[float]:
+        k = target.dim // 6
+        exps = [j / (k - 1) for j in range(k)] if k > 1 else [0.0]
+        return [target.theta ** e * math.pi / 2 for e in exps]
+
+    def _frequencies(self, target, a: float) -> list[float]:
+        return [2 * a * w for w in self._half_angles(target)]
+
+    def components(self, model, target):
+        return self._frequencies(target, self.reference_scale * target.patch_size_t / target.base_num_frames)
+
+    def pre_forward(self, hook, module, args, kwargs):
+        names = ("hidden_states", "num_frames", "height", "width", "rope_interpolation_scale", "video_coords")
+        call = dict(zip(names, args), **kwargs)
+        coords = call.get("video_coords")
+        if coords is not None:
+            c = coords[:, 0].double() / module.base_num_frames  # (B, N)
+            steps = torch.unique(c)
+            a = float((steps[1:] - steps[:-1]).min()) if steps.numel() > 1 else 1.0
+        else:
+            scale = call.get("rope_interpolation_scale")
+            a = 1.0 if scale is None else float(scale[0]) * module.patch_size_t / module.base_num_frames
+            frames, hw = int(call["num_frames"]), int(call["height"]) * int(call["width"])
+            c = (torch.arange(frames, dtype=torch.float64) * a).repeat_interleave(hw).unsqueeze(0)
+        hook._frames = (c, a)
+        return args, kwargs
+
+    def post_forward(self, hook, module, output):
+        c, a = hook._frames
+        base = hook.plan
+        plan = plan_for_frequencies(self.family, self._frequencies(module, a), base.train_frames, base.test_frames,
+                                    base.margin, base.position_scale, base.mode)
+        cos, sin = (t.clone() for t in output)
+        c = c.to(cos.device).expand(cos.shape[0], -1)
+        pad = module.dim % 6
+        for j, (w, w_new) in enumerate(zip(plan.omegas, plan.new_omegas)):
+            if w_new == w:
+                continue
+            angle = w_new / (2 * a) * (2 * c - 1)
+            for t, fn in ((cos, torch.cos), (sin, torch.sin)):
+                value = fn(angle).to(t.dtype)
+                t[..., pad + 6 * j] = value
+                t[..., pad + 6 * j + 1] = value
+        return cos, sin
+
+
 _ADAPTERS: dict[str, type[_Adapter]] = {
     "wan": _WanAdapter,
     "hunyuanvideo": _HunyuanAdapter,
     "cogvideox": _CogVideoXAdapter,
+    "ltx": _LTXAdapter,
 }
 
 
@@ -208,12 +273,6 @@ def _adapter_for(model: torch.nn.Module) -> _Adapter:
         family = family_of(model).name
     except TypeError:
         family = type(model).__name__
-    if family == "ltx":
-        raise NotImplementedError(
-            f"RIFLEx is not supported for the ltx family ({type(model).__name__}): its rotary embedding uses "
-            "normalised temporal coordinates scaled per call (rope_interpolation_scale), which this hook does not "
-            f"rewrite. Supported families: {', '.join(_ADAPTERS)}."
-        )
     if family not in _ADAPTERS:
         raise NotImplementedError(
             f"RIFLEx is not supported for the {family} family ({type(model).__name__}): it has no temporal rotary "
@@ -251,7 +310,15 @@ def riflex_plan(
         raise ValueError(f"mode must be one of {ROPE_MODES}, got {mode!r}.")
     adapter = _adapter_for(model)
     target = adapter.find(model)
-    omegas = tuple(adapter.components(model, target))
+    return plan_for_frequencies(adapter.family, adapter.components(model, target), train_frames, test_frames, margin,
+                                position_scale, mode)
+
+
+def plan_for_frequencies(family: str, omegas, train_frames: int, test_frames: int, margin: float = 0.9,
+                         position_scale: float = 1.0, mode: str = "riflex") -> RiflexPlan:
+    """The :class:`RiflexPlan` for temporal RoPE frequencies ``omegas`` (radians per latent frame); see
+    :func:`riflex_plan`."""
+    omegas = tuple(float(w) for w in omegas)
     periods = [2 * math.pi / w for w in omegas]
     k = intrinsic_component(periods, train_frames)
     if mode == "by_part":
@@ -261,7 +328,7 @@ def riflex_plan(
         span = test_frames / position_scale
         if span > train_frames:
             scaled[k] = riflex_frequency(omegas[k], span, margin) / position_scale
-    return RiflexPlan(adapter.family, k, omegas, tuple(scaled), train_frames, test_frames, position_scale)
+    return RiflexPlan(family, k, omegas, tuple(scaled), train_frames, test_frames, position_scale, margin, mode)
 
 
 def apply_riflex(

@@ -67,7 +67,7 @@ def test_window_method_matches_masked_dense_reference(frames, text):
 @pytest.mark.parametrize("family", ["wan", "hunyuanvideo", "cogvideox", "ltx", "pixart"])
 def test_riflex_hook_per_family_and_exact_removal(family):
     model, inputs = tiny_model(family, frames=3)
-    if family in ("ltx", "pixart", "cogvideox"):  # the tiny CogVideoX has no rotary embeddings
+    if family in ("pixart", "cogvideox"):  # the tiny CogVideoX has no rotary embeddings
         with pytest.raises(NotImplementedError, match=f"(?i){family}"):
             apply_riflex(model, 2, 8)
         return
@@ -107,6 +107,38 @@ def test_riflex_on_cogvideox_rewrites_the_temporal_columns_of_image_rotary_emb()
     torch.testing.assert_close(sin[:, 2 * k + 1], torch.sin(plan.new_omega * p).float())
     kept = [c for c in range(head_dim) if c // 2 != k]
     assert torch.equal(cos[:, kept], emb[0][:, kept]) and torch.equal(sin[:, kept], emb[1][:, kept])
+    assert not torch.equal(changed, before)
+    remove_riflex(model)
+    assert torch.equal(forward(model, inputs), before)
+
+
+def test_riflex_on_ltx_follows_the_calls_rope_interpolation_scale():
+    from attnplug.pipelines._long_video_rope import plan_for_frequencies
+
+    model, inputs = tiny_model("ltx", frames=6)
+    inputs = dict(inputs, rope_interpolation_scale=(8 / 25, 32.0, 32.0))
+    outs = []
+    model.rope.register_forward_hook(lambda m, a, out: outs.append(out))
+    before = forward(model, inputs)
+    apply_riflex(model, 2, 6, position_scale=1.5)
+    changed = forward(model, inputs)
+    (cos0, sin0), (cos, sin) = outs[-2], outs[-1]
+    rope = model.rope
+    a = 8 / 25 * rope.patch_size_t / rope.base_num_frames
+    k = rope.dim // 6
+    half = [rope.theta ** (j / (k - 1)) * torch.pi / 2 for j in range(k)]
+    plan = plan_for_frequencies("ltx", [2 * a * w for w in half], 2, 6, 0.9, 1.5, "riflex")
+    pad = rope.dim % 6
+    hw = inputs["height"] * inputs["width"]
+    c = (torch.arange(6, dtype=torch.float64) * a).repeat_interleave(hw)
+    temporal = set()
+    for j, w_new in enumerate(plan.new_omegas):
+        angle = w_new / (2 * a) * (2 * c - 1)
+        torch.testing.assert_close(cos[0, :, pad + 6 * j], torch.cos(angle).float())
+        torch.testing.assert_close(sin[0, :, pad + 6 * j + 1], torch.sin(angle).float())
+        temporal |= {pad + 6 * j, pad + 6 * j + 1}
+    kept = [i for i in range(rope.dim) if i not in temporal]
+    assert torch.equal(cos[..., kept], cos0[..., kept]) and torch.equal(sin[..., kept], sin0[..., kept])
     assert not torch.equal(changed, before)
     remove_riflex(model)
     assert torch.equal(forward(model, inputs), before)
