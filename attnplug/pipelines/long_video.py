@@ -42,9 +42,9 @@ TRAIN_FRAMES = {"wan": 81, "hunyuanvideo": 129, "cogvideox": 49, "ltx": 121, "an
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
-# beyond that, and the first half of the steps dense when the windows run.
+# beyond that; beyond 2x, training-length windows in the last quarter of the steps (the first three quarters dense).
 POSITION_SCALE = 0.75
-GLOBAL_STEPS = 0.5
+GLOBAL_STEPS = 0.75
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,14 @@ class LongVideoConfig:
         None, "Self-attention in sliding training-length frame windows with fused overlaps (None = family default)."
     )
     window: int | None = help_field(
-        None, "Window length in video frames (None = family default, a multiple of the training length).", min=1
+        None, "Window length in video frames (None = the training length).", min=1
     )
     stride: int | None = help_field(None, "Frames between window starts (None = half the window).", min=1)
     weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
     global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
     global_steps: int | float | None = help_field(
         None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
-        "number of steps, or a fraction of the steps in [0, 1) (None = half the steps).", min=0
+        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75).", min=0
     )
     rope: str = help_field(
         "auto",
@@ -188,7 +188,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     ext = lat / train_latent
     scale = config.position_scale if config.position_scale is not None else max(1.0, POSITION_SCALE * ext)
     window_latent = (
-        latent_frames(config.window, r) if config.window is not None else min(lat, 2 * train_latent)
+        latent_frames(config.window, r) if config.window is not None else min(lat, train_latent)
     )
     stride_latent = latent_frames(config.stride, r) if config.stride is not None else max(1, window_latent // 2)
     rope = config.rope

@@ -243,8 +243,8 @@ def test_defaults_on_shapes_video_follow_the_extension(shapes):
     lv = importlib.import_module("attnplug.pipelines.long_video")
     at4 = lv.resolve_config(shapes, 32)
     assert (at4.rope, at4.temporal_windows, at4.window, at4.stride, at4.noise_rescheduling) == (
-        "riflex", True, 16, 8, False)
-    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4)) and at4.global_steps == 0.5
+        "riflex", True, 8, 4, False)
+    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4)) and at4.global_steps == 0.75
     at2 = lv.resolve_config(shapes, 16)
     assert not at2.temporal_windows and at2.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 2))
     assert lv.resolve_config(shapes, 8).rope == "none"
