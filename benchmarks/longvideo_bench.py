@@ -86,22 +86,19 @@ def generate(pipe, prompt: str, seed: int, frames: int, steps: int, config: Long
                       output_type="np").frames[0]
 
 
-def run_frames(pipe, frames: int, n: int, steps: int, variants: dict) -> tuple[list[dict], dict]:
-    """Every variant for each prompt in turn (interleaved timing); rows and the first prompt's videos."""
+def run_frames(pipe, frames: int, n: int, steps: int, variants: dict) -> list[dict]:
+    """Every variant for each prompt in turn (interleaved timing): one summary row per variant."""
     judged = {k: [] for k in variants}
     seconds = dict.fromkeys(variants, 0.0)
-    first = {}
     for i, p in enumerate(tqdm(prompts(n), desc=f"{frames} frames", leave=False)):
         for name, cfg in variants.items():
             t = time.perf_counter()
             video = generate(pipe, p, 2000 + i, frames, steps, cfg)
             seconds[name] += time.perf_counter() - t
             judged[name].append(judge_one(video))
-            if i == 0:
-                first[name] = video
     rows = [{"frames": frames, "variant": k, **summarise(judged[k]), "seconds": seconds[k],
              "time_ratio": seconds[k] / seconds["stock"]} for k in variants]
-    return rows, first
+    return rows
 
 
 def animatediff_rows(steps: int) -> list[dict]:
@@ -138,10 +135,17 @@ def animatediff_rows(steps: int) -> list[dict]:
             for k in runs]
 
 
-def save_strip(first: dict, path: Path) -> None:
-    lines = [np.concatenate(list(first[k]), axis=1) for k in ("stock", "defaults")]
-    img = (np.concatenate(lines, axis=0) * 255).round().astype(np.uint8)
-    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(path)
+def save_strip(pipe, frames: int, steps: int, path: Path, n: int = 3, every: int = 2) -> None:
+    """Rows stock / defaults for the first ``n`` prompts at ``frames`` frames, every ``every``-th frame, 4x."""
+    rows = []
+    for i, p in enumerate(prompts(n)):
+        for cfg in (None, LongVideoConfig()):
+            video = generate(pipe, p, 2000 + i, frames, steps, cfg)[::every]
+            gap = np.full((video.shape[1], 1, 3), 0.35)
+            rows.append(np.concatenate([x for f in video for x in (f, gap)][:-1], axis=1))
+        rows.append(np.full((2, rows[-1].shape[1], 3), 0.35))
+    img = (np.concatenate(rows[:-1], axis=0) * 255).round().astype(np.uint8)
+    Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(path)
 
 
 def main() -> None:
@@ -151,17 +155,18 @@ def main() -> None:
     ap.add_argument("--frames", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_video.json")
+    ap.add_argument("--strip-only", action="store_true", help="only redraw the frame strip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("shapes-video")
     pipe.set_progress_bar_config(disable=True)
-    rows, _ = run_frames(pipe, TRAIN_FRAMES, args.prompts, args.steps, {"stock": None})
-    first = {}
-    for frames in args.frames:
-        more, first = run_frames(pipe, frames, args.prompts, args.steps, {"stock": None, **VARIANTS})
-        rows += more
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_strip(first, args.out.parent / "long_video_strip.png")
+    save_strip(pipe, max(args.frames), args.steps, args.out.parent / "long_video_strip.png")
+    if args.strip_only:
+        return
+    rows = run_frames(pipe, TRAIN_FRAMES, args.prompts, args.steps, {"stock": None})
+    for frames in args.frames:
+        rows += run_frames(pipe, frames, args.prompts, args.steps, {"stock": None, **VARIANTS})
     animatediff = animatediff_rows(2)
     result = {"model": "shapes-video", "train_frames": TRAIN_FRAMES, "prompts": args.prompts, "steps": args.steps,
               "torch_threads": args.threads, "loadavg": os.getloadavg(), "rows": rows, "animatediff": animatediff}
