@@ -189,6 +189,20 @@ def test_long_video_runs_with_sparse_composition(shapes):
     assert attnplug.method_of(shapes) is None
 
 
+def _record_methods(monkeypatch, name: str) -> list:
+    """Replace ``long_video``'s method class ``name`` by a subclass that records its instances (returned list)."""
+    lv = importlib.import_module("attnplug.pipelines.long_video")  # the package attribute is the function
+    made = []
+
+    class Recording(getattr(lv, name)):
+        def __post_init__(self):
+            super().__post_init__()
+            made.append(self)
+
+    monkeypatch.setattr(lv, name, Recording)
+    return made
+
+
 @pytest.fixture(scope="module")
 def animatediff(tmp_path_factory):
     from attnplug.testing import tiny_pipeline
@@ -199,16 +213,8 @@ def animatediff(tmp_path_factory):
 
 
 def test_animatediff_long_video_uses_free_noise_and_vstar_then_restores(animatediff, monkeypatch):
-    lv = importlib.import_module("attnplug.pipelines.long_video")  # the package attribute is the function
-
-    made = []
-
-    class Recording(lv.TemporalBandMethod):
-        def __post_init__(self):
-            super().__post_init__()
-            made.append(self)
-
-    monkeypatch.setattr(lv, "TemporalBandMethod", Recording)
+    lv = importlib.import_module("attnplug.pipelines.long_video")
+    made = _record_methods(monkeypatch, "TemporalBandMethod")
     args = dict(num_inference_steps=2, height=8, width=8, output_type="pt")
     before = animatediff("red circle", num_frames=16, generator=torch.Generator().manual_seed(0), **args).frames
     plan = lv.resolve_config(animatediff, 64)
@@ -253,15 +259,7 @@ def test_defaults_on_shapes_video_follow_the_extension(shapes):
 
 
 def test_global_steps_keep_the_first_steps_dense(shapes, monkeypatch):
-    lv = importlib.import_module("attnplug.pipelines.long_video")
-    made = []
-
-    class Recording(lv.TemporalWindowMethod):
-        def __post_init__(self):
-            super().__post_init__()
-            made.append(self)
-
-    monkeypatch.setattr(lv, "TemporalWindowMethod", Recording)
+    made = _record_methods(monkeypatch, "TemporalWindowMethod")
     windows = {}
     for g in (0, 0.5, 4):
         long_video(shapes, "red circle moving up", num_frames=32, num_inference_steps=4,
