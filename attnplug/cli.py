@@ -288,7 +288,7 @@ def _embedded_family(source) -> str | None:
 def check_call_against_model(source, items: list[Item]) -> None:
     """Reject settings the model cannot take, for embedded and tiny models (known without loading)."""
     family = _embedded_family(source)
-    is_video = family == "video" or source.name == "tiny-wan"
+    is_video = family == "video" or source.name in ("tiny-wan", "tiny-animatediff")
     if family is None and source.kind != "tiny":
         return
     for item in items:
@@ -395,7 +395,35 @@ def _call_kwargs(pipe, item: Item, *, num_images: bool = True) -> dict:
     return kwargs
 
 
-def _run_pipe(pipe, item: Item, args, kwargs: dict):
+def long_video_sparse(config, method_label: str):
+    """The sparse pattern ``--long-video`` runs inside its temporal windows for ``--method`` (None for dense);
+    ``UserError`` for any other method, which would replace the windows."""
+    from .methods.dense import DenseConfig
+    from .methods.sparse_video import SparseVideoConfig
+
+    if config is None or isinstance(config, DenseConfig):
+        return None
+    if isinstance(config, SparseVideoConfig):
+        return config
+    raise UserError(f"--long-video runs its own temporal-window attention; --method {method_label} cannot run with "
+                    "it (only sparse_video runs inside the windows).")
+
+
+def check_long_video_methods(args, configs: dict, schedule) -> None:
+    """With ``--long-video``: every method must be dense or sparse_video, and no schedule flag is given (long_video
+    schedules its windows itself); ``UserError`` otherwise."""
+    if not args.long_video:
+        return
+    for label, config in configs.items():
+        long_video_sparse(config, label)
+    if schedule is not None:
+        raise UserError("--long-video schedules its own attention (LongVideoConfig.global_steps); the schedule flags "
+                        "cannot be combined with it.")
+
+
+def _run_pipe(pipe, item: Item, args, kwargs: dict, method=None):
+    """One pipeline call for ``item``; with ``--long-video``, ``method`` (a sparse_video config or dense) runs
+    inside the temporal windows instead of being applied beforehand."""
     import torch
 
     generator = torch.Generator("cpu").manual_seed(item.seed)
@@ -413,6 +441,11 @@ def _run_pipe(pipe, item: Item, args, kwargs: dict):
         if "num_frames" not in kwargs:
             raise UserError(f"--long-video needs --frames (the target length) ({item.source}).")
         config = extension_config("long_video", args.long_video_option)
+        sparse = long_video_sparse(method, getattr(method, "name", "dense"))
+        if sparse is not None:
+            import attnplug.pipelines as pipelines
+
+            config = dataclasses.replace(config or pipelines.LongVideoConfig(), sparse=sparse)
         return fn(pipe, item.prompt, num_frames=kwargs["num_frames"], generator=generator,
                   **({"config": config} if config is not None else {}), **extra)
     return pipe(item.prompt, generator=generator, **kwargs)
@@ -582,6 +615,7 @@ def cmd_generate(args) -> int:
     config = build_config(args.method, dict(args.option))
     options = coerce_options(args.method, dict(args.option))
     schedule = build_schedule(args)
+    check_long_video_methods(args, {args.method: config}, schedule)
     items, source, device, dtype, state = _prepare(args)
     out = Path(args.out)
     keys = {item.id: _recipe_key(args, item, config, schedule) for item in items}
@@ -599,7 +633,8 @@ def cmd_generate(args) -> int:
 
         pipe = _load(args, device, dtype, source)
         _progress(pipe, args)
-        attnplug.apply(pipe, config, schedule=schedule)
+        if not args.long_video:  # long_video applies its own method, with --method's sparse pattern inside
+            attnplug.apply(pipe, config, schedule=schedule)
         env = environment(device)
         try:
             for item in tqdm(todo, desc=f"generate [{rank}]" if state else "generate", disable=args.no_progress or
@@ -607,7 +642,7 @@ def cmd_generate(args) -> int:
                 kwargs = _call_kwargs(pipe, item)
                 attnplug.reset_stats(pipe)
                 with measure(pipe, device) as m:
-                    result = _run_pipe(pipe, item, args, kwargs)
+                    result = _run_pipe(pipe, item, args, kwargs, config)
                 raw_stats = attnplug.stats(pipe)
                 stats = summarize_stats(raw_stats)
                 paths, media = _save_outputs(result, out / item.id, args)
@@ -635,9 +670,11 @@ def cmd_generate(args) -> int:
         json_path, html_path = write_report(out)
         merged = json.loads(json_path.read_text())
         where = f" by process 0 of {state.num_processes}" if state else ""
+        calls = ("attention counters: not kept by --long-video (its method is removed after each call)"
+                 if args.long_video else f"self-attention calls: {totals['method']} method, {totals['stock']} stock "
+                 f"of {totals['self_calls']}")
         print(f"{args.model} / {args.method}: {len(todo)} generated{where}, {skipped} already done, "
-              f"{totals['seconds']:.2f} s; self-attention calls: {totals['method']} method, {totals['stock']} stock "
-              f"of {totals['self_calls']}; {merged['items']} item(s) in {out}/ ({html_path.name})")
+              f"{totals['seconds']:.2f} s; {calls}; {merged['items']} item(s) in {out}/ ({html_path.name})")
     return 0
 
 
@@ -686,6 +723,7 @@ def cmd_bench(args) -> int:
         methods = [("dense", "dense", {})] + methods
         reference = "dense"
     schedule = build_schedule(args)
+    check_long_video_methods(args, configs, schedule)
     items, source, device, dtype, state = _prepare(args)
     out = Path(args.out)
     mine, rank = _split(items, state)
@@ -716,12 +754,12 @@ def cmd_bench(args) -> int:
 
         def run(label, item):
             config = configs[label]
-            if config is not None:
+            if config is not None and not args.long_video:
                 attnplug.apply(pipe, config, schedule=schedule)
             try:
                 kwargs = _call_kwargs(pipe, item)
                 with measure(pipe, device) as m:
-                    result = _run_pipe(pipe, item, args, kwargs)
+                    result = _run_pipe(pipe, item, args, kwargs, config)
                 raw = attnplug.stats(pipe) if config is not None else {}
             finally:
                 if config is not None:

@@ -225,6 +225,29 @@ def test_hires_through_the_cli(tmp_path, capsys):
     assert "--hires needs --height and --width" in capsys.readouterr().err
 
 
+def test_long_video_through_the_cli_takes_a_sparse_pattern_inside(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    lv = importlib.import_module("attnplug.pipelines.long_video")
+    seen = []
+    real = lv.long_video
+    monkeypatch.setattr(importlib.import_module("attnplug.pipelines"), "long_video",
+                        lambda *a, **k: seen.append(k.get("config")) or real(*a, **k))
+    out = tmp_path / "lv"
+    assert main(["generate", "red circle moving right", "--model", "shapes-video", "--long-video", "--frames", "24",
+                 "--steps", "2", "--method", "sparse_video", "-o", "density=0.5", "--out", str(out),
+                 "--no-progress"]) == 0
+    (record,) = _records(out).values()
+    assert record["long_video"] and record["outputs"][0].endswith(".mp4")
+    assert seen[-1].sparse is not None and seen[-1].sparse.density == 0.5
+    assert "not kept by --long-video" in capsys.readouterr().out
+    for extra, message in ((["--method", "agent"], "--method agent cannot run with it"),
+                           (["--warmup-steps", "2"], "schedule flags cannot be combined")):
+        assert main(["generate", "x", "--model", "shapes-video", "--long-video", "--frames", "24", *extra,
+                     "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_missing_pipeline_extension_is_a_clear_error(tmp_path, capsys, monkeypatch):
     import attnplug.pipelines
 
