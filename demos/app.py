@@ -530,6 +530,11 @@ def _run(pipe, req: Request, technique: str, report: Callable[[int, int], None],
                 options["progress"] = False
             if "attention" in names and req.method != "dense":
                 options["attention"] = req.config  # the technique applies the method in its hi-res stage
+            if "sparse" in names and req.method != "dense":  # long video: its own windows, a sparse pattern inside
+                if req.method != "sparse_video":
+                    raise ValueError(f"the {technique} pipeline runs its own temporal-window attention; method "
+                                     f"{req.method!r} cannot run with it: choose dense or sparse_video.")
+                options["sparse"] = req.config
             kwargs["config"] = cfg_cls(**options)
         else:
             kwargs.update(req.pipeline_options)
@@ -802,7 +807,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                 with gr.Accordion("schedule (where the method runs; elsewhere attention is dense)", open=False):
                     for ff in s_form:
                         comps[ff.key] = _component(ff)
-                comps["pipeline"] = gr.Radio(available_pipelines("image"), value="standard", label="pipeline",
+                # Every pipeline is a valid API value (the request check matches it to the task); the page shows
+                # the task's own through on_task at load and on each task change.
+                comps["pipeline"] = gr.Radio(available_pipelines(), value="standard", label="pipeline",
                                              info="Hi-res / long-video techniques, when installed.",
                                              elem_id="pipeline")
                 p_groups = {}
@@ -843,6 +850,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         comps["task"].change(on_task, [comps["task"], comps["pipeline"]],
                              [comps["num_frames"], out_image, dense_image, video_row, comps["pipeline"],
                               *p_groups.values()], api_name=False)
+        demo.load(on_task, [comps["task"], comps["pipeline"]],
+                  [comps["num_frames"], out_image, dense_image, video_row, comps["pipeline"], *p_groups.values()],
+                  api_name=False)
         comps["pipeline"].change(lambda p: [gr.update(visible=label == p) for label in p_groups], comps["pipeline"],
                                  list(p_groups.values()), api_name=False)
 

@@ -180,3 +180,27 @@ def test_hires_pipeline_matches_the_library(client, app_module):
     got = _png(out[0])
     assert got.shape == (32, 32, 3) and np.abs(got - _u8(ref)).max() <= 1
     assert "hi-res pipeline" in out[4]
+
+
+def test_long_video_pipeline_matches_the_library(client, app_module):
+    if "long video" not in app_module.available_pipelines("video"):
+        pytest.skip("attnplug.pipelines.long_video is not importable in this install")
+    import imageio_ffmpeg
+
+    from attnplug.pipelines import LongVideoConfig, long_video
+
+    out = client.predict(model="shapes-video", task="video", prompt="blue square moving left", num_frames=24,
+                         steps=STEPS, seed=4, method="sparse_video", pipeline="long video", compare=False,
+                         api_name="/generate")
+    reader = imageio_ffmpeg.read_frames(out[2])
+    meta = reader.__next__()
+    w, h = meta["size"]
+    frames = np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])[:, 8::16, 8::16] / 255
+    ref = long_video(load_pipeline("shapes-video"), "blue square moving left", num_frames=24,
+                     config=LongVideoConfig(sparse=attnplug.SparseVideoConfig()), num_inference_steps=STEPS,
+                     generator=torch.Generator().manual_seed(4), output_type="np").frames[0]
+    assert frames.shape == ref.shape and np.abs(frames - ref).mean() < 0.03  # H.264 is lossy
+    with pytest.raises(Exception, match="cannot run with it"):
+        client.predict(model="shapes-video", task="video", prompt="blue square moving left", num_frames=24,
+                       steps=STEPS, seed=4, method="agent", pipeline="long video", compare=False,
+                       api_name="/generate")
