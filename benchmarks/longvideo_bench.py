@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from attnplug import SparseVideoConfig
 from attnplug.models import load_pipeline, summarize_video
 from attnplug.models.data import COLORS, DIRECTIONS, SHAPES, video_prompt
 from attnplug.pipelines.long_video import LongVideoConfig, long_video
@@ -48,6 +49,7 @@ VARIANTS = {
     "interpolation": LongVideoConfig(**{**OFF, "rope": "riflex"}),
     "by_part_rope": LongVideoConfig(**{**OFF, "rope": "by_part"}),
     "defaults": LongVideoConfig(),
+    "defaults+sparse": LongVideoConfig(sparse=SparseVideoConfig()),
     "all": LongVideoConfig(noise_rescheduling=True, temporal_windows=True, rope="riflex"),
 }
 

@@ -66,7 +66,7 @@ class LongVideoConfig:
     global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
     global_steps: int | float | None = help_field(
         None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
-        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75).", min=0
+        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows run, else 0).", min=0
     )
     rope: str = help_field(
         "auto",
@@ -208,7 +208,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         windows = False
     noise = config.noise_rescheduling
     if noise is None:
-        noise = False
+        noise = family == "animatediff" and ext > 1  # diffusers' FreeNoise recipe; it stops DiT motion here
     vstar = config.vstar if config.vstar is not None else family == "animatediff" and ext > 1
     if vstar and family != "animatediff":
         raise ValueError(f"LongVideoConfig.vstar applies to AnimateDiff motion modules; the model is {family}.")
@@ -218,7 +218,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         family=family, num_frames=num_frames, latent_frames=lat, train_latent=train_latent,
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
-        global_steps=GLOBAL_STEPS if config.global_steps is None else config.global_steps,
+        global_steps=(GLOBAL_STEPS if windows else 0) if config.global_steps is None else config.global_steps,
     )
 
 
@@ -333,7 +333,7 @@ def _animatediff(pipe, prompt, plan: LongVideoPlan, config: LongVideoConfig, kwa
             pipe.enable_free_noise(
                 context_length=plan.train_latent, context_stride=max(1, plan.train_latent // 2),
                 weighting_scheme=config.weighting,
-                noise_type="shuffle_context" if config.noise_rescheduling is not False else "random",
+                noise_type="shuffle_context" if plan.noise_rescheduling else "random",
             )
         if plan.vstar:
             # After enable_free_noise: FreeNoise rebuilds the motion blocks, so their attention modules are new.
