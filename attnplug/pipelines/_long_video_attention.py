@@ -115,7 +115,8 @@ class TemporalWindowMethod(AttentionMethod):
         inner: a method run on each window instead of SDPA (e.g. ``SparseVideoConfig(...).build()``); its output
             for the window's image queries is used; a hand-back (None) runs SDPA on that window.
 
-    Calls whose video has at most ``window`` frames (or that are not video) are handed back to dense attention.
+    Calls whose video has at most ``window`` frames (or that are not video) run ``inner`` on the whole video, or
+    are handed back to dense attention without one.
     """
 
     window: int
@@ -130,12 +131,15 @@ class TemporalWindowMethod(AttentionMethod):
         frame_weights(1, self.weighting)
         if self.global_heads < 0:
             raise ValueError(f"global_heads must be >= 0, got {self.global_heads!r}.")
-        self.calls = {"window": 0, "short": 0}
+        self.calls = {"window": 0, "short": 0, "whole": 0}
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         if layout.frames <= self.window:
-            self.calls["short"] += 1
-            return None
+            if self.inner is None:
+                self.calls["short"] += 1
+                return None
+            self.calls["whole"] += 1  # one window covers the video: the inner method runs on all of it
+            return self.inner(q, k, v, layout, mask, info)
         info = info or CallInfo()
         self.calls["window"] += 1
         attend = None

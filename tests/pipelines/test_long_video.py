@@ -181,12 +181,22 @@ def test_model_stock_after_a_call_that_raised(shapes):
     assert torch.equal(stock, again)
 
 
-def test_long_video_runs_with_sparse_composition(shapes):
+def test_long_video_runs_with_sparse_composition(shapes, monkeypatch):
+    made = _record_methods(monkeypatch, "TemporalWindowMethod")
+    sparse = attnplug.SparseVideoConfig(density=0.5)
     out = long_video(shapes, "blue square moving up", num_frames=32, num_inference_steps=2,
                      generator=torch.Generator().manual_seed(1),
-                     config=LongVideoConfig(noise_rescheduling=True, sparse=attnplug.SparseVideoConfig(density=0.5)))
+                     config=LongVideoConfig(noise_rescheduling=True, global_steps=0, sparse=sparse))
     assert out.frames.shape == (1, 32, 16, 16, 3)
     assert attnplug.method_of(shapes) is None
+    assert made[-1].calls["window"] > 0
+    # without windows (2x) the pattern runs on the whole video, and changes it
+    args = dict(num_frames=16, num_inference_steps=2, config=LongVideoConfig(sparse=sparse))
+    with_sparse = long_video(shapes, "blue square moving up", generator=torch.Generator().manual_seed(1), **args)
+    assert made[-1].calls["whole"] > 0 and made[-1].calls["short"] == 0
+    plain = long_video(shapes, "blue square moving up", num_frames=16, num_inference_steps=2,
+                       generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(torch.as_tensor(with_sparse.frames), torch.as_tensor(plain.frames))
 
 
 def _record_methods(monkeypatch, name: str) -> list:
