@@ -104,7 +104,7 @@ class _RiflexHook(ModelHook):
     def __init__(self, adapter: _Adapter, plan: RiflexPlan):
         super().__init__()
         self.adapter, self.plan = adapter, plan
-        self._frames: int | None = None
+        self._call = None  # what pre_forward read from the call, for post_forward (adapter-specific)
 
     def pre_forward(self, module, *args, **kwargs):
         return self.adapter.pre_forward(self, module, args, kwargs)
@@ -125,7 +125,7 @@ class _Adapter:
 
     def pre_forward(self, hook: _RiflexHook, module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
-        hook._frames = self.latent_frames(module, x)
+        hook._call = self.latent_frames(module, x)
         return args, kwargs
 
     def latent_frames(self, module, x: torch.Tensor) -> int:
@@ -133,7 +133,7 @@ class _Adapter:
 
     def post_forward(self, hook: _RiflexHook, module, output):
         cos, sin = output
-        return _rewrite(cos, sin, hook._frames, hook.plan)
+        return _rewrite(cos, sin, hook._call, hook.plan)
 
 
 class _WanAdapter(_Adapter):
@@ -231,11 +231,11 @@ class _LTXAdapter(_Adapter):
             a = 1.0 if scale is None else float(scale[0]) * module.patch_size_t / module.base_num_frames
             frames, hw = int(call["num_frames"]), int(call["height"]) * int(call["width"])
             c = (torch.arange(frames, dtype=torch.float64) * a).repeat_interleave(hw).unsqueeze(0)
-        hook._frames = (c, a)
+        hook._call = (c, a)
         return args, kwargs
 
     def post_forward(self, hook, module, output):
-        c, a = hook._frames
+        c, a = hook._call
         base = hook.plan
         plan = plan_for_frequencies(self.family, self._frequencies(module, a), base.train_frames, base.test_frames,
                                     base.margin, base.position_scale, base.mode)

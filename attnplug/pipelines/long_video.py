@@ -95,12 +95,11 @@ class LongVideoConfig:
 
     def __post_init__(self):
         validate_fields(self)
-        g = self.global_steps
-        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or (isinstance(g, float)
-                                                                                          and not 0 <= g < 1)):
-            raise ValueError(
-                f"LongVideoConfig.global_steps must be None, an int >= 0 or a fraction in [0, 1), got {g!r}."
-            )
+        if self.global_steps is not None:
+            try:  # the same rule as the Schedule it becomes
+                Schedule(warmup_steps=self.global_steps)
+            except ValueError as exc:
+                raise ValueError(f"LongVideoConfig.global_steps={self.global_steps!r}: {exc}") from None
         if self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
             raise TypeError(f"LongVideoConfig.sparse must be a SparseVideoConfig or None, got {self.sparse!r}.")
 
