@@ -291,18 +291,32 @@ def remove(target):
                     module_reg.remove_hook(ATTENTION_HOOK, recurse=False)
                     break
         for module in applied_.created:
-            module_reg = getattr(module, "_diffusers_hook", None)
-            if module_reg is not None and not module_reg.hooks:
-                del module._diffusers_hook
-                forward = module.__dict__.get("forward")
-                if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is getattr(
-                    type(module).forward, "__func__", type(module).forward
-                ):  # the registry leaves the class's forward bound in the instance: the module as it was
-                    del module.__dict__["forward"]
+            release_registry(module)
         if hasattr(model, "_diffusers_hook"):
             registry(model).invalidate_child_registries_cache()
         del model.__dict__["_attnplug"]
     return target
+
+
+def unregister_hook(module: torch.nn.Module, name: str) -> None:
+    """Take the diffusers hook ``name`` off ``module`` (not its children), then :func:`release_registry`."""
+    module_reg = getattr(module, "_diffusers_hook", None)
+    if module_reg is not None and module_reg.get_hook(name) is not None:
+        module_reg.remove_hook(name, recurse=False)
+    release_registry(module)
+
+
+def release_registry(module: torch.nn.Module) -> None:
+    """Leave ``module`` as it was before its first diffusers hook when none is left: no empty ``HookRegistry`` and
+    no instance ``forward`` (removing the last hook leaves the class's forward bound in the instance)."""
+    module_reg = getattr(module, "_diffusers_hook", None)
+    if module_reg is None or module_reg.hooks:
+        return
+    del module._diffusers_hook
+    forward = module.__dict__.get("forward")
+    cls_forward = getattr(type(module).forward, "__func__", type(module).forward)
+    if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is cls_forward:
+        del module.__dict__["forward"]
 
 
 @contextlib.contextmanager

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from ..plugin import unregister_hook
+
 logger = logging.getLogger(__name__)
 
 HOOK_NAME = "attnplug_riflex"
@@ -357,4 +359,4 @@ def remove_riflex(model: torch.nn.Module) -> None:
     for module in model.modules():
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-            registry.remove_hook(HOOK_NAME, recurse=False)
+            unregister_hook(module, HOOK_NAME)

@@ -29,7 +29,7 @@ from .._logging import log_once
 from ..config import Schedule, help_field, validate_fields
 from ..layout import family_of
 from ..methods.sparse_video import SparseVideoConfig
-from ..plugin import apply, method_of, remove, resolve_denoiser
+from ..plugin import apply, method_of, remove, resolve_denoiser, resolve_denoisers
 from ._long_video_attention import WEIGHTINGS, TemporalWindowMethod
 from ._long_video_noise import rescheduled_noise
 from ._long_video_rope import apply_riflex, remove_riflex, supported_families
@@ -270,8 +270,9 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
     config = config or LongVideoConfig()
     if not isinstance(config, LongVideoConfig):
         raise TypeError(f"config must be a LongVideoConfig, got {type(config).__name__}.")
-    model, _ = resolve_denoiser(pipe)
-    if method_of(model) is not None:
+    models = [model for _, model in resolve_denoisers(pipe)[0]]
+    model = models[0]
+    if any(method_of(m) is not None for m in models):
         raise ValueError(
             "long_video applies its own attention method; attnplug.remove(pipe) first (a sparse pattern goes in "
             "LongVideoConfig(sparse=...))."
@@ -288,10 +289,11 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
         kwargs["latents"] = rescheduled_noise(shape, axis, window, kwargs.get("generator"), device=model.device)
     with contextlib.ExitStack() as stack:
         if plan.rope != "none":
-            stack.callback(remove_riflex, model)
-            apply_riflex(
-                model, plan.train_latent, plan.latent_frames, config.riflex_margin, plan.position_scale, plan.rope
-            )
+            for expert in models:  # Wan 2.2: `transformer` and `transformer_2`
+                stack.callback(remove_riflex, expert)
+                apply_riflex(
+                    expert, plan.train_latent, plan.latent_frames, config.riflex_margin, plan.position_scale, plan.rope
+                )
         if plan.temporal_windows or config.sparse is not None:
             inner = config.sparse.build() if config.sparse is not None else None
             window = plan.window if plan.temporal_windows else plan.latent_frames
@@ -299,7 +301,7 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 window=window, stride=min(plan.stride, window), weighting=config.weighting,
                 global_heads=config.global_heads, inner=inner,
             )
-            stack.callback(remove, model)
+            stack.callback(remove, pipe)
             apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
         return pipe(prompt, num_frames=num_frames, **kwargs)
 

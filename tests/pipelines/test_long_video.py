@@ -77,6 +77,7 @@ def test_riflex_hook_per_family_and_exact_removal(family):
     changed = forward(model, inputs)
     assert not torch.equal(changed, before)
     remove_riflex(model)
+    assert _left_behind(model) == []
     assert torch.equal(forward(model, inputs), before)
 
 
@@ -175,7 +176,7 @@ def test_model_stock_after_a_call_that_raised(shapes):
         long_video(shapes, "red circle moving left", num_frames=24, num_inference_steps=0,
                    config=LongVideoConfig(rope="riflex", temporal_windows=True))
     assert attnplug.method_of(shapes) is None
-    assert not shapes.transformer.rope._diffusers_hook.hooks
+    assert _left_behind(shapes.transformer) == []
     again = shapes("red circle moving left", num_frames=24, num_inference_steps=2,
                    generator=torch.Generator().manual_seed(0), output_type="pt").frames
     assert torch.equal(stock, again)
@@ -276,3 +277,49 @@ def test_global_steps_keep_the_first_steps_dense(shapes, monkeypatch):
                    generator=torch.Generator().manual_seed(0), config=LongVideoConfig(rope="none", global_steps=g))
         windows[g] = made[-1].calls["window"]
     assert windows[0] > 0 and windows[0.5] * 2 == windows[0] and windows[4] == 0
+
+
+def _tiny_wan22(tmp_path):
+    """A tiny Wan 2.2 pipeline: two experts (``transformer`` for high noise, ``transformer_2`` for low noise)."""
+    import diffusers
+
+    from attnplug.testing import tiny_model, tiny_pipeline
+
+    pipe = tiny_pipeline("wan", str(tmp_path))
+    second, _ = tiny_model("wan")
+    pipe = diffusers.WanPipeline(
+        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, transformer=pipe.transformer,
+        transformer_2=second.eval(), scheduler=pipe.scheduler, boundary_ratio=0.5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _left_behind(model) -> list[str]:
+    """Modules of ``model`` that still carry a hook or an instance ``forward`` (the empty registry that diffusers'
+    ``cache_context`` puts on the denoiser is the pipeline's own)."""
+    return [name or "<root>" for name, m in model.named_modules()
+            if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks or "forward" in m.__dict__]
+
+
+def test_two_expert_pipeline_gets_riflex_and_windows_on_both_experts_then_stock(tmp_path):
+    from attnplug.pipelines._long_video_rope import HOOK_NAME
+
+    pipe = _tiny_wan22(tmp_path)
+    experts = (pipe.transformer, pipe.transformer_2)
+    seen = []
+
+    def on_step(p, i, t, kw):
+        hooks = [getattr(m.rope, "_diffusers_hook", None) for m in experts]
+        seen.append([(h is not None and h.get_hook(HOOK_NAME) is not None, type(attnplug.method_of(m)).__name__)
+                     for h, m in zip(hooks, experts)])
+        return kw
+
+    config = LongVideoConfig(train_frames=5, rope="riflex", temporal_windows=True, window=5, stride=1,
+                             global_steps=0)
+    long_video(pipe, "red circle", num_frames=17, height=16, width=16, num_inference_steps=2, output_type="pt",
+               callback_on_step_end=on_step, generator=torch.Generator().manual_seed(0), config=config)
+    assert seen and all(s == [(True, "TemporalWindowMethod")] * 2 for s in seen)
+    for model in experts:
+        assert attnplug.method_of(model) is None
+        assert _left_behind(model) == []
