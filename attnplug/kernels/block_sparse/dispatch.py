@@ -1,4 +1,8 @@
-"""Public entry point: validation, backend choice (logged once at debug) and statistics."""
+"""Public entry point: validation, backend choice (logged once at debug) and statistics.
+
+Nothing here reads a tensor value on the host for a table built by :class:`BlockLUT`'s constructors: shapes are
+compared as Python ints, and the statistics stay device tensors until the caller reads them.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ from .masks import NeighborhoodMask
 from .reference import block_sparse_reference
 from .torch import block_sparse_torch
 
-__all__ = ["BACKENDS", "block_sparse_attention", "choose_backend"]
+__all__ = ["BACKENDS", "block_sparse_attention", "choose_backend", "needs_backward"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "triton", "torch", "reference")
+BACKENDS = ("auto", "triton", "flex", "torch", "reference")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LUT_CACHE = BoundedCache(32)
 _TRITON_IMPORT: list[str | None] = []  # [] = not tried yet; [None] = imports; [message] = why not
@@ -75,8 +79,9 @@ def _validate_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
 def choose_backend(backend: str, q: Tensor) -> tuple[str, str]:
     """Resolves ``backend`` for inputs on ``q.device``; returns ``(name, reason)``.
 
-    ``auto``: ``triton`` on CUDA when Triton imports, else ``torch``. Forcing ``triton`` needs a CUDA device or
-    ``TRITON_INTERPRET=1`` (the interpreter runs on CPU tensors); otherwise ValueError.
+    ``auto``: ``triton`` on CUDA when Triton imports (its per-block torch path otherwise, with one warning), ``torch``
+    on every other device. ``flex`` (FlexAttention) runs anywhere torch has it. Forcing ``triton`` needs a CUDA device
+    or ``TRITON_INTERPRET=1`` (the interpreter runs on CPU tensors); otherwise ValueError.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
@@ -85,6 +90,8 @@ def choose_backend(backend: str, q: Tensor) -> tuple[str, str]:
             err = _triton_import_error()
             if err is None:
                 return "triton", "auto: CUDA tensors and Triton available"
+            log_once(logger, logging.WARNING, f"block_sparse_attention: Triton does not import ({err}); CUDA "
+                     "calls run the per-block torch path, which is much slower. Install triton.")
             return "torch", f"auto: CUDA tensors but Triton unavailable ({err})"
         return "torch", f"auto: {q.device.type} tensors"
     if backend == "triton":
@@ -100,6 +107,25 @@ def choose_backend(backend: str, q: Tensor) -> tuple[str, str]:
     return backend, "forced"
 
 
+def _check_kv_keep(kv_keep: Tensor | None, q: Tensor, n_k: int) -> None:
+    if kv_keep is None:
+        return
+    if not isinstance(kv_keep, Tensor) or kv_keep.dtype != torch.bool:
+        what = kv_keep.dtype if isinstance(kv_keep, Tensor) else type(kv_keep).__name__
+        raise TypeError(f"kv_keep must be a bool tensor (B|1, N_k) or None, got {what}.")
+    if kv_keep.dim() != 2 or kv_keep.shape[0] not in (1, q.shape[0]) or kv_keep.shape[1] != n_k:
+        raise ValueError(
+            f"kv_keep must have shape (1 or {q.shape[0]}, {n_k}) (batch, keys), got {tuple(kv_keep.shape)}."
+        )
+    if kv_keep.device != q.device:
+        raise ValueError(f"kv_keep is on {kv_keep.device} but q is on {q.device}; put them on one device.")
+
+
+def needs_backward(*tensors: Tensor) -> bool:
+    """Whether autograd would record a call on these tensors (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _neighborhood_lut(neighborhood: NeighborhoodMask, n_q: int, n_k: int, block_m: int, block_n: int,
                       device: str) -> BlockLUT:
     """The exact LUT of ``neighborhood``, cached per shape and device (bounded)."""
@@ -109,13 +135,16 @@ def _neighborhood_lut(neighborhood: NeighborhoodMask, n_q: int, n_k: int, block_
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None = None, *,
                            neighborhood: NeighborhoodMask | None = None, scale: float | None = None,
-                           threshold: float | None = None, backend: str = "auto", return_stats: bool = False):
+                           threshold: float | None = None, kv_keep: Tensor | None = None, backend: str = "auto",
+                           return_stats: bool = False):
     """Attention restricted to the key blocks of ``lut`` and, if given, to the element mask ``neighborhood``.
 
     Args:
         q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; float16, bfloat16 or float32, one device.
         lut: key blocks per query block, ``(B|1, H|1, ceil(N_q / block_m), *)``. None = all key blocks (with a
-            ``neighborhood``, its exact LUT with 128 x 64 blocks is used instead: same result, less work).
+            ``neighborhood``, its exact LUT with 128 x 64 blocks is used instead: same result, less work). A table
+            built with :class:`BlockLUT`'s constructors is trusted; one made directly from tensors is checked by value
+            once, at its first call (that check reads it on the host).
         neighborhood: element mask from token coordinates; tokens ``>= prod(grid)`` are global.
         scale: softmax scale, default ``1 / sqrt(D)``.
         threshold: if set (> 0, natural-log units), a listed key block is skipped when every query row of the block
@@ -123,10 +152,14 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
             row max over the blocks before it in LUT order). Each skipped block adds less than
             ``block_n * exp(-threshold)`` to a row's softmax mass (relative to its max weight 1), so the output of a
             row with ``S`` skipped blocks moves by at most ``2 * max|v| * S * block_n * exp(-threshold)``.
-        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton``, ``torch`` or ``reference``.
+            Not available with ``backend="flex"``.
+        kv_keep: optional bool ``(B|1, N_k)``: keys where it is False are left out for every query (key padding).
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton``, ``flex`` (FlexAttention), ``torch`` or
+            ``reference``. ``triton`` has no backward: inputs that require grad under grad mode are refused.
         return_stats: also return a dict with ``visited_blocks`` (LUT entries walked over all batches/heads/query
             blocks), ``skipped_blocks`` (of those, skipped by ``threshold``), ``density`` (fraction of token pairs
-            in the LUT's blocks), ``backend``.
+            in the LUT's blocks), ``backend``. The counts and the density are 0-d tensors on ``q.device`` (reading
+            them is the caller's host synchronisation, not the call's).
 
     Returns:
         ``out`` ``(B, H, N_q, D)`` in ``q.dtype`` (query rows with no allowed key are zero) [, stats].
@@ -148,14 +181,24 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
         scale = 1.0 / math.sqrt(dim)
     elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}.")
+    _check_kv_keep(kv_keep, q, n_k)
     name, reason = choose_backend(backend, q)
     _log_once(name, reason)
-
+    if name == "flex" and threshold is not None:
+        raise ValueError(f"backend='flex' cannot skip blocks by threshold (threshold={threshold!r}); use "
+                         "backend='triton' (CUDA) or 'torch', or threshold=None.")
+    if name == "triton" and needs_backward(q, k, v):
+        raise ValueError("backend='triton' has no backward pass, and q, k or v requires grad under grad mode; run "
+                         "under torch.no_grad(), or use backend='flex' or 'torch' to train through the call.")
     if lut is not None:
-        lut.validate(batch, heads, n_q, n_k)
+        lut.check_shape(batch, heads, n_q, n_k)
+        if not lut.trusted:
+            lut.validate(batch, heads, n_q, n_k)  # once per table: it is marked checked
+    keep = {} if kv_keep is None else {"kv_keep": kv_keep}
+    skipped: Tensor | int = 0
     if name == "reference":
         out, st = block_sparse_reference(q, k, v, lut, neighborhood=neighborhood, scale=scale, threshold=threshold,
-                                         return_stats=True)
+                                         return_stats=True, **keep)
         out = out.to(q.dtype)
         skipped = st["skipped_blocks"]
         if lut is None:
@@ -163,30 +206,40 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
     else:
         if lut is None and neighborhood is not None:
             lut = _neighborhood_lut(neighborhood, n_q, n_k, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, str(q.device))
-        if lut is None and threshold is None and name == "torch":
+        if lut is None and threshold is None and kv_keep is None and name == "torch":
             _log_once("torch", "no LUT, no neighbourhood: dense SDPA fast path")
-            out, skipped = F.scaled_dot_product_attention(q, k, v, scale=scale), 0
-            lut = None
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         else:
             if lut is None:
                 lut = BlockLUT.full(n_q, n_k, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, device=q.device)
             if name == "triton":
                 from .triton import block_sparse_triton
 
-                out, skip_counts = block_sparse_triton(q, k, v, lut.to(q.device), neighborhood=neighborhood,
-                                                       scale=scale, threshold=threshold)
-                skipped = skip_counts if return_stats else 0
+                out, skipped = block_sparse_triton(q, k, v, lut.to(q.device), neighborhood=neighborhood, scale=scale,
+                                                   threshold=threshold, **keep)
+            elif name == "flex":
+                from .flex import block_sparse_flex
+
+                out = block_sparse_flex(q, k, v, lut.to(q.device), neighborhood=neighborhood, scale=scale, **keep)
             else:
                 out, skipped = block_sparse_torch(q, k, v, lut.to("cpu"), neighborhood=neighborhood, scale=scale,
-                                                  threshold=threshold)
+                                                  threshold=threshold, **keep)
     if not return_stats:
         return out
+    return out, _call_stats(lut, skipped, batch, heads, n_q, n_k, q.device, name)
+
+
+def _call_stats(lut: BlockLUT | None, skipped: Tensor | int, batch: int, heads: int, n_q: int, n_k: int, device,
+                backend: str) -> dict:
+    """The call's statistics as 0-d tensors on ``device`` (no host synchronisation)."""
     if lut is None:
-        visited, density = batch * heads * math.ceil(n_q / DEFAULT_BLOCK_M) * math.ceil(n_k / DEFAULT_BLOCK_N), 1.0
+        visited = torch.tensor(batch * heads * math.ceil(n_q / DEFAULT_BLOCK_M) * math.ceil(n_k / DEFAULT_BLOCK_N),
+                               device=device)
+        density = torch.ones((), device=device)
     else:
-        visited = int(lut.counts.expand(batch, heads, -1).sum())
-        density = lut.density(n_q, n_k)
-    if isinstance(skipped, Tensor):
-        skipped = int(skipped.sum())
-    stats = {"visited_blocks": visited, "skipped_blocks": int(skipped), "density": density, "backend": name}
-    return out, stats
+        counts = lut.counts.to(device)
+        visited = counts.expand(batch, heads, -1).sum(dtype=torch.int64)
+        density = lut.to(device).pair_count(n_q, n_k).mean() / (n_q * n_k)
+    skipped = skipped.sum(dtype=torch.int64) if isinstance(skipped, Tensor) else torch.tensor(int(skipped),
+                                                                                              device=device)
+    return {"visited_blocks": visited, "skipped_blocks": skipped.to(device), "density": density, "backend": backend}

@@ -4,12 +4,16 @@ A :class:`BlockLUT` is the compact form of a block mask of shape ``(B|1, H|1, nu
 for every query block it lists the indices of the key blocks to visit (``indices``) and how many of them are valid
 (``counts``). The kernels walk the valid entries in order, so the order of a row is the order in which key blocks
 are processed (this matters only for ``threshold`` skipping).
+
+Tables are checked once, not per call: the constructors here build valid tables (``trusted``), and a table made
+directly from tensors is checked by value (:meth:`BlockLUT.validate`, which reads the tensors on the host) at its
+first use. Per call only shapes are compared (:meth:`BlockLUT.check_shape`), so a call never synchronises the host.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -36,6 +40,9 @@ class BlockLUT:
         counts: int32 tensor ``(B|1, H|1, num_q_blocks)``: number of valid entries per row of ``indices``.
         block_m: query block size in tokens.
         block_n: key block size in tokens.
+        trusted: the values were built valid (by a constructor of this class or a pattern); an untrusted table is
+            checked by value once, at its first use (:meth:`validate`).
+        key_blocks: every listed index is below it (the key blocks the table was built for); None = not known.
 
     Size-1 batch/head dimensions broadcast over the batch and heads of ``q``.
     """
@@ -44,6 +51,8 @@ class BlockLUT:
     counts: Tensor
     block_m: int
     block_n: int
+    trusted: bool = field(default=False, compare=False, repr=False)
+    key_blocks: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_block_size("block_m", self.block_m)
@@ -82,8 +91,11 @@ class BlockLUT:
         return int(self.indices.shape[3])
 
     def to(self, device: torch.device | str) -> BlockLUT:
-        """Returns the same table with ``indices`` and ``counts`` on ``device``."""
-        return BlockLUT(self.indices.to(device), self.counts.to(device), self.block_m, self.block_n)
+        """Returns the same table with ``indices`` and ``counts`` on ``device`` (itself when already there)."""
+        if self.indices.device == torch.device(device):
+            return self
+        return BlockLUT(self.indices.to(device), self.counts.to(device), self.block_m, self.block_n, self.trusted,
+                        self.key_blocks)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -108,7 +120,25 @@ class BlockLUT:
         indices = order.to(torch.int32)
         valid = torch.arange(width, device=mask.device) < counts[..., None]
         indices = torch.where(valid, indices, torch.zeros_like(indices)).contiguous()
-        return cls(indices, counts.contiguous(), block_m, block_n)
+        return cls(indices, counts.contiguous(), block_m, block_n, trusted=True, key_blocks=int(mask.shape[-1]))
+
+    @classmethod
+    def from_ranked(cls, ranked: Tensor, counts: Tensor, block_m: int, block_n: int, key_blocks: int) -> BlockLUT:
+        """A LUT from key-block indices already in visiting order, without any host synchronisation.
+
+        Args:
+            ranked: integer ``(B|1, H|1, Mq, W)``: distinct key-block indices per row (e.g. ``torch.topk`` indices);
+                the first ``counts`` entries of a row are visited, in this order.
+            counts: integer ``(B|1, H|1, Mq)`` in ``[0, W]``.
+            key_blocks: number of key blocks the indices refer to (all ranked entries lie below it).
+
+        The caller guarantees distinct, in-range entries (nothing is read back to check them).
+        """
+        width = ranked.shape[-1]
+        counts = counts.to(torch.int32)
+        valid = torch.arange(width, device=ranked.device) < counts[..., None]
+        indices = torch.where(valid, ranked.to(torch.int32), torch.zeros((), dtype=torch.int32, device=ranked.device))
+        return cls(indices.contiguous(), counts.contiguous(), block_m, block_n, trusted=True, key_blocks=key_blocks)
 
     @classmethod
     def full(cls, n_q: int, n_k: int, block_m: int, block_n: int, device: torch.device | str = "cpu") -> BlockLUT:
@@ -118,7 +148,7 @@ class BlockLUT:
         mq, mk = math.ceil(n_q / block_m), math.ceil(n_k / block_n)
         indices = torch.arange(mk, dtype=torch.int32, device=device).expand(1, 1, mq, mk).contiguous()
         counts = torch.full((1, 1, mq), mk, dtype=torch.int32, device=device)
-        return cls(indices, counts, block_m, block_n)
+        return cls(indices, counts, block_m, block_n, trusted=True, key_blocks=mk)
 
     # ------------------------------------------------------------------ conversions
     def to_block_mask(self, num_k_blocks: int) -> Tensor:
@@ -152,19 +182,47 @@ class BlockLUT:
         pairs = torch.einsum("bhqk,q,k->bh", mask, q_sizes, k_sizes)
         return float(pairs.mean() / (n_q * n_k))
 
-    def validate(self, batch: int, heads: int, n_q: int, n_k: int) -> None:
-        """Raises ValueError unless this LUT fits ``q`` of shape ``(batch, heads, n_q, D)`` and ``n_k`` keys.
-
-        Checks the shape ``(B|1, H|1, ceil(n_q / block_m))``, that counts lie in ``[0, max_k_blocks]`` and that
-        every valid index lies in ``[0, ceil(n_k / block_n))``.
-        """
+    def pair_count(self, n_q: int, n_k: int) -> Tensor:
+        """Token pairs ``(B|1, H|1)`` (float64, float32 on MPS; on the LUT's device) in the listed blocks, computed on
+        the device with no host synchronisation: partial last blocks count only their real tokens (entries assumed
+        distinct)."""
         mq, mk = math.ceil(n_q / self.block_m), math.ceil(n_k / self.block_n)
+        dtype = torch.float32 if self.indices.device.type == "mps" else torch.float64
+        width = self.max_k_blocks
+        valid = torch.arange(width, device=self.indices.device) < self.counts[..., None]
+        last_k = n_k - (mk - 1) * self.block_n
+        k_tokens = self.counts.to(dtype) * self.block_n
+        if last_k != self.block_n:  # rows listing the partial last key block hold fewer keys
+            has_last = ((self.indices == mk - 1) & valid).any(-1)
+            k_tokens = k_tokens - has_last.to(dtype) * (self.block_n - last_k)
+        q_sizes = torch.full((mq,), float(self.block_m), dtype=dtype, device=self.indices.device)
+        q_sizes[-1] = n_q - (mq - 1) * self.block_m
+        return (k_tokens * q_sizes).sum(-1)
+
+    def check_shape(self, batch: int, heads: int, n_q: int, n_k: int) -> None:
+        """``ValueError`` unless the table's shape fits ``q (batch, heads, n_q, D)``; reads no tensor values."""
+        mq = math.ceil(n_q / self.block_m)
         b, h, rows = self.counts.shape
         if b not in (1, batch) or h not in (1, heads) or rows != mq:
             raise ValueError(
                 f"lut has counts shape {tuple(self.counts.shape)}, expected (1 or {batch}, 1 or {heads}, {mq}) for "
                 f"q with batch {batch}, {heads} heads and {n_q} tokens in blocks of block_m={self.block_m}."
             )
+        mk = math.ceil(n_k / self.block_n)
+        if self.key_blocks is not None and self.key_blocks > mk:
+            raise ValueError(
+                f"lut lists key blocks up to index {self.key_blocks - 1}, but {n_k} keys in blocks of "
+                f"block_n={self.block_n} make only {mk} key blocks."
+            )
+
+    def validate(self, batch: int, heads: int, n_q: int, n_k: int) -> None:
+        """Raises ValueError unless this LUT fits ``q`` of shape ``(batch, heads, n_q, D)`` and ``n_k`` keys.
+
+        Checks the shape ``(B|1, H|1, ceil(n_q / block_m))``, that counts lie in ``[0, max_k_blocks]`` and that
+        every valid index lies in ``[0, ceil(n_k / block_n))``.
+        """
+        mk = math.ceil(n_k / self.block_n)
+        self.check_shape(batch, heads, n_q, n_k)
         counts = self.counts
         if counts.numel() and (int(counts.min()) < 0 or int(counts.max()) > self.max_k_blocks):
             raise ValueError(
@@ -186,3 +244,7 @@ class BlockLUT:
             if bool((ordered[..., 1:] == ordered[..., :-1]).any()):
                 raise ValueError("lut.indices lists some key block twice in one row; each row's valid entries "
                                  "must be distinct.")
+            object.__setattr__(self, "key_blocks", hi + 1)
+        else:
+            object.__setattr__(self, "key_blocks", 0)
+        object.__setattr__(self, "trusted", True)
