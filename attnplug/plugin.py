@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -204,24 +204,29 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     plans = [_installation(model, build_method(config), sched) for _, model in denoisers]
     for _, model in denoisers:
         remove(model)
-    for (label, _), plan in zip(denoisers, plans):
-        _install(plan, sched, pipe, label, is_default)
+    try:
+        for (label, _), plan in zip(denoisers, plans):
+            _install(plan, sched, pipe, label, is_default)
+    except BaseException:
+        for _, model in denoisers:  # all or nothing: a failure midway leaves every denoiser stock
+            _uninstall(model, conclude=False)
+        raise
     return target
 
 
 def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
+    """Register ``plan``'s hooks on its denoiser. Each one is recorded in the denoiser's ``_Applied`` as soon as it is
+    registered, so :func:`_uninstall` can take off a partial installation."""
     model, method = plan.model, plan.method
     family = family_of(model)
     uses_steps = bool(sched.warmup_steps or sched.until_step is not None or method.uses_steps)
     runtime = Runtime(method=method, schedule=sched, state=LayoutState(family, num_steps_fn=_num_steps_fn(pipe)),
                       num_layers=plan.num_layers, uses_steps=uses_steps, default_schedule=default_schedule)
     runtime.tracker = StepTracker(runtime, model)
-    created = []
+    done = model.__dict__["_attnplug"] = _Applied(runtime)
     for module, site, chosen, level, grid in plan.sites:
         hook = AttentionHook(runtime, site, chosen, level, grid)
-        if not hasattr(module, "_diffusers_hook"):
-            created.append(module)
-        registry(module).register_hook(hook, ATTENTION_HOOK)
+        _register(done, module, hook, ATTENTION_HOOK)
         bind_forward(module)
         runtime.hooks.append(hook)
         logger.debug("%s -> %s (selected=%s, level=%d)", site.name, type(method).__name__, chosen, level)
@@ -229,19 +234,23 @@ def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_sch
     model.register_forward_hook(runtime.tracker.after)
     method_hook = method.model_hook()
     if method_hook is not None:
-        if not hasattr(model, "_diffusers_hook"):
-            created.append(model)
-        registry(model).register_hook(method_hook, METHOD_HOOK)
+        _register(done, model, method_hook, METHOD_HOOK)
     if hasattr(model, "_diffusers_hook"):
         registry(model).invalidate_child_registries_cache()
     runtime.update()
-    model.__dict__["_attnplug"] = _Applied(runtime, created, method_hook is not None)
     _log_backends(model, plan)
     logger.info(
         "%s on %d of %d self-attention layers of %s%s (%s family)",
         type(method).__name__, sum(chosen for _, _, chosen, _, _ in plan.sites), plan.num_layers,
         type(model).__name__, f" ({label})" if label else "", family.name,
     )
+
+
+def _register(done: _Applied, module: torch.nn.Module, hook, name: str) -> None:
+    if not hasattr(module, "_diffusers_hook"):
+        done.created.append(module)
+    registry(module).register_hook(hook, name)
+    done.hooks.append((module, hook, name))
 
 
 def _log_backends(model, plan: _Installation) -> None:
@@ -258,9 +267,11 @@ def _log_backends(model, plan: _Installation) -> None:
 
 @dataclass
 class _Applied:
+    """What :func:`apply` installed on one denoiser, recorded as it goes (:func:`remove` undoes exactly this)."""
+
     runtime: Runtime
-    created: list  # modules whose HookRegistry attnplug created (removed again when left empty)
-    method_hook: bool
+    hooks: list = field(default_factory=list)  # (module, diffusers hook, name) in registration order
+    created: list = field(default_factory=list)  # modules whose HookRegistry attnplug created
 
 
 def _applied(model) -> _Applied | None:
@@ -272,30 +283,32 @@ def remove(target):
     Returns ``target``."""
     denoisers, _ = resolve_denoisers(target)
     for _, model in denoisers:
-        applied_ = _applied(model)
-        if applied_ is None:
-            continue
-        tracker = applied_.runtime.tracker
-        tracker.conclude(type(model).__name__)
-        for key in [k for k, v in model._forward_pre_hooks.items() if v is tracker]:
-            del model._forward_pre_hooks[key]
-            model._forward_pre_hooks_with_kwargs.pop(key, None)
-        for key in [k for k, v in model._forward_hooks.items() if getattr(v, "__self__", None) is tracker]:
-            del model._forward_hooks[key]
-        if applied_.method_hook:
-            registry(model).remove_hook(METHOD_HOOK, recurse=False)
-        for hook in applied_.runtime.hooks:
-            for module in model.modules():
-                module_reg = getattr(module, "_diffusers_hook", None)
-                if module_reg is not None and module_reg.get_hook(ATTENTION_HOOK) is hook:
-                    module_reg.remove_hook(ATTENTION_HOOK, recurse=False)
-                    break
-        for module in applied_.created:
-            release_registry(module)
-        if hasattr(model, "_diffusers_hook"):
-            registry(model).invalidate_child_registries_cache()
-        del model.__dict__["_attnplug"]
+        _uninstall(model)
     return target
+
+
+def _uninstall(model: torch.nn.Module, conclude: bool = True) -> None:
+    """Take off what :func:`_install` recorded on ``model`` (also a partial installation), visiting only the modules
+    it hooked."""
+    done = model.__dict__.pop("_attnplug", None)
+    if done is None:
+        return
+    tracker = done.runtime.tracker
+    if conclude:
+        tracker.conclude(type(model).__name__)
+    for key in [k for k, v in model._forward_pre_hooks.items() if v is tracker]:
+        del model._forward_pre_hooks[key]
+        model._forward_pre_hooks_with_kwargs.pop(key, None)
+    for key in [k for k, v in model._forward_hooks.items() if getattr(v, "__self__", None) is tracker]:
+        del model._forward_hooks[key]
+    for module, hook, name in reversed(done.hooks):
+        module_reg = getattr(module, "_diffusers_hook", None)
+        if module_reg is not None and module_reg.get_hook(name) is hook:
+            module_reg.remove_hook(name, recurse=False)
+    for module in done.created:
+        release_registry(module)
+    if hasattr(model, "_diffusers_hook"):
+        registry(model).invalidate_child_registries_cache()
 
 
 def unregister_hook(module: torch.nn.Module, name: str) -> None:

@@ -247,3 +247,53 @@ def test_every_denoiser_of_a_pipeline_is_patched(tmp_path, tagged):
     assert attnplug.stats(pipe)["self"]["method"] == sum(per_model)
     attnplug.remove(pipe)
     assert attnplug.method_of(pipe.transformer_2) is None
+
+
+def _hooked(model) -> list[str]:
+    """Modules of ``model`` with a diffusers hook, an instance ``forward`` or a torch hook left."""
+    return [name or "<root>" for name, m in model.named_modules()
+            if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
+            or "forward" in m.__dict__ or m._forward_hooks or m._forward_pre_hooks]
+
+
+@pytest.mark.parametrize("where", ["attention", "model_hook"])
+def test_a_failure_midway_through_apply_leaves_nothing_and_apply_works_again(monkeypatch, where):
+    from attnplug.methods.base import AttentionMethod
+    from attnplug.processors import hooks
+
+    model, inputs = tiny_model("wan")  # 2 self- and 2 cross-attention modules
+    stock = forward(model, inputs)
+    if where == "attention":
+        real, calls = hooks.bind_forward, []
+
+        def failing(module):
+            calls.append(module)
+            if len(calls) == 3:
+                raise RuntimeError("boom")
+            real(module)
+
+        monkeypatch.setattr("attnplug.plugin.bind_forward", failing)
+    else:
+        monkeypatch.setattr(AttentionMethod, "model_hook", lambda self: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        attnplug.apply(model, "dense")
+    assert attnplug.method_of(model) is None and _hooked(model) == []
+    monkeypatch.undo()
+    attnplug.apply(model, "dense")
+    assert torch.equal(forward(model, inputs), stock)
+    attnplug.remove(model)
+    assert _hooked(model) == []
+
+
+def test_remove_visits_only_the_installed_sites(monkeypatch):
+    model, _ = tiny_model("unet")
+    attnplug.apply(model, "dense")
+    walks = []
+    for name in ("modules", "named_modules"):
+        real = getattr(torch.nn.Module, name)
+        monkeypatch.setattr(torch.nn.Module, name, lambda self, *a, _real=real, **k: walks.append(self) or
+                            _real(self, *a, **k))
+    attnplug.remove(model)
+    monkeypatch.undo()
+    assert walks.count(model) <= 1  # at most the one look for denoisers; never once per hook
+    assert attnplug.method_of(model) is None and _hooked(model) == []
