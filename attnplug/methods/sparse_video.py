@@ -21,10 +21,11 @@ from torch import Tensor
 from .._args import as_tuple
 from .._logging import log_once
 from ..config import MethodConfig, Schedule, help_field
+from ..kernels.block_sparse.dispatch import needs_backward
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
 from .patterns import DEFAULT_THRESHOLD, PATTERNS, CallSummary, PlanCache, key_padding
-from .patterns.base import Plan, check_kernel_blocks, run_key_padded, with_scale
+from .patterns.base import Plan, check_kernel_blocks, with_scale
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,11 @@ class SparseVideoConfig(MethodConfig):
         min=1,
     )
     tile_fit: str = help_field(
-        "shrink",
-        "If the tile does not divide the token grid: 'shrink' each entry to the largest divisor of its grid "
-        "dimension no larger than it (exact STA with that tile), or 'error'.",
-        choices=("shrink", "error"),
+        "pad",
+        "If the tile does not divide the token grid: 'pad' the grid up to a multiple of the tile (padded positions "
+        "are never attended; exact STA with the requested tile), 'shrink' each entry to the largest divisor of its "
+        "grid dimension no larger than it (logged at WARNING), or 'error'.",
+        choices=("pad", "shrink", "error"),
     )
     num_sampled_rows: int = help_field(64, "'heads': query rows sampled per call to choose each head's mask.", min=1)
     topk_mass: float | None = help_field(
@@ -179,17 +181,19 @@ class SparseVideoMethod(AttentionMethod):
                 "pattern='topk' or 'threshold' for single-frame layouts, or pass the video layout."
             )
         tile = self.pattern.tile_for(layout.grid) if self.config.pattern == "tiles" else None
-        check_kernel_blocks(self.pattern.block_for(layout.grid), tile, layout.grid, device, self.config)
+        check_kernel_blocks(self.pattern.block_for(layout.grid, device), tile, layout.grid, device, self.config)
 
     def _build(self, layout: TokenLayout, device) -> Plan:
         self.prepare(layout, None, device)
-        return self.pattern.plan(layout, device)
+        plan = self.pattern.plan(layout, device)
+        self._summary.add_plan(plan)
+        return plan
 
     def _plan(self, layout: TokenLayout, device) -> Plan:
         return self._plans.get(replace(layout, text_first=False), device, self._build)
 
-    def _hand_back(self, info: CallInfo, reason: str) -> None:
-        self._summary.add(info, None, reason=reason)
+    def _hand_back(self, info: CallInfo, reason: str, device) -> None:
+        self._summary.add(info, None, reason=reason, device=device)
         self.hand_back(reason)
 
     # ------------------------------------------------------------------ entry point
@@ -205,33 +209,37 @@ class SparseVideoMethod(AttentionMethod):
         cfg, n = self.config, q.shape[-2]
         info = with_scale(info, q.shape[-1])
         if k.shape[-2] != n:
-            self._hand_back(info, "cross-attention")
+            self._hand_back(info, "cross-attention", q.device)
             return None
         layout = layout if layout is not None else TokenLayout.square(n)
         layout.check(n)
         if cfg.density >= 1.0 and cfg.effective_threshold is None:
-            self._hand_back(info, "density-1")
+            self._hand_back(info, "density-1", q.device)
+            return None
+        if needs_backward(q, k, v) and self._backend(q) == "triton":
+            log_once(logger, logging.WARNING, "sparse_video: the Triton kernel has no backward, and these inputs "
+                     "require grad; those calls run stock attention (use torch.no_grad() for inference).")
+            self._hand_back(info, "requires-grad", q.device)
             return None
         plan = self._plan(layout, q.device)
         if plan.covers_all and cfg.effective_threshold is None:
-            self._hand_back(info, "window-covers-grid")
+            self._hand_back(info, "window-covers-grid", q.device)
             return None
         keep = None
         if mask is not None:
             keep = key_padding(mask, q.shape[0], n)
-            if keep is None or not bool(layout.split(keep[:, None], dim=-1)[0].all()):
+            if keep is None:
                 log_once(logger, logging.WARNING, "sparse_video: an attention mask other than a boolean key-padding "
-                         "mask on text tokens was given; those calls are handed back to stock attention.")
-                self._hand_back(info, "mask-not-key-padding")
+                         "mask (B|1, 1, 1, N) was given; those calls are handed back to stock attention.")
+                self._hand_back(info, "mask-not-key-padding", q.device)
                 return None
-            keep = None if bool(keep.all()) else layout.to_text_last(keep, dim=-1)
+            keep = layout.to_text_last(keep, dim=-1)
         qt, kt, vt = (layout.to_text_last(x) for x in (q, k, v))
-        if keep is None:
-            res = self.pattern.run(qt, kt, vt, plan, info)
-        else:
-            res = run_key_padded(self._run_on, qt, kt, vt, layout, keep, info)
+        res = self.pattern.run(qt, kt, vt, plan, info, keep)
         self._summary.add(info, plan, res)
         return layout.from_text_last(res.out)
 
-    def _run_on(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout, info: CallInfo):
-        return self.pattern.run(q, k, v, self._plan(layout, q.device), info)
+    def _backend(self, q: Tensor) -> str:
+        from ..kernels.block_sparse import choose_backend
+
+        return choose_backend(self.config.backend, q)[0]

@@ -4,6 +4,7 @@ bounded report, threads, tiny video models."""
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import tracemalloc
 
@@ -19,7 +20,6 @@ from attnplug.methods.patterns import (
     band_block_mask,
     band_width_for_density,
     block_token_mask,
-    fit_tile,
     head_coords,
     head_permutation,
     inverse_permutation,
@@ -58,7 +58,7 @@ def sta_mask(layout: TokenLayout, tile, window, stride=(1, 1, 1), rows=None) -> 
     off = layout.image_slice().start
     idx = torch.arange(n_img)
     tc = torch.stack([idx // (h * w) // tile[0], (idx // w) % h // tile[1], idx % w // tile[2]], -1)
-    tiles = [g // t for g, t in zip(layout.grid, tile)]
+    tiles = [-(-g // t) for g, t in zip(layout.grid, tile)]  # a padded grid: ceil(g / t) tiles
     rows = torch.arange(n) if rows is None else rows
     mask = torch.ones(len(rows), n, dtype=torch.bool)
     for r, qi in enumerate(rows.tolist()):
@@ -116,15 +116,18 @@ README_GRIDS = [(5, 8, 8), (121, 8, 8), (21, 30, 52)]  # tiny Wan 128² x 17 fra
 
 @pytest.mark.parametrize("grid", README_GRIDS, ids=lambda g: "x".join(map(str, g)))
 def test_readme_config_runs_on_flagship_grids(grid):
-    """``SparseVideoConfig(pattern="tiles", density=0.2)``: the tile shrinks to a dividing one and the output equals
-    the sliding-tile masked reference (64 sampled rows, fp32 vs fp64: atol 1e-5)."""
+    """``SparseVideoConfig(pattern="tiles", density=0.2)``: the requested tile is kept (the grid is padded up to a
+    tile multiple) and the output equals the sliding-tile masked reference (64 sampled rows, fp32 vs fp64:
+    atol 1e-5)."""
     layout = TokenLayout(*grid, text_tokens=3)
     q, k, v = (torch.randn(1, 1, layout.num_tokens, 8) for _ in range(3))
     method = SparseVideoConfig(pattern="tiles", density=0.2).build()
     out = method(q, k, v, layout, None, CallInfo(step=0))
     rep = method.report()
     plan = rep["plans"]["x".join(map(str, grid))]
-    assert plan["tile"] == fit_tile(grid, (4, 4, 4)) and all(g % t == 0 for g, t in zip(grid, plan["tile"]))
+    assert plan["tile"] == tuple(min(4, g) for g in grid)
+    assert plan["padded_positions"] == (0 if all(g % t == 0 for g, t in zip(grid, plan["tile"])) else
+                                        plan["slots"] * math.prod(plan["tiles"]) - math.prod(grid))
     assert 0.1 < rep["density"] < 0.3, rep["density"]
     rows = torch.randperm(layout.num_tokens, generator=torch.Generator().manual_seed(0))[:64]
     ref = masked_reference(q[:, :, rows], k, v, sta_mask(layout, plan["tile"], plan["window"], rows=rows))
@@ -339,7 +342,7 @@ def test_memory_is_bounded_over_1000_calls():
         tracemalloc.stop()
     assert len(method._plans) <= 16
     assert len(repr(method.report())) <= size + 64 and method.report()["calls"] == 1000
-    assert grown < 32 * 1024, grown  # one record per call (the old report) would take > 300 KB
+    assert grown < 64 * 1024, grown  # one record per call would take > 300 KB (worker-pool bookkeeping: ~15 KB)
 
 
 @pytest.mark.parametrize("pattern", ["tiles", "heads", "topk"])
@@ -382,7 +385,7 @@ def test_density_out_of_range(density):
         (dict(tile=(2, 0, 2)), "tile"),
         (dict(window=(1, 2, 3, 4)), "window"),
         (dict(stride=0), "stride"),
-        (dict(tile_fit="pad"), "tile_fit"),
+        (dict(tile_fit="stretch"), "tile_fit"),
         (dict(rectify="yes"), "rectify"),
         (dict(topk_mass=1.2), "topk_mass"),
         (dict(threshold=-1.0), "threshold"),
@@ -418,9 +421,23 @@ def test_tile_not_dividing_layout():
     with pytest.raises(ValueError, match=r"SparseVideoConfig.tile=\(2, 4, 4\) does not divide the token grid "
                                          r"\(3, 6, 8\).*frames 3 % 2"):
         SparseVideoConfig(pattern="tiles", tile=(2, 4, 4), density=0.3, tile_fit="error").build()(q, q, q, layout)
-    method = SparseVideoConfig(pattern="tiles", tile=(2, 4, 4), density=0.3).build()  # tile_fit="shrink" default
+    method = SparseVideoConfig(pattern="tiles", tile=(2, 4, 4), density=0.3).build()  # tile_fit="pad" default
     out = method(q, q, q, layout)
-    assert torch.isfinite(out).all() and method.report()["plans"]["3x6x8"]["tile"] == (1, 3, 4)
+    plan = method.report()["plans"]["3x6x8"]
+    assert torch.isfinite(out).all() and plan["tile"] == (2, 4, 4) and plan["tiles"] == (2, 2, 2)
+    assert plan["padded_positions"] == 2 * 2 * 2 * 32 - 3 * 6 * 8
+    torch.testing.assert_close(out, masked_reference(q, q, q, sta_mask(layout, (2, 4, 4), plan["window"])),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_tile_fit_shrink_is_explicit_and_logged(caplog):
+    layout = TokenLayout(3, 6, 8)
+    q = torch.randn(1, 1, layout.num_tokens, 8)
+    method = SparseVideoConfig(pattern="tiles", tile=(2, 4, 4), density=0.3, tile_fit="shrink").build()
+    with caplog.at_level(logging.WARNING, logger="attnplug"):
+        method(q, q, q, layout)
+    assert method.report()["plans"]["3x6x8"]["tile"] == (1, 3, 4)
+    assert any("shrunk to (1, 3, 4)" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("pattern", ["tiles", "heads"])
@@ -453,15 +470,41 @@ def test_impossible_config_fails_in_prepare(kwargs, layout, match):
     assert method.report()["calls"] == 0
 
 
+#: Latent token grids of the flagship video models (frames, height, width) after patching.
+FLAGSHIP_GRIDS = {
+    "wan-480p-81": (21, 30, 52), "wan-720p-81": (21, 45, 80), "hunyuanvideo-720p-129": (33, 45, 80),
+    "cogvideox-480x720-49": (13, 30, 45), "ltx-704x480-161": (21, 15, 22), "wan2.2-ti2v-5b-704x1280-121": (31, 22, 40),
+    "hunyuanvideo-544p-129": (33, 34, 60),
+}
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("grid", list(FLAGSHIP_GRIDS.values()), ids=list(FLAGSHIP_GRIDS))
+def test_every_default_plans_triton_blocks_on_flagship_grids(monkeypatch, grid, pattern):
+    """Each pattern's default config passes the Triton kernel's block check at step 0 on every flagship grid, and
+    the planned blocks are ones the kernel takes (tiles: the requested (4, 4, 4) tile, padded, in 64-slot blocks)."""
+    pytest.importorskip("triton")
+    from attnplug.kernels.block_sparse.triton import kernel_config
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    method = SparseVideoConfig(pattern=pattern, backend="triton").build()
+    layout = TokenLayout(*grid)
+    method.prepare(layout, CallInfo(step=0))
+    block = method.pattern.block_for(grid, "cpu")
+    kernel_config(128, block, block, torch.bfloat16, method.config.effective_threshold is not None)
+    if pattern == "tiles":
+        assert method.pattern.tile_for(grid) == (4, 4, 4) and block == 64
+
+
 def test_triton_blocks_checked_in_prepare(monkeypatch):
-    """On the Triton backend a 36-token tile (Wan 2.1 480p, shrunk) fails at step 0 with the fix named."""
+    """With a threshold the kernel's tiles are the blocks: a 128-token tile fails at step 0 with the fix named."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    method = SparseVideoConfig(backend="triton").build()
-    with pytest.raises(ValueError, match=r"SparseVideoConfig.tile: tile=\(3, 3, 4\) on the token grid "
-                                         r"\(21, 30, 52\) gives 36-token blocks.*divisible by 16"):
+    method = SparseVideoConfig(backend="triton", tile=(2, 8, 8), threshold=6.0).build()
+    with pytest.raises(ValueError, match=r"SparseVideoConfig.tile: tile=\(2, 8, 8\) on the token grid "
+                                         r"\(21, 30, 52\) gives 128-token blocks"):
         method.prepare(TokenLayout(21, 30, 52), CallInfo(step=0))
-    method.prepare(TokenLayout(121, 8, 8), CallInfo(step=0))  # (1, 4, 4): 16-token blocks run
+    SparseVideoConfig(backend="triton", threshold=6.0).build().prepare(TokenLayout(21, 30, 52), CallInfo(step=0))
 
 
 def test_impossible_config_fails_before_the_first_step(tmp_path):
@@ -543,10 +586,12 @@ def test_key_padding_mask_tiles_matches_brute_force():
         tile_mask = sta_mask(layout, cfg.tile, cfg.window) & keep[b][None, :]
         ref = masked_reference(q[b:b + 1], k[b:b + 1], v[b:b + 1], tile_mask)
         torch.testing.assert_close(out[b:b + 1], ref, atol=1e-5, rtol=1e-5)
-    # Padding on image tokens or non-key-padding masks are handed back to stock attention.
-    bad = keep.clone()
-    bad[0, 0] = False
-    assert cfg.build()(q, k, v, layout, bad[:, None, None, :]) is None
+    # Padding on image tokens is honoured exactly too (those keys are left out); other masks are handed back.
+    pads_image = keep.clone()
+    pads_image[0, 0] = False
+    out = cfg.build()(q, k, v, layout, pads_image[:, None, None, :])
+    ref = masked_reference(q[:1], k[:1], v[:1], sta_mask(layout, cfg.tile, cfg.window) & pads_image[0][None, :])
+    torch.testing.assert_close(out[:1], ref, atol=1e-5, rtol=1e-5)
     assert cfg.build()(q, k, v, layout, torch.zeros(2, 1, 1, layout.num_tokens)) is None
 
 

@@ -30,7 +30,6 @@ from .base import (
     full_permutation,
     pair_density,
     run_block_sparse,
-    take,
 )
 from .common import add_global_blocks, block_ranges, block_token_mask, inverse_permutation, lut_from_block_mask
 
@@ -132,13 +131,19 @@ def profile_heads(
 
 class HeadsPattern(ConfiguredPattern):
     """``pattern="heads"`` (Sparse VideoGen): per head and call, the spatial or temporal band mask whose output on
-    ``num_sampled_rows`` sampled query rows is closest to full attention."""
+    ``num_sampled_rows`` sampled query rows is closest to full attention.
+
+    Both candidates are planned once; a call selects per head between them on the device (orders, tables and
+    densities stacked as ``(2, ...)`` tensors and indexed by the chosen kind), so it never reads the choice back."""
 
     name = "heads"
     video_only = True
 
     def plan(self, layout: TokenLayout, device) -> Plan:
-        """One candidate :class:`Plan` per kind (order, band mask and LUT on ``device``), widths from the density."""
+        """One candidate :class:`Plan` per kind (order, band mask and LUT on ``device``), widths from the density,
+        and the stacked tables the calls index (``details["stacked"]``)."""
+        from ...kernels import BlockLUT
+
         cfg = self.config
         n, block = layout.num_tokens, cfg.block_size
         candidates = {}
@@ -152,38 +157,53 @@ class HeadsPattern(ConfiguredPattern):
                 lut=lut_from_block_mask(mask[None, None], block).to(device), mask=mask.to(device),
                 density=pair_density(mask, n, block), details={"width": width},
             )
+        plans = [candidates[kind] for kind in _KINDS]
+        wide = max(p.lut.max_k_blocks for p in plans)
+        indices = torch.cat([torch.nn.functional.pad(p.lut.indices, (0, wide - p.lut.max_k_blocks)) for p in plans], 1)
+        stacked = {
+            "perm": torch.stack([p.perm for p in plans]), "inv": torch.stack([p.inv for p in plans]),
+            "lut": BlockLUT(indices, torch.cat([p.lut.counts for p in plans], 1), block, block, trusted=True,
+                            key_blocks=plans[0].lut.key_blocks),
+            "density": torch.tensor([p.density for p in plans], device=device),
+            "rows": torch.randperm(layout.image_tokens, generator=torch.Generator().manual_seed(cfg.seed)).to(device),
+        }
         widths = tuple(candidates[kind].details["width"] for kind in _KINDS)
-        return Plan(layout=layout, block=block, details={"widths": widths}, candidates=candidates)
+        return Plan(layout=layout, block=block, details={"widths": widths}, candidates=candidates,
+                    lut=stacked)
 
-    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
-        """Profile the heads on sampled rows (deterministic per seed, layer and step), then one kernel call."""
+    def sampled_rows(self, plan: Plan, info: CallInfo) -> Tensor:
+        """``(S,)`` query rows profiled in this call: a window of the plan's seeded row permutation that moves with
+        the layer and the step (deterministic given ``seed``; no generator per call)."""
+        rows = plan.lut["rows"]
+        n_img = rows.numel()
+        count = min(self.config.num_sampled_rows, n_img)
+        start = (info.layer_index * 7919 + max(info.step, 0) * count) % n_img
+        return rows[(start + torch.arange(count, device=rows.device)) % n_img]
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, keep: Tensor | None = None
+            ) -> PatternOutput:
+        """Profile the heads on sampled rows, then one kernel call with each head in its chosen order; optional key
+        padding ``keep (B, N)`` (on text tokens: both orders keep the text last, in place)."""
         from ...kernels import BlockLUT
 
-        cfg, scale = self.config, info.scale
+        cfg, scale, block = self.config, info.scale, plan.block
         kinds = [plan.candidates[kind] for kind in _KINDS]
-        block, n_img = plan.block, plan.layout.image_tokens
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + info.layer_index * 10_007 + max(info.step, 0))
-        rows = torch.randperm(n_img, generator=gen)[: min(cfg.num_sampled_rows, n_img)].to(q.device)
+        st = plan.lut
+        rows = self.sampled_rows(plan, info)
         token_masks = [block_token_mask(kd.mask, kd.inv, block, rows) for kd in kinds]
-        choice, _ = profile_heads(q, k, v, token_masks, rows, scale)
+        if keep is not None:
+            token_masks = [tm & keep[:1] for tm in token_masks]
+        choice, _ = profile_heads(q, k, v, token_masks, rows, scale)  # (H,) 0 spatial / 1 temporal
         heads = q.shape[1]
-        temporal = int(choice.sum())
-        if temporal in (0, heads):
-            kd = kinds[1 if temporal else 0]
-            out, stats = run_block_sparse(take(q, kd.perm), take(k, kd.perm), take(v, kd.perm), kd.lut, scale, cfg)
-            out, density = take(out, kd.inv), kd.density
-        else:
-            perms = torch.stack([kinds[int(c)].perm for c in choice])  # (H, N)
-            invs = torch.stack([kinds[int(c)].inv for c in choice])
-            masks = torch.stack([kinds[int(c)].mask for c in choice])[None]  # (1, H, M, M)
-            lut = BlockLUT.from_block_mask(masks, block, block)
-
-            def gather(x, idx):
-                return torch.gather(x, 2, idx[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1]))
-
-            out, stats = run_block_sparse(gather(q, perms), gather(k, perms), gather(v, perms), lut, scale, cfg)
-            out = gather(out, invs)
-            density = sum(kinds[int(c)].density for c in choice) / heads
+        hsel = torch.arange(heads, device=q.device)[:, None]
+        perm, inv = st["perm"][choice], st["inv"][choice]  # (H, N)
+        lut = BlockLUT(st["lut"].indices[:, choice], st["lut"].counts[:, choice], block, block, trusted=True,
+                       key_blocks=st["lut"].key_blocks)
+        kv_keep = None if keep is None else keep.index_select(1, kinds[0].perm)
+        out, stats = run_block_sparse(q[:, hsel, perm], k[:, hsel, perm], v[:, hsel, perm], lut, scale, cfg,
+                                      kv_keep)
+        out = out[:, hsel, inv]
+        density = st["density"][choice].mean()
+        temporal = choice.sum()
         details = {"temporal_heads": temporal, "spatial_heads": heads - temporal}
         return PatternOutput(out, density, effective_density(density, stats), details)
-

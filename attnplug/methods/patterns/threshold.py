@@ -55,6 +55,7 @@ class ThresholdPattern(ConfiguredPattern):
             density=1.0, details={"tile": tile},
         )
 
-    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
-        """One call on text-last ``q, k, v (B, H, N, D)``."""
-        return run_static(q, k, v, plan, info, self.config)
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, keep: Tensor | None = None
+            ) -> PatternOutput:
+        """One call on text-last ``q, k, v (B, H, N, D)`` with optional key padding ``keep (B, N)``."""
+        return run_static(q, k, v, plan, info, self.config, keep)

@@ -12,9 +12,14 @@ right-hand one for even strides), ``start = clamp(leader - w // 2, 0, T - w)``, 
 visited iff ``start <= a' < start + w``. (Query tiles with identical rows that are consecutive in tile-major order,
 i.e. a width stride, are attended in one kernel call on the CPU path.)
 
-A tile must divide the token grid. With ``tile_fit="shrink"`` (the default) each tile entry is reduced to the
-largest divisor of its grid dimension that is no larger (:func:`fit_tile`): the result is exact sliding tile
-attention with the smaller tile. Padding the grid would need the kernel to mask the padded keys, which it does not.
+The tile never depends on the kernel's block size. With ``tile_fit="pad"`` (the default) the grid is padded up to a
+multiple of the tile, as STA does: the tile grid has ``ceil(grid / tile)`` tiles per dimension and every tile
+becomes one kernel block of ``slots`` positions (the tile volume, rounded up to a multiple of 16 for the GPU kernels),
+positions that hold no token are padding: left out as keys (the kernel's ``kv_keep``) and dropped as queries. The
+result is exact sliding tile attention with the requested tile on any grid. ``tile_fit="shrink"`` instead reduces each
+tile entry to the largest divisor of its grid dimension that is no larger (:func:`fit_tile`; logged at WARNING when
+it changes the tile), and ``"error"`` refuses a tile that does not divide the grid. A tile entry larger than its grid
+dimension is cut to the dimension (one tile spans it either way).
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ from ..._logging import log_once
 from ...kernels.block_sparse.masks import dim_window
 from ...layout import TokenLayout
 from ..base import CallInfo
-from .base import ConfiguredPattern, PatternOutput, Plan, full_permutation, pair_density, run_static
-from .common import add_global_blocks, inverse_permutation, lut_from_block_mask
+from .base import ConfiguredPattern, PatternOutput, Plan, run_static
+from .common import add_global_blocks, lut_from_block_mask
 
 __all__ = [
     "TilesPattern",
     "fit_tile",
+    "padded_tile_order",
     "tile_block_mask",
     "tile_grid",
     "tile_permutation",
+    "tile_slots",
     "tile_major_order",
     "tile_window_for_density",
 ]
@@ -131,6 +138,41 @@ def tile_window_for_density(
     return best
 
 
+def tile_slots(volume: int, device_kernel: bool, threshold: bool) -> int:
+    """Kernel block (positions per tile) for a tile of ``volume`` tokens: the volume itself on the CPU path, else
+    the next multiple of 16 (the next power of two >= 16 with threshold skipping, whose tiles equal the blocks)."""
+    if not device_kernel:
+        return volume
+    if threshold:
+        return max(16, 1 << (volume - 1).bit_length())
+    return 16 * math.ceil(volume / 16)
+
+
+def padded_tile_order(grid: tuple[int, int, int], tile: tuple[int, int, int], slots: int,
+                      n_text: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int, int]]:
+    """Where each token goes in the padded tile-major order.
+
+    Tile ``(a, b, c)`` of the tile grid ``ceil(grid / tile)`` (row-major) owns positions ``[t * slots, (t + 1) *
+    slots)``; inside it the tile's tokens are row-major; the text tokens follow all tiles.
+
+    Returns:
+        ``(src (N_p,), pos (N,), keep (N_p,), tiles)``: ``src`` gathers the text-last sequence into the order (0 at
+        positions holding no token), ``pos`` is each token's position, ``keep`` is False at those empty positions.
+    """
+    tiles = tuple(math.ceil(g / t) for g, t in zip(grid, tile))
+    f, h, w = (torch.arange(g) for g in grid)
+    (tf, th, tw), (_, nh, nw) = tile, tiles
+    tile_id = ((f // tf)[:, None, None] * nh + (h // th)[None, :, None]) * nw + (w // tw)[None, None, :]
+    inner = ((f % tf)[:, None, None] * th + (h % th)[None, :, None]) * tw + (w % tw)[None, None, :]
+    n_slots = math.prod(tiles) * slots
+    pos = torch.cat([(tile_id * slots + inner).reshape(-1), n_slots + torch.arange(n_text)])
+    src = torch.zeros(n_slots + n_text, dtype=torch.long)
+    src[pos] = torch.arange(pos.numel())
+    keep = torch.zeros(n_slots + n_text, dtype=torch.bool)
+    keep[pos] = True
+    return src, pos, keep, tiles
+
+
 def tile_major_order(grid: tuple[int, int, int], config) -> tuple[Tensor | None, tuple[int, int, int] | None]:
     """Image-token order for ``topk`` / ``threshold``: ``(perm (N_img,), tile)`` tile-major with the config's tile
     (fitted with ``tile_fit="shrink"``), or ``(None, None)`` (row-major) when ``reorder`` is off or it does not
@@ -150,51 +192,69 @@ class TilesPattern(ConfiguredPattern):
     video_only = True
 
     def tile_for(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
-        """The tile used on ``grid``: the config's, fitted with ``tile_fit="shrink"``; ``ValueError`` otherwise."""
-        tile = self.config.tile
+        """The tile used on ``grid``: the config's (entries cut to the grid), shrunk with ``tile_fit="shrink"``;
+        ``ValueError`` with ``"error"`` when it does not divide the grid."""
+        if self.config.tile_fit == "error":
+            tile_grid(grid, self.config.tile)  # raises, naming the dimension
+            return self.config.tile
+        tile = tuple(min(t, g) for t, g in zip(self.config.tile, grid))
         if self.config.tile_fit == "shrink":
             fitted = fit_tile(grid, tile)
             if fitted != tile:
-                log_once(logger, logging.INFO, f"sparse_video: tile {tile} shrunk to {fitted} for the grid {grid}")
+                log_once(logger, logging.WARNING, f"sparse_video: tile {tile} shrunk to {fitted} for the grid {grid} "
+                         "(tile_fit='shrink'); tile_fit='pad' keeps the tile")
             return fitted
-        tile_grid(grid, tile)  # raises, naming the dimension
         return tile
 
-    def block_for(self, grid: tuple[int, int, int]) -> int:
-        """Tokens per block on ``grid`` (the fitted tile's volume); ``ValueError`` if the tile cannot fit."""
-        return math.prod(self.tile_for(grid))
+    def slots_for(self, grid: tuple[int, int, int], device) -> int:
+        """Kernel block on ``grid`` for ``device``: the tile volume, rounded up for the GPU kernels."""
+        from ...kernels.block_sparse import choose_backend
+
+        backend = choose_backend(self.config.backend, torch.empty(0, device=device))[0]
+        return tile_slots(math.prod(self.tile_for(grid)), backend in ("triton", "flex"),
+                          self.config.effective_threshold is not None)
+
+    def block_for(self, grid: tuple[int, int, int], device="cpu") -> int:
+        """Tokens per kernel block on ``grid`` (the tile's slots); ``ValueError`` if the tile cannot fit."""
+        return self.slots_for(grid, device)
 
     def plan(self, layout: TokenLayout, device) -> Plan:
-        """Tile-major permutation, the ``(M, M)`` block mask (text blocks global) and its LUT on ``device``."""
+        """Padded tile-major order, the ``(M, M)`` block mask (text blocks global) and its LUT on ``device``."""
         cfg = self.config
         n, n_img = layout.num_tokens, layout.image_tokens
         tile = self.tile_for(layout.grid)
-        tiles = tile_grid(layout.grid, tile)
+        slots = self.slots_for(layout.grid, device)
+        src, pos, keep, tiles = padded_tile_order(layout.grid, tile, slots, n - n_img)
         if cfg.window is not None:  # None entries: the whole dimension
             window = tuple(t if w is None else min(w, t) for w, t in zip(cfg.window, tiles))
         else:
             window = tile_window_for_density(tiles, cfg.density, tile)
         stride = tuple(min(s, w) for s, w in zip(cfg.stride, window))
-        block = math.prod(tile)
-        m = math.ceil(n / block)
+        n_p = src.numel()
         t = math.prod(tiles)
+        m = math.ceil(n_p / slots)
         mask = torch.zeros(m, m, dtype=torch.bool)
         mask[:t, :t] = tile_block_mask(tiles, window, stride=stride)
-        mask = add_global_blocks(mask, n_img, n, block)
+        mask = add_global_blocks(mask, t * slots, n_p, slots)
         priority = None
         if cfg.effective_threshold is not None:  # nearest tiles first (L1 distance in tile coordinates), text last
             c = torch.stack(torch.meshgrid(*(torch.arange(x) for x in tiles), indexing="ij"), -1).view(-1, 3)
             priority = torch.full((m, m), -1e6)
             priority[:t, :t] = -(c[:, None] - c[None, :]).abs().sum(-1).float()
-        perm = full_permutation(tile_permutation(layout.grid, tile), n)
-        lut = lut_from_block_mask(mask[None, None], block, None if priority is None else priority[None, None])
+        lut = lut_from_block_mask(mask[None, None], slots, None if priority is None else priority[None, None])
+        real = torch.bincount(pos // slots, minlength=m).double()  # tokens per block
+        density = float((mask.double() * real[:, None] * real[None, :]).sum()) / (n * n)
+        padded = n_p != n
+        identity = not padded and bool((src == torch.arange(n)).all())
         return Plan(
-            layout=layout, block=block, perm=perm.to(device), inv=inverse_permutation(perm).to(device),
-            lut=lut.to(device), mask=mask, density=pair_density(mask, n, block),
-            covers_all=all(w >= x for w, x in zip(window, tiles)),
-            details={"tile": tile, "window": window, "stride": stride, "tiles": tiles},
+            layout=layout, block=slots, perm=None if identity else src.to(device),
+            inv=None if identity else pos.to(device), keep=keep[None].to(device) if padded else None,
+            lut=lut.to(device), mask=mask, density=density, covers_all=all(w >= x for w, x in zip(window, tiles)),
+            details={"tile": tile, "window": window, "stride": stride, "tiles": tiles, "slots": slots,
+                     "padded_positions": n_p - n},
         )
 
-    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
-        """One call on text-last ``q, k, v (B, H, N, D)``."""
-        return run_static(q, k, v, plan, info, self.config)
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, keep: Tensor | None = None
+            ) -> PatternOutput:
+        """One call on text-last ``q, k, v (B, H, N, D)`` with optional key padding ``keep (B, N)``."""
+        return run_static(q, k, v, plan, info, self.config, keep)

@@ -27,17 +27,18 @@ from torch import Tensor
 
 from ...layout import TokenLayout
 from ..base import CallInfo
+from ..dense import dense_attention
 from .base import (
     ConfiguredPattern,
     PatternOutput,
     Plan,
     effective_density,
     full_permutation,
-    pair_density,
+    pattern_keep,
     run_block_sparse,
     take,
 )
-from .common import add_global_blocks, inverse_permutation, lut_from_block_mask
+from .common import first_global_block, inverse_permutation
 from .tiles import tile_major_order
 
 __all__ = [
@@ -51,31 +52,48 @@ __all__ = [
 ]
 
 
-def pool_blocks(x: Tensor, block: int, deviations: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Block means of ``x (B, H, N, D)`` (and, if ``deviations``, mean absolute deviations).
+#: Blocks per chunk when pooling tokens and selecting query-block rows: bounds the temporaries to a
+#: ``(B, H, CHUNK_BLOCKS, M)`` slice instead of the whole ``(B, H, M, M)`` score matrix.
+CHUNK_BLOCKS = 128
+
+
+def pool_blocks(x: Tensor, block: int, deviations: bool = True, weights: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Block means of ``x (B, H, N, D)`` (and, if ``deviations``, mean absolute deviations), in float32.
+
+    Args:
+        weights: optional ``(B|1, N)`` 0/1 weights (1 = token counts, e.g. the keys a padding mask keeps).
 
     Returns:
-        ``(mean (B, H, M, D), mean_abs_dev (B, H, M, D), sizes (M,))`` with ``M = ceil(N / block)``; the last block
-        may be partial (its statistics use its real tokens only).
+        ``(mean (B, H, M, D), mean_abs_dev (B, H, M, D), sizes)`` with ``M = ceil(N / block)``; ``sizes`` is the
+        token count per block, ``(M,)`` (``(B|1, 1, M)`` with ``weights``); the last block may be partial (its
+        statistics use its real tokens only). Works :data:`CHUNK_BLOCKS` blocks at a time, so no float32 copy of
+        ``x`` is made.
     """
     b, h, n, d = x.shape
     m = math.ceil(n / block)
-    pad = m * block - n
-    xf = x.float()
-    if pad:
-        xf = torch.cat([xf, xf.new_zeros(b, h, pad, d)], dim=2)
-    xb = xf.view(b, h, m, block, d)
-    sizes = torch.full((m,), float(block), device=x.device)
-    sizes[-1] = n - (m - 1) * block
-    mean = xb.sum(3) / sizes[:, None]
-    if not deviations:
-        return mean, None, sizes
-    dev = (xb - mean[:, :, :, None]).abs()
-    if pad:
-        valid = (torch.arange(m * block, device=x.device) < n).view(m, block, 1).float()
-        dev = dev * valid
-    mad = dev.sum(3) / sizes[:, None]
-    return mean, mad, sizes
+    valid = torch.ones(1, n, device=x.device) if weights is None else weights.to(torch.float32)
+    means, devs, counts = [], [], []
+    for c0 in range(0, m, CHUNK_BLOCKS):
+        c1 = min(m, c0 + CHUNK_BLOCKS)
+        lo, hi = c0 * block, min(n, c1 * block)
+        tail = (c1 - c0) * block - (hi - lo)
+        xs, ws = x[:, :, lo:hi], valid[:, lo:hi]
+        if tail:  # only the last chunk: pad it to whole blocks with zero-weight tokens
+            xs = torch.nn.functional.pad(xs, (0, 0, 0, tail))
+            ws = torch.nn.functional.pad(ws, (0, tail))
+        xb = xs.unflatten(2, (c1 - c0, block))  # (B, H, c, block, D)
+        wb = ws.unflatten(1, (c1 - c0, block))[:, None, :, :, None]  # (B|1, 1, c, block, 1)
+        cnt = wb.sum(3)  # (B|1, 1, c, 1)
+        mean = (xb * wb).sum(3, dtype=torch.float32) / cnt.clamp(min=1)
+        means.append(mean)
+        counts.append(cnt[..., 0])
+        if deviations:
+            devs.append(((xb.float() - mean[:, :, :, None]).abs() * wb).sum(3) / cnt.clamp(min=1))
+    sizes = torch.cat(counts, -1)
+    if weights is None:
+        sizes = sizes[0, 0]
+    return torch.cat(means, 2), torch.cat(devs, 2) if deviations else None, sizes
 
 
 def pooled_block_probs(qp: Tensor, kp: Tensor, k_sizes: Tensor, scale: float) -> Tensor:
@@ -136,16 +154,31 @@ def rectification_terms(
 
 
 def apply_rectification(out: Tensor, r: Tensor, comp: Tensor, block: int) -> Tensor:
-    """``out (B, H, N, D)`` -> ``R_i * out + comp_i`` for the tokens of each query block ``i``."""
+    """``out (B, H, N, D)`` -> ``R_i * out + comp_i`` for the tokens of each query block ``i`` (``r (B, H, M)``,
+    ``comp (B, H, M, D)``, ``M = ceil(N / block)``; the last block may be partial)."""
     n = out.shape[2]
-    rt = r.repeat_interleave(block, dim=-1)[..., :n, None]
-    ct = comp.repeat_interleave(block, dim=-2)[:, :, :n]
-    return (out.float() * rt + ct).to(out.dtype)
+    full = n // block
+    parts = []
+    if full:
+        ob = out[:, :, : full * block].unflatten(2, (full, block)).float()
+        parts.append((ob * r[:, :, :full, None, None] + comp[:, :, :full, None]).flatten(2, 3))
+    if full * block < n:
+        parts.append(out[:, :, full * block:].float() * r[:, :, full:, None] + comp[:, :, full:])
+    return torch.cat(parts, 2).to(out.dtype) if len(parts) > 1 else parts[0].to(out.dtype)
+
+
+def _forced(rows: Tensor, m: int, first_global: int) -> Tensor:
+    """Bool ``(c, M)``: blocks always kept by image query-block ``rows`` (the diagonal and the text blocks)."""
+    cols = torch.arange(m, device=rows.device)
+    return (cols[None, :] == rows[:, None]) | (cols[None, :] >= first_global)
 
 
 class TopkPattern(ConfiguredPattern):
     """``pattern="topk"``: per call, the key blocks with the largest pooled scores (``density`` budget or
-    ``topk_mass``), diagonal and text blocks always kept, with the configured rectification."""
+    ``topk_mass``), diagonal and text blocks always kept, with the configured rectification.
+
+    The table is built on the device from ``torch.topk`` indices (already in visiting order, strongest first), a
+    :data:`CHUNK_BLOCKS`-row slice of the pooled scores at a time; query blocks holding text attend densely."""
 
     name = "topk"
     video_only = False
@@ -159,28 +192,88 @@ class TopkPattern(ConfiguredPattern):
             inv=None if perm is None else inverse_permutation(perm).to(device), details={"tile": tile},
         )
 
-    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo) -> PatternOutput:
-        """Pool, select, attend the selected blocks, rectify; text-last ``q, k, v (B, H, N, D)``."""
+    def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, keep: Tensor | None = None
+            ) -> PatternOutput:
+        """Pool, select, attend the selected blocks, rectify; text-last ``q, k, v (B, H, N, D)``, optional key
+        padding ``keep (B, N)``."""
         cfg, scale, block = self.config, info.scale, plan.block
         n, n_img = plan.layout.num_tokens, plan.layout.image_tokens
         qp, kp, vp = take(q, plan.perm), take(k, plan.perm), take(v, plan.perm)
-        qm, qdev, _ = pool_blocks(qp, block)
-        km, kdev, ksizes = pool_blocks(kp, block)
-        vm = pool_blocks(vp, block, deviations=False)[0]
-        probs = pooled_block_probs(qm, km, ksizes, scale)  # (B, H, M, M)
-        m = probs.shape[-1]
-        forced = add_global_blocks(torch.eye(m, dtype=torch.bool, device=q.device), n_img, n, block)
+        kv_keep = pattern_keep(plan, keep)
+        weights = None if kv_keep is None else kv_keep.to(q.dtype)
+        qm, qdev, _ = pool_blocks(qp, block, deviations=cfg.rectify == "gapr")
+        km, kdev, ksizes = pool_blocks(kp, block, deviations=cfg.rectify == "gapr", weights=weights)
+        vm = pool_blocks(vp, block, deviations=False, weights=weights)[0] if cfg.rectify != "none" else None
+        m = km.shape[2]
+        g = first_global_block(n_img, n, block)  # query blocks from g on hold text: dense rows
         budget = math.ceil(cfg.density * m)
-        selected = select_blocks(probs, budget, forced, cfg.topk_mass)
-        lut = lut_from_block_mask(selected, block, probs if cfg.effective_threshold is not None else None)
-        out, stats = run_block_sparse(qp, kp, vp, lut, scale, cfg)
+        width = min(m, max(budget, 1 + (m - g)))
+        log_sizes = torch.log(ksizes.clamp(min=0))
+        ranked, counts, rect, stats = [], [], [], torch.zeros(3, dtype=torch.float32, device=q.device)
+        for r0 in range(0, g, CHUNK_BLOCKS):
+            r1 = min(g, r0 + CHUNK_BLOCKS)
+            logits = torch.matmul(qm[:, :, r0:r1], km.transpose(-1, -2)) * scale + log_sizes[..., None, :]
+            probs = torch.softmax(logits, dim=-1)  # (B, H, c, M)
+            forced = _forced(torch.arange(r0, r1, device=q.device), m, g)
+            top = torch.topk(probs.masked_fill(forced, 2.0), width, dim=-1, sorted=True).indices
+            cnt = torch.full(top.shape[:-1], width, device=q.device)
+            if cfg.topk_mass is not None:
+                taken = torch.gather(probs, -1, top)
+                before = torch.cumsum(taken, -1) - taken  # mass of the blocks ranked above
+                cnt = (before < cfg.topk_mass).sum(-1).clamp(min=1 + (m - g))
+            ranked.append(top)
+            counts.append(cnt)
+            if cfg.rectify != "none":
+                rect.append(self._rectify(probs, top, cnt, r0, r1, qm, qdev, km, kdev, vm, stats))
+        out, kernel_stats = self._attend(qp, kp, vp, ranked, counts, g, m, kv_keep, info)
         details: dict = {"budget_blocks": budget}
-        if cfg.rectify != "none":
-            comp = gapr_compensable(qm, qdev, km, kdev) if cfg.rectify == "gapr" else None
-            r, c = rectification_terms(probs, selected, comp, vm)
-            out = apply_rectification(out, r, c, block)
-            skipped = (~selected).sum()
-            compensated = (~selected & comp).sum() if comp is not None else skipped
-            details["compensated_fraction"] = float(compensated) / max(int(skipped), 1)
-        density = pair_density(selected, n, block)
-        return PatternOutput(take(out, plan.inv), density, effective_density(density, stats), details)
+        if rect:
+            r = torch.cat([x[0] for x in rect], -1)
+            c = torch.cat([x[1] for x in rect], -2)
+            out_img = apply_rectification(out[:, :, : g * block], r, c, block)
+            out = torch.cat([out_img, out[:, :, g * block:]], 2) if g * block < n else out_img
+            details["compensated_fraction"] = stats[1] / stats[0].clamp(min=1)
+        density = self._density(ranked, counts, g, m, n, block, q.device)
+        return PatternOutput(take(out, plan.inv), density, effective_density(density, kernel_stats), details)
+
+    def _rectify(self, probs, top, cnt, r0, r1, qm, qdev, km, kdev, vm, stats) -> tuple[Tensor, Tensor]:
+        """``(R (B, H, c), comp (B, H, c, D))`` for query-block rows ``r0:r1``; adds skipped and compensated block
+        counts to ``stats[0:2]``."""
+        width = top.shape[-1]
+        kept = torch.arange(width, device=top.device) < cnt[..., None]
+        selected = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, top, kept)
+        comp = ~selected
+        if self.config.rectify == "gapr":
+            comp &= gapr_compensable(qm[:, :, r0:r1], qdev[:, :, r0:r1], km, kdev)
+        stats[0] += (~selected).sum()
+        stats[1] += comp.sum()
+        return rectification_terms(probs, selected, comp, vm)
+
+    def _attend(self, qp, kp, vp, ranked, counts, g, m, kv_keep, info) -> tuple[Tensor, dict | None]:
+        """The selected blocks of the image query rows (one kernel call) and dense text query rows:
+        ``(out (B, H, N, D), kernel statistics or None)``."""
+        from ...kernels import BlockLUT
+
+        block, n = self.config.block_size, qp.shape[2]
+        parts, stats = [], None
+        if g:
+            lut = BlockLUT.from_ranked(torch.cat(ranked, -2), torch.cat(counts, -1), block, block, key_blocks=m)
+            out, stats = run_block_sparse(qp[:, :, : g * block], kp, vp, lut, info.scale, self.config, kv_keep)
+            parts.append(out)
+        if g * block < n:  # text query blocks see every (kept) key
+            mask = None if kv_keep is None else kv_keep[:, None, None, :]
+            parts.append(dense_attention(qp[:, :, g * block:], kp, vp, mask, info.scale))
+        return (torch.cat(parts, 2) if len(parts) > 1 else parts[0]), stats
+
+    @staticmethod
+    def _density(ranked, counts, g, m, n, block, device) -> Tensor:
+        """Fraction of token pairs in the selected blocks (text rows dense), a 0-d device tensor."""
+        ksize = torch.full((m,), float(block), dtype=torch.float32, device=device)
+        ksize[-1] = n - (m - 1) * block
+        pairs = torch.zeros((), dtype=torch.float32, device=device)
+        for top, cnt in zip(ranked, counts):
+            kept = torch.arange(top.shape[-1], device=device) < cnt[..., None]
+            pairs = pairs + (ksize[top] * kept).sum(-1).mean((0, 1)).sum() * block
+        if g * block < n:
+            pairs = pairs + (n - g * block) * n
+        return pairs / (n * n)
