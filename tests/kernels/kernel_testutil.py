@@ -95,3 +95,9 @@ def peaked_inputs(n=128, dim=32, block=16, seed=0):
     return q, k, v
 
 
+
+
+def kv_keep_mask(batch, n_k, keep=0.7, seed=0):
+    """Random bool key-keep mask ``(batch, n_k)`` (True = attend) with a different pattern per batch entry."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, n_k, generator=g) < keep

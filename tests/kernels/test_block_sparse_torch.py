@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testutil import TOL, max_err, peaked_inputs, qkv, random_lut
+from kernel_testutil import TOL, kv_keep_mask, max_err, peaked_inputs, qkv, random_lut
 
 from attnplug.kernels import BlockLUT, NeighborhoodMask, block_sparse_attention, block_sparse_reference
 from attnplug.kernels.block_sparse.reference import threshold_keep_mask
@@ -206,3 +206,70 @@ def test_auto_backend_logs_choice(caplog):
     with caplog.at_level("DEBUG", logger="attnplug.kernels.block_sparse.dispatch"):
         _, stats = block_sparse_attention(q, k, v, BlockLUT.full(32, 32, 16, 16), return_stats=True)
     assert stats["backend"] == "torch"
+
+
+# ------------------------------------------------------------------------------------------------ kv_keep
+def _dense_masked_softmax(q, k, v, allowed, scale):
+    """Explicit dense masked softmax in float64; rows with no allowed key are zero."""
+    s = torch.matmul(q.double(), k.double().transpose(-1, -2)) * scale
+    s = s.masked_fill(~allowed, -math.inf)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return torch.matmul(p, v.double())
+
+
+def test_reference_kv_keep_is_a_dense_masked_softmax():
+    q, k, v = qkv(2, 3, 45, 16, n_k=53, seed=11)
+    lut = random_lut(2, 3, 45, 53, 16, 8, seed=5)
+    keep = kv_keep_mask(2, 53, seed=1)
+    keep[1] = False  # batch 1: no key at all -> zeros everywhere
+    blocks = lut.to_block_mask(7)
+    token = blocks[:, :, torch.arange(45) // 16][:, :, :, torch.arange(53) // 8]
+    expect = _dense_masked_softmax(q, k, v, token & keep[:, None, None, :], 0.3)
+    got = block_sparse_reference(q, k, v, lut, scale=0.3, kv_keep=keep)
+    assert max_err(got, expect) < 1e-5
+    assert torch.all(got[1] == 0)
+    assert max_err(got, block_sparse_reference(q, k, v, lut, scale=0.3)) > 1e-2  # the mask changed the result
+
+
+def test_reference_kv_keep_validation():
+    q, k, v = qkv(2, 1, 8, 4)
+    with pytest.raises(ValueError, match="kv_keep must be a bool tensor of shape"):
+        block_sparse_reference(q, k, v, kv_keep=torch.ones(2, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="kv_keep must be a bool tensor of shape"):
+        block_sparse_reference(q, k, v, kv_keep=torch.ones(2, 8))
+    with pytest.raises(TypeError, match="kv_keep must be a bool torch.Tensor"):
+        block_sparse_reference(q, k, v, kv_keep=[True] * 8)
+
+
+@pytest.mark.parametrize("keep_batch", [1, 2])
+@pytest.mark.parametrize("nb", [None, NEIGHBORHOODS[1]], ids=["lut", "neighborhood"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_kv_keep_matches_reference(nb, keep_batch, dtype):
+    from attnplug.kernels.block_sparse.torch import block_sparse_torch
+
+    n = 157 if nb is None else nb.num_grid_tokens + 13
+    q, k, v = qkv(2, 2, n, 40, dtype=dtype, seed=n)
+    lut = random_lut(2, 2, n, n, 32, 16, seed=3) if nb is None else nb.block_lut(n, 32, 16)
+    keep = kv_keep_mask(keep_batch, n, seed=keep_batch)
+    keep[..., n - 20:] = False  # padded tail, as key padding
+    out, skipped = block_sparse_torch(q, k, v, lut, neighborhood=nb, scale=0.125, threshold=None, kv_keep=keep)
+    ref = block_sparse_reference(q, k, v, lut, neighborhood=nb, scale=0.125, kv_keep=keep)
+    assert out.dtype == dtype and skipped == 0
+    assert max_err(out, ref) < TOL[dtype]
+    assert max_err(ref, block_sparse_reference(q, k, v, lut, neighborhood=nb, scale=0.125)) > 1e-2
+
+
+def test_torch_kv_keep_with_threshold_and_long_rows(monkeypatch):
+    from attnplug.kernels.block_sparse import torch as bs_torch
+
+    monkeypatch.setattr(bs_torch, "CHUNK_ABOVE_KEYS", 32)  # the unmasked chunked path must not ignore kv_keep
+    q, k, v = peaked_inputs(seed=2)
+    lut = BlockLUT.full(128, 128, 16, 16)
+    keep = kv_keep_mask(1, 128, seed=4)
+    keep[:, :16] = False  # the highest-scoring block is padding
+    for thr in (None, 4.0):
+        out, skipped = bs_torch.block_sparse_torch(q, k, v, lut, neighborhood=None, scale=0.2, threshold=thr,
+                                                   kv_keep=keep)
+        ref, stats = block_sparse_reference(q, k, v, lut, scale=0.2, threshold=thr, kv_keep=keep, return_stats=True)
+        assert max_err(out, ref) < 1e-5
+        assert skipped == stats["skipped_blocks"]

@@ -10,7 +10,23 @@ from torch import Tensor
 from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
 from .masks import NeighborhoodMask
 
-__all__ = ["block_sparse_reference", "threshold_keep_mask"]
+__all__ = ["block_sparse_reference", "check_kv_keep", "threshold_keep_mask"]
+
+
+def check_kv_keep(kv_keep: Tensor | None, batch: int, n_k: int, device: torch.device) -> None:
+    """Raises unless ``kv_keep`` is None or a bool tensor ``(B|1, N_k)`` on ``device`` (metadata only, no sync)."""
+    if kv_keep is None:
+        return
+    if not isinstance(kv_keep, Tensor):
+        raise TypeError(f"kv_keep must be a bool torch.Tensor (B|1, N_k) or None, got {type(kv_keep).__name__}.")
+    if kv_keep.dtype != torch.bool or kv_keep.dim() != 2 or kv_keep.shape[0] not in (1, batch) \
+            or kv_keep.shape[1] != n_k:
+        raise ValueError(
+            f"kv_keep must be a bool tensor of shape (1 or {batch}, {n_k}) (batch, keys), got dtype {kv_keep.dtype} "
+            f"and shape {tuple(kv_keep.shape)}."
+        )
+    if kv_keep.device != device:
+        raise ValueError(f"kv_keep is on {kv_keep.device} but k is on {device}; put both on one device.")
 
 
 def _token_mask(lut: BlockLUT | None, neighborhood: NeighborhoodMask | None, batch: int, heads: int, n_q: int,
@@ -69,7 +85,8 @@ def threshold_keep_mask(scores: Tensor, lut: BlockLUT, threshold: float) -> tupl
 
 def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None = None, *,
                            neighborhood: NeighborhoodMask | None = None, scale: float | None = None,
-                           threshold: float | None = None, return_stats: bool = False):
+                           threshold: float | None = None, return_stats: bool = False,
+                           kv_keep: Tensor | None = None):
     """Dense masked fp32 ground truth of :func:`block_sparse_attention`.
 
     Args:
@@ -79,6 +96,7 @@ def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
         scale: softmax scale, default ``1 / sqrt(D)``.
         threshold: optional in-flight skipping threshold (see :func:`threshold_keep_mask`).
         return_stats: also return ``{'skipped_blocks': int}``.
+        kv_keep: optional bool ``(B|1, N_k)``; keys where it is False are excluded for every query (key padding).
 
     Returns:
         fp32 ``(B, H, N_q, D)`` (rows without any allowed key are zero) [, stats].
@@ -88,7 +106,11 @@ def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     qf, kf, vf = q.float(), k.float(), v.float()
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # (B, H, N_q, N_k)
-    mask = _token_mask(lut, neighborhood, batch, heads, n_q, n_k, q.device).expand(batch, heads, n_q, n_k)
+    check_kv_keep(kv_keep, batch, n_k, k.device)
+    mask = _token_mask(lut, neighborhood, batch, heads, n_q, n_k, q.device)
+    if kv_keep is not None:
+        mask = mask & kv_keep[:, None, None, :]
+    mask = mask.expand(batch, heads, n_q, n_k)
     scores = scores.masked_fill(~mask, -math.inf)
     skipped = 0
     if threshold is not None:

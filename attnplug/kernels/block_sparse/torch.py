@@ -16,6 +16,14 @@ compiled FlexAttention is 5-55 % faster on an idle machine, after a 20-30 s comp
 ``threshold`` uses the kernels' rule exactly (LUT order, running row max = exclusive cumulative max of the block row
 maxima); the CPU path still computes all ``Q K^T`` products of the listed blocks and drops the skipped blocks from the
 softmax and ``P V`` (on the CPU the saving is small: threshold skipping is a GPU feature).
+
+``kv_keep`` (bool ``(B|1, N_k)``, key padding) joins the element mask of every query block whose gathered keys it
+restricts; a query row left without any allowed key is zero.
+
+Host synchronisation (this is the CPU path; on CPU tensors these are plain reads): ``lut.indices.tolist()`` and
+``lut.counts.tolist()`` once per call to build the job list; per job, ``bool(mask.all())`` to drop an element mask
+that masks nothing (neighbourhood and/or ``kv_keep``); with ``threshold``, ``int(key_block.max())`` and the skipped
+count ``int((~keep).sum())`` per job. Nothing else reads tensor values on the host.
 """
 
 from __future__ import annotations
@@ -116,11 +124,12 @@ CPU_WORKERS: int | None = None
 
 
 def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighborhood: NeighborhoodMask | None,
-                       scale: float, threshold: float | None) -> tuple[Tensor, int]:
+                       scale: float, threshold: float | None, kv_keep: Tensor | None = None) -> tuple[Tensor, int]:
     """Block-sparse attention on any torch device (inputs already validated by the dispatcher).
 
     Args:
         q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; lut: on the CPU, broadcast over B/H.
+        kv_keep: optional bool ``(B|1, N_k)`` on ``k``'s device; False keys are excluded for every query.
 
     Returns:
         ``(out (B, H, N_q, D) in q.dtype, number of threshold-skipped blocks)``.
@@ -156,14 +165,20 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
         bsl, hsl, i, j, row = job
         q_lo, q_hi = i * bm, min(n_q, j * bm)
         q_blk = q[bsl, hsl, q_lo:q_hi]
-        if q.device.type == "cpu" and neighborhood is None and threshold is None and len(row) * bn > CHUNK_ABOVE_KEYS:
+        unmasked = neighborhood is None and kv_keep is None
+        if q.device.type == "cpu" and unmasked and threshold is None and len(row) * bn > CHUNK_ABOVE_KEYS:
             out[bsl, hsl, q_lo:q_hi] = _sdpa_chunked(q_blk, k[bsl, hsl], v[bsl, hsl], row, bn, n_k, scale)
             return 0
         k_blk, v_blk = _gather(k[bsl, hsl], row, bn, n_k), _gather(v[bsl, hsl], row, bn, n_k)
         mask = None
-        if neighborhood is not None:
-            q_idx = torch.arange(q_lo, q_hi, device=q.device)
-            mask = neighborhood.allowed(q_idx[:, None], _key_indices(row, bn, n_k, q.device)[None, :])
+        if not unmasked:
+            key_idx = _key_indices(row, bn, n_k, q.device)
+            if neighborhood is not None:
+                q_idx = torch.arange(q_lo, q_hi, device=q.device)
+                mask = neighborhood.allowed(q_idx[:, None], key_idx[None, :])  # (M, K)
+            if kv_keep is not None:
+                keep = (kv_keep if kv_keep.shape[0] == 1 else kv_keep[bsl])[:, None, None, key_idx]  # (b, 1, 1, K)
+                mask = keep if mask is None else mask & keep
             if bool(mask.all()):
                 mask = None
         n_skip = 0
