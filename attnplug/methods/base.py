@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +35,9 @@ class CallInfo:
     train_grid: tuple[int, int, int] | None = None
     head_offset: int = 0  # global index of this call's first head (Ulysses context parallelism splits heads)
     guidance: str | None = None  # guidance pass ("cond" / "uncond") when the pipeline names it
+    # the same step as a 0-d int64 tensor on the model's device, updated in place, or None (standalone calls): read it
+    # rather than `step` inside compiled graphs, which would otherwise be specialised (and recompiled) per step
+    step_tensor: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 class AttentionMethod:
@@ -113,3 +116,52 @@ class AttentionMethod:
         """What the method did beyond the per-call counters (e.g. FreeSwim's full-branch passes), as plain numbers
         and strings; shown as ``attnplug.stats(x)["method_report"]``. Default: ``{}``."""
         return {}
+
+
+class MethodWrapper(AttentionMethod):
+    """An attention method built around another one, ``inner`` (e.g. a softmax-scale change, temporal windows).
+
+    The whole method protocol reaches ``inner``: :meth:`reset`, :meth:`prepare`, :meth:`cross_attention`,
+    :meth:`model_hook`, :meth:`report`, ``supports_mask``, ``uses_steps``, and its hand-back reasons (an inner
+    ``hand_back`` is read by the core through the wrapper's :meth:`last_reason`, one thread-local slot). Subclasses
+    override ``__call__`` (``(B, H, N, D)`` in and out) and extend the rest with ``super()``. Without an ``inner``
+    the wrapper stands alone with its own flags.
+    """
+
+    #: Whether the wrapper's own ``__call__`` honours an attention mask (it also needs ``inner``'s support).
+    wrapper_supports_mask: bool = False
+    #: Whether the wrapper's own ``__call__`` reads the step (``inner``'s need is added).
+    wrapper_uses_steps: bool = False
+
+    def __init__(self, inner: AttentionMethod | None = None):
+        if inner is not None and not isinstance(inner, AttentionMethod):
+            raise TypeError(
+                f"{type(self).__name__}: inner must be an attnplug AttentionMethod (e.g. SparseVideoConfig().build()) "
+                f"or None, got {type(inner).__name__}."
+            )
+        self.inner = inner
+
+    @property
+    def supports_mask(self) -> bool:
+        return self.wrapper_supports_mask and (self.inner is None or self.inner.supports_mask)
+
+    @property
+    def uses_steps(self) -> bool:
+        return self.wrapper_uses_steps or (self.inner is not None and self.inner.uses_steps)
+
+    def reset(self) -> None:
+        if self.inner is not None:
+            self.inner.reset()
+
+    def prepare(self, layout: TokenLayout, info: CallInfo | None = None, device: torch.device | str = "cpu") -> None:
+        if self.inner is not None:
+            self.inner.prepare(layout, info, device)
+
+    def cross_attention(self, q, k, v, mask, info):
+        return None if self.inner is None else self.inner.cross_attention(q, k, v, mask, info)
+
+    def model_hook(self) -> ModelHook | None:
+        return None if self.inner is None else self.inner.model_hook()
+
+    def report(self) -> dict[str, Any]:
+        return {} if self.inner is None else self.inner.report()

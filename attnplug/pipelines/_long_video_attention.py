@@ -16,13 +16,13 @@ all text keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
 from ..layout import TokenLayout
-from ..methods.base import AttentionMethod, CallInfo
+from ..methods.base import AttentionMethod, CallInfo, MethodWrapper
 
 WEIGHTINGS = ("pyramid", "flat")
 
@@ -103,8 +103,7 @@ def temporal_window_attention(
     return layout.merge(image, text)
 
 
-@dataclass
-class TemporalWindowMethod(AttentionMethod):
+class TemporalWindowMethod(MethodWrapper):
     """Attention method: :func:`temporal_window_attention` on video self-attention, with a dense global path.
 
     Args:
@@ -113,43 +112,45 @@ class TemporalWindowMethod(AttentionMethod):
         weighting: ``"pyramid"`` or ``"flat"`` fusion weights.
         global_heads: heads (global index ``info.head_offset + h``) that attend densely over the whole video.
         inner: a method run on each window instead of SDPA (e.g. ``SparseVideoConfig(...).build()``); its output
-            for the window's image queries is used; a hand-back (None) runs SDPA on that window.
+            for the window's image queries is used; a hand-back (None) runs SDPA on that window and is counted by
+            reason in :meth:`report`. ``inner`` is prepared on the window's grid before the first step.
 
     Calls whose video has at most ``window`` frames (or that are not video) run ``inner`` on the whole video, or
-    are handed back to dense attention without one.
+    are handed back to dense attention without one. Dense first steps come from the Schedule it is applied with.
     """
 
-    window: int
-    stride: int
-    weighting: str = "pyramid"
-    global_heads: int = 0
-    inner: AttentionMethod | None = None
-    uses_steps = False  # dense first steps come from the Schedule
-
-    def __post_init__(self):
-        window_starts(self.window + 1, self.window, self.stride)  # validates window / stride
-        frame_weights(1, self.weighting)
-        if self.global_heads < 0:
-            raise ValueError(f"global_heads must be >= 0, got {self.global_heads!r}.")
+    def __init__(self, window: int, stride: int, weighting: str = "pyramid", global_heads: int = 0,
+                 inner: AttentionMethod | None = None):
+        super().__init__(inner)
+        window_starts(window + 1, window, stride)  # validates window / stride
+        frame_weights(1, weighting)
+        if global_heads < 0:
+            raise ValueError(f"TemporalWindowMethod: global_heads must be >= 0, got {global_heads!r}.")
+        self.window, self.stride, self.weighting, self.global_heads = window, stride, weighting, global_heads
         self.calls = {"window": 0, "short": 0, "whole": 0}
+        self.inner_hand_backs: Counter = Counter()
+
+    def __repr__(self) -> str:
+        return (f"TemporalWindowMethod(window={self.window}, stride={self.stride}, weighting={self.weighting!r}, "
+                f"global_heads={self.global_heads}, inner={self.inner!r})")
+
+    def _window_layout(self, layout: TokenLayout) -> TokenLayout:
+        """The image grid ``inner`` sees: one window of ``layout``'s frames (all of them for a short video)."""
+        return TokenLayout(min(self.window, layout.frames), layout.height, layout.width)
+
+    def prepare(self, layout: TokenLayout, info: CallInfo | None = None, device="cpu") -> None:
+        super().prepare(layout if layout.frames <= self.window else self._window_layout(layout), info, device)
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         if layout.frames <= self.window:
             if self.inner is None:
                 self.calls["short"] += 1
-                return None
+                return self.hand_back("window-covers-video")
             self.calls["whole"] += 1  # one window covers the video: the inner method runs on all of it
             return self.inner(q, k, v, layout, mask, info)
         info = info or CallInfo()
         self.calls["window"] += 1
-        attend = None
-        if self.inner is not None:
-            def attend(qw, kw, vw, sub):
-                # the inner method needs as many keys as queries: windows with text keys (joint attention) use SDPA
-                n = qw.shape[-2]
-                if kw.shape[-2] != n:
-                    return None
-                return self.inner(qw, kw, vw, TokenLayout(sub.frames, sub.height, sub.width), None, info)
+        attend = None if self.inner is None else self._inner_attend(info)
         g = max(0, min(self.global_heads - info.head_offset, q.shape[1]))
         if g == 0:
             return temporal_window_attention(
@@ -163,7 +164,30 @@ class TemporalWindowMethod(AttentionMethod):
         )
         return torch.cat([dense, local], dim=1)
 
+    def _inner_attend(self, info: CallInfo):
+        """``attend(q, k, v, sub)`` for :func:`temporal_window_attention`: ``inner`` on one window, or None (SDPA on
+        that window), the inner's hand-back reason counted."""
+        def attend(qw, kw, vw, sub):
+            if kw.shape[-2] != qw.shape[-2]:  # text keys (joint attention): the inner method needs N keys = N queries
+                self.inner_hand_backs["text-keys-in-window"] += 1
+                return None
+            self.last_reason()
+            out = self.inner(qw, kw, vw, TokenLayout(sub.frames, sub.height, sub.width), None, info)
+            if out is None:
+                self.inner_hand_backs[self.last_reason() or "handed-back"] += 1
+            return out
+
+        return attend
+
     def reset(self) -> None:
         self.calls = dict.fromkeys(self.calls, 0)
-        if self.inner is not None:
-            self.inner.reset()
+        self.inner_hand_backs.clear()
+        super().reset()
+
+    def report(self) -> dict:
+        """The inner method's report, plus this method's calls by kind (``windows: window / short / whole``) and the
+        windows the inner method handed back, by reason."""
+        out = dict(super().report())
+        out.update({f"windows: {kind}": n for kind, n in self.calls.items()})
+        out.update({f"windows: inner handed back ({reason})": n for reason, n in self.inner_hand_backs.items()})
+        return out

@@ -229,6 +229,25 @@ def test_composes_with_an_attention_method(shapes):
     assert "_attnplug" not in pipe.transformer.__dict__
 
 
+def test_scaled_attention_keeps_the_methods_model_hook(shapes, monkeypatch):
+    """attention_scale wraps the method; FreeSwim's full branch (its model hook) still runs."""
+    from attnplug.methods.freeswim import FreeSwimMethod
+
+    full = []  # full branches run so far, after each denoiser call (the report is cleared on remove)
+    real = FreeSwimMethod.run
+
+    def run(self, *args):
+        out = real(self, *args)
+        full.append(self.report().get("full branches", 0))
+        return out
+
+    monkeypatch.setattr(FreeSwimMethod, "run", run)
+    cfg = FAST.replace(attention=attnplug.FreeSwimConfig(train_grid=8, refresh_every=1), attention_scale=True)
+    hires(shapes["shapes-dit"], "red circle", height=32, width=32, config=cfg, num_inference_steps=3)
+    assert full and full[-1] > 0
+    assert "_attnplug" not in shapes["shapes-dit"].transformer.__dict__
+
+
 def test_hires_pipeline_from_pipe(shapes):
     pipe = shapes["shapes-dit"]
     wrapped = HiResPipeline.from_pipe(pipe, progress=False, strength=0.5)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import attnplug
 from attnplug.layout import TokenLayout
+from attnplug.methods import AttentionMethod
 from attnplug.pipelines._long_video_attention import frame_weights, temporal_window_attention, window_starts
 from attnplug.pipelines._long_video_noise import rescheduled_noise
 from attnplug.pipelines._long_video_rope import apply_riflex, remove_riflex, riflex_plan
@@ -206,8 +207,8 @@ def _record_methods(monkeypatch, name: str) -> list:
     made = []
 
     class Recording(getattr(lv, name)):
-        def __post_init__(self):
-            super().__post_init__()
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             made.append(self)
 
     monkeypatch.setattr(lv, name, Recording)
@@ -323,3 +324,51 @@ def test_two_expert_pipeline_gets_riflex_and_windows_on_both_experts_then_stock(
     for model in experts:
         assert attnplug.method_of(model) is None
         assert _left_behind(model) == []
+
+
+def test_a_bad_sparse_config_fails_before_the_first_step(shapes):
+    done = []
+    handle = shapes.transformer.register_forward_hook(lambda m, a, o: done.append(1))
+    sparse = attnplug.SparseVideoConfig(tile=(3, 3, 3), tile_fit="error")  # 3 divides no side of the 8-frame window
+    try:
+        with pytest.raises(ValueError, match=r"SparseVideoConfig\.tile=\(3, 3, 3\)"):
+            long_video(shapes, "red circle", num_frames=32, num_inference_steps=2,
+                       config=LongVideoConfig(rope="none", global_steps=0.5, sparse=sparse))
+    finally:
+        handle.remove()
+    assert done == []  # not one denoiser call ran (step 0 is dense, the windows start at step 1)
+    assert attnplug.method_of(shapes) is None
+
+
+class _HandsBack(AttentionMethod):
+    """An inner method that hands every call back with its own reason."""
+
+    calls = 0
+
+    def __call__(self, q, k, v, layout, mask=None, info=None):
+        self.calls += 1
+        return self.hand_back("inner-says-no")
+
+    def report(self):
+        return {"inner calls": self.calls}
+
+
+def test_window_method_passes_on_the_inner_protocol_and_counts_its_hand_backs():
+    from attnplug.pipelines._long_video_attention import TemporalWindowMethod
+
+    model, inputs = tiny_model("wan", frames=4)
+    method = TemporalWindowMethod(window=2, stride=1, inner=_HandsBack())
+    with attnplug.applied(model, method):
+        out = forward(model, inputs)
+        stats = attnplug.stats(model)
+    with attnplug.applied(model, TemporalWindowMethod(window=2, stride=1)):
+        plain = forward(model, inputs)  # SDPA in every window: what the inner hand-backs fall back to
+    torch.testing.assert_close(out, plain)
+    report = stats["method_report"]
+    assert report["inner calls"] == report["windows: inner handed back (inner-says-no)"] == 2 * 3  # 2 layers x 3
+    assert report["windows: window"] == stats["self"]["method"] == 2
+    # a video no longer than the window: the inner method runs on all of it, its hand-back counted with its reason
+    short, short_inputs = tiny_model("wan", frames=2)
+    with attnplug.applied(short, TemporalWindowMethod(window=2, stride=1, inner=_HandsBack())):
+        forward(short, short_inputs)
+        assert attnplug.stats(short)["self"]["reasons"] == {"inner-says-no": 2}
