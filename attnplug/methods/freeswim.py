@@ -122,7 +122,10 @@ class _RunState:
     pass_index: int = 0  # guidance pass within the current step
     steps: int = 0  # denoiser calls with a new timestep seen so far
     last_timestep: tuple | None = None
-    cache: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (pass, layer) -> cross output
+    # (pass, layer, call within the layer) -> cross output: a processor may make several attention calls per layer
+    # (IP-adapter: text, then image prompt)
+    cache: dict[tuple[int, str, int], torch.Tensor] = field(default_factory=dict)
+    calls_in_layer: Counter = field(default_factory=Counter)  # layer -> cross calls so far in this denoiser pass
     cache_step: dict[int, int] = field(default_factory=dict)  # pass -> ``steps`` when its cache was filled
     would_window: int = 0  # full branch: self-attention calls the windowed branch would window
     cross_seen: int = 0  # full branch: cross-attention calls cached
@@ -203,13 +206,15 @@ class FreeSwimMethod(AttentionMethod):
     def cross_attention(self, q, k, v, mask, info: CallInfo) -> torch.Tensor | None:
         """The cross-attention hook: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``, SDPA ``mask`` -> output or None.
 
-        Full branch: stock cross-attention, cached for (guidance pass, layer). Windowed branch: the cached output of
-        the same layer (None, i.e. the stock call, when there is none or its shape differs).
+        Full branch: stock cross-attention, cached for (guidance pass, layer, call within the layer). Windowed branch:
+        the cached output of the same call (None, i.e. the stock call, when there is none or its shape differs).
         """
         st = self._state
         if not self.config.override_cross_attention:
             return None
-        key = (st.pass_index, info.layer_name)
+        ordinal = st.calls_in_layer[info.layer_name]
+        st.calls_in_layer[info.layer_name] = ordinal + 1
+        key = (st.pass_index, info.layer_name, ordinal)
         if st.branch == "full":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=info.scale)
             st.cache[key] = out.detach()
@@ -246,11 +251,11 @@ class FreeSwimMethod(AttentionMethod):
         self._in_call = True
         try:
             if not self._begin_call(timestep):
-                return forward(*args, **kwargs)
+                return self._denoiser_pass(forward, args, kwargs)
             st = self._state
             st.branch, st.would_window, st.cross_seen = "full", 0, 0
             try:
-                out = forward(*args, **kwargs)
+                out = self._denoiser_pass(forward, args, kwargs)
             finally:
                 self._state.branch = "window"
             st = self._state  # (a reset during the call keeps the call's position, see reset())
@@ -268,9 +273,13 @@ class FreeSwimMethod(AttentionMethod):
                 st.counts["windowed branches skipped (nothing to window)"] += 1
                 return out
             del out
-            return forward(*args, **kwargs)
+            return self._denoiser_pass(forward, args, kwargs)
         finally:
             self._in_call = False
+
+    def _denoiser_pass(self, forward, args: tuple, kwargs: dict):
+        self._state.calls_in_layer.clear()  # cross calls are numbered per layer within one pass
+        return forward(*args, **kwargs)
 
     def model_hook(self) -> FreeSwimHook | None:
         """The dual-path hook for the denoiser (None when ``override_cross_attention`` is off)."""

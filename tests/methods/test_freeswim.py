@@ -154,21 +154,29 @@ def test_unknown_training_grid_hands_back_with_a_warning(caplog, monkeypatch):
 # Cross-attention cache
 
 
-def test_cross_hook_caches_per_pass_and_layer():
+def test_cross_hook_caches_per_pass_layer_and_call():
     method = FreeSwimMethod(FreeSwimConfig(train_grid=(4, 4)))
     q, k, v = torch.randn(3, 1, 2, 16, 8).unbind(0)
     info = CallInfo(layer_name="blocks.0.attn2")
-    assert method.cross_attention(q, k[:, :, :5], v[:, :, :5], None, info) is None  # nothing cached yet
-    method._state.branch = "full"
-    full = method.cross_attention(q, k[:, :, :5], v[:, :, :5], None, info)
-    method._state.branch = "window"
-    assert torch.equal(method.cross_attention(q * 0, k[:, :, :5], v[:, :, :5], None, info), full)
-    assert method.cross_attention(q, k, v, None, CallInfo(layer_name="other")) is None
+
+    def denoiser_pass(branch, *calls):
+        """One denoiser pass of ``branch``: the cross-attention calls ``(q, k, v, info)`` in order."""
+        method._state.branch = branch
+        method._state.calls_in_layer.clear()
+        return [method.cross_attention(q_, k_, v_, None, info_) for q_, k_, v_, info_ in calls]
+
+    assert denoiser_pass("window", (q, k[:, :, :5], v[:, :, :5], info)) == [None]  # nothing cached yet
+    text, image = (q, k[:, :, :5], v[:, :, :5], info), (q, k[:, :, 5:9], v[:, :, 5:9], info)  # two calls, one layer
+    full = denoiser_pass("full", text, image)
+    window = denoiser_pass("window", (q * 0, *text[1:]), (q * 0, *image[1:]))
+    assert torch.equal(window[0], full[0]) and torch.equal(window[1], full[1])
+    assert not torch.equal(full[0], full[1])
+    assert denoiser_pass("window", (q, k, v, CallInfo(layer_name="other"))) == [None]
     method._state.pass_index = 1
-    assert method.cross_attention(q, k, v, None, info) is None
+    assert denoiser_pass("window", text) == [None]
     method.reset()
     method._state.pass_index = 0
-    assert method.cross_attention(q, k[:, :, :5], v[:, :, :5], None, info) is None
+    assert denoiser_pass("window", text) == [None]
 
 
 def test_guidance_passes_are_bounded():
@@ -290,3 +298,34 @@ def test_standalone_processor_windows_only(caplog, monkeypatch):
         out = forward(model, inputs)
     assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
     assert "only the windowed self-attention is active" in caplog.text
+
+
+def _with_ip_adapter(model, inputs, tokens=4, seed=1):
+    """``model``'s cross-attention modules get ``IPAdapterAttnProcessor2_0`` (random image-prompt projections: two
+    SDPA calls per module, text then image), and ``inputs`` image-prompt tokens ``(B, tokens, cross dim)`` passed
+    the way diffusers' pipelines pass them (a ``(text, [image])`` tuple)."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    torch.manual_seed(seed)
+    text = inputs["encoder_hidden_states"]
+    for _, mod in cross_modules(model):
+        proc = IPAdapterAttnProcessor2_0(mod.to_q.out_features, text.shape[-1], num_tokens=(tokens,), scale=0.7)
+        mod.set_processor(proc.to(text.dtype))
+    image = torch.randn(text.shape[0], tokens, text.shape[-1])
+    return dict(inputs, encoder_hidden_states=(text, [image]))
+
+
+def test_dual_path_with_an_ip_adapter_overrides_each_attention_call_of_a_layer():
+    """IP-adapter cross-attention makes two SDPA calls per layer: each is replaced by its own full-branch output."""
+    model, inputs = tiny_model("unet", height=16, width=16, text=5)
+    inputs = _with_ip_adapter(model, inputs)
+    dense_cross = record_cross(model, inputs)
+    # train grid 15 at the 16 x 16 latent: the finest level windows (15 x 15), the 8 x 8 level stays stock
+    ref = windowed_with_cross(model, inputs, (15, 15), dense_cross)
+    with attnplug.applied(model, FreeSwimConfig(train_grid=15, refresh_every=1)):
+        out = forward(model, inputs)
+        report = _report(model)
+    n = len(dense_cross)
+    assert report["cross: cached by the full branch"] == 2 * n and report["cross: overridden"] == 2 * n
+    assert report["self: windowed"] > 0
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
