@@ -1043,7 +1043,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma list; options per entry: agent[agents=16;max_level=1]; 'stock' = no attnplug")
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs per method before timing")
     bench.add_argument("--repeats", type=int, default=1, help="timed runs per method and item (median)")
-    bench.add_argument("--suite", choices=("gpu",), help="gpu: the CUDA benchmark scripts (benchmarks/gpu.sh)")
+    bench.add_argument("--suite", choices=("gpu",),
+                       help="gpu: the prepared CUDA benchmark on real architectures (benchmarks/gpu_bench.py, run "
+                            "from a source checkout's root; --out defaults to benchmarks/results/gpu)")
     bench.add_argument("--out", default="outputs/bench")
     bench.set_defaults(func=cmd_bench)
 
@@ -1116,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return cmd_ui(args, rest)
         if getattr(args, "suite", None) == "gpu":
-            return _run_gpu_suite()
+            return _run_gpu_suite(args)
         return args.func(args)
     except UserError as exc:
         print(f"attnplug {args.command}: error: {exc}", file=sys.stderr)
@@ -1131,13 +1133,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _run_gpu_suite() -> int:
+GPU_BENCH_SCRIPT = Path("benchmarks") / "gpu_bench.py"
+GPU_BENCH_OUT = Path("benchmarks") / "results" / "gpu"
+
+
+def _run_gpu_suite(args) -> int:
+    """``bench --suite gpu``: run the benchmark script of the source checkout in the working directory (the package
+    never imports or ships it) with this interpreter, passing ``--out``."""
     import subprocess
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
+    script = Path.cwd() / GPU_BENCH_SCRIPT
     if not script.is_file():
-        raise UserError("--suite gpu needs benchmarks/gpu.sh from a source checkout.")
-    return subprocess.call(["bash", str(script)], env={**os.environ, "PYTHON": sys.executable})
+        raise UserError(f"--suite gpu runs {GPU_BENCH_SCRIPT} from a source checkout of attnplug; there is none "
+                        f"under {Path.cwd()}: run it from the repository root.")
+    out = args.out if args.out != "outputs/bench" else str(GPU_BENCH_OUT)
+    return subprocess.call([sys.executable, str(script), "--out", out])
 
 
 if __name__ == "__main__":
