@@ -175,11 +175,11 @@ def padded_tile_order(grid: tuple[int, int, int], tile: tuple[int, int, int], sl
 
 def tile_major_order(grid: tuple[int, int, int], config) -> tuple[Tensor | None, tuple[int, int, int] | None]:
     """Image-token order for ``topk`` / ``threshold``: ``(perm (N_img,), tile)`` tile-major with the config's tile
-    (fitted with ``tile_fit="shrink"``), or ``(None, None)`` (row-major) when ``reorder`` is off or it does not
-    divide the grid."""
+    (shrunk to a dividing one unless ``tile_fit="error"``: here the tile only orders tokens for locality), or
+    ``(None, None)`` (row-major) when ``reorder`` is off or the tile does not divide the grid."""
     if not config.reorder:
         return None, None
-    tile = fit_tile(grid, config.tile) if config.tile_fit == "shrink" else config.tile
+    tile = config.tile if config.tile_fit == "error" else fit_tile(grid, config.tile)
     if any(g % t for g, t in zip(grid, tile)):
         return None, None
     return tile_permutation(grid, tile), tile

@@ -52,9 +52,11 @@ __all__ = [
 ]
 
 
-#: Blocks per chunk when pooling tokens and selecting query-block rows: bounds the temporaries to a
-#: ``(B, H, CHUNK_BLOCKS, M)`` slice instead of the whole ``(B, H, M, M)`` score matrix.
-CHUNK_BLOCKS = 128
+#: Query-block rows selected at a time: the float32 temporaries are ``(B, H, CHUNK_BLOCKS, M)`` slices instead of
+#: the whole ``(B, H, M, M)`` score matrix.
+CHUNK_BLOCKS = 64
+#: Blocks pooled at a time: the float32 temporaries are ``(B, H, POOL_BLOCKS * block, D)`` slices of the tokens.
+POOL_BLOCKS = 32
 
 
 def pool_blocks(x: Tensor, block: int, deviations: bool = True, weights: Tensor | None = None
@@ -67,15 +69,15 @@ def pool_blocks(x: Tensor, block: int, deviations: bool = True, weights: Tensor 
     Returns:
         ``(mean (B, H, M, D), mean_abs_dev (B, H, M, D), sizes)`` with ``M = ceil(N / block)``; ``sizes`` is the
         token count per block, ``(M,)`` (``(B|1, 1, M)`` with ``weights``); the last block may be partial (its
-        statistics use its real tokens only). Works :data:`CHUNK_BLOCKS` blocks at a time, so no float32 copy of
+        statistics use its real tokens only). Works :data:`POOL_BLOCKS` blocks at a time, so no float32 copy of
         ``x`` is made.
     """
     b, h, n, d = x.shape
     m = math.ceil(n / block)
-    valid = torch.ones(1, n, device=x.device) if weights is None else weights.to(torch.float32)
+    valid = torch.ones(1, n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
     means, devs, counts = [], [], []
-    for c0 in range(0, m, CHUNK_BLOCKS):
-        c1 = min(m, c0 + CHUNK_BLOCKS)
+    for c0 in range(0, m, POOL_BLOCKS):
+        c1 = min(m, c0 + POOL_BLOCKS)
         lo, hi = c0 * block, min(n, c1 * block)
         tail = (c1 - c0) * block - (hi - lo)
         xs, ws = x[:, :, lo:hi], valid[:, lo:hi]
@@ -84,8 +86,9 @@ def pool_blocks(x: Tensor, block: int, deviations: bool = True, weights: Tensor 
             ws = torch.nn.functional.pad(ws, (0, tail))
         xb = xs.unflatten(2, (c1 - c0, block))  # (B, H, c, block, D)
         wb = ws.unflatten(1, (c1 - c0, block))[:, None, :, :, None]  # (B|1, 1, c, block, 1)
-        cnt = wb.sum(3)  # (B|1, 1, c, 1)
-        mean = (xb * wb).sum(3, dtype=torch.float32) / cnt.clamp(min=1)
+        cnt = wb.sum(3, dtype=torch.float32)  # (B|1, 1, c, 1)
+        xw = xb if weights is None else xb * wb  # 0/1 weights: exact in x's dtype
+        mean = xw.sum(3, dtype=torch.float32) / cnt.clamp(min=1)
         means.append(mean)
         counts.append(cnt[..., 0])
         if deviations:
@@ -155,16 +158,18 @@ def rectification_terms(
 
 def apply_rectification(out: Tensor, r: Tensor, comp: Tensor, block: int) -> Tensor:
     """``out (B, H, N, D)`` -> ``R_i * out + comp_i`` for the tokens of each query block ``i`` (``r (B, H, M)``,
-    ``comp (B, H, M, D)``, ``M = ceil(N / block)``; the last block may be partial)."""
+    ``comp (B, H, M, D)``, ``M = ceil(N / block)``; the last block may be partial). Updates ``out`` in place (in its
+    dtype) and returns it."""
     n = out.shape[2]
     full = n // block
-    parts = []
+    r, comp = r.to(out.dtype), comp.to(out.dtype)
     if full:
-        ob = out[:, :, : full * block].unflatten(2, (full, block)).float()
-        parts.append((ob * r[:, :, :full, None, None] + comp[:, :, :full, None]).flatten(2, 3))
+        ob = out[:, :, : full * block].unflatten(2, (full, block))
+        ob.mul_(r[:, :, :full, None, None]).add_(comp[:, :, :full, None])
     if full * block < n:
-        parts.append(out[:, :, full * block:].float() * r[:, :, full:, None] + comp[:, :, full:])
-    return torch.cat(parts, 2).to(out.dtype) if len(parts) > 1 else parts[0].to(out.dtype)
+        tail = out[:, :, full * block:]
+        tail.mul_(r[:, :, full:, None]).add_(comp[:, :, full:])
+    return out
 
 
 def _forced(rows: Tensor, m: int, first_global: int) -> Tensor:
@@ -209,29 +214,31 @@ class TopkPattern(ConfiguredPattern):
         budget = math.ceil(cfg.density * m)
         width = min(m, max(budget, 1 + (m - g)))
         log_sizes = torch.log(ksizes.clamp(min=0))
-        ranked, counts, rect, stats = [], [], [], torch.zeros(3, dtype=torch.float32, device=q.device)
+        b, h = q.shape[:2]
+        ranked = torch.empty(b, h, g, width, dtype=torch.int32, device=q.device)  # the LUT, filled in place
+        counts = torch.full((b, h, g), width, dtype=torch.int32, device=q.device)
+        rect, stats = [], torch.zeros(2, dtype=torch.float32, device=q.device)
         for r0 in range(0, g, CHUNK_BLOCKS):
             r1 = min(g, r0 + CHUNK_BLOCKS)
             logits = torch.matmul(qm[:, :, r0:r1], km.transpose(-1, -2)) * scale + log_sizes[..., None, :]
             probs = torch.softmax(logits, dim=-1)  # (B, H, c, M)
+            del logits
             forced = _forced(torch.arange(r0, r1, device=q.device), m, g)
             top = torch.topk(probs.masked_fill(forced, 2.0), width, dim=-1, sorted=True).indices
-            cnt = torch.full(top.shape[:-1], width, device=q.device)
+            ranked[:, :, r0:r1] = top
             if cfg.topk_mass is not None:
                 taken = torch.gather(probs, -1, top)
                 before = torch.cumsum(taken, -1) - taken  # mass of the blocks ranked above
-                cnt = (before < cfg.topk_mass).sum(-1).clamp(min=1 + (m - g))
-            ranked.append(top)
-            counts.append(cnt)
+                counts[:, :, r0:r1] = (before < cfg.topk_mass).sum(-1).clamp(min=1 + (m - g))
             if cfg.rectify != "none":
-                rect.append(self._rectify(probs, top, cnt, r0, r1, qm, qdev, km, kdev, vm, stats))
+                rect.append(self._rectify(probs, top, counts[:, :, r0:r1], r0, r1, qm, qdev, km, kdev, vm, stats))
+        del qm, qdev, km, kdev, vm  # the pooled statistics are not needed by the kernel call
         out, kernel_stats = self._attend(qp, kp, vp, ranked, counts, g, m, kv_keep, info)
         details: dict = {"budget_blocks": budget}
         if rect:
             r = torch.cat([x[0] for x in rect], -1)
             c = torch.cat([x[1] for x in rect], -2)
-            out_img = apply_rectification(out[:, :, : g * block], r, c, block)
-            out = torch.cat([out_img, out[:, :, g * block:]], 2) if g * block < n else out_img
+            apply_rectification(out[:, :, : g * block], r, c, block)  # in place
             details["compensated_fraction"] = stats[1] / stats[0].clamp(min=1)
         density = self._density(ranked, counts, g, m, n, block, q.device)
         return PatternOutput(take(out, plan.inv), density, effective_density(density, kernel_stats), details)
@@ -257,7 +264,7 @@ class TopkPattern(ConfiguredPattern):
         block, n = self.config.block_size, qp.shape[2]
         parts, stats = [], None
         if g:
-            lut = BlockLUT.from_ranked(torch.cat(ranked, -2), torch.cat(counts, -1), block, block, key_blocks=m)
+            lut = BlockLUT.from_ranked(ranked, counts, block, block, key_blocks=m)
             out, stats = run_block_sparse(qp[:, :, : g * block], kp, vp, lut, info.scale, self.config, kv_keep)
             parts.append(out)
         if g * block < n:  # text query blocks see every (kept) key
@@ -271,9 +278,10 @@ class TopkPattern(ConfiguredPattern):
         ksize = torch.full((m,), float(block), dtype=torch.float32, device=device)
         ksize[-1] = n - (m - 1) * block
         pairs = torch.zeros((), dtype=torch.float32, device=device)
-        for top, cnt in zip(ranked, counts):
+        for r0 in range(0, g, CHUNK_BLOCKS):
+            top, cnt = ranked[:, :, r0:r0 + CHUNK_BLOCKS], counts[:, :, r0:r0 + CHUNK_BLOCKS]
             kept = torch.arange(top.shape[-1], device=device) < cnt[..., None]
-            pairs = pairs + (ksize[top] * kept).sum(-1).mean((0, 1)).sum() * block
+            pairs = pairs + (ksize[top.long()] * kept).sum(-1).mean((0, 1)).sum() * block
         if g * block < n:
             pairs = pairs + (n - g * block) * n
         return pairs / (n * n)
