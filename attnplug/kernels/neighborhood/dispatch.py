@@ -2,9 +2,14 @@
 
 Backends (the same names in :class:`~attnplug.NeighborhoodConfig` and the functional ops):
 
-- ``auto``: ``tiles`` off CUDA, the block-sparse kernel on CUDA (Triton when it imports, else its torch path);
+- ``auto``: ``tiles`` off CUDA, the block-sparse Triton kernel on CUDA (its torch path when Triton does not import);
+  ``flex`` and ``natten`` are chosen only by name until measurements say where they win;
 - ``tiles``: gathered query tiles + batched SDPA (:mod:`.tiles`), any device;
 - ``triton`` / ``torch``: the block-sparse kernel's backends with the neighbourhood as in-kernel element mask;
+- ``flex``: FlexAttention with a ``BlockMask`` from the same exact LUT and the neighbourhood as its ``mask_mod``
+  (:mod:`attnplug.kernels.block_sparse.flex`; compiled once per process, any device flex supports);
+- ``natten``: NATTEN's fused kernels (:mod:`.natten`) when the ``natten`` package is installed (ValueError
+  otherwise); text tokens are exact (NATTEN's additional keys for grid queries, SDPA for text queries);
 - ``reference``: the plain fp32 reference (:mod:`.reference`, ``O(N^2)`` memory).
 
 A window that covers the whole grid is plain SDPA (logged once at debug).
@@ -13,6 +18,7 @@ A window that covers the whole grid is plain SDPA (logged once at debug).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,8 @@ from ..._logging import log_once
 from ...layout import TokenLayout
 from .._cache import BoundedCache
 from ..block_sparse import BlockLUT, block_sparse_attention
+from ..block_sparse.flex import block_sparse_flex
+from .natten import natten_attention
 from .params import ResolvedNeighborhood
 from .reference import neighborhood_reference
 from .tiles import CACHE_ENTRIES, tiles_attention
@@ -29,7 +37,7 @@ __all__ = ["BACKENDS", "neighborhood_dispatch", "neighborhood_lut"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "triton", "torch", "tiles", "reference")
+BACKENDS = ("auto", "triton", "torch", "flex", "natten", "tiles", "reference")
 
 _LUT_CACHE = BoundedCache(CACHE_ENTRIES)
 
@@ -64,10 +72,16 @@ def neighborhood_dispatch(q, k, v, layout: TokenLayout, res: ResolvedNeighborhoo
                                       scale=scale)
     if backend == "tiles" or (backend == "auto" and q.device.type != "cuda"):
         return tiles_attention(q, k, v, layout, res, scale)
+    if backend == "natten":
+        return natten_attention(q, k, v, layout, res, scale)
     grid_only = q.shape[-2] != layout.num_tokens
     if not grid_only:
         q = layout.to_text_last(q)
     k, v = layout.to_text_last(k), layout.to_text_last(v)
     lut = neighborhood_lut(res, q.shape[-2], k.shape[-2], block_size, block_size, q.device)
-    out = block_sparse_attention(q, k, v, lut, neighborhood=res.mask(), scale=scale, backend=backend)
+    if backend == "flex":
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        out = block_sparse_flex(q, k, v, lut, neighborhood=res.mask(), scale=scale)
+    else:
+        out = block_sparse_attention(q, k, v, lut, neighborhood=res.mask(), scale=scale, backend=backend)
     return out if grid_only else layout.from_text_last(out)
