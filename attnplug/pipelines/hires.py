@@ -272,19 +272,16 @@ def _refine_attention(config: HiResConfig, family: stages.Family):
         inner = config.attention if isinstance(config.attention, AttentionMethod) else config.attention.build()
         return _wrap_scale(inner, config, family)
     h0, w0 = family.train_size
-    p = family.vae_factor * (2 ** 0 if family.is_unet else family.input_multiple)
+    # the training grid of the denoiser input: the latent for U-Nets (methods scale it per level), patches for DiTs
+    p = family.vae_factor * (1 if family.is_unet else family.input_multiple)
     grid = (max(1, h0 // p), max(1, w0 // p))
     kind = config.local_attention
     if kind == "auto":
         kind = "neighborhood" if family.is_unet else "window"
-    if family.is_unet and kind in ("neighborhood", "freeswim"):
-        from ..methods.neighborhood import NeighborhoodConfig
-
-        return NeighborhoodConfig.from_training_resolution(grid, family="unet").build()
     if kind == "neighborhood":
         from ..methods.neighborhood import NeighborhoodConfig
 
-        return NeighborhoodConfig.from_training_resolution(grid).build()
+        return NeighborhoodConfig.from_training_resolution(grid, family="unet" if family.is_unet else None).build()
     if kind == "window":
         from ..methods.window import WindowConfig
 
@@ -321,7 +318,9 @@ class _Applied:
 
 
 def _user_attention_applied(denoiser) -> bool:
-    return denoiser.__dict__.get("_attnplug") is not None
+    from ..plugin import method_of
+
+    return method_of(denoiser) is not None
 
 
 # ------------------------------------------------------------------------------------------------ entry points

@@ -248,6 +248,19 @@ def test_scaled_attention_keeps_the_methods_model_hook(shapes, monkeypatch):
     assert "_attnplug" not in shapes["shapes-dit"].transformer.__dict__
 
 
+@pytest.mark.parametrize("local", ["freeswim", "neighborhood"])
+def test_unet_refinement_runs_the_local_attention_asked_for(shapes, monkeypatch, local):
+    from attnplug.plugin import apply
+
+    applied_methods = []
+    monkeypatch.setattr("attnplug.plugin.apply",
+                        lambda pipe, method, **kw: applied_methods.append(method) or apply(pipe, method, **kw))
+    cfg = FAST.replace(method="coarse_to_fine", local_attention=local)
+    hires(shapes["shapes-unet"], "red circle", height=32, width=32, config=cfg, num_inference_steps=3)
+    expected = {"freeswim": "FreeSwimMethod", "neighborhood": "NeighborhoodMethod"}[local]
+    assert [type(m).__name__ for m in applied_methods] == [expected]
+
+
 def test_hires_pipeline_from_pipe(shapes):
     pipe = shapes["shapes-dit"]
     wrapped = HiResPipeline.from_pipe(pipe, progress=False, strength=0.5)
