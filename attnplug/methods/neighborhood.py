@@ -13,12 +13,15 @@ only count calls that really ran restricted.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from .._args import as_tuple
+from .._logging import log_once
 from ..config import MethodConfig, help_field
+from ..kernels.block_sparse.dispatch import needs_backward
 from ..kernels.neighborhood import (
     BACKENDS,
     ResolvedNeighborhood,
@@ -28,6 +31,8 @@ from ..kernels.neighborhood import (
 )
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["NEIGHBORHOOD_BACKENDS", "NeighborhoodConfig", "NeighborhoodMethod"]
 
@@ -61,8 +66,9 @@ class NeighborhoodConfig(MethodConfig):
         "attention grid), so the window covers the same image area at every level."
     )
     backend: str = help_field(
-        "auto", "auto (tiles off CUDA, block-sparse kernel on CUDA), tiles, triton, torch, or reference (fp32, "
-        "O(N^2) memory).", choices=BACKENDS,
+        "auto", "auto (tiles off CUDA, the block-sparse Triton kernel on CUDA), tiles, triton, torch, flex "
+        "(FlexAttention), natten (NATTEN's fused kernels, when installed), or reference (fp32, O(N^2) memory).",
+        choices=BACKENDS,
     )
     block_size: int = help_field(64, "Block-sparse kernel block size in tokens (queries and keys).", min=1)
 
@@ -151,6 +157,10 @@ class NeighborhoodMethod(AttentionMethod):
         res = self.config.resolve(layout, info)
         if res.is_dense:
             return self.hand_back("window-covers-grid")
+        if self.config.backend in ("auto", "triton") and q.device.type == "cuda" and needs_backward(q, k, v):
+            log_once(logger, logging.WARNING, "neighborhood: the Triton kernel has no backward, and these inputs "
+                     "require grad; those calls run stock attention (backend='flex' or 'tiles' trains through it).")
+            return self.hand_back("requires-grad")
         scale = info.scale if info is not None else None
         return neighborhood_dispatch(q, k, v, layout, res, scale=scale, backend=self.config.backend,
                                      block_size=self.config.block_size)

@@ -107,7 +107,10 @@ class SparseVideoConfig(MethodConfig):
     )
     seed: int = help_field(0, "Seed of the row sampling of 'heads' (results are deterministic given it).", min=0)
     backend: str = help_field(
-        "auto", "Block-sparse kernel backend.", choices=("auto", "triton", "torch", "reference")
+        "auto",
+        "Block-sparse kernel backend: auto (Triton on CUDA, torch elsewhere), triton, flex (FlexAttention; no "
+        "threshold), torch or reference.",
+        choices=("auto", "triton", "flex", "torch", "reference"),
     )
 
     def __post_init__(self):
@@ -121,6 +124,9 @@ class SparseVideoConfig(MethodConfig):
             _number("topk_mass", self.topk_mass, 0, 1)
         if self.threshold is not None:
             _number("threshold", self.threshold, 0, math.inf, high_open=True)
+        if self.backend == "flex" and (self.threshold is not None or self.pattern == "threshold"):
+            raise ValueError(f"{OWNER}.backend='flex' cannot skip blocks by threshold (pattern={self.pattern!r}, "
+                             f"threshold={self.threshold!r}); use backend='triton' or 'torch', or no threshold.")
         for name in ("block_size", "num_sampled_rows", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):

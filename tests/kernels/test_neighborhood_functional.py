@@ -137,7 +137,7 @@ def test_layout_op_checks_token_count():
 
 
 def test_backends_vocabulary():
-    assert BACKENDS == ("auto", "triton", "torch", "tiles", "reference")
+    assert BACKENDS == ("auto", "triton", "torch", "flex", "natten", "tiles", "reference")
 
 
 # ------------------------------------------------------------------------------------------ NATTEN-shaped ops

@@ -93,7 +93,7 @@ def test_from_training_resolution():
 
 def test_field_metadata_drives_choices():
     specs = {s.name: s for s in field_specs(NeighborhoodConfig)}
-    assert specs["backend"].choices == ("auto", "triton", "torch", "tiles", "reference")
+    assert specs["backend"].choices == ("auto", "triton", "torch", "flex", "natten", "tiles", "reference")
     assert specs["block_size"].min == 1 and specs["kernel_size"].min == 1
     assert [s.name for s in field_specs(NeighborhoodConfig)][:4] == ["kernel_size", "stride", "dilation", "is_causal"]
 
