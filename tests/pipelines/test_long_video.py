@@ -10,11 +10,12 @@ import torch.nn.functional as F
 import attnplug
 from attnplug.layout import TokenLayout
 from attnplug.methods import AttentionMethod
+from attnplug.pipelines import LongVideoConfig, long_video
+from attnplug.pipelines._long_video_api import check_num_frames
 from attnplug.pipelines._long_video_attention import frame_weights, temporal_window_attention, window_starts
 from attnplug.pipelines._long_video_noise import rescheduled_noise
 from attnplug.pipelines._long_video_rope import apply_riflex, remove_riflex, riflex_plan
 from attnplug.pipelines._long_video_vstar import TemporalBandMethod, band_bias
-from attnplug.pipelines.long_video import LongVideoConfig, check_num_frames, long_video
 from attnplug.testing import forward, tiny_model
 
 
@@ -203,7 +204,7 @@ def test_long_video_runs_with_sparse_composition(shapes, monkeypatch):
 
 def _record_methods(monkeypatch, name: str) -> list:
     """Replace ``long_video``'s method class ``name`` by a subclass that records its instances (returned list)."""
-    lv = importlib.import_module("attnplug.pipelines.long_video")  # the package attribute is the function
+    lv = importlib.import_module("attnplug.pipelines._long_video_api")
     made = []
 
     class Recording(getattr(lv, name)):
@@ -225,7 +226,7 @@ def animatediff(tmp_path_factory):
 
 
 def test_animatediff_long_video_uses_free_noise_and_vstar_then_restores(animatediff, monkeypatch):
-    lv = importlib.import_module("attnplug.pipelines.long_video")
+    lv = importlib.import_module("attnplug.pipelines._long_video_api")
     made = _record_methods(monkeypatch, "TemporalBandMethod")
     args = dict(num_inference_steps=2, height=8, width=8, output_type="pt")
     before = animatediff("red circle", num_frames=16, generator=torch.Generator().manual_seed(0), **args).frames
@@ -254,11 +255,11 @@ def test_animatediff_keeps_a_users_free_noise(animatediff):
                    output_type="pt")
         assert animatediff.free_noise_enabled and animatediff._free_noise_context_length == 8
     finally:
-        importlib.import_module("attnplug.pipelines.long_video")._disable_free_noise(animatediff)
+        importlib.import_module("attnplug.pipelines._long_video_api")._disable_free_noise(animatediff)
 
 
 def test_defaults_on_shapes_video_follow_the_extension(shapes):
-    lv = importlib.import_module("attnplug.pipelines.long_video")
+    lv = importlib.import_module("attnplug.pipelines._long_video_api")
     at4 = lv.resolve_config(shapes, 32)
     assert (at4.rope, at4.temporal_windows, at4.window, at4.stride, at4.noise_rescheduling) == (
         "riflex", True, 8, 4, False)

@@ -54,3 +54,24 @@ def test_pipeline_apply_schedule_remove(pipe_and_name):
 
     attnplug.remove(pipe)
     assert np.array_equal(_run(pipe, name), stock)
+
+
+def test_entry_points_are_functions_and_their_configs_importable_in_any_import_order():
+    """``attnplug.pipelines.hires`` / ``long_video`` are the functions however the package was imported; no module
+    shares their names (it used to shadow them through a module-class swap) and the package's class is plain."""
+    import importlib
+    import inspect
+    import types
+
+    import attnplug.pipelines as pipelines
+
+    assert type(pipelines) is types.ModuleType
+    for name, config in (("hires", "HiResConfig"), ("long_video", "LongVideoConfig")):
+        entry = getattr(pipelines, name)
+        assert inspect.isfunction(entry) and entry.__name__ == name
+        module = importlib.import_module(entry.__module__)
+        assert module.__name__ != f"attnplug.pipelines.{name}"
+        assert getattr(module, config) is getattr(pipelines, config)
+        assert getattr(pipelines, name) is entry  # importing the implementation left the function in place
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"attnplug.pipelines.{name}")
