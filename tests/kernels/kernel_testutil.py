@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
 import math
 
@@ -101,3 +103,72 @@ def kv_keep_mask(batch, n_k, keep=0.7, seed=0):
     """Random bool key-keep mask ``(batch, n_k)`` (True = attend) with a different pattern per batch entry."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, n_k, generator=g) < keep
+
+
+def strided_qkv(batch, heads, n, dim, dtype=torch.float32, seed=0, n_k=None):
+    """q, k, v ``(B, H, N, D)`` as transposed views of ``(B, N, H, D)`` tensors (row stride ``H * D``)."""
+    g = torch.Generator().manual_seed(seed)
+    n_k = n if n_k is None else n_k
+    views = []
+    for length in (n, n_k, n_k):
+        x = torch.randn(batch, length, heads * dim, generator=g).to(dtype)
+        views.append(x.view(batch, length, heads, dim).transpose(1, 2))
+    return tuple(views)
+
+
+def lut_token_mask(lut: BlockLUT, n_q: int, n_k: int) -> torch.Tensor:
+    """Bool ``(B|1, H|1, n_q, n_k)``: True where the key's block is listed for the query's block."""
+    blocks = lut.to_block_mask(math.ceil(n_k / lut.block_n))
+    return blocks[:, :, torch.arange(n_q) // lut.block_m][:, :, :, torch.arange(n_k) // lut.block_n]
+
+
+def dense_masked_attention(q, k, v, allowed, scale=None):
+    """fp32 softmax attention of ``q (B, H, N_q, D)`` over the keys ``allowed`` (bool, broadcast to
+    ``(B, H, N_q, N_k)``); rows without an allowed key are zeros."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed.expand_as(scores), -math.inf)
+    empty = torch.isneginf(scores.amax(-1, keepdim=True))
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
+    return torch.matmul(weights, v.float())
+
+
+def reference_with_keep(q, k, v, lut, kv_keep, neighborhood=None, scale=None):
+    """``block_sparse_reference`` with ``kv_keep`` (bool ``(B|1, N_k)``): the reference's own support when it has
+    it, else the LUT, neighbourhood and kept keys applied through :func:`dense_masked_attention`."""
+    from attnplug.kernels import block_sparse_reference
+
+    if "kv_keep" in inspect.signature(block_sparse_reference).parameters:
+        return block_sparse_reference(q, k, v, lut, neighborhood=neighborhood, scale=scale, kv_keep=kv_keep)
+    n_q, n_k = q.shape[2], k.shape[2]
+    allowed = lut_token_mask(lut, n_q, n_k) & kv_keep[:, None, None, :]
+    if neighborhood is not None:
+        allowed = allowed & neighborhood.allowed(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :])
+    return dense_masked_attention(q, k, v, allowed, scale)
+
+
+@contextlib.contextmanager
+def interpreter_bf16_dot_fix():
+    """Makes the Triton interpreter's ``tl.dot`` read bf16 operands as numbers.
+
+    The interpreter keeps bf16 tensors as their uint16 bit patterns and ``np.matmul``s the bits (Triton 3.9); widening
+    to fp32 (exact) and accumulating in fp32 is what the GPU's bf16 MMA does.
+    """
+    import numpy as np
+    import pytest
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widen(h):
+        if not h.dtype.scalar.is_bf16():
+            return h
+        bits = h.data.view(np.uint16).astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+        yield

@@ -1,12 +1,19 @@
-"""Triton flash-attention forward that walks a block LUT, with an in-kernel coordinate mask and threshold skipping.
+"""Triton flash-attention forward that walks a block LUT, with in-kernel key keep / coordinate masks and skipping.
 
 One program = one query tile (``BLOCK_M`` rows, a divisor of the LUT's ``block_m``) of one (batch, head). It loads
-the tile once, walks the valid entries of its LUT row in order and, for each key block, its ``block_n / BLOCK_N``
-sub-tiles: ``S = Q K^T`` (fp32 accumulate), key padding and neighbourhood mask (``-inf``), optional threshold test,
-online softmax in base 2, ``acc += P V``. Rows that saw no allowed key are written as zeros.
+the tile once and walks one flat loop over the valid entries of its LUT row, in order, times the
+``block_n / BLOCK_N`` key sub-tiles of each entry (flat so that Triton software-pipelines the K/V loads):
+``S = Q K^T`` (fp32 accumulate), key padding, ``kv_keep`` and neighbourhood mask (``-inf``), optional threshold
+test, online softmax in base 2, ``acc += P V``. Rows that saw no allowed key are written as zeros.
 
-Head dims that are not powers of two (40, 80, ...) are padded to the next power of two with masked loads. fp32 inputs
-use IEEE dots (no TF32) so that fp32 results match the reference to 1e-5.
+Launch safety at any size: query tiles on grid x (limit 2^31 - 1), B*H folded onto grid y and z (each at most
+``GRID_YZ_LIMIT``); row offsets are int64 (a (B, N, H, D)-strided view has row stride H*D, so row x stride passes
+2^31 once N*H*D does). Tiles, warps and pipeline stages come from ``arch_configs.ARCH_CONFIGS`` for the launching
+device's architecture (sm_80 row in the interpreter).
+
+Head dims that are not powers of two (40, 72, 96, ...) are padded to the next power of two with masked loads. fp32
+inputs use TF32 dots only when ``torch.backends.cuda.matmul.allow_tf32`` is True at launch, else IEEE dots (fp32
+results then match the reference to 1e-5).
 
 Registered as ``torch.ops.attnplug.block_sparse_fwd`` (``torch.library.custom_op``) so ``torch.compile`` sees one op.
 Set ``TRITON_INTERPRET=1`` before importing this module to run it on CPU tensors (tests).
@@ -21,13 +28,24 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .arch_configs import arch_of, kernel_config
 from .lut import BlockLUT
 from .masks import NeighborhoodMask
 
-__all__ = ["AUTOTUNE_CONFIGS", "block_sparse_triton", "kernel_config", "na_allowed_kernel", "warps_for"]
+__all__ = [
+    "GRID_YZ_LIMIT",
+    "block_sparse_triton",
+    "fold_batch_heads",
+    "kernel_config",
+    "launch_arch",
+    "na_allowed_kernel",
+    "row_offsets_kernel",
+    "stride_alignment",
+]
 
 _LOG2E = 1.4426950408889634
-_MAX_TILE = 128
+#: CUDA's limit on grid dimensions y and z; B*H is folded onto both (read at every launch).
+GRID_YZ_LIMIT = 65535
 
 
 # ----------------------------------------------------------------------------------------------- mask device functions
@@ -101,10 +119,64 @@ def na_allowed_kernel(Q_IDX, K_IDX, OUT, NQ, NK, GF, GH, GW, KT, KY, KX, DT, DY,
              mask=(offs_q[:, None] < NQ) & (offs_k[None, :] < NK))
 
 
+# --------------------------------------------------------------------------------------------------- offsets, grid
+@triton.jit
+def _rows64(idx, stride, ALIGN: tl.constexpr):
+    """Element offsets ``idx * stride`` of the rows ``idx`` (int32 ``(R,)``) as an int64 column ``(R, 1)``.
+
+    ``ALIGN`` divides ``stride``: Triton infers only 16 | stride, and head dims 40 or 72 (8 | stride) would else load
+    2 bytes at a time and lose the K/V pipeline.
+    """
+    offs = idx.to(tl.int64)[:, None] * stride
+    if ALIGN > 1:
+        offs = tl.multiple_of(offs, [ALIGN, 1])
+    return offs
+
+
+@triton.jit
+def _base64(off_b, off_h, stride_b, stride_h, ALIGN: tl.constexpr):
+    """Element offset of one (batch, head) slice (``off_b``, ``off_h`` int64 scalars; ``ALIGN`` divides both)."""
+    offs = off_b * stride_b + off_h * stride_h
+    if ALIGN > 1:
+        offs = tl.multiple_of(offs, ALIGN)
+    return offs
+
+
+@triton.jit
+def row_offsets_kernel(OUT, start, stride, BLOCK: tl.constexpr):
+    """Test helper: ``OUT[i] = (start + i) * stride`` (int64 ``(BLOCK,)``) through the kernel's offset function."""
+    offs = _rows64(start + tl.arange(0, BLOCK), stride, 1)
+    tl.store(OUT + tl.arange(0, BLOCK)[:, None], offs)
+
+
+def fold_batch_heads(bh: int, cap: int | None = None) -> tuple[int, int]:
+    """Grid ``(y, z)`` covering ``bh`` (batch x heads) programs with both at most ``cap`` (``GRID_YZ_LIMIT``).
+
+    Program ``(y, z)`` serves ``z * y_size + y``; the at most ``z_size - 1`` programs past ``bh`` write nothing.
+    """
+    cap = GRID_YZ_LIMIT if cap is None else cap
+    if bh < 1 or bh > cap * cap:
+        raise ValueError(f"batch x heads = {bh} cannot be launched by the Triton kernel; accepted: 1 to {cap * cap}.")
+    gz = triton.cdiv(bh, cap)
+    return triton.cdiv(bh, gz), gz
+
+
+def stride_alignment(*tensors: Tensor) -> int:
+    """The largest power of two <= 16 dividing every stride but the last of ``tensors`` (1 if a stride is 1)."""
+    align = 16
+    for t in tensors:
+        for s in t.stride()[:-1]:
+            if s == 1:
+                return 1
+            while s % align:
+                align //= 2
+    return align
+
+
 # ----------------------------------------------------------------------------------------------------------- kernel
 @triton.jit
 def _bsa_fwd_kernel(
-    Q, K, V, Out, LUT_IDX, LUT_CNT, SKIP,
+    Q, K, V, Out, LUT_IDX, LUT_CNT, KEEP, SKIP,
     qk_scale, thr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -112,33 +184,40 @@ def _bsa_fwd_kernel(
     stride_ob, stride_oh, stride_on, stride_od,
     stride_lb, stride_lh, stride_lm, stride_lk,
     stride_cb, stride_ch, stride_cm,
-    H, N_Q, N_K,
+    stride_eb, stride_en,
+    H, BH, N_Q, N_K, M_LUT,
     GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LUT_BM: tl.constexpr, LUT_BN: tl.constexpr,
     HAS_NA: tl.constexpr, CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr, DIL: tl.constexpr,
-    HAS_THRESHOLD: tl.constexpr, IEEE_DOT: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_THRESHOLD: tl.constexpr, IEEE_DOT: tl.constexpr, ALIGN: tl.constexpr,
 ):
+    """Grid ``(cdiv(N_Q, BLOCK_M), y, z)`` with ``(y, z)`` from :func:`fold_batch_heads`; see the module docstring."""
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    live = pid_bh < BH
+    pid_bh = tl.minimum(pid_bh, BH - 1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     lut_row = (pid_m * BLOCK_M) // LUT_BM
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
-    row_ok = offs_m < N_Q
+    row_ok = offs_m < tl.where(live, N_Q, 0)  # (the interpreter mis-types a vector & scalar bool)
     if HEAD_DIM == D_PAD:  # constant-true channel mask keeps the loads vectorised
         d_ok = tl.full([D_PAD], 1, tl.int1)
     else:
         d_ok = offs_d < HEAD_DIM
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
+    q_ptrs = Q + _base64(off_b, off_h, stride_qb, stride_qh, ALIGN) + _rows64(offs_m, stride_qn, ALIGN)
+    q_ptrs += offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + off_b * stride_kb + off_h * stride_kh
-    v_base = V + off_b * stride_vb + off_h * stride_vh
+    k_base = K + _base64(off_b, off_h, stride_kb, stride_kh, ALIGN)
+    v_base = V + _base64(off_b, off_h, stride_vb, stride_vh, ALIGN)
+    keep_base = KEEP + off_b * stride_eb
     lut_base = LUT_IDX + off_b * stride_lb + off_h * stride_lh + lut_row * stride_lm
     count = tl.load(LUT_CNT + off_b * stride_cb + off_h * stride_ch + lut_row * stride_cm)
+    count = tl.where(live, count, 0)
 
     if HAS_NA:  # query-side windows, computed once per tile
         n_grid = GF * GH * GW
@@ -152,117 +231,69 @@ def _bsa_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     n_skip = tl.zeros([], dtype=tl.int32)
+    SUBS: tl.constexpr = LUT_BN // BLOCK_N
 
-    for e in range(0, count):
-        kb = tl.load(lut_base + e * stride_lk)
-        for sub in tl.range(0, LUT_BN // BLOCK_N, loop_unroll_factor=1):
-            offs_n = kb * LUT_BN + sub * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = offs_n < N_K
-            k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-            k = tl.load(k_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    for it in range(0, count * SUBS):
+        kb = tl.load(lut_base + (it // SUBS) * stride_lk)
+        offs_n = kb * LUT_BN + (it % SUBS) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N_K
+        k = tl.load(k_base + _rows64(offs_n, stride_kn, ALIGN) + offs_d[None, :] * stride_kd,
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        if IEEE_DOT:
+            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        qk = qk * qk_scale
+        valid = col_ok
+        if HAS_KEEP:
+            valid = valid & (tl.load(keep_base + offs_n.to(tl.int64) * stride_en, mask=col_ok, other=0) != 0)
+        valid = valid[None, :]
+        if HAS_NA:
+            kt_, ky_, kx_ = _na_coords(tl.minimum(offs_n, n_grid - 1), GH, GW)
+            ok = _na_in_window(kt_[None, :], rt[:, None], s_t[:, None], e_t[:, None], DT, DIL)
+            ok = ok & _na_in_window(ky_[None, :], ry[:, None], s_y[:, None], e_y[:, None], DY, DIL)
+            ok = ok & _na_in_window(kx_[None, :], rx[:, None], s_x[:, None], e_x[:, None], DX, DIL)
+            valid = valid & (ok | q_glob[:, None] | (offs_n >= n_grid)[None, :])
+        qk = tl.where(valid, qk, float("-inf"))
+        m_blk = tl.max(qk, 1)
+        if HAS_THRESHOLD:
+            need = (m_blk > m_i - thr) & row_ok
+            run = tl.max(need.to(tl.int32), 0) > 0
+        else:
+            run = True
+        if run:
+            m_new = tl.maximum(m_i, m_blk)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            v = tl.load(v_base + _rows64(offs_n, stride_vn, ALIGN) + offs_d[None, :] * stride_vd,
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
             if IEEE_DOT:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+                acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
             else:
-                qk = tl.dot(q, tl.trans(k))
-            qk = qk * qk_scale
-            valid = col_ok[None, :]
-            if HAS_NA:
-                kt_, ky_, kx_ = _na_coords(tl.minimum(offs_n, n_grid - 1), GH, GW)
-                ok = _na_in_window(kt_[None, :], rt[:, None], s_t[:, None], e_t[:, None], DT, DIL)
-                ok = ok & _na_in_window(ky_[None, :], ry[:, None], s_y[:, None], e_y[:, None], DY, DIL)
-                ok = ok & _na_in_window(kx_[None, :], rx[:, None], s_x[:, None], e_x[:, None], DX, DIL)
-                valid = valid & (ok | q_glob[:, None] | (offs_n >= n_grid)[None, :])
-            qk = tl.where(valid, qk, float("-inf"))
-            m_blk = tl.max(qk, 1)
-            if HAS_THRESHOLD:
-                need = (m_blk > m_i - thr) & row_ok
-                run = tl.max(need.to(tl.int32), 0) > 0
-            else:
-                run = True
-            if run:
-                m_new = tl.maximum(m_i, m_blk)
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.math.exp2(qk - m_safe[:, None])
-                alpha = tl.math.exp2(m_i - m_safe)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
-                v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-                v = tl.load(v_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                if IEEE_DOT:
-                    acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(p.to(v.dtype), v, acc)
-                m_i = m_new
-            else:
-                n_skip += 1
+                acc = tl.dot(p.to(v.dtype), v, acc)
+            m_i = m_new
+        else:
+            n_skip += 1
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
+    o_ptrs = Out + _base64(off_b, off_h, stride_ob, stride_oh, ALIGN) + _rows64(offs_m, stride_on, ALIGN)
+    o_ptrs += offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(SKIP + pid_bh * tl.num_programs(0) + pid_m, n_skip)
+    # One count per LUT query block: its first tile writes (with a threshold the tile is the whole block).
+    first = (pid_m * BLOCK_M) % LUT_BM == 0
+    tl.store(SKIP + pid_bh.to(tl.int64) * M_LUT + lut_row, n_skip, mask=live & first)
 
 
 # ------------------------------------------------------------------------------------------------------------- host
-def _largest_pow2_divisor(n: int, cap: int) -> int:
-    p = 1
-    while n % (p * 2) == 0 and p * 2 <= cap:
-        p *= 2
-    return p
-
-
-def kernel_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype, threshold: bool) -> dict:
-    """Tile sizes for one call: ``{'D_PAD', 'BLOCK_M', 'BLOCK_N'}``; ValueError when the LUT blocks do not fit.
-
-    Chosen from the compile report (``benchmarks/results/kernel_compile_report.json``: 128-row tiles spilled on
-    sm_80, and so did 64 x 64 tiles without the threshold branch): the query tile is the largest power-of-two divisor
-    of ``block_m`` up to 64 (32 for fp32, whose IEEE dots need more registers), the key tile the largest divisor of
-    ``block_n`` up to 32. With ``threshold`` the tiles must equal the LUT blocks (the skip decision is per LUT block),
-    so ``block_m`` must then be a power of two in [16, 128] and ``block_n`` in [16, 64]; 64 x 64 blocks compile
-    without spills in 16-bit, 32 x 32 in fp32.
-    """
-    d_pad = max(16, triton.next_power_of_2(head_dim))
-    if d_pad > 256:
-        raise ValueError(f"head dim {head_dim} is not supported by the Triton kernel; accepted: <= 256.")
-    cap_m, cap_n = (32, 32) if dtype == torch.float32 else (64, 32)
-    if threshold:
-        for name, b, top in (("block_m", block_m, 128), ("block_n", block_n, 64)):
-            if b < 16 or b > top or b & (b - 1):
-                raise ValueError(
-                    f"threshold skipping in the Triton kernel needs {name} to be a power of two in [16, {top}], "
-                    f"got {b}."
-                )
-        return {"D_PAD": d_pad, "BLOCK_M": block_m, "BLOCK_N": block_n}
-    bm = _largest_pow2_divisor(block_m, cap_m)
-    bn = _largest_pow2_divisor(block_n, cap_n)
-    if bm < 16 or bn < 16:
-        raise ValueError(
-            f"the Triton kernel needs block_m and block_n divisible by 16, got block_m={block_m}, block_n={block_n}."
-        )
-    return {"D_PAD": d_pad, "BLOCK_M": bm, "BLOCK_N": bn}
-
-
-def warps_for(block_m: int, d_pad: int) -> tuple[int, ...]:
-    """num_warps the autotuner may try for a tile: 4 warps spilled (or sat at 255 registers) beyond head dim 32."""
-    del block_m  # every shipped tile has <= 64 rows; kept for future larger tiles
-    return (4, 8) if d_pad <= 32 else (8,)
-
-
-def _prune(configs, named_args, **kwargs):
-    meta = {**named_args, **kwargs}  # constexprs arrive as keyword arguments
-    allowed = warps_for(meta["BLOCK_M"], meta["D_PAD"])
-    return [c for c in configs if c.num_warps in allowed] or list(configs)
-
-
-#: num_warps / num_stages tried by the autotuner on a real GPU (the interpreter runs the plain kernel once).
-#: The LUT indirection keeps Triton from pipelining the K/V loads (stages 2 and 3 compile to the same shared memory),
-#: so only the warp count is tuned.
-AUTOTUNE_CONFIGS = [triton.Config({}, num_warps=w, num_stages=2) for w in (4, 8)]
-_bsa_fwd_tuned = triton.autotune(
-    configs=AUTOTUNE_CONFIGS,
-    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "LUT_BN", "HAS_NA", "DIL", "HAS_THRESHOLD", "IEEE_DOT"],
-    prune_configs_by={"early_config_prune": _prune},
-)(_bsa_fwd_kernel)
+def launch_arch(device: torch.device) -> int:
+    """The ``ARCH_CONFIGS`` architecture for ``device``: its CUDA capability, or sm_80 for the interpreter."""
+    if device.type != "cuda":
+        return 80
+    return arch_of(torch.cuda.get_device_capability(device))
 
 
 def _na_args(neighborhood: NeighborhoodMask | None) -> list[int]:
@@ -272,58 +303,83 @@ def _na_args(neighborhood: NeighborhoodMask | None) -> list[int]:
     return [*nb.grid, *nb.kernel_size, *nb.dilation, *nb.stride, *(int(c) for c in nb.is_causal)]
 
 
-def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, block_m: int, block_n: int,
-            na: list[int], scale: float, threshold: float | None) -> tuple[Tensor, Tensor]:
+def _broadcast_strides(x: Tensor, lead: int) -> list[int]:
+    """``x``'s strides with the first ``lead`` dimensions zeroed where they have size 1 (they broadcast)."""
+    return [0 if i < lead and x.shape[i] == 1 else s for i, s in enumerate(x.stride())]
+
+
+def _check_keep(kv_keep: Tensor, batch: int, n_k: int, device: torch.device) -> None:
+    """ValueError unless ``kv_keep`` is a bool ``(B|1, N_k)`` tensor on ``device`` (shape checks only, no sync)."""
+    if not isinstance(kv_keep, Tensor):
+        raise ValueError(f"kv_keep must be a bool tensor (B|1, N_k) or None, got {type(kv_keep).__name__}.")
+    if kv_keep.dtype != torch.bool or kv_keep.dim() != 2 or kv_keep.shape[0] not in (1, batch) \
+            or kv_keep.shape[1] != n_k:
+        raise ValueError(
+            f"kv_keep must be a bool tensor of shape ({batch} or 1, {n_k}) (batch, keys), got {kv_keep.dtype} "
+            f"{tuple(kv_keep.shape)}."
+        )
+    if kv_keep.device != device:
+        raise ValueError(f"kv_keep must be on {device} like q, got {kv_keep.device}.")
+
+
+def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv_keep: Tensor | None, block_m: int,
+            block_n: int, na: list[int], scale: float, threshold: float | None) -> tuple[Tensor, Tensor]:
     batch, heads, n_q, dim = q.shape
     n_k = k.shape[2]
-    cfg = kernel_config(dim, block_m, block_n, q.dtype, threshold is not None)
-    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)
+    tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32  # read at launch, never set
+    cfg = kernel_config(dim, block_m, block_n, q.dtype, threshold is not None, arch=launch_arch(q.device), tf32=tf32)
+    gy, gz = fold_batch_heads(batch * heads)
+    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), gy, gz)
+    m_lut = triton.cdiv(n_q, block_m)
     out = torch.empty_like(q)
-    skip = torch.empty(grid[0] * grid[1], dtype=torch.int32, device=q.device)
-    li, lc = indices, counts  # size-1 batch/head dims broadcast through zero strides
-    sl = [li.stride(0) if li.shape[0] > 1 else 0, li.stride(1) if li.shape[1] > 1 else 0, li.stride(2), li.stride(3)]
-    sc = [lc.stride(0) if lc.shape[0] > 1 else 0, lc.stride(1) if lc.shape[1] > 1 else 0, lc.stride(2)]
+    skip = torch.empty(batch, heads, m_lut, dtype=torch.int32, device=q.device)
+    if kv_keep is not None:
+        _check_keep(kv_keep, batch, n_k, q.device)
+        keep, keep_strides = kv_keep.view(torch.uint8), _broadcast_strides(kv_keep, 1)
+    else:
+        keep, keep_strides = counts, [0, 0]  # never read (HAS_KEEP=False)
     has_na = bool(na)
     geo = na[:12] if has_na else [1] * 12
     causal = [bool(c) for c in na[12:15]] if has_na else [False, False, False]
     args = (
-        q, k, v, out, li, lc, skip,
+        q, k, v, out, indices, counts, keep, skip,
         scale * _LOG2E, (threshold or 0.0) * _LOG2E,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *sl, *sc,
-        heads, n_q, n_k, *geo,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        *_broadcast_strides(indices, 2), *_broadcast_strides(counts, 2), *keep_strides,
+        heads, batch * heads, n_q, n_k, m_lut, *geo,
     )
-    meta = dict(
-        HEAD_DIM=dim, D_PAD=cfg["D_PAD"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], LUT_BM=block_m,
-        LUT_BN=block_n, HAS_NA=has_na, CT=causal[0], CY=causal[1], CX=causal[2], DIL=has_na and max(na[6:9]) > 1,
-        HAS_THRESHOLD=threshold is not None, IEEE_DOT=q.dtype == torch.float32,
+    _bsa_fwd_kernel[grid](
+        *args, HEAD_DIM=dim, D_PAD=cfg["D_PAD"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], LUT_BM=block_m,
+        LUT_BN=block_n, HAS_NA=has_na, CT=causal[0], CY=causal[1], CX=causal[2],
+        DIL=has_na and max(na[6:9]) > 1, HAS_KEEP=kv_keep is not None, HAS_THRESHOLD=threshold is not None,
+        IEEE_DOT=q.dtype == torch.float32 and not tf32, ALIGN=stride_alignment(q, k, v, out),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    if q.device.type == "cuda":
-        _bsa_fwd_tuned[grid](*args, **meta)
-    else:  # interpreter: no autotuning
-        _bsa_fwd_kernel[grid](*args, **meta, num_warps=warps_for(cfg["BLOCK_M"], cfg["D_PAD"])[0], num_stages=1)
-    return out, skip.view(batch, heads, grid[0])
+    return out, skip
 
 
 @torch.library.custom_op("attnplug::block_sparse_fwd", mutates_args=())
-def _block_sparse_fwd_op(q: Tensor, k: Tensor, v: Tensor, lut_indices: Tensor, lut_counts: Tensor, block_m: int,
-                         block_n: int, na: list[int], scale: float, threshold: float | None) -> tuple[Tensor, Tensor]:
-    """``torch.ops.attnplug.block_sparse_fwd``: (out (B, H, N_q, D), skipped (B, H, num_query_tiles) int32)."""
-    return _launch(q, k, v, lut_indices, lut_counts, block_m, block_n, list(na), scale, threshold)
+def _block_sparse_fwd_op(q: Tensor, k: Tensor, v: Tensor, lut_indices: Tensor, lut_counts: Tensor,
+                         kv_keep: Tensor | None, block_m: int, block_n: int, na: list[int], scale: float,
+                         threshold: float | None) -> tuple[Tensor, Tensor]:
+    """``torch.ops.attnplug.block_sparse_fwd``: (out (B, H, N_q, D), skipped (B, H, cdiv(N_q, block_m)) int32)."""
+    return _launch(q, k, v, lut_indices, lut_counts, kv_keep, block_m, block_n, list(na), scale, threshold)
 
 
 @_block_sparse_fwd_op.register_fake
-def _(q, k, v, lut_indices, lut_counts, block_m, block_n, na, scale, threshold):
-    cfg = kernel_config(q.shape[-1], block_m, block_n, q.dtype, threshold is not None)
-    tiles = math.ceil(q.shape[2] / cfg["BLOCK_M"])
+def _(q, k, v, lut_indices, lut_counts, kv_keep, block_m, block_n, na, scale, threshold):
+    tiles = math.ceil(q.shape[2] / block_m)
     return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[1], tiles), dtype=torch.int32)
 
 
 def block_sparse_triton(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighborhood: NeighborhoodMask | None,
-                        scale: float, threshold: float | None) -> tuple[Tensor, Tensor]:
-    """Runs the kernel (inputs validated by the dispatcher; ``lut`` on ``q.device``).
+                        scale: float, threshold: float | None, kv_keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Runs the kernel on ``q (B, H, N_q, D)``, ``k, v (B, H, N_k, D)`` (any strides; validated by the dispatcher,
+    ``lut`` on ``q.device``); ``kv_keep`` bool ``(B|1, N_k)`` excludes the keys where it is False for every query.
 
-    Returns ``(out (B, H, N_q, D), skipped (B, H, num_query_tiles) int32)``.
+    Returns ``(out (B, H, N_q, D), skipped (B, H, num_query_tiles) int32)``: the threshold-skipped key sub-tiles per
+    LUT query block (``num_query_tiles = cdiv(N_q, lut.block_m)``, whatever tile the architecture runs).
     """
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    return torch.ops.attnplug.block_sparse_fwd(q, k, v, lut.indices, lut.counts, lut.block_m, lut.block_n,
+    return torch.ops.attnplug.block_sparse_fwd(q, k, v, lut.indices, lut.counts, kv_keep, lut.block_m, lut.block_n,
                                                _na_args(neighborhood), float(scale), threshold)
