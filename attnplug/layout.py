@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -165,8 +166,8 @@ def _grid_flux(model, args, kwargs) -> tuple[int, int, int]:
     ids = kwargs.get("img_ids")
     if not isinstance(ids, torch.Tensor):
         raise ValueError("Flux-style transformer called without `img_ids`; cannot read the token grid.")
-    ids = ids.reshape(-1, ids.shape[-1])
-    return (1, int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1)
+    rows, cols = ids.reshape(-1, ids.shape[-1])[:, 1:3].amax(dim=0).tolist()  # one read of the values
+    return (1, int(rows) + 1, int(cols) + 1)
 
 
 def _grid_ltx(model, args, kwargs) -> tuple[int, int, int]:
@@ -190,6 +191,7 @@ class FamilySpec:
     frames_in_batch: bool = False  # spatial attention sees one frame at a time (frames folded into the batch)
     exclude_modules: tuple[str, ...] = ()  # attention modules that never see the image grid (e.g. text refiners)
     grid_reads_values: bool = False  # the grid comes from tensor values (Flux's img_ids), not only from shapes
+    value_inputs: tuple[str, ...] = ()  # the keyword inputs whose values the grid reader reads
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -203,7 +205,9 @@ FAMILIES: dict[str, FamilySpec] = {
     "PixArtTransformer2DModel": FamilySpec("pixart", _grid_image_4d),
     "DiTTransformer2DModel": FamilySpec("dit", _grid_image_4d),
     "SD3Transformer2DModel": FamilySpec("sd3", _grid_image_4d, text_position="last"),
-    "FluxTransformer2DModel": FamilySpec("flux", _grid_flux, text_position="first", grid_reads_values=True),
+    "FluxTransformer2DModel": FamilySpec(
+        "flux", _grid_flux, text_position="first", grid_reads_values=True, value_inputs=("img_ids",)
+    ),
     "WanTransformer3DModel": FamilySpec("wan", _grid_video_bcfhw),
     "CogVideoXTransformer3DModel": FamilySpec("cogvideox", _grid_cogvideox, text_position="first"),
     "HunyuanVideoTransformer3DModel": FamilySpec(
@@ -269,6 +273,15 @@ def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int
     return None
 
 
+def _same_tensors(stamps: tuple, tensors: tuple) -> bool:
+    """Whether ``tensors`` are the very tensors ``stamps`` recorded (alive, unmodified since)."""
+    if not stamps or len(stamps) != len(tensors):
+        return False
+    return all(
+        stamp is not None and stamp[0]() is x and x._version == stamp[1] for stamp, x in zip(stamps, tensors)
+    )
+
+
 @dataclass
 class LayoutState:
     """Per-denoiser state: the latest token grid (recorded before each denoiser call) and where the denoising loop
@@ -283,13 +296,15 @@ class LayoutState:
     last_timestep: float | None = None
     num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
     _value_grids: dict = field(default_factory=dict, repr=False)
+    _value_sources: tuple = field(default=(), repr=False)  # (weakref, version) of the inputs last read
 
     def observe_grid(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Record the token grid of a denoiser call.
 
         Shapes only, so the call traces under ``torch.compile``; a family whose grid is read from tensor values
-        (Flux's ``img_ids``) reads them in eager calls and, while compiling, reuses the grid an eager call recorded
-        for the same input shapes."""
+        (Flux's ``img_ids``) reads them in eager calls once per input tensor (pipelines pass the same ``img_ids`` at
+        every step, so the host waits for the device once per run) and, while compiling, reuses the grid an eager
+        call recorded for the same input shapes."""
         if not self.family.grid_reads_values:
             self.grid = self.family.grid(model, args, kwargs)
             return
@@ -302,9 +317,15 @@ class LayoutState:
                 )
             self.grid = self._value_grids[key]
             return
+        sources = tuple(kwargs.get(name) for name in self.family.value_inputs)
+        if self.grid is not None and _same_tensors(self._value_sources, sources):
+            return
         if len(self._value_grids) >= 64:
             self._value_grids.clear()
         self.grid = self._value_grids[key] = self.family.grid(model, args, kwargs)
+        self._value_sources = tuple(
+            (weakref.ref(x), x._version) if isinstance(x, torch.Tensor) else None for x in sources
+        )
 
     def observe_timestep(self, args: tuple, kwargs: dict) -> bool:
         """Advance the step counter from the denoiser call's timestep; True when a new run starts (step 0).
@@ -336,6 +357,7 @@ class LayoutState:
 
     def reset(self) -> None:
         self.step, self.num_steps, self.guidance, self.last_timestep = -1, None, None, None
+        self._value_sources = ()
 
     def layout_for(self, n: int, module_name: str = "", temporal: bool | None = None) -> TokenLayout:
         """The layout of an ``n``-token self-attention sequence in module ``module_name``."""

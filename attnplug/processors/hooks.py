@@ -49,6 +49,7 @@ class Runtime:
     default_schedule: bool = False  # the method's own default, not one the caller gave
     interception: Interception | None = None
     tracker: StepTracker | None = None
+    step_tensor: torch.Tensor | None = None  # state.step on the model's device (CallInfo.step_tensor)
 
     def __post_init__(self):
         self.interception = Interception(self.method, self.stats, self.layout)
@@ -60,9 +61,19 @@ class Runtime:
         except ValueError as e:
             raise ValueError(f"{site.name}: {e}") from None
 
+    def place_step(self, device: torch.device) -> None:
+        """Keep :attr:`step_tensor` on ``device`` (the model's) and hand it to every hook's CallInfo."""
+        if self.step_tensor is not None and self.step_tensor.device == device:
+            return
+        self.step_tensor = torch.full((), self.state.step, dtype=torch.int64, device=device)
+        for hook in self.hooks:
+            hook.info = dataclasses.replace(hook.info, step_tensor=self.step_tensor)
+
     def update(self) -> None:
         """Re-decide, for the current step, which hooks run the method and what their CallInfo says."""
         state = self.state
+        if self.step_tensor is not None:
+            self.step_tensor.fill_(state.step)  # in place: a kernel launch, no host copy; graphs read it as input
         try:
             active_step = self.schedule.step_active(state.step, state.num_steps)
         except ValueError:
@@ -112,6 +123,7 @@ class AttentionHook(ModelHook):
             level=self.level,
             train_grid=self.train_grid,
             guidance=state.guidance,
+            step_tensor=runtime.step_tensor,
         )
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
@@ -197,6 +209,7 @@ class StepTracker:
         grid = self.runtime.state.grid
         device = next(module.parameters(), torch.empty(0)).device
         self.runtime.method.prepare(TokenLayout(*grid), None, device)
+        self.runtime.place_step(device)
         self._prepared = grid
 
     @torch.compiler.disable

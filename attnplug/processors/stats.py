@@ -34,6 +34,7 @@ class CallStats:
         self._lock = threading.Lock()
         self._index: dict[tuple, int] = {}
         self._counts = torch.zeros(self._CAPACITY, dtype=torch.int64)  # compiled calls
+        self._traced = False  # whether a compiled graph counts into _counts (else reading it is skipped)
         self._eager = [0] * self._CAPACITY  # eager calls
         for kind in KINDS:
             for outcome in ("calls", "method", "stock"):
@@ -47,6 +48,7 @@ class CallStats:
         copy_._lock = threading.Lock()
         copy_._index = dict(self._index)
         copy_._counts = self._counts.clone()
+        copy_._traced = self._traced
         copy_._eager = list(self._eager)
         return copy_
 
@@ -60,6 +62,7 @@ class CallStats:
 
     def _count(self, *keys: tuple) -> None:
         if torch.compiler.is_compiling():  # in-graph tensor updates; the graph replays them, no lock to trace
+            self._traced = True
             for key in keys:
                 self._counts[self._slot(key)] += 1
             return
@@ -86,7 +89,8 @@ class CallStats:
     def as_dict(self) -> dict:
         """``{"self": {"calls", "method", "stock", "reasons": {code: n}}, "cross": {...}, "passthrough": n}``."""
         with self._lock:
-            counts = [a + b for a, b in zip(self._counts.tolist(), self._eager)]
+            compiled = self._counts.tolist() if self._traced else [0] * self._CAPACITY
+            counts = [a + b for a, b in zip(compiled, self._eager)]
             index = dict(self._index)
         value = {key: counts[i] for key, i in index.items()}
         out: dict = {}
