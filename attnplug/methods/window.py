@@ -22,13 +22,17 @@ import torch
 from .._args import as_tuple
 from .._logging import log_once
 from ..config import MethodConfig, help_field
-from ..kernels.window import WindowPlan, window_attention, window_plan
+from ..kernels._cache import BoundedCache
+from ..kernels.window import WindowPlan, shift_tables, shifted_window_attention, window_plan
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
 
 logger = logging.getLogger(__name__)
 
 SHIFT_MODES = ("cycle", "random", "none")
+#: The ``random`` shift sequence repeats after this many steps (the usual 1000 training timesteps bound a run).
+RANDOM_PERIOD = 1000
+_RANDOM_TABLES = BoundedCache(16)
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,28 @@ class WindowConfig(MethodConfig):
         super().__post_init__()
 
     def shift_index(self, step: int) -> int:
-        """The shift position used at denoising step ``step`` (-1 = unknown -> 0)."""
+        """The shift position used at denoising step ``step`` (-1 = unknown -> 0). The ``random`` sequence repeats
+        every :data:`RANDOM_PERIOD` steps."""
         if self.shift == "none" or step < 0:
             return 0
         if self.shift == "cycle":
             return step % self.num_shifts
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step % RANDOM_PERIOD)
         return int(torch.randint(self.num_shifts, (1,), generator=gen))
+
+    def shift_index_tensor(self, step: torch.Tensor) -> torch.Tensor:
+        """:meth:`shift_index` of a 0-d int64 ``step`` tensor, as a 0-d int64 tensor on its device (no host read)."""
+        if self.shift == "none":
+            return torch.zeros_like(step)
+        if self.shift == "cycle":
+            return step.clamp_min(0) % self.num_shifts
+        table = _RANDOM_TABLES.get_or_build((self, str(step.device)), lambda: self._random_table(step.device))
+        index = (step.clamp_min(0) % RANDOM_PERIOD).reshape(1)
+        return torch.where(step < 0, 0, table.index_select(0, index).squeeze(0))  # not table[step]: a host read
+
+    def _random_table(self, device: torch.device) -> torch.Tensor:
+        """``(RANDOM_PERIOD,)`` int64: the ``random`` shift position of each step."""
+        return torch.tensor([self.shift_index(step) for step in range(RANDOM_PERIOD)], device=device)
 
     def plan(self, layout: TokenLayout, step: int = -1) -> WindowPlan:
         """Windows for ``layout`` at ``step``."""
@@ -115,9 +134,18 @@ class WindowMethod(AttentionMethod):
         info = info or CallInfo()
         if self.config.max_level is not None and info.level > self.config.max_level:
             return self.hand_back("level-above-max-level")
-        plan = self.config.plan(layout, info.step)
+        plan = self.config.plan(layout)
         if plan.is_dense:
             log_once(logger, logging.DEBUG, f"window attention: the window {plan.window} covers the token grid "
                      f"{layout.grid} in {info.layer_name or 'a layer'}; stock attention there")
             return self.hand_back("window-covers-grid")
-        return window_attention(q, k, v, layout, plan, info.scale)
+        tables = shift_tables(plan, self.config.num_shifts, q.device)
+        return shifted_window_attention(q, k, v, layout, tables, self._shift(info, q.device), info.scale)
+
+    def _shift(self, info: CallInfo, device: torch.device) -> int | torch.Tensor:
+        """The call's shift position: from ``info.step_tensor`` when the step tracker gives one (a tensor, so a
+        compiled graph serves every step), else from ``info.step``."""
+        if info.step_tensor is None or self.config.shift == "none":
+            return self.config.shift_index(info.step)
+        step = info.step_tensor
+        return self.config.shift_index_tensor(step if step.device == device else step.to(device))

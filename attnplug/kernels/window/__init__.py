@@ -6,12 +6,24 @@ SDPA call).
 """
 
 from .reference import window_attention_reference, window_mask_reference
-from .torch import WindowPlan, partition, reverse, window_attention, window_plan
+from .torch import (
+    ShiftTables,
+    WindowPlan,
+    partition,
+    reverse,
+    shift_tables,
+    shifted_window_attention,
+    window_attention,
+    window_plan,
+)
 
 __all__ = [
+    "ShiftTables",
     "WindowPlan",
     "partition",
     "reverse",
+    "shift_tables",
+    "shifted_window_attention",
     "window_attention",
     "window_attention_reference",
     "window_mask_reference",
