@@ -1,17 +1,24 @@
-"""Logging helpers: warn once per distinct message (fallbacks are logged once, never silent)."""
+"""Logging helpers: say a degraded mode once per use (a pipeline call, an ``applied`` block, a CLI run), never
+silently and never once per attention call."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import torch
 
-__all__ = ["log_once"]
+__all__ = ["log_once", "log_scope", "scoped"]
 
-#: Distinct (logger, message) pairs remembered; the oldest are forgotten past this (then may be logged again).
+#: Distinct (logger, message) pairs remembered per scope; past this the oldest are forgotten (then logged again).
 MAX_REMEMBERED = 4096
 
+# Messages seen in the current scope; outside any scope, one memory for the process (a bare model called in a loop).
+_scope: ContextVar[dict | None] = ContextVar("attnplug_log_scope", default=None)
 _seen: dict[tuple[str, str], None] = {}
 _lock = threading.Lock()
 
@@ -21,18 +28,51 @@ def _compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+@contextlib.contextmanager
+def log_scope() -> Iterator[None]:
+    """Inside this block :func:`log_once` remembers messages for the block only (per thread / async context), so the
+    next use (a second pipeline call, another benchmark entry) says them again. Scopes nest: an inner scope starts
+    empty."""
+    token = _scope.set({})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def scoped(fn: Callable) -> Callable:
+    """Run ``fn`` (a pipeline entry point) in its own :func:`log_scope`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with log_scope():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _remember(seen: dict, key: tuple[str, str]) -> bool:
+    """Whether ``key`` is new to ``seen`` (then recorded)."""
+    if key in seen:
+        return False
+    seen[key] = None
+    while len(seen) > MAX_REMEMBERED:
+        del seen[next(iter(seen))]
+    return True
+
+
 def log_once(logger: logging.Logger, level: int, message: str) -> None:
-    """Log ``message`` at ``level`` the first time it is seen for ``logger`` (thread-safe; a no-op while
-    ``torch.compile`` traces, so logging never breaks or retraces a graph)."""
+    """Log ``message`` at ``level`` the first time it is seen for ``logger`` in the current :func:`log_scope` (the
+    process when no scope is open). Thread-safe; a no-op while ``torch.compile`` traces, so logging never breaks or
+    retraces a graph."""
     if _compiling():
         return
     key = (logger.name, message)
-    if key in _seen:
-        return
-    with _lock:
-        if key in _seen:
-            return
-        _seen[key] = None
-        while len(_seen) > MAX_REMEMBERED:
-            del _seen[next(iter(_seen))]
-    logger.log(level, message)
+    seen = _scope.get()
+    if seen is None:
+        with _lock:
+            new = _remember(_seen, key)
+    else:
+        new = _remember(seen, key)
+    if new:
+        logger.log(level, message, stacklevel=2)

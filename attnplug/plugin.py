@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._logging import log_scope
 from .config import MethodConfig, Schedule, config_from_options
 from .layout import LayoutState, family_of, latent_level, training_grid
 from .methods.base import AttentionMethod
@@ -247,8 +248,6 @@ def _install(plan: _Installation, sched: Schedule, pipe, label: str, default_sch
 
 
 def _register(done: _Applied, module: torch.nn.Module, hook, name: str) -> None:
-    if not hasattr(module, "_diffusers_hook"):
-        done.created.append(module)
     registry(module).register_hook(hook, name)
     done.hooks.append((module, hook, name))
 
@@ -271,7 +270,6 @@ class _Applied:
 
     runtime: Runtime
     hooks: list = field(default_factory=list)  # (module, diffusers hook, name) in registration order
-    created: list = field(default_factory=list)  # modules whose HookRegistry attnplug created
 
 
 def _applied(model) -> _Applied | None:
@@ -302,20 +300,17 @@ def _uninstall(model: torch.nn.Module, conclude: bool = True) -> None:
     for key in [k for k, v in model._forward_hooks.items() if getattr(v, "__self__", None) is tracker]:
         del model._forward_hooks[key]
     for module, hook, name in reversed(done.hooks):
-        module_reg = getattr(module, "_diffusers_hook", None)
-        if module_reg is not None and module_reg.get_hook(name) is hook:
-            module_reg.remove_hook(name, recurse=False)
-    for module in done.created:
-        release_registry(module)
+        unregister_hook(module, name, hook)
     if hasattr(model, "_diffusers_hook"):
         registry(model).invalidate_child_registries_cache()
 
 
-def unregister_hook(module: torch.nn.Module, name: str) -> None:
-    """Take the diffusers hook ``name`` off ``module`` (not its children), then :func:`release_registry`."""
-    module_reg = getattr(module, "_diffusers_hook", None)
-    if module_reg is not None and module_reg.get_hook(name) is not None:
-        module_reg.remove_hook(name, recurse=False)
+def unregister_hook(module: torch.nn.Module, name: str, hook=None) -> None:
+    """Take the diffusers hook ``name`` (only if it is ``hook``, when given) off ``module`` (not its children), then
+    :func:`release_registry`."""
+    current = getattr(module, "_diffusers_hook", None) and module._diffusers_hook.get_hook(name)
+    if current is not None and (hook is None or current is hook):
+        module._diffusers_hook.remove_hook(name, recurse=False)
     release_registry(module)
 
 
@@ -334,12 +329,14 @@ def release_registry(module: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def applied(target, config: MethodConfig | str | None = None, **kwargs) -> Iterator:
-    """Context manager: :func:`apply` on entry, :func:`remove` on exit (also when the body raises)."""
-    apply(target, config, **kwargs)
-    try:
-        yield target
-    finally:
-        remove(target)
+    """Context manager: :func:`apply` on entry, :func:`remove` on exit (also when the body raises). A degraded mode is
+    logged once per block (:func:`attnplug._logging.log_scope`)."""
+    with log_scope():
+        apply(target, config, **kwargs)
+        try:
+            yield target
+        finally:
+            remove(target)
 
 
 def _standalone_processors(model) -> list[AttnplugProcessor]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .._logging import log_once
+from .._logging import log_once, scoped
 from ..config import MethodConfig, Schedule, help_field, validate_fields
 from ..methods.base import AttentionMethod
 from . import _hires_raunet as rau
@@ -337,6 +337,7 @@ def _steps(pipe, kwargs: dict) -> int:
     return int(steps)
 
 
+@scoped
 def hires(pipe, prompt=None, *, height: int, width: int, config: HiResConfig | None = None, **kwargs):
     """Generate ``height x width`` images above ``pipe``'s training resolution.
 

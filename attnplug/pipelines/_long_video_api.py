@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .._logging import log_once
+from .._logging import log_once, scoped
 from ..config import Schedule, help_field, validate_fields
 from ..layout import family_of
 from ..methods.sparse_video import SparseVideoConfig
@@ -253,6 +253,7 @@ def _latent_shape(pipe, model, family: str, plan: LongVideoPlan, prompt, kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+@scoped
 def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None = None, **kwargs):
     """Generate a video of ``num_frames`` frames, longer than ``pipe``'s training length, training-free.
 

@@ -16,7 +16,7 @@ import torch
 from diffusers.hooks import HookRegistry
 
 import attnplug
-import attnplug._logging
+from attnplug._logging import log_scope
 from attnplug.kernels.neighborhood import neighborhood_attention
 from attnplug.layout import TokenLayout
 from attnplug.methods import freeswim
@@ -139,12 +139,11 @@ def test_window_covering_the_grid_hands_back():
     assert method.report()["self: window covers the grid (stock)"] == 1
 
 
-def test_unknown_training_grid_hands_back_with_a_warning(caplog, monkeypatch):
-    monkeypatch.setattr(attnplug._logging, "_seen", {})  # log_once: forget earlier tests' messages
+def test_unknown_training_grid_hands_back_with_a_warning(caplog):
     layout = TokenLayout(1, 16, 16)
     q, k, v = _qkv(layout)
     method = FreeSwimMethod(FreeSwimConfig())
-    with caplog.at_level(logging.WARNING, logger="attnplug"):
+    with caplog.at_level(logging.WARNING, logger="attnplug"), log_scope():
         assert method(q, k, v, layout, info=CallInfo()) is None
     assert method.last_reason() == "train-grid-unknown"
     assert "training grid is unknown" in caplog.text
@@ -289,12 +288,11 @@ def test_joint_attention_family_windows_only():
     assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
 
 
-def test_standalone_processor_windows_only(caplog, monkeypatch):
-    monkeypatch.setattr(attnplug._logging, "_seen", {})
+def test_standalone_processor_windows_only(caplog):
     model, inputs = tiny_model("pixart", height=16, width=16)
     dense = forward(model, inputs)
     model.set_attn_processor(attnplug.AttnplugProcessor(FreeSwimConfig(train_grid=(3, 3))))
-    with caplog.at_level(logging.WARNING, logger="attnplug"):
+    with caplog.at_level(logging.WARNING, logger="attnplug"), log_scope():
         out = forward(model, inputs)
     assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
     assert "only the windowed self-attention is active" in caplog.text

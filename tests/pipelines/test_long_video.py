@@ -2,6 +2,7 @@
 hooks (applied per family, removed exactly), the model stock after a call that raised."""
 
 import importlib
+import logging
 
 import pytest
 import torch
@@ -373,3 +374,12 @@ def test_window_method_passes_on_the_inner_protocol_and_counts_its_hand_backs():
     with attnplug.applied(short, TemporalWindowMethod(window=2, stride=1, inner=_HandsBack())):
         forward(short, short_inputs)
         assert attnplug.stats(short)["self"]["reasons"] == {"inner-says-no": 2}
+
+
+def test_every_call_logs_its_degraded_mode_once(shapes, caplog):
+    """log_once remembers a message for one pipeline call, not for the process: the second call says it again."""
+    config = LongVideoConfig(temporal_windows=True, window=16, rope="none")  # the window covers all 16 frames
+    with caplog.at_level(logging.INFO, logger="attnplug"):
+        for _ in range(2):
+            long_video(shapes, "red circle", num_frames=16, num_inference_steps=1, config=config)
+    assert caplog.text.count("covers the whole video") == 2

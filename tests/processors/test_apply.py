@@ -74,14 +74,13 @@ def test_schedule_validation():
     assert [attnplug.Schedule(warmup_steps=0.25).step_active(i, 8) for i in range(3)] == [False, False, True]
 
 
-def test_a_fraction_default_schedule_on_a_bare_model_runs_every_step_and_says_so(caplog, monkeypatch):
+def test_a_fraction_default_schedule_on_a_bare_model_runs_every_step_and_says_so(caplog):
     """AgentSD's default (the first 40 % of the steps) needs the run's length; a model called without its pipeline
     has none, so the method runs at every step, with one warning (a schedule the caller gives still raises)."""
-    from attnplug import _logging
+    from attnplug._logging import log_scope
 
-    monkeypatch.setattr(_logging, "_seen", {})  # the warning is logged once per process; start from none seen
     model, inputs = tiny_model("unet")
-    with caplog.at_level(logging.WARNING, logger="attnplug"):
+    with caplog.at_level(logging.WARNING, logger="attnplug"), log_scope():  # said once per scope
         attnplug.apply(model, "agent")
         forward(model, inputs)
     assert attnplug.stats(model)["self"]["method"] > 0
