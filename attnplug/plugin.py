@@ -190,7 +190,8 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
 
     Self-attention only. ``schedule`` (or the ``layers=`` indices/regex and ``steps=(start, stop)`` shortcuts) says
     which layers and denoising steps use it; without one, the method's default schedule. Everything is validated
-    before a previous application is replaced (idempotent). Returns ``target``."""
+    before a previous application is replaced (idempotent); an error while installing takes off everything installed,
+    leaving every denoiser stock. Returns ``target``."""
     if isinstance(config, str):
         config = config_from_options(config, options)
     elif options:
