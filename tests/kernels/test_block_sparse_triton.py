@@ -305,3 +305,12 @@ def test_launch_uses_the_table_row_and_stride_alignment(monkeypatch):
     assert grid == (math.ceil(130 / meta["BLOCK_M"]), 6, 1)
     assert (meta["num_warps"], meta["num_stages"]) == (row.num_warps, row.num_stages)
     assert meta["BLOCK_M"] == min(128, row.max_tile_m) and meta["ALIGN"] == 8  # strides 40 and 120: 8 | both
+
+
+def test_stride_alignment_hint():
+    assert bst.stride_alignment(torch.empty(2, 3, 5, 64)) == 16
+    assert bst.stride_alignment(torch.empty(2, 3, 5, 64), torch.empty(1, 3, 5, 40)) == 8
+    assert bst.stride_alignment(torch.empty(2, 5, 3, 72).transpose(1, 2)) == 8  # strides 1080, 72, 216
+    assert bst.stride_alignment(torch.empty(2, 3, 5, 6)) == 2
+    assert bst.stride_alignment(torch.empty(128).as_strided((2, 1, 4, 16), (64, 1, 16, 1))) == 16  # size-1 dim
+    assert bst.stride_alignment(torch.empty(2, 3, 5, 64).expand(2, 3, 5, 64)[:, :, :, :]) == 16

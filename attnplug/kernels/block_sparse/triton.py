@@ -162,13 +162,12 @@ def fold_batch_heads(bh: int, cap: int | None = None) -> tuple[int, int]:
 
 
 def stride_alignment(*tensors: Tensor) -> int:
-    """The largest power of two <= 16 dividing every stride but the last of ``tensors`` (1 if a stride is 1)."""
+    """The largest power of two <= 16 dividing every stride of ``tensors`` but the last and those of size-1 dims
+    (which only ever multiply index 0)."""
     align = 16
     for t in tensors:
-        for s in t.stride()[:-1]:
-            if s == 1:
-                return 1
-            while s % align:
+        for size, s in zip(t.shape[:-1], t.stride()[:-1]):
+            while size > 1 and s % align:
                 align //= 2
     return align
 
