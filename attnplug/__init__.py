@@ -4,35 +4,56 @@ What users call lives here: the method configs, :class:`Schedule`, :class:`Token
 ``applied`` / ``stats``, the standalone :class:`AttnplugProcessor` and the kernels. Method classes and the extension
 API (``AttentionMethod``, ``CallInfo``) are in :mod:`attnplug.methods`; hi-res and long video in
 :mod:`attnplug.pipelines`.
+
+``import attnplug`` loads no torch (PEP 562): each name is imported, with torch where it needs it, when it is first
+used. The method configs are registered at import (they need no torch), so :func:`attnplug.config.method_configs`
+lists them all.
 """
 
-from . import kernels
+from __future__ import annotations
+
+import importlib
+
 from .config import MethodConfig, Schedule
-from .layout import FAMILIES, TokenLayout
-from .methods import AgentConfig, DenseConfig, FreeSwimConfig, NeighborhoodConfig, SparseVideoConfig, WindowConfig
-from .plugin import applied, apply, method_of, remove, reset_stats, stats
-from .processors import AttnplugProcessor
+from .methods import configs as _configs  # noqa: F401 - registers the built-in method configs
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "FAMILIES",
-    "AgentConfig",
-    "AttnplugProcessor",
-    "DenseConfig",
-    "FreeSwimConfig",
-    "MethodConfig",
-    "NeighborhoodConfig",
-    "Schedule",
-    "SparseVideoConfig",
-    "TokenLayout",
-    "WindowConfig",
-    "__version__",
-    "applied",
-    "apply",
-    "kernels",
-    "method_of",
-    "remove",
-    "reset_stats",
-    "stats",
-]
+# public name -> (submodule, name there)
+_LAZY = {
+    "FAMILIES": ("layout", "FAMILIES"),
+    "TokenLayout": ("layout", "TokenLayout"),
+    "AgentConfig": ("methods", "AgentConfig"),
+    "DenseConfig": ("methods", "DenseConfig"),
+    "FreeSwimConfig": ("methods", "FreeSwimConfig"),
+    "NeighborhoodConfig": ("methods", "NeighborhoodConfig"),
+    "SparseVideoConfig": ("methods", "SparseVideoConfig"),
+    "WindowConfig": ("methods", "WindowConfig"),
+    "applied": ("plugin", "applied"),
+    "apply": ("plugin", "apply"),
+    "method_of": ("plugin", "method_of"),
+    "remove": ("plugin", "remove"),
+    "reset_stats": ("plugin", "reset_stats"),
+    "stats": ("plugin", "stats"),
+    "AttnplugProcessor": ("processors", "AttnplugProcessor"),
+}
+
+__all__ = [*sorted(_LAZY), "MethodConfig", "Schedule", "__version__", "kernels"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    try:  # a subpackage used as an attribute: attnplug.kernels, attnplug.testing, attnplug.pipelines, ...
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":  # the submodule exists but needs something missing
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

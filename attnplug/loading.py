@@ -82,8 +82,7 @@ def resolve(model: str, *, check_hub: bool = True) -> ModelSource:
     ``model_index.json``), ``tiny-sd`` / ``tiny-pixart`` / ``tiny-wan``, or a Hub id ``org/name`` (cached, or
     reachable unless ``HF_HUB_OFFLINE`` is set). ``ValueError`` naming the model and what is accepted otherwise.
     """
-    from .models.loader import available_models
-    from .testing import PIPELINE_NAMES
+    from .models.catalog import TINY_PIPELINES, available_models
 
     if not isinstance(model, (str, Path)) or not str(model).strip():
         raise ValueError(f"model={model!r} must be a non-empty name, folder or Hub id.")
@@ -92,12 +91,8 @@ def resolve(model: str, *, check_hub: bool = True) -> ModelSource:
     if model in embedded:
         return ModelSource(model, "embedded")
     if model.startswith(TINY_PREFIX):
-        name = model.removeprefix(TINY_PREFIX)
-        if name not in PIPELINE_NAMES:
-            raise ValueError(
-                f"model={model!r}: unknown tiny pipeline; choose one of "
-                f"{', '.join(TINY_PREFIX + n for n in PIPELINE_NAMES)}."
-            )
+        if model not in TINY_PIPELINES:
+            raise ValueError(f"model={model!r}: unknown tiny pipeline; choose one of {', '.join(TINY_PIPELINES)}.")
         return ModelSource(model, "tiny", random_weights=True)
     path = Path(model).expanduser()
     if path.is_dir():

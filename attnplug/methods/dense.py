@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..config import MethodConfig, help_field
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
+from .dense_config import DENSE_BACKENDS, DenseConfig  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
-DENSE_BACKENDS = ("sdpa", "xformers")
 
 
 def dense_attention(
@@ -50,26 +46,6 @@ def xformers_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, scale=scale
     )
     return out.transpose(1, 2)
-
-
-@dataclass(frozen=True)
-class DenseConfig(MethodConfig):
-    """Exact dense attention through attnplug's interception (the reference for every other method)."""
-
-    name: ClassVar[str] = "dense"
-    backend: str = help_field(
-        "sdpa", "Dense kernel: 'sdpa' (PyTorch) or 'xformers' (needs xformers and a GPU).", choices=DENSE_BACKENDS
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.backend == "xformers" and importlib.util.find_spec("xformers") is None:
-            raise ValueError(
-                "DenseConfig.backend='xformers' needs the xformers package: pip install 'attnplug[xformers]'."
-            )
-
-    def build(self) -> DenseMethod:
-        return DenseMethod(self)
 
 
 class DenseMethod(AttentionMethod):

@@ -11,143 +11,20 @@ Tensors are ``(B, H, N, D)``.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from .._args import as_tuple
 from .._logging import log_once
-from ..config import MethodConfig, Schedule, help_field
 from ..kernels.block_sparse.dispatch import needs_backward
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
-from .patterns import DEFAULT_THRESHOLD, PATTERNS, CallSummary, PlanCache, key_padding
+from .patterns import PATTERNS, CallSummary, PlanCache, key_padding
 from .patterns.base import Plan, check_kernel_blocks, with_scale
+from .sparse_video_config import DEFAULT_WARMUP_STEPS, OWNER, SparseVideoConfig  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
-
-OWNER = "SparseVideoConfig"
-#: Dense warm-up steps of the default schedule (Sparse VideoGen keeps the first 10-30 % of 50 steps dense).
-DEFAULT_WARMUP_STEPS = 0.1  # a fraction of the steps: Sparse VideoGen 2 keeps 10 % dense (5 of 50)
-
-
-def _number(name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
-    """``ValueError`` unless ``value`` is a real number in ``(low, high]`` (``(low, high)`` with ``high_open``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low < value
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        rng = f"({low}, {high})" if high_open else f"({low}, {high}]"
-        raise ValueError(f"{OWNER}.{name} must be a number in {rng}, got {value!r}.")
-
-
-@dataclass(frozen=True)
-class SparseVideoConfig(MethodConfig):
-    """Block-sparse attention for video DiTs (sliding tiles, spatial/temporal heads, rectified top-k, threshold).
-
-    Grid arguments (``tile``, ``window``, ``stride``) follow the package rule (:mod:`attnplug._args`): an int or a
-    2-tuple is spatial ``(height, width)``, a 3-tuple is ``(frames, height, width)``. The frames entry then defaults
-    to 1 token for ``tile``, the whole frame range for ``window`` and 1 tile for ``stride``.
-    """
-
-    name: ClassVar[str] = "sparse_video"
-
-    pattern: str = help_field(
-        "tiles",
-        "Block pattern: 'tiles' (3D sliding tile attention), 'heads' (spatial/temporal heads chosen online), 'topk' "
-        "(pooled-score block selection with rectification) or 'threshold' (all blocks, in-kernel skipping).",
-        choices=tuple(PATTERNS),
-    )
-    density: float = help_field(
-        0.25, "Target fraction of (query, key) image pairs attended, in (0, 1]; 1 = dense attention.", min=0, max=1
-    )
-    block_size: int = help_field(
-        64, "Tokens per block for 'heads', 'topk' and 'threshold' ('tiles' uses the tile).", min=1
-    )
-    tile: int | tuple[int, ...] = help_field(
-        (4, 4, 4), "Tile in tokens: one kernel block. An int or (height, width) keeps one frame per tile.", min=1
-    )
-    window: int | tuple[int | None, ...] | None = help_field(
-        None, "'tiles': window in tiles (None entries: the whole dimension); None = chosen from `density`.", min=1
-    )
-    stride: int | tuple[int, ...] = help_field(
-        (1, 1, 1),
-        "'tiles': GNA-style stride in tiles: query tiles of a stride group share their leader's window (NATTEN's "
-        "rule); clipped to the window.",
-        min=1,
-    )
-    tile_fit: str = help_field(
-        "pad",
-        "If the tile does not divide the token grid: 'pad' the grid up to a multiple of the tile (padded positions "
-        "are never attended; exact STA with the requested tile), 'shrink' each entry to the largest divisor of its "
-        "grid dimension no larger than it (logged at WARNING), or 'error'.",
-        choices=("pad", "shrink", "error"),
-    )
-    num_sampled_rows: int = help_field(64, "'heads': query rows sampled per call to choose each head's mask.", min=1)
-    topk_mass: float | None = help_field(
-        None, "'topk': keep blocks until this cumulative pooled mass (in (0, 1]), at most the density budget.",
-        min=0, max=1,
-    )
-    rectify: str = help_field(
-        "gapr",
-        "'topk' rectification: 'gapr' (compensate skipped blocks where the pooling gain beats the pooling error), "
-        "'all' (compensate every skipped block) or 'none' (plain top-k).",
-        choices=("gapr", "all", "none"),
-    )
-    reorder: bool = help_field(
-        True, "'topk'/'threshold': permute tokens tile-major (when the tile fits the grid) so blocks are local."
-    )
-    threshold: float | None = help_field(
-        None,
-        f"In-kernel skipping threshold in natural-log units (> 0) on top of any pattern; None = off ('threshold' "
-        f"pattern: {DEFAULT_THRESHOLD}).",
-        min=0,
-    )
-    seed: int = help_field(0, "Seed of the row sampling of 'heads' (results are deterministic given it).", min=0)
-    backend: str = help_field(
-        "auto",
-        "Block-sparse kernel backend: auto (Triton on CUDA, torch elsewhere), triton, flex (FlexAttention; no "
-        "threshold), torch or reference.",
-        choices=("auto", "triton", "flex", "torch", "reference"),
-    )
-
-    def __post_init__(self):
-        object.__setattr__(self, "tile", as_tuple(self.tile, 3, "tile", OWNER, spatial=2, fill=1, minimum=1))
-        object.__setattr__(self, "stride", as_tuple(self.stride, 3, "stride", OWNER, spatial=2, fill=1, minimum=1))
-        if self.window is not None:
-            window = as_tuple(self.window, 3, "window", OWNER, spatial=2, fill=None, allow_none=True, minimum=1)
-            object.__setattr__(self, "window", window)
-        _number("density", self.density, 0, 1)
-        if self.topk_mass is not None:
-            _number("topk_mass", self.topk_mass, 0, 1)
-        if self.threshold is not None:
-            _number("threshold", self.threshold, 0, math.inf, high_open=True)
-        if self.backend == "flex" and (self.threshold is not None or self.pattern == "threshold"):
-            raise ValueError(f"{OWNER}.backend='flex' cannot skip blocks by threshold (pattern={self.pattern!r}, "
-                             f"threshold={self.threshold!r}); use backend='triton' or 'torch', or no threshold.")
-        for name in ("block_size", "num_sampled_rows", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{OWNER}.{name} must be an int, got {value!r}.")
-        super().__post_init__()
-
-    @property
-    def effective_threshold(self) -> float | None:
-        """The threshold handed to the kernel (the ``threshold`` pattern defaults to :data:`DEFAULT_THRESHOLD`)."""
-        if self.threshold is None and self.pattern == "threshold":
-            return DEFAULT_THRESHOLD
-        return self.threshold
-
-    def default_schedule(self) -> Schedule:
-        """Sparse VideoGen's dense warm-up: the first :data:`DEFAULT_WARMUP_STEPS` (a fraction) of the denoising
-        steps stay dense."""
-        return Schedule(warmup_steps=DEFAULT_WARMUP_STEPS)
-
-    def build(self) -> SparseVideoMethod:
-        return SparseVideoMethod(self)
-
 
 class SparseVideoMethod(AttentionMethod):
     """Block-sparse video attention built from a :class:`SparseVideoConfig`.

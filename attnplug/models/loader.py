@@ -8,36 +8,10 @@ from pathlib import Path
 import torch
 
 from .build import build_denoiser, build_scheduler, build_text_encoder, read_config
+from .catalog import MODELS_DIR, WEIGHTS_FILE, available_models, resolve_model_dir  # noqa: F401 - re-exported
 from .text import load_vocab, make_tokenizer
 
 logger = logging.getLogger(__name__)
-MODELS_DIR = Path(__file__).resolve().parent
-WEIGHTS_FILE = "model.safetensors"
-
-
-def available_models() -> list[str]:
-    """Names of the embedded models shipped with the package (folders holding ``config.json`` and weights)."""
-    return sorted(
-        p.name for p in MODELS_DIR.iterdir()
-        if p.is_dir() and (p / "config.json").is_file() and (p / WEIGHTS_FILE).is_file()
-    )
-
-
-def resolve_model_dir(name: str | Path) -> Path:
-    """The folder of model ``name``: an embedded model's name or a path to a folder with ``config.json``."""
-    if not isinstance(name, (str, Path)):
-        raise TypeError(f"name must be a model name or a folder path, got {type(name).__name__}.")
-    if isinstance(name, str) and (MODELS_DIR / name / "config.json").is_file() and "/" not in name:
-        return MODELS_DIR / name
-    path = Path(name)
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    raise ValueError(
-        f"name={str(name)!r} is not an embedded model nor a folder with a config.json; "
-        f"available models: {available_models()}."
-    )
-
-
 def load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
     """Load ``<prefix>.<key>`` tensors from the safetensors file ``path`` into ``modules`` (prefix -> module).
 

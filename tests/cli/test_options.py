@@ -145,12 +145,13 @@ def test_methods_listing(capsys):
 def test_ui_runs_the_demo_app_or_says_why_not(capsys, monkeypatch, tmp_path):
     import runpy
 
-    import attnplug.cli as cli
+    import attnplug.cli.ui as cli
 
     seen = {}
     app = tmp_path / "app.py"
     app.write_text("")
     monkeypatch.setattr(cli, "find_ui_app", lambda: app)
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)  # no attnplug.ui module yet
     monkeypatch.setattr(runpy, "run_path", lambda path, run_name: seen.update(path=path, argv=list(cli.sys.argv)))
     assert main(["ui", "--port", "7999", "--share", "--device", "cpu"]) == 0
     assert seen["path"] == str(app) and seen["argv"][1:] == ["--host", "127.0.0.1", "--port", "7999", "--share",

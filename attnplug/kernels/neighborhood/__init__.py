@@ -4,31 +4,41 @@ Layout: ``reference.py`` (fp32 ground truth from the definition), ``params.py`` 
 per-grid resolution), ``tiles.py`` (gathered query tiles + batched SDPA: CPU and any device), the block-sparse kernel
 (:mod:`attnplug.kernels.block_sparse`, Triton on CUDA) with the neighbourhood as element mask, ``dispatch.py``
 (backend choice) and ``functional.py`` (public ops in NATTEN's argument order).
+
+Importing this package is cheap: ``params`` (validation) needs no torch; the other modules load on first use.
 """
 
-from .dispatch import BACKENDS, neighborhood_dispatch, neighborhood_lut
-from .functional import na1d, na2d, na3d, neighborhood_attention, neighborhood_attention_generic
-from .params import ResolvedNeighborhood, normalize_params, resolve_neighborhood
-from .reference import neighborhood_mask, neighborhood_reference
-from .tiles import GATHER_COST, TilePlan, default_tile, tile_plan, tiles_attention
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "GATHER_COST",
-    "ResolvedNeighborhood",
-    "TilePlan",
-    "default_tile",
-    "na1d",
-    "na2d",
-    "na3d",
-    "neighborhood_attention",
-    "neighborhood_attention_generic",
-    "neighborhood_dispatch",
-    "neighborhood_lut",
-    "neighborhood_mask",
-    "neighborhood_reference",
-    "normalize_params",
-    "resolve_neighborhood",
-    "tile_plan",
-    "tiles_attention",
-]
+import importlib
+
+# public name -> submodule that defines it
+_LAZY = {
+    "BACKENDS": "params", "ResolvedNeighborhood": "params", "normalize_params": "params",
+    "resolve_neighborhood": "params",
+    "neighborhood_dispatch": "dispatch", "neighborhood_lut": "dispatch",
+    "na1d": "functional", "na2d": "functional", "na3d": "functional", "neighborhood_attention": "functional",
+    "neighborhood_attention_generic": "functional",
+    "neighborhood_mask": "reference", "neighborhood_reference": "reference",
+    "GATHER_COST": "tiles", "TilePlan": "tiles", "default_tile": "tiles", "tile_plan": "tiles",
+    "tiles_attention": "tiles",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule used as an attribute
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":  # the submodule exists but needs something missing
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -29,15 +29,13 @@ from .._cache import BoundedCache
 from ..block_sparse import BlockLUT, block_sparse_attention
 from ..block_sparse.flex import block_sparse_flex
 from .natten import natten_attention
-from .params import ResolvedNeighborhood
+from .params import BACKENDS, ResolvedNeighborhood
 from .reference import neighborhood_reference
 from .tiles import CACHE_ENTRIES, tiles_attention
 
 __all__ = ["BACKENDS", "neighborhood_dispatch", "neighborhood_lut"]
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "triton", "torch", "flex", "natten", "tiles", "reference")
 
 _LUT_CACHE = BoundedCache(CACHE_ENTRIES)
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..._args import DIM_NAMES, as_tuple
-from ..block_sparse.masks import NeighborhoodMask
 
-__all__ = ["ResolvedNeighborhood", "check_params", "normalize_params", "resolve_neighborhood"]
+if TYPE_CHECKING:  # the masks module imports torch; this one stays importable without it (config validation)
+    from ..block_sparse.masks import NeighborhoodMask
+
+__all__ = ["BACKENDS", "ResolvedNeighborhood", "check_params", "normalize_params", "resolve_neighborhood"]
+
+#: Backends of the neighbourhood ops (chosen in :mod:`.dispatch`).
+BACKENDS = ("auto", "triton", "torch", "flex", "natten", "tiles", "reference")
 
 Triple = tuple[int, int, int]
 
@@ -97,6 +103,8 @@ class ResolvedNeighborhood:
 
     def mask(self) -> NeighborhoodMask:
         """The block-sparse kernel's :class:`NeighborhoodMask` for these parameters."""
+        from ..block_sparse.masks import NeighborhoodMask
+
         return NeighborhoodMask(grid=self.grid, kernel_size=self.kernel_size, dilation=self.dilation,
                                 is_causal=self.is_causal, stride=self.stride)
 
