@@ -35,7 +35,7 @@ from tqdm import tqdm
 from attnplug import SparseVideoConfig
 from attnplug.models import load_pipeline, summarize_video
 from attnplug.models.data import COLORS, DIRECTIONS, SHAPES, video_prompt
-from attnplug.pipelines.long_video import LongVideoConfig, long_video
+from attnplug.pipelines import LongVideoConfig, long_video
 
 ROOT = Path(__file__).resolve().parent
 TRAIN_FRAMES = 8
@@ -105,7 +105,7 @@ def run_frames(pipe, frames: int, n: int, steps: int, variants: dict) -> list[di
 
 def animatediff_rows(steps: int) -> list[dict]:
     """Tiny random AnimateDiff at 4x its motion length: attnplug's long_video vs diffusers' FreeNoise alone."""
-    from attnplug.pipelines.long_video import _disable_free_noise
+    from attnplug.pipelines._long_video_api import _disable_free_noise
     from attnplug.testing import tiny_pipeline
 
     pipe = tiny_pipeline("animatediff", tempfile.mkdtemp())
