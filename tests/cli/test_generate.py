@@ -209,7 +209,6 @@ def test_demo_runs_with_embedded_models(tmp_path, capsys, monkeypatch):
 
 
 def test_hires_through_the_cli(tmp_path, capsys):
-    pytest.importorskip("attnplug.pipelines.hires")
     out = tmp_path / "h"
     assert main(["generate", "red circle", "--model", "shapes-unet", "--hires", "--height", "32", "--width", "32",
                  "--steps", "2", "--out", str(out), "--no-progress"]) == 0
@@ -228,9 +227,8 @@ def test_hires_through_the_cli(tmp_path, capsys):
 def test_long_video_through_the_cli_takes_a_sparse_pattern_inside(tmp_path, capsys, monkeypatch):
     import importlib
 
-    lv = importlib.import_module("attnplug.pipelines.long_video")
     seen = []
-    real = lv.long_video
+    real = importlib.import_module("attnplug.pipelines").long_video
     monkeypatch.setattr(importlib.import_module("attnplug.pipelines"), "long_video",
                         lambda *a, **k: seen.append(k.get("config")) or real(*a, **k))
     out = tmp_path / "lv"
@@ -251,8 +249,8 @@ def test_long_video_through_the_cli_takes_a_sparse_pattern_inside(tmp_path, caps
 def test_missing_pipeline_extension_is_a_clear_error(tmp_path, capsys, monkeypatch):
     import attnplug.pipelines
 
-    monkeypatch.setitem(sys.modules, "attnplug.pipelines.long_video", None)  # as if not installed
     monkeypatch.delattr(attnplug.pipelines, "long_video", raising=False)
+    monkeypatch.setitem(sys.modules, "attnplug.pipelines._long_video_api", None)  # as if not installed
     assert main(["generate", "x", "--model", "shapes-video", "--long-video", "--frames", "16",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
