@@ -181,6 +181,19 @@ def test_kv_keep_broadcast_batch_with_neighborhood_fp32():
     assert max_err(out, reference_with_keep(q, k, v, lut, keep, neighborhood=nb)) < TOL[torch.float32]
 
 
+def test_kv_keep_with_threshold_skips_like_the_reference():
+    if "kv_keep" not in inspect.signature(block_sparse_reference).parameters:
+        pytest.skip("block_sparse_reference does not take kv_keep yet")
+    q, k, v = peaked_inputs(n=64, dim=32, block=16)
+    keep = torch.ones(1, 64, dtype=torch.bool)
+    keep[0, 16:24] = False  # half of the second-highest-scoring key block
+    lut = BlockLUT.full(64, 64, 16, 16)
+    out, skipped = _kernel(q, k, v, lut, kv_keep=keep, threshold=8.0)
+    ref, stats = block_sparse_reference(q, k, v, lut, threshold=8.0, kv_keep=keep, return_stats=True)
+    assert max_err(out, ref) < TOL[torch.float32]
+    assert int(skipped.sum()) == stats["skipped_blocks"] > 0
+
+
 def test_kv_keep_is_checked():
     q, k, v = qkv(2, 1, 32, 16)
     lut = BlockLUT.full(32, 32, 16, 16)
