@@ -177,8 +177,12 @@ class HeadsPattern(ConfiguredPattern):
         rows = plan.lut["rows"]
         n_img = rows.numel()
         count = min(self.config.num_sampled_rows, n_img)
-        start = (info.layer_index * 7919 + max(info.step, 0) * count) % n_img
-        return rows[(start + torch.arange(count, device=rows.device)) % n_img]
+        offsets = torch.arange(count, device=rows.device) + info.layer_index * 7919
+        if info.step_tensor is not None:  # the tracker's step as a tensor: a compiled graph does not guard on it
+            start = info.step_tensor.to(rows.device).clamp(min=0) * count
+        else:
+            start = max(info.step, 0) * count
+        return rows[(offsets + start) % n_img]
 
     def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, keep: Tensor | None = None
             ) -> PatternOutput:
