@@ -40,19 +40,13 @@ def _attnplug_dir() -> str:
     return os.path.dirname(os.path.abspath(attnplug.__file__)) + os.sep
 
 
-def _is_cpu(device) -> bool:
-    if isinstance(device, torch.Tensor):
-        device = device.device
-    if isinstance(device, (str, torch.device)):
-        return torch.device(device).type == "cpu"
-    return False
-
-
 def _to_targets_cpu(args: tuple, kwargs: dict) -> bool:
-    """Whether ``Tensor.to(*args, **kwargs)`` names the CPU as its target (``"cpu"``, a device, or a CPU tensor)."""
-    if "device" in kwargs:
-        return _is_cpu(kwargs["device"])
-    return bool(args) and not isinstance(args[0], torch.dtype) and _is_cpu(args[0])
+    """Whether ``Tensor.to(*args, **kwargs)`` names the CPU by a string (``"cpu"``, ``device="cpu"``).
+
+    A ``torch.device`` or tensor target is taken as following the data (``x.to(q.device)``: on CUDA runs q is on the
+    device and the call copies nothing back), so it is not counted; ``Tensor.cpu()`` always is."""
+    target = kwargs.get("device", args[0] if args else None)
+    return isinstance(target, str) and torch.device(target).type == "cpu"
 
 
 def _repeats_unsized(repeats: tuple, kwargs: dict) -> bool:
@@ -73,9 +67,9 @@ class SyncCounter:
     """Patches the would-sync operations while entered and counts their calls (see the module docstring).
 
     Counted: ``Tensor.item``, ``__bool__``, ``__int__``, ``__float__``, ``__index__``, ``tolist``, ``numpy``,
-    ``cpu``, ``to`` with a CPU target, ``nonzero`` / ``argwhere`` / one-argument ``where``, boolean-mask indexing
-    and assignment (``x[mask]``, ``x[mask] = v``), ``repeat_interleave`` without ``output_size``, ``unique`` /
-    ``unique_consecutive``, ``masked_select``, ``bincount``, ``equal`` / ``allclose``."""
+    ``cpu``, ``to`` with ``"cpu"`` as its target, ``nonzero`` / ``argwhere`` / one-argument ``where``,
+    boolean-mask indexing and assignment (``x[mask]``, ``x[mask] = v``), ``repeat_interleave`` without
+    ``output_size``, ``unique`` / ``unique_consecutive``, ``masked_select``, ``bincount``, ``equal`` / ``allclose``."""
 
     def __init__(self):
         self.events: Counter = Counter()  # (scope, site, op, foreign) -> calls
@@ -245,20 +239,21 @@ class SyncCounter:
 
 
 def _zero_block_sparse_fwd(*args, **kwargs):
-    """Stands in for ``torch.ops.attnplug.block_sparse_fwd``: the op's own fake implementation (its output shapes),
-    filled with zeros; no kernel runs."""
+    """Stands in for the kernel of ``torch.ops.attnplug.block_sparse_fwd``: the op's own fake implementation (its
+    output shapes), filled with zeros."""
     from attnplug.kernels.block_sparse.triton import _block_sparse_fwd_op
 
     return tuple(t.zero_() for t in _block_sparse_fwd_op._abstract_fn(*args, **kwargs))
 
 
 def use_fake_block_sparse_kernel(monkeypatch) -> None:
-    """``backend="triton"`` on CPU tensors (the interpreter's switch) with the kernel op replaced by zeros, so only
-    the Python around the kernel runs (eager or traced)."""
-    import attnplug.kernels.block_sparse.triton  # noqa: F401 - registers torch.ops.attnplug.block_sparse_fwd
+    """``backend="triton"`` on CPU tensors (the interpreter's switch) with the kernel op's implementation replaced by
+    zeros: the op stays the registered ``torch.library`` op (traced as one op, its fake for shapes), and only the
+    Python around the kernel runs."""
+    from attnplug.kernels.block_sparse.triton import _block_sparse_fwd_op
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(torch.ops.attnplug, "block_sparse_fwd", _zero_block_sparse_fwd)
+    monkeypatch.setitem(_block_sparse_fwd_op._backend_fns, None, _zero_block_sparse_fwd)
 
 
 _MISSING = object()

@@ -137,8 +137,8 @@ def test_counter_counts_each_would_sync_operation_at_its_call_site():
         x.repeat_interleave(torch.ones(6, dtype=torch.long)), torch.unique(x), x.masked_select(x > 1)
         y = x.clone()
         y[y > 3] = 0
-        # none of these would sync
-        x.to(torch.float64), x.repeat_interleave(2), torch.where(x > 2, x, 0.0), x[index], x + 1
+        # none of these would sync (x.to(q.device) follows q: no copy back to the host on CUDA runs)
+        x.to(torch.float64), x.to(x.device), x.repeat_interleave(2), torch.where(x > 2, x, 0.0), x[index], x + 1
         x.repeat_interleave(torch.ones(6, dtype=torch.long), output_size=6)
     sites = sync.sites(foreign=True)
     assert sync.total() == 0  # nothing came from attnplug's code
