@@ -7,6 +7,8 @@ is reproducible from its seed alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 #: Colour name -> RGB in ``[0, 1]``. The detector classifies colours against this same palette.
@@ -111,7 +113,68 @@ def sample_images(batch: int, size: int, generator: torch.Generator) -> tuple[to
     return images, prompts
 
 
-def sample_videos(batch: int, size: int, frames: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+@dataclass(frozen=True)
+class MotionSpec:
+    """Motion statistics of the training videos, as fractions of the frame side ``S``.
+
+    ``radius``: range of the shape's half-size ``r``; ``speed``: range of the speed in pixels per frame;
+    ``path_frames``: each video is a window of a straight path this many frames long that stays inside the frame
+    (``None`` = the video's own length); ``extent``: the path keeps ``extent * r + 1`` pixels from the frame's edges
+    (1.15 covers the triangle's base, so the border pixels stay background; the original statistics use 1).
+    A path longer than the training clips is what lets a video several times the training length keep moving at
+    a training speed without leaving the frame.
+    """
+
+    radius: tuple[float, float] = (0.12, 0.20)
+    speed: tuple[float, float] = (0.035, 0.055)
+    path_frames: int | None = None
+    extent: float = 1.0
+
+    def __post_init__(self):
+        for name in ("radius", "speed"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"MotionSpec.{name}={getattr(self, name)!r} must be a range (lo, hi), 0 < lo <= hi.")
+        if self.path_frames is not None and (isinstance(self.path_frames, bool) or self.path_frames < 1):
+            raise ValueError(f"MotionSpec.path_frames={self.path_frames!r} must be a positive int or None.")
+        if not self.extent > 0:
+            raise ValueError(f"MotionSpec.extent={self.extent!r} must be > 0.")
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> MotionSpec:
+        """The spec of a model config's ``"data"`` section (``None`` or missing keys: the original statistics)."""
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {"radius", "speed", "path_frames", "extent"}
+        if unknown:
+            raise ValueError(
+                f"data section has unknown keys {sorted(unknown)}; accepted: radius, speed, path_frames, extent."
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+    def check(self, size: int, frames: int) -> int:
+        """The path length in frames for clips of ``frames`` frames; ``ValueError`` if the fastest, largest shape's
+        path cannot fit inside a ``size`` x ``size`` frame."""
+        path = self.path_frames or frames
+        if path < frames:
+            raise ValueError(f"MotionSpec.path_frames={path} must be >= the clip length ({frames} frames).")
+        travel = size * self.speed[1] * (path - 1)
+        room = size - 2 * (self.extent * size * self.radius[1] + 1.0)
+        if travel > room:
+            raise ValueError(
+                f"MotionSpec(speed={self.speed}, radius={self.radius}, path_frames={path}, extent={self.extent}) "
+                "does not fit a "
+                f"{size}-pixel frame: the fastest path travels {travel:.2f} px but only {room:.2f} px are free; "
+                "lower the speed or the path length, or use a larger frame."
+            )
+        return path
+
+
+#: The statistics of the original ``shapes-video`` (16 x 16, 8 frames; the path is the clip).
+V1_MOTION = MotionSpec()
+
+
+def sample_videos(batch: int, size: int, frames: int, generator: torch.Generator,
+                  motion: MotionSpec | None = None) -> tuple[torch.Tensor, list[str]]:
     """Random videos of one shape moving with constant velocity, and their prompts.
 
     Args:
@@ -119,18 +182,23 @@ def sample_videos(batch: int, size: int, frames: int, generator: torch.Generator
         size: frame side ``S`` in pixels.
         frames: number of frames ``F``.
         generator: CPU ``torch.Generator``.
+        motion: size and speed statistics (default :data:`V1_MOTION`). With ``motion.path_frames > F`` each video is
+            a random ``F``-frame window of a ``path_frames``-frame path that stays inside the frame.
 
     Returns:
         ``(videos, prompts)``: videos ``(B, 3, F, S, S)`` in ``[-1, 1]``; prompts like ``"red circle moving right"``.
     """
+    motion = motion or V1_MOTION
+    path = motion.check(size, frames)
     shape_ids = torch.randint(len(SHAPES), (batch,), generator=generator)
     color_ids = torch.randint(len(COLORS), (batch,), generator=generator)
     dir_ids = torch.randint(len(DIRECTIONS), (batch,), generator=generator)
-    r = size * (0.12 + 0.08 * torch.rand(batch, generator=generator))
-    speed = size * (0.035 + 0.02 * torch.rand(batch, generator=generator))  # pixels per frame
+    (r_lo, r_hi), (s_lo, s_hi) = motion.radius, motion.speed
+    r = size * (r_lo + (r_hi - r_lo) * torch.rand(batch, generator=generator))
+    speed = size * (s_lo + (s_hi - s_lo) * torch.rand(batch, generator=generator))  # pixels per frame
     dirs = torch.tensor(list(DIRECTIONS.values()))[dir_ids]  # (B, 2)
-    travel = speed * (frames - 1)
-    margin = r + 1.0
+    travel = speed * (path - 1)
+    margin = motion.extent * r + 1.0
     # start so that the whole path stays inside the frame
     lo_x = margin + torch.clamp(-dirs[:, 0], min=0) * travel
     hi_x = size - margin - torch.clamp(dirs[:, 0], min=0) * travel
@@ -138,10 +206,13 @@ def sample_videos(batch: int, size: int, frames: int, generator: torch.Generator
     hi_y = size - margin - torch.clamp(dirs[:, 1], min=0) * travel
     x0 = lo_x + (hi_x - lo_x).clamp(min=0) * torch.rand(batch, generator=generator)
     y0 = lo_y + (hi_y - lo_y).clamp(min=0) * torch.rand(batch, generator=generator)
+    offset = torch.zeros(batch)
+    if path > frames:  # the clip is a window of the path (drawn last: the original draws are unchanged)
+        offset = torch.randint(path - frames + 1, (batch,), generator=generator).float()
     video = torch.empty(batch, 3, frames, size, size)
     for f in range(frames):
-        cx = x0 + dirs[:, 0] * speed * f
-        cy = y0 + dirs[:, 1] * speed * f
+        cx = x0 + dirs[:, 0] * speed * (offset + f)
+        cy = y0 + dirs[:, 1] * speed * (offset + f)
         video[:, :, f] = _render(shape_ids, color_ids, cx, cy, r, size, size) * 2 - 1
     names = list(DIRECTIONS)
     prompts = [
@@ -156,8 +227,9 @@ def all_image_prompts() -> list[str]:
     return [image_prompt(c, s) for c in COLORS for s in SHAPES]
 
 
-def expected_speed_range(size: int) -> tuple[float, float]:
+def expected_speed_range(size: int, motion: MotionSpec | None = None) -> tuple[float, float]:
     """Range of per-frame speeds (pixels) used by :func:`sample_videos` for frame side ``size``."""
-    return size * 0.035, size * 0.055
+    lo, hi = (motion or V1_MOTION).speed
+    return size * lo, size * hi
 
 

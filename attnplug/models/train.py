@@ -3,8 +3,9 @@
 Rectified-flow objective (``x_t = (1 - s) x0 + s noise``, target ``noise - x0``, timestep ``1000 s``), matching
 diffusers' ``FlowMatchEulerDiscreteScheduler`` used for sampling. The tiny CLIP text encoder is trained jointly; 10%
 of prompts are dropped to ``""`` so classifier-free guidance works. Everything is seeded from ``config["train"]``;
-the run writes EMA weights to ``<model dir>/model.safetensors`` every ``checkpoint_every`` steps (so a cut-off run
-still leaves usable weights), the loss curve to ``loss.json`` / ``loss.png`` and a sample grid to ``samples.png``.
+the run writes EMA weights to ``<model dir>/model.safetensors`` and the whole training state to
+``train_state.safetensors`` every ``checkpoint_every`` steps (so a cut-off run leaves usable weights, and ``--resume``
+continues it exactly), the loss curve to ``loss.json`` / ``loss.png`` and a sample grid to ``samples.png``.
 
 ``--minutes`` caps the wall time (the step count reached is recorded in ``train_log.json``; rerunning with
 ``--steps`` equal to that count and no time cap reproduces the run, up to floating-point thread nondeterminism).
@@ -24,15 +25,17 @@ import torch
 from . import data
 from .build import build_denoiser, build_text_encoder, denoiser_forward, read_config
 from .text import build_vocab, encode, make_tokenizer
+from .train_state import STATE_FILE, load_state, save_state
 
 logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent
 
 
-def _batch(cfg: dict, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+def _batch(cfg: dict, batch: int, gen: torch.Generator,
+           motion: data.MotionSpec | None = None) -> tuple[torch.Tensor, list[str]]:
     sample = cfg["sample"]
     if cfg["family"] == "video":
-        return data.sample_videos(batch, sample["height"], sample["num_frames"], gen)
+        return data.sample_videos(batch, sample["height"], sample["num_frames"], gen, motion)
     return data.sample_images(batch, sample["height"], gen)
 
 
@@ -67,12 +70,25 @@ def plot_loss(losses: list[tuple[int, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _video_loss(pred: torch.Tensor, target: torch.Tensor, motion_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(objective, velocity MSE)``. The objective adds ``motion_weight`` x the MSE of the frame differences of
+    ``(B, C, F, H, W)`` predictions: it weights temporal change (where the prompted direction shows) more than the
+    static content, without changing the minimiser."""
+    mse = torch.nn.functional.mse_loss(pred, target)
+    if motion_weight == 0 or pred.dim() != 5 or pred.shape[2] < 2:
+        return mse, mse
+    diff = torch.nn.functional.mse_loss(pred.diff(dim=2), target.diff(dim=2))
+    return mse + motion_weight * diff, mse
+
+
 def train(name: str, steps: int | None = None, minutes: float | None = None, out_dir: Path | None = None,
           resume: bool = False, config: Path | None = None) -> dict:
     """Train model ``name`` (a folder under ``attnplug/models``) and return its training log.
 
-    ``resume`` continues from the saved EMA weights (raw and EMA weights both start from them, a fresh optimizer
-    with a new warm-up), appending to the recorded loss curve and step count; ``steps`` then counts the new steps.
+    ``resume`` continues from the last checkpoint: with a training state (:data:`~.train_state.STATE_FILE`, written
+    with every checkpoint) exactly where it stopped (weights, EMA, optimizer, step, generators), ``steps`` being the
+    total to reach; with only saved weights (older runs) from the EMA weights with a fresh optimizer and a short
+    warm-up, ``steps`` then counting the new steps; with neither, from scratch.
     ``config`` reads another ``config.json`` than the model folder's (for experiments into ``out_dir``).
     """
     model_dir = MODELS_DIR / name
@@ -80,11 +96,14 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
     cfg = read_config(config_path)
     out_dir = Path(out_dir) if out_dir is not None else model_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    if out_dir.resolve() != model_dir.resolve():
+    if out_dir.resolve() != config_path.parent.resolve():
         (out_dir / "config.json").write_text(config_path.read_text())
     tcfg = cfg["train"]
     steps = int(steps if steps is not None else tcfg["steps"])
     seed = int(tcfg["seed"])
+    log_every = int(tcfg.get("log_every", 25))
+    motion_weight = float(tcfg.get("motion_loss", 0.0))
+    motion = data.MotionSpec.from_config(cfg.get("data"))
 
     torch.manual_seed(seed)
     vocab = build_vocab(data.WORDS)
@@ -105,40 +124,58 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
     opt = torch.optim.AdamW(params, lr=tcfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     data_gen = torch.Generator().manual_seed(seed + 1)
     noise_gen = torch.Generator().manual_seed(seed + 2)
+    models = {"text_encoder": text_encoder, "denoiser": denoiser}
+    emas = {"text_encoder": ema_te, "denoiser": ema_dn}
+    generators = {"data": data_gen, "noise": noise_gen}
     batch = int(tcfg["batch_size"])
     losses: list[tuple[int, float]] = []
     running, count = 0.0, 0
     start = time.time()
     step = 0
+    origin = 0  # the step the warm-up and the EMA ramp count from
+    warmup = tcfg["warmup"]
     log = {}
     previous_seconds = 0.0
-    if resume:
+    state_path = out_dir / STATE_FILE
+    if resume and state_path.is_file():
+        scalars = load_state(state_path, models=models, ema=emas, optimizer=opt, generators=generators)
+        step, previous_seconds = int(scalars["step"]), float(scalars["wall_seconds"])
+        losses = [tuple(x) for x in scalars["losses"]]
+        running, count = float(scalars["running"]), int(scalars["count"])
+        logger.info("resuming %s at step %d from %s", name, step, state_path)
+    elif resume and (out_dir / "model.safetensors").is_file():
         from .loader import load_weights
 
-        load_weights(out_dir / "model.safetensors", {"text_encoder": text_encoder, "denoiser": denoiser})
+        load_weights(out_dir / "model.safetensors", models)
         ema_te.load_state_dict(text_encoder.state_dict())
         ema_dn.load_state_dict(denoiser.state_dict())
         old = json.loads((out_dir / "loss.json").read_text())
         losses = list(zip(old["step"], old["loss"]))
         prev_log = json.loads((out_dir / "train_log.json").read_text())
-        step = int(prev_log["steps"])
+        step = origin = int(prev_log["steps"])
         previous_seconds = float(prev_log["wall_seconds"])
         steps += step
+        warmup = min(warmup, 25)  # Adam restarts: short warm-up
         data_gen.manual_seed(seed + 1 + step)
         noise_gen.manual_seed(seed + 2 + step)
-        logger.info("resuming %s at step %d", name, step)
+        logger.info("resuming %s at step %d from its weights (no training state: fresh optimizer)", name, step)
+    elif resume:
+        logger.info("no checkpoint of %s in %s: starting from scratch", name, out_dir)
     first_step = step
 
     def checkpoint(final: bool) -> None:
         nonlocal log
+        wall = round(previous_seconds + time.time() - start, 1)
         log = {
             "name": name, "seed": seed, "steps": step, "batch_size": batch, "lr": tcfg["lr"],
-            "parameters": n_params, "wall_seconds": round(previous_seconds + time.time() - start, 1),
+            "parameters": n_params, "wall_seconds": wall,
             "resumed_at": first_step or None,
-            "final_loss": losses[-1][1] if losses else None, "finished": final,
+            "final_loss": losses[-1][1] if losses else None, "finished": final and step >= steps,
             "torch_threads": torch.get_num_threads(),
         }
         save_weights(out_dir / "model.safetensors", ema_te, ema_dn, {"steps": step, "seed": seed, "name": name})
+        save_state(state_path, models=models, ema=emas, optimizer=opt, generators=generators, scalars={
+            "step": step, "wall_seconds": wall, "losses": losses, "running": running, "count": count})
         (out_dir / "loss.json").write_text(json.dumps({"step": [s for s, _ in losses],
                                                        "loss": [v for _, v in losses]}) + "\n")
         (out_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
@@ -149,7 +186,7 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         if minutes is not None and time.time() - start > minutes * 60:
             logger.info("time budget of %.1f min reached at step %d", minutes, step)
             break
-        x0, prompts = _batch(cfg, batch, data_gen)
+        x0, prompts = _batch(cfg, batch, data_gen, motion)
         drop = torch.rand(batch, generator=data_gen) < tcfg["cond_dropout"]
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         ids = encode(tokenizer, prompts, cfg["max_length"])
@@ -159,22 +196,21 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         xt = (1 - s) * x0 + s * noise
         text = text_encoder(ids).last_hidden_state
         pred = denoiser_forward(denoiser, cfg["family"], xt, sigma * 1000, text)
-        loss = torch.nn.functional.mse_loss(pred.float(), noise - x0)
-        warmup = tcfg["warmup"] if not resume else min(tcfg["warmup"], 25)  # Adam restarts: short warm-up
-        lr = tcfg["lr"] * min(1.0, (step - first_step + 1) / warmup)
+        objective, loss = _video_loss(pred.float(), noise - x0, motion_weight)
+        lr = tcfg["lr"] * min(1.0, (step - origin + 1) / warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(tcfg["ema_decay"], (1 + step - first_step) / (10 + step - first_step))
+        decay = min(tcfg["ema_decay"], (1 + step - origin) / (10 + step - origin))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
         step += 1
         running += loss.item()
         count += 1
-        if step % 25 == 0:
+        if step % log_every == 0:
             losses.append((step, running / count))
             logger.info("%s step %d loss %.4f lr %.2e %.1fs", name, step, running / count, lr, time.time() - start)
             running, count = 0.0, 0
@@ -195,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=None, help="write here instead of the package folder")
-    parser.add_argument("--resume", action="store_true", help="continue from the saved weights")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint (training state, else the saved weights)")
     parser.add_argument("--config", type=Path, default=None, help="read this config.json instead (experiments)")
     parser.add_argument("--samples-only", action="store_true", help="only redraw samples.png and loss.png")
     args = parser.parse_args(argv)

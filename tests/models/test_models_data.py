@@ -1,8 +1,18 @@
 """Synthetic data: seeded, in range, and the shape stays in frame for the whole video."""
 
+import dataclasses
+
+import pytest
 import torch
 
-from attnplug.models.data import WORDS, all_image_prompts, sample_images, sample_videos
+from attnplug.models.data import (
+    WORDS,
+    MotionSpec,
+    all_image_prompts,
+    expected_speed_range,
+    sample_images,
+    sample_videos,
+)
 
 
 def test_images_seeded_and_in_range():
@@ -26,3 +36,51 @@ def test_videos_shape_and_prompts():
 
 def test_all_prompts_count():
     assert len(all_image_prompts()) == 18
+
+
+def _v2_motion():
+    from attnplug.models.build import read_config
+    from attnplug.models.catalog import MODELS_DIR
+
+    cfg = read_config(MODELS_DIR / "shapes-video-v2" / "config.json")
+    return cfg, MotionSpec.from_config(cfg["data"])
+
+
+def test_v2_path_of_four_times_the_training_length_stays_in_frame():
+    """Every sampled speed and size: the whole 32-frame path (4x the 8 training frames) stays inside the frame."""
+    cfg, motion = _v2_motion()
+    size, frames = cfg["sample"]["height"], cfg["sample"]["num_frames"]
+    assert motion.path_frames == 4 * frames
+    lo, hi = expected_speed_range(size, motion)
+    assert lo * (frames - 1) >= 1.4 and lo >= 0.2  # steady at the training length on the detector's criteria
+    v, _ = sample_videos(64, size, motion.path_frames, torch.Generator().manual_seed(0), motion)
+    border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., :, 0], v[..., :, -1]], dim=-1)
+    assert torch.all(border == -1)
+    # the worst case of the ranges fits too: the fastest speed with the largest shape
+    worst = dataclasses.replace(motion, radius=(motion.radius[1],) * 2, speed=(motion.speed[1],) * 2)
+    w, _ = sample_videos(16, size, motion.path_frames, torch.Generator().manual_seed(1), worst)
+    edges = torch.cat([w[..., 0, :], w[..., -1, :], w[..., :, 0], w[..., :, -1]], dim=-1)
+    assert torch.all(edges == -1)
+
+
+def test_v2_clips_are_windows_of_the_long_path():
+    """Training clips start anywhere along the 32-frame path, so clip starts spread over the whole frame."""
+    cfg, motion = _v2_motion()
+    size, frames = cfg["sample"]["height"], cfg["sample"]["num_frames"]
+    a, pa = sample_videos(8, size, frames, torch.Generator().manual_seed(2), motion)
+    b, pb = sample_videos(8, size, frames, torch.Generator().manual_seed(2), motion)
+    assert torch.equal(a, b) and pa == pb and a.shape == (8, 3, frames, size, size)
+    short = dataclasses.replace(motion, path_frames=None)
+    c, pc = sample_videos(8, size, frames, torch.Generator().manual_seed(2), short)
+    assert pc == pa and not torch.equal(a, c)  # same draws, shifted along the path
+
+
+def test_motion_spec_refuses_paths_that_leave_the_frame():
+    with pytest.raises(ValueError, match=r"path_frames=64, extent=1.0\) does not fit a 32-pixel frame"):
+        MotionSpec(speed=(0.0125, 0.02), path_frames=64).check(32, 8)
+    with pytest.raises(ValueError, match=r"MotionSpec.speed=\(0.02, 0.01\)"):
+        MotionSpec(speed=(0.02, 0.01))
+    with pytest.raises(ValueError, match="unknown keys.*'sped'"):
+        MotionSpec.from_config({"sped": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="path_frames=4 must be >= the clip length"):
+        MotionSpec(path_frames=4).check(16, 8)

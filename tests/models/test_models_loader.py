@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from attnplug.models import available_models, load_pipeline
 from attnplug.models.loader import MODELS_DIR
 
-NAMES = ["shapes-dit", "shapes-unet", "shapes-video"]
+NAMES = ["shapes-dit", "shapes-unet", "shapes-video", "shapes-video-v2"]
 
 
 def test_import_is_lazy():
@@ -30,7 +30,9 @@ def test_import_is_lazy():
 
 def test_available_models_and_size_budget():
     assert available_models() == NAMES
-    total = sum(p.stat().st_size for p in MODELS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    shipped = [p for p in MODELS_DIR.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.name != "train_state.safetensors"]
+    total = sum(p.stat().st_size for p in shipped)
     assert total <= 20 * 2**20, f"embedded model files take {total / 2**20:.1f} MiB"
 
 
@@ -38,6 +40,7 @@ def test_available_models_and_size_budget():
     ("shapes-unet", "unet", "UNet2DConditionModel"),
     ("shapes-dit", "transformer", "PixArtTransformer2DModel"),
     ("shapes-video", "transformer", "WanTransformer3DModel"),
+    ("shapes-video-v2", "transformer", "WanTransformer3DModel"),
 ])
 def test_load_each(name, attr, cls):
     pipe = load_pipeline(name)
