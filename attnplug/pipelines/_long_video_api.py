@@ -8,6 +8,9 @@
 - **temporal windows** (FreeNoise's window fusion in full 3D attention): self-attention restricted to
   training-length frame windows that slide with overlap, overlapping outputs fused, plus a dense global path
   (:mod:`._long_video_attention`), applied with :func:`attnplug.apply`;
+- **attention damping** beyond the training window (UltraViCo) for video DiTs: the positive scores of query/key
+  pairs farther apart than half the training length are scaled down (:mod:`._long_video_damping`), applied with
+  :func:`attnplug.apply`;
 - **temporal RoPE rescaling** for video DiTs: RIFLEx (lower the intrinsic frequency) or by-part position
   interpolation (:mod:`._long_video_rope`), a hook on the rotary-embedding module;
 - **temporal attention regularisation** (VSTAR) for AnimateDiff motion modules (:mod:`._long_video_vstar`), with
@@ -31,6 +34,7 @@ from ..layout import family_of
 from ..methods.sparse_video import SparseVideoConfig
 from ..plugin import apply, method_of, remove, resolve_denoiser, resolve_denoisers
 from ._long_video_attention import WEIGHTINGS, TemporalWindowMethod
+from ._long_video_damping import FrameDampingMethod
 from ._long_video_noise import rescheduled_noise
 from ._long_video_rope import apply_riflex, remove_riflex, supported_families
 from ._long_video_vstar import TemporalBandMethod
@@ -86,6 +90,12 @@ class LongVideoConfig:
     )
     vstar_strength: float = help_field(1.0, "VSTAR: bias added on the diagonal of the temporal logits.", min=0)
     vstar_sigma: float = help_field(0.25, "VSTAR: band width as a fraction of the frames attended.", min=0.01, max=4)
+    damping: bool | None = help_field(
+        None, "UltraViCo attention damping: positive attention scores of frame pairs more than half the training "
+        "length apart are multiplied by `damping_factor`, over the whole video and every step (None = off; replaces "
+        "the default temporal windows when on).",
+    )
+    damping_factor: float = help_field(0.9, "Damping: UltraViCo's decay factor (1 = no damping).", min=0.01, max=1)
     train_frames: int | None = help_field(
         None, "Training length in video frames (None = from the model config or the family table).", min=1
     )
@@ -121,6 +131,8 @@ class LongVideoPlan:
     position_scale: float
     vstar: bool
     global_steps: int | float = 0
+    damping: bool = False
+    damping_factor: float = 0.9
 
     @property
     def extension(self) -> float:
@@ -197,9 +209,18 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         if config.rope != "auto":
             apply_riflex(model, 1, 1)  # raises NotImplementedError naming the family
         rope = "none"
+    damping = bool(config.damping)
+    if damping and (family == "animatediff" or not dit):
+        raise ValueError(f"LongVideoConfig.damping applies to video DiTs with temporal RoPE; the model is {family}.")
+    if damping and (config.temporal_windows or config.sparse is not None):
+        raise ValueError(
+            "LongVideoConfig.damping runs dense attention over the whole video and does not combine with "
+            f"temporal_windows={config.temporal_windows!r} or sparse={config.sparse!r}; set damping=False, or "
+            "temporal_windows=False and sparse=None."
+        )
     windows = config.temporal_windows
     if windows is None:
-        windows = family != "ltx" and ext > 2
+        windows = family != "ltx" and ext > 2 and not damping
     if windows and window_latent >= lat:
         if config.temporal_windows:
             log_once(logger, logging.INFO, f"long_video: the temporal window ({window_latent} latent frames) covers "
@@ -218,6 +239,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
         global_steps=(GLOBAL_STEPS if windows else 0) if config.global_steps is None else config.global_steps,
+        damping=damping, damping_factor=float(config.damping_factor),
     )
 
 
@@ -295,7 +317,10 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 apply_riflex(
                     expert, plan.train_latent, plan.latent_frames, config.riflex_margin, plan.position_scale, plan.rope
                 )
-        if plan.temporal_windows or config.sparse is not None:
+        if plan.damping:
+            stack.callback(remove, pipe)
+            apply(pipe, FrameDampingMethod(plan.train_latent, plan.damping_factor), schedule=Schedule())
+        elif plan.temporal_windows or config.sparse is not None:
             inner = config.sparse.build() if config.sparse is not None else None
             window = plan.window if plan.temporal_windows else plan.latent_frames
             method = TemporalWindowMethod(
