@@ -101,3 +101,24 @@ def test_video_dropout_frame_breaks_persistence():
     frames[3] = 0
     s = summarize_video(frames)
     assert not s.persistent and s.counts[3] == 0
+
+
+@pytest.mark.parametrize("frames", [8, 32])
+def test_shapes_video_v2_canvas(frames):
+    """On the v2 canvas (32 x 32, one shape on a 32-frame path) the detector sees one object of the prompted colour
+    in every frame, the prompted direction, a speed in the sampled range and straight motion, at the training length
+    (8) and at 4x (32)."""
+    from attnplug.models.build import read_config
+    from attnplug.models.catalog import MODELS_DIR
+    from attnplug.models.data import MotionSpec, expected_speed_range
+
+    cfg = read_config(MODELS_DIR / "shapes-video-v2" / "config.json")
+    motion, size = MotionSpec.from_config(cfg["data"]), cfg["sample"]["height"]
+    videos, prompts = sample_videos(16, size, frames, torch.Generator().manual_seed(3), motion)
+    lo, hi = expected_speed_range(size, motion)
+    for video, prompt in zip(((videos + 1) / 2).permute(0, 2, 3, 4, 1).numpy(), prompts):
+        color, _, _, direction = prompt.split()
+        s = summarize_video(video)
+        assert s.persistent and s.color == color and s.direction == direction, (prompt, s)
+        assert 0.95 * lo <= float(np.hypot(*s.velocity)) <= 1.05 * hi
+        assert s.linearity >= 0.95
