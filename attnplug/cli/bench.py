@@ -19,27 +19,36 @@ from .records import (
     recipe_key,
     save_outputs,
 )
-from .runner import call_kwargs, check_long_video_methods, extension_configs, load, prepare, run_pipe, split
+from .runner import (
+    call_kwargs,
+    check_long_video_methods,
+    extension_configs,
+    load,
+    prepare,
+    resolved_plan,
+    run_pipe,
+    split,
+)
 
 GPU_BENCH_SCRIPT = Path("benchmarks") / "gpu_bench.py"
 GPU_BENCH_OUT = Path("benchmarks") / "results" / "gpu"
 
 
 def _entries(args):
-    """``(methods, configs, reference)`` from ``--methods``; dense is added as the reference when neither dense nor
-    stock is listed."""
+    """``(methods, configs, reference)`` from ``--methods``. The speed and quality reference is ``stock`` (the
+    pipeline without attnplug): it is added first when not listed; ``dense`` (attnplug's exact attention) is then an
+    entry like the others, which shows attnplug's own overhead."""
     methods = parse_methods(args.methods)
     configs = {label: None if name == STOCK else build_config(name, options) for label, name, options in methods}
-    reference = "dense" if "dense" in configs else STOCK if STOCK in configs else None
-    if reference is None:
-        configs = {"dense": build_config("dense", {}), **configs}
-        methods = [("dense", "dense", {}), *methods]
-        reference = "dense"
-    return methods, configs, reference
+    if STOCK not in configs:
+        configs = {STOCK: None, **configs}
+        methods = [(STOCK, STOCK, {}), *methods]
+    return methods, configs, STOCK
 
 
 def cmd_bench(args) -> int:
-    """Run every ``--methods`` entry on every item; one record and output per (item, entry), each its own file."""
+    """Run every ``--methods`` entry on every item against stock; one record and output per (item, entry), each its
+    own file."""
     if getattr(args, "suite", None) == "gpu":
         return run_gpu_suite(args)
     methods, configs, reference = _entries(args)
@@ -69,23 +78,57 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Entry:
+    """One ``--methods`` entry while it runs: its config, and one logging scope for all its runs (so a degraded-mode
+    warning is said once per entry, however many items, warm-ups and repeats it has)."""
+
+    def __init__(self, label: str, config):
+        import contextvars
+
+        from .._logging import log_scope
+
+        self.label, self.config = label, config
+        self.context = contextvars.copy_context()
+        self._scope = log_scope()
+        self.context.run(self._scope.__enter__)
+
+    def run(self, fn, *args):
+        return self.context.run(fn, *args)
+
+    def close(self) -> None:
+        self.context.run(self._scope.__exit__, None, None, None)
+
+
 def _bench(args, plan, todo, rank, methods, configs, reference, schedule, extensions, recipes, sidecar) -> None:
     from tqdm.auto import tqdm
 
     import attnplug
 
-    from ..report import as_float_array, environment, fidelity, measure, sparsity_of, summarize_stats, write_json
+    from ..report import (
+        as_float_array,
+        environment,
+        fidelity,
+        measure,
+        median,
+        peak_memory,
+        sparsity_of,
+        spread,
+        summarize_stats,
+        write_json,
+    )
 
-    out = Path(args.out)
     pipe = load(args, plan)
     env = environment(plan.device)
 
-    def run(label, item):
+    def call(label, item, measured=True):
         config = configs[label]
         if config is not None and not args.long_video:
             attnplug.apply(pipe, config, schedule=schedule)
         try:
             kwargs = call_kwargs(pipe, item, plan.extra_call)
+            if not measured:
+                return {"memory": peak_memory(lambda: run_pipe(pipe, item, args, kwargs, extensions[label]),
+                                              plan.device)}
             with measure(pipe, plan.device) as m:
                 result = run_pipe(pipe, item, args, kwargs, extensions[label])
             raw = attnplug.stats(pipe) if config is not None else {}
@@ -95,39 +138,47 @@ def _bench(args, plan, todo, rank, methods, configs, reference, schedule, extens
         return {"result": result, "m": m, "raw": raw, "kwargs": kwargs}
 
     labels = list(configs)
-    for _ in range(args.warmup):
-        for label in labels:
-            run(label, todo[0])
-    for item in tqdm(todo, desc=f"bench [{rank}]" if plan.state else "bench", disable=args.no_progress or None,
-                     unit="item"):
-        runs: dict[str, list] = {label: [] for label in labels}
-        for r in range(args.repeats):
-            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-                runs[label].append(run(label, item))
-        median = {label: sorted(x["m"]["seconds"] for x in rs)[len(rs) // 2] for label, rs in runs.items()}
-        ref = as_float_array(runs[reference][-1]["result"])
-        for label, (_, name, options) in zip(labels, methods, strict=True):
-            last = runs[label][-1]
-            path = sidecar(item, label)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            paths, media = save_outputs(last["result"], path.with_suffix(""), args)
-            stats = summarize_stats(last["raw"])
-            verdicts = judge_all(plan.source, media, item.prompt)
-            rec = recipes[(item.id, label)]
-            record = {**base_record(args, item, plan.source, plan.device, plan.dtype, rank, rec), "kind": "bench",
-                      "key": recipe_key(rec), "method": name, "method_label": label,
-                      "reference": label == reference, "config": rec["config"], "schedule": rec["schedule"],
-                      "call": last["kwargs"], "seconds": median[label],
-                      "seconds_all": [x["m"]["seconds"] for x in runs[label]],
-                      "reference_seconds": median[reference], "speedup": median[reference] / median[label],
-                      "timing": last["m"]["timing"], "memory": last["m"]["memory"],
-                      "fidelity": fidelity(as_float_array(last["result"]), ref), "stats": stats,
-                      "stats_raw": last["raw"], "density": sparsity_of(stats.get("method_report")),
-                      "detector": (verdicts or [None])[0],
-                      "outputs": [str(p.relative_to(out)) for p in paths], "environment": env,
-                      "warmup": args.warmup, "repeats": args.repeats,
-                      "command": item_command(args, item, name, options) if name != STOCK else None}
-            write_json(path, record)
+    entries = {label: _Entry(label, configs[label]) for label in labels}
+    try:
+        for _ in range(args.warmup):
+            for label in labels:
+                entries[label].run(call, label, todo[0])
+        for item in tqdm(todo, desc=f"bench [{rank}]" if plan.state else "bench",
+                         disable=args.no_progress or None, unit="item"):
+            runs: dict[str, list] = {label: [] for label in labels}
+            for r in range(args.repeats):
+                for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                    runs[label].append(entries[label].run(call, label, item))
+            memory = {label: runs[label][-1]["m"]["memory"] for label in labels}
+            if memory[labels[0]]["peak_mib"] is None:  # CPU: allocations counted in an untimed pass
+                memory = {label: entries[label].run(call, label, item, False)["memory"] for label in labels}
+            seconds = {label: [x["m"]["seconds"] for x in rs] for label, rs in runs.items()}
+            med = {label: median(v) for label, v in seconds.items()}
+            ref = as_float_array(runs[reference][-1]["result"])
+            for label, (_, name, options) in zip(labels, methods, strict=True):
+                last = runs[label][-1]
+                path = sidecar(item, label)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                files, media = save_outputs(last["result"], path.with_suffix(""), args)
+                stats = summarize_stats(last["raw"])
+                verdicts = judge_all(plan.source, media, item.prompt)
+                rec = recipes[(item.id, label)]
+                record = {**base_record(args, item, plan.source, plan.device, plan.dtype, rank, rec),
+                          "kind": "bench", "key": recipe_key(rec), "method": name, "method_label": label,
+                          "reference": label == reference, "reference_label": reference, "config": rec["config"],
+                          "schedule": rec["schedule"], "plan": resolved_plan(pipe, item, extensions[label]),
+                          "call": last["kwargs"], "seconds": med[label], "seconds_all": seconds[label],
+                          "spread": spread(seconds[label]), "reference_seconds": med[reference],
+                          "speedup": med[reference] / med[label], "timing": last["m"]["timing"],
+                          "memory": memory[label], "fidelity": fidelity(as_float_array(last["result"]), ref),
+                          "stats": stats, "density": sparsity_of(stats.get("method_report")),
+                          "detector": (verdicts or [None])[0], **files, "environment": env,
+                          "warmup": args.warmup, "repeats": args.repeats,
+                          "command": item_command(args, item, name, options) if name != STOCK else None}
+                write_json(path, record)
+    finally:
+        for entry in entries.values():
+            entry.close()
 
 
 def _print_summary(args, out: Path, n_methods: int) -> None:
@@ -135,14 +186,23 @@ def _print_summary(args, out: Path, n_methods: int) -> None:
 
     _, html_path = write_report(out)
     report = build_report(out)
-    print(f"bench {args.model}: {report['items']} item(s) x {n_methods} method(s) -> {html_path}")
+    print(f"bench {args.model}: {report['items']} item(s) x {n_methods} method(s), reference stock -> {html_path}")
+    width = max((len(row["method"]) for row in report["summary"]), default=10) + 2
     for row in report["summary"]:
         sp, ps = row["speedup_median"], row["psnr_mean"]
-        print(f"  {row['method']:<28s} speed-up {sp if sp is None else f'{sp:.2f}x'}  PSNR "
-              f"{'-' if ps is None else f'{ps:.1f}'}  SSIM "
+        if row["flag"]:
+            print(f"  {row['method']:<{width}s} {row['flag']}")
+            continue
+        speed = "-" if sp is None else f"{sp:.2f}x"
+        if row["repeats"] > 1 and row["spread_max"] is not None:
+            speed += f" (spread {row['spread_max']:.0%})"
+        psnr = "-" if ps is None else "identical" if ps == float("inf") else f"{ps:.1f}"
+        print(f"  {row['method']:<{width}s} speed-up {speed}  PSNR {psnr}  SSIM "
               f"{'-' if row['ssim_mean'] is None else format(row['ssim_mean'], '.3f')}  method calls "
               f"{'-' if row['coverage_mean'] is None else format(row['coverage_mean'], '.0%')}"
               + ("" if row["density_mean"] is None else f"  density {row['density_mean']:.2f}"))
+    if report["noise_warning"]:
+        print(f"warning: {report['noise_warning']}", file=sys.stderr)
 
 
 def run_gpu_suite(args) -> int:

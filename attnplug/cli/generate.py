@@ -37,7 +37,8 @@ def _summary(args, plan, todo: int, skipped: int, totals: dict, out: Path) -> st
     calls = ("attention counters: not kept by --long-video (its method is removed after each call)"
              if args.long_video else f"self-attention calls: {totals['method']} method, {totals['stock']} stock "
              f"of {totals['self_calls']}")
-    return (f"{args.model} / {args.method}: {todo} generated{where}, {skipped} already done, "
+    labels = sorted({r["_label"] for r in merged["records"]}) or [args.method]
+    return (f"{args.model} / {'; '.join(labels)}: {todo} generated{where}, {skipped} already done, "
             f"{totals['seconds']:.2f} s; {calls}; {merged['items']} item(s) in {out}/ ({html_path.name})")
 
 
@@ -73,7 +74,7 @@ def _generate(args, plan, todo, rank, config, schedule, extensions, options, rec
 
     import attnplug
 
-    from ..report import environment, measure, summarize_stats, write_json
+    from ..report import environment, measure, run_label, summarize_stats, write_json
 
     out = Path(args.out)
     pipe = load(args, plan)
@@ -87,19 +88,20 @@ def _generate(args, plan, todo, rank, config, schedule, extensions, options, rec
             attnplug.reset_stats(pipe)
             with measure(pipe, plan.device) as m:
                 result = run_pipe(pipe, item, args, kwargs, extensions)
-            raw_stats = attnplug.stats(pipe)
-            stats = summarize_stats(raw_stats)
-            paths, media = save_outputs(result, out / item.id, args)
+            stats = summarize_stats(attnplug.stats(pipe))
+            files, media = save_outputs(result, out / item.id, args)
             verdicts = judge_all(plan.source, media, item.prompt)
             rec = recipes[item.id]
+            plan_dict = resolved_plan(pipe, item, extensions)
             record = {**base_record(args, item, plan.source, plan.device, plan.dtype, rank, rec), "kind": "generate",
                       "key": recipe_key(rec), "method": args.method, "method_label": args.method,
                       "config": config.describe(), "schedule": rec["schedule"],
-                      "plan": resolved_plan(pipe, item, extensions),
+                      "plan": plan_dict,
+                      "run_label": run_label(args.method, plan_dict, rec["hires_config"], rec["long_video_config"]),
                       "call": dict(kwargs), "seconds": m["seconds"], "timing": m["timing"],
-                      "memory": m["memory"], "stats": stats, "stats_raw": raw_stats,
+                      "memory": m["memory"], "stats": stats,
                       "detector": (verdicts or [None])[0], "detector_all": verdicts,
-                      "outputs": [str(p.relative_to(out)) for p in paths], "environment": env,
+                      **files, "environment": env,
                       "command": item_command(args, item, args.method, options)}
             write_json(out / f"{item.id}.json", record)
             for key in ("method", "stock", "self_calls"):

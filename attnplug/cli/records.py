@@ -74,7 +74,7 @@ def finished(sidecar: Path, key: str, rec: dict, out: Path, overwrite: bool) -> 
         what = "; ".join(diff) if diff else "model, method, options or call settings differ"
         raise UserError(f"{sidecar} was made by a different command (recorded -> now: {what}); use another --out "
                         "or pass --overwrite.")
-    return all((out / rel).is_file() for rel in record.get("outputs", []))
+    return all((sidecar.parent / rel).is_file() or (out / rel).is_file() for rel in record.get("outputs", []))
 
 
 def clean_partials(out: Path, ids: list[str]) -> None:
@@ -110,17 +110,23 @@ def plan_stems(labels: list[str], configs: dict, schedule) -> dict[str, str]:
     return stems
 
 
-def save_outputs(result, stem: Path, args) -> tuple[list[Path], list]:
-    """Save every image/video of ``result`` as ``stem[_k].png|mp4|gif``; returns the paths and the arrays."""
-    from ..report import as_float_array, save_media
+def save_outputs(result, stem: Path, args) -> tuple[dict, list]:
+    """Save every image/video of ``result`` as ``stem[_k].png|mp4|gif`` at the generated size, and for each video
+    its display copies (enlarged preview, frame strip). Returns the record's ``outputs`` and ``previews`` (names
+    relative to the record's folder, which is ``stem``'s) and the arrays."""
+    from ..report import as_float_array, save_media, save_previews
 
     arr = as_float_array(result)
-    paths, media = [], []
+    fields: dict = {"outputs": [], "previews": {}}
+    media = []
     for k, one in enumerate(arr):
         target = stem if len(arr) == 1 else stem.with_name(f"{stem.name}_{k}")
-        paths.append(save_media(one, target, video_format=args.video_format, fps=args.fps))
+        path = save_media(one, target, video_format=args.video_format, fps=args.fps)
+        fields["outputs"].append(path.name)
+        if one.ndim == 4:
+            fields["previews"][path.name] = {kind: p.name for kind, p in save_previews(one, target, args.fps).items()}
         media.append(one)
-    return paths, media
+    return fields, media
 
 
 def judge_all(source, media: list, prompt: str) -> list[dict] | None:

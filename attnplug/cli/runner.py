@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -50,18 +51,39 @@ def distributed_state(device: str):
     return state
 
 
-def set_threads(args, state) -> None:
-    """``--threads``, or cores / local processes when several processes share a CPU without OMP_NUM_THREADS."""
-    if not args.threads and not (state is not None and args.device.startswith("cpu")
-                                 and "OMP_NUM_THREADS" not in os.environ):
-        return
-    import torch
+def default_threads(cores: int, load: float | None) -> int | None:
+    """The torch thread count for a CPU run when ``--threads`` is not given: None (torch's own, one per core) on an
+    idle machine; on a loaded one the cores the load leaves free (at least 1), because threads that wait for a busy
+    core make every op slower than one thread does."""
+    from ..report import loaded
 
+    if load is None or not loaded(load, cores):
+        return None
+    return max(1, cores - math.ceil(load - 0.25))
+
+
+def set_threads(args, state) -> None:
+    """``--threads``; else cores / local processes when several processes share a CPU without OMP_NUM_THREADS;
+    else, on a loaded machine, :func:`default_threads` (said on stderr)."""
+    cpu = args.device.startswith("cpu")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        threads = args.threads
+    elif state is not None and cpu and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
+    elif cpu and state is None and "OMP_NUM_THREADS" not in os.environ:
+        from ..report import load_average
+
+        cores, load = os.cpu_count() or 1, load_average()
+        threads = default_threads(cores, load)
+        if threads is not None:
+            print(f"note: the machine is loaded (load average {load:.1f} on {cores} cores): using {threads} torch "
+                  "thread(s); pass --threads N to choose.", file=sys.stderr)
     else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        threads = None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def prepare(args) -> Plan:
@@ -191,6 +213,11 @@ def resolved_plan(pipe, item: Item, extensions: dict) -> dict | None:
     return dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else {"plan": repr(plan)}
 
 
+def show_progress(args) -> bool:
+    """Whether progress bars are shown: not with ``--no-progress``, and only on a terminal."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def run_pipe(pipe, item: Item, args, kwargs: dict, extensions: dict):
     """One pipeline call for ``item``: through ``hires`` / ``long_video`` with their configs, or plain."""
     import torch
@@ -199,8 +226,10 @@ def run_pipe(pipe, item: Item, args, kwargs: dict, extensions: dict):
     if args.hires:
         fn = check_extension("hires")
         extra = {k: v for k, v in kwargs.items() if k not in ("height", "width")}
+        # the stage bar only where someone watches it (never in a log), and never with --no-progress
+        config = dataclasses.replace(extensions["hires"], progress=show_progress(args))
         return fn(pipe, item.prompt, height=kwargs["height"], width=kwargs["width"], generator=generator,
-                  config=extensions["hires"], **extra)
+                  config=config, **extra)
     if args.long_video:
         fn = check_extension("long_video")
         extra = {k: v for k, v in kwargs.items() if k != "num_frames"}

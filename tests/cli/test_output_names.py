@@ -7,7 +7,13 @@ import pytest
 
 
 def _bench_records(out):
-    return [json.loads(p.read_text()) for p in (out / "media").rglob("*.json")]
+    """Every bench record, with ``_file``: its output's path (outputs are named relative to the record's folder)."""
+    records = []
+    for path in (out / "media").rglob("*.json"):
+        record = json.loads(path.read_text())
+        record["_file"] = path.parent / record["outputs"][0]
+        records.append(record)
+    return records
 
 
 @pytest.mark.parametrize(("model", "methods", "extra"), [
@@ -20,15 +26,14 @@ def test_sweep_entries_never_share_a_file(cli, tmp_path, model, methods, extra):
             "2", "--warmup", "0", "--out", out, "--no-progress", *extra, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     records = _bench_records(out)
-    assert len(records) == 3
-    outputs = [rec["outputs"][0] for rec in records]
-    assert len(set(outputs)) == 3, outputs
-    for rec in records:
-        assert (out / rec["outputs"][0]).is_file()
+    assert len(records) == 4  # with stock, the reference
+    outputs = [rec["_file"] for rec in records]
+    assert len(set(outputs)) == 4, outputs
+    assert all(path.is_file() for path in outputs)
     import imageio.v3 as iio
 
-    arrays = {rec["method_label"]: np.asarray(iio.imread(out / rec["outputs"][0])) for rec in records}
-    a, b = (label for label in arrays if label != "dense")
+    arrays = {rec["method_label"]: np.asarray(iio.imread(rec["_file"])) for rec in records}
+    a, b = (label for label in arrays if label not in ("dense", "stock"))
     assert not np.array_equal(arrays[a], arrays[b]), "two entries wrote the same picture"
 
 

@@ -53,11 +53,14 @@ def test_json_is_strict_and_writes_are_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
-def test_peak_memory_sees_an_allocation():
-    with report.PeakMemory("cpu", interval=0.005) as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB
-        import time
+def test_peak_memory_counts_tensor_allocations_not_the_process():
+    import torch
 
-        time.sleep(0.05)
+    big = np.ones(64 * 2**20 // 8)  # 64 MiB of numpy: process memory, not a tensor made inside the block
+    with report.PeakMemory("cpu") as mem:
+        block = torch.ones(2**20, dtype=torch.float32)  # 4 MiB
         del block
-    assert mem.as_dict()["peak_mib"] > 64
+        torch.ones(2**18)  # 1 MiB, freed at once
+    assert mem.as_dict()["kind"] == "tensor_allocations"
+    assert mem.as_dict()["peak_mib"] == pytest.approx(4.0)
+    assert big.size
