@@ -117,4 +117,6 @@ def run_label(method_label: str, plan: dict | None, hires_config=None, long_vide
         label = long_video_label(plan, long_video_config)
     else:
         return method_label
-    return label if method_label in ("dense", "stock", None) else f"{label} [{method_label}]"
+    if method_label in ("dense", "stock", None) or method_label.split("[")[0] in label:
+        return label
+    return f"{label} [{method_label}]"

@@ -9,6 +9,22 @@ import math
 from .records import _num, not_run
 
 
+def plot_points(records: list[dict], metric: str) -> dict[str, dict]:
+    """Per label, the ``finite`` points ``(speed-up, value)`` of ``metric`` and the speed-ups of the ``identical``
+    outputs (value ∞), which are drawn apart as a labelled marker."""
+    groups: dict[str, dict] = {}
+    for r in sorted(records, key=lambda r: r["_label"]):
+        y, x = _num((r.get("fidelity") or {}).get(metric)), _num(r.get("speedup"))
+        g = groups.setdefault(r["_label"], {"finite": [], "identical": []})
+        if y is None or x is None:
+            continue
+        if math.isinf(y):
+            g["identical"].append(x)
+        else:
+            g["finite"].append((x, y))
+    return groups
+
+
 def scatter_plots(records: list[dict]) -> list[tuple[str, str]]:
     """Speed-up vs PSNR and vs SSIM, one point per record with a speed-up (records whose method ran on 0 % of calls
     are left out), as ``(title, base64 PNG)``. Outputs identical to the reference (PSNR ∞) are drawn as a labelled
@@ -24,23 +40,20 @@ def scatter_plots(records: list[dict]) -> list[tuple[str, str]]:
     plots = []
     for metric, label in (("psnr", "PSNR vs reference (dB)"), ("ssim", "SSIM vs reference")):
         fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
-        labels = sorted({r["_label"] for r in points})
-        finite = [v for r in points if (v := _num(r["fidelity"].get(metric))) is not None and math.isfinite(v)]
+        groups = plot_points(points, metric)
+        finite = [y for g in groups.values() for _, y in g["finite"]]
         top = (max(finite) if finite else 1.0) * 1.08 + (0.0 if finite else 1.0)
         identical = False
-        for name in labels:
-            xs, ys, xi = [], [], []
-            for r in points:
-                if r["_label"] != name or (y := _num(r["fidelity"].get(metric))) is None:
-                    continue
-                (xi if math.isinf(y) else xs).append(_num(r["speedup"]))
-                if not math.isinf(y):
-                    ys.append(y)
-            colour = ax.scatter(xs, ys, label=name, alpha=0.8).get_facecolor() if xs else None
-            if xi:
+        for name, g in groups.items():
+            colour = None
+            if g["finite"]:
+                xs, ys = zip(*g["finite"])
+                colour = ax.scatter(xs, ys, label=name, alpha=0.8).get_facecolor()
+            if g["identical"]:
                 identical = True
                 kwargs = {"color": colour[0]} if colour is not None and len(colour) else {}
-                ax.scatter(xi, [top] * len(xi), marker="*", s=120, label=None if xs else name, **kwargs)
+                ax.scatter(g["identical"], [top] * len(g["identical"]), marker="*", s=120,
+                           label=None if g["finite"] else name, **kwargs)
         if identical:
             ax.axhline(top, color="grey", lw=0.6, ls=":")
             ax.annotate("identical to the reference (∞)" if metric == "psnr" else "identical to the reference",
