@@ -235,18 +235,19 @@ class StepTracker:
         return None
 
     def conclude(self, where: str = "the denoiser") -> None:
-        """Warn once if the method was due to run but ran on none of the self-attention calls so far."""
+        """Warn if the method was due to run but ran on none of the self-attention calls so far (once per
+        :func:`attnplug._logging.log_scope`: a pipeline call through attnplug's pipelines, an ``applied`` block, a
+        bench entry)."""
         if self._settled or not self._due:
             return
         counts = self.runtime.stats.as_dict()["self"]
         self._settled = True
         if counts["method"] == 0 and counts["stock"]:
             reasons = ", ".join(f"{code} ({n})" for code, n in counts["reasons"].items())
-            logger.warning(
-                "%s was due to run in %s but ran on none of its %d self-attention calls; they ran stock attention "
-                "because: %s. See attnplug.stats(...) and the method's docs.",
-                type(self.runtime.method).__name__, where, counts["calls"], reasons,
-            )
+            log_once(logger, logging.WARNING,
+                     f"{type(self.runtime.method).__name__} was due to run in {where} but ran on none of its "
+                     f"{counts['calls']} self-attention calls; they ran stock attention because: {reasons}. See "
+                     "attnplug.stats(...) and the method's docs.")
 
     def reset(self) -> None:
         self.runtime.state.reset()
