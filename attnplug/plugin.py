@@ -25,7 +25,7 @@ from .processors.hooks import (
     bind_forward,
     registry,
 )
-from .processors.standalone import AttnplugProcessor, build_method
+from .processors.standalone import AttnplugProcessor, build_method, default_stock_processor
 from .processors.stats import merge_stats
 
 logger = logging.getLogger(__name__)
@@ -278,12 +278,22 @@ def _applied(model) -> _Applied | None:
 
 
 def remove(target):
-    """Undo :func:`apply` exactly: every attnplug hook comes off every denoiser. A no-op when nothing is applied.
+    """Undo :func:`apply` exactly: every attnplug hook comes off every denoiser; and undo the standalone form:
+    every :class:`AttnplugProcessor` set with ``set_attn_processor`` is replaced by the stock processor it ran
+    inside (the module's default), so ``set_default_attn_processor`` works again. A no-op when nothing is applied.
     Returns ``target``."""
     denoisers, _ = resolve_denoisers(target)
     for _, model in denoisers:
         _uninstall(model)
+        _restore_standalone(model)
     return target
+
+
+def _restore_standalone(model: torch.nn.Module) -> None:
+    """Put back the stock processor each standalone :class:`AttnplugProcessor` on ``model`` ran inside."""
+    for _, module in attention_modules(model):
+        if isinstance(module.processor, AttnplugProcessor):
+            module.set_processor(default_stock_processor(module))
 
 
 def _uninstall(model: torch.nn.Module, conclude: bool = True) -> None:

@@ -57,7 +57,7 @@ class AttnplugProcessor:
 
     ``layout``: the token layout of every self-attention call (default: a square single-frame grid inferred from the
     sequence length). Counters: :func:`attnplug.stats` on the model, or :attr:`stats`.
-    Undo with ``model.set_attn_processor(AttnProcessor2_0())`` (or the model's own default processor class)."""
+    Undo with :func:`attnplug.remove` (the module's stock processors come back)."""
 
     def __init__(self, config, layout: TokenLayout | None = None):
         if layout is not None and not isinstance(layout, TokenLayout):
