@@ -117,7 +117,9 @@ class Interception:
         world, rank = context_parallel(processor)
         user_backend = getattr(processor, "_attention_backend", _ABSENT)
         mode = SDPAInterceptor(lambda **sdpa: self.attend(site, info, user_backend, world, rank, **sdpa))
-        switch = user_backend is not _ABSENT and AttentionBackendName is not None
+        # no write when the processor already resolves to native: a compiled graph would otherwise replay the write
+        # and its undo, and guard on the attribute it leaves behind
+        switch = backend_name(user_backend) not in (None, "native")
         if switch:
             processor._attention_backend = AttentionBackendName.NATIVE
         try:
