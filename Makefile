@@ -22,6 +22,7 @@ install: $(BIN)/attnplug
 
 run: install
 	$(BIN)/attnplug demo --out outputs/demo
+	@echo "open outputs/demo/report.html (and outputs/demo/contact_sheet.png)"
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
