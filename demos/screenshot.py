@@ -1,16 +1,14 @@
 """Screenshot of the web UI after one generation, taken with headless Chromium (Selenium): ``docs/images/ui.png``.
 
-``python demos/screenshot.py [--out docs/images/ui.png]`` launches ``demos/app.py`` on a free localhost port, types a
+``python demos/screenshot.py [--out docs/images/ui.png]`` launches :mod:`attnplug.ui` on a free localhost port, types a
 prompt, clicks Generate, waits for the result and saves the page. Needs Debian's ``chromium`` + ``chromium-driver``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,11 +16,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def _app():
-    spec = importlib.util.spec_from_file_location("attnplug_demo_app", HERE / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    import attnplug.ui
+
+    return attnplug.ui
 
 
 def chromium(width: int = 1400, height: int = 1000):

@@ -142,20 +142,17 @@ def test_methods_listing(capsys):
     assert "agent:" in out and "--warmup-steps" in out
 
 
-def test_ui_runs_the_demo_app_or_says_why_not(capsys, monkeypatch, tmp_path):
+def test_ui_runs_the_app_module_or_says_why_not(capsys, monkeypatch):
     import runpy
 
     import attnplug.cli.ui as cli
 
     seen = {}
-    app = tmp_path / "app.py"
-    app.write_text("")
-    monkeypatch.setattr(cli, "find_ui_app", lambda: app)
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)  # no attnplug.ui module yet
-    monkeypatch.setattr(runpy, "run_path", lambda path, run_name: seen.update(path=path, argv=list(cli.sys.argv)))
+    monkeypatch.setattr(runpy, "run_module", lambda name, run_name, alter_sys: seen.update(
+        name=name, argv=list(cli.sys.argv)))
     assert main(["ui", "--port", "7999", "--share", "--device", "cpu"]) == 0
-    assert seen["path"] == str(app) and seen["argv"][1:] == ["--host", "127.0.0.1", "--port", "7999", "--share",
-                                                              "--device", "cpu"]
-    monkeypatch.setattr(cli, "find_ui_app", lambda: None)
+    assert seen["name"] == "attnplug.ui" and seen["argv"][1:] == ["--host", "127.0.0.1", "--port", "7999", "--share",
+                                                                   "--device", "cpu"]
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)  # no Gradio
     assert main(["ui"]) == 2
-    assert "demos/app.py is not part of this install" in capsys.readouterr().err
+    assert "needs Gradio" in capsys.readouterr().err

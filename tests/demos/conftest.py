@@ -1,4 +1,4 @@
-"""Fixtures of the web UI tests: ``demos/app.py`` imported as a module and launched once on a free localhost port."""
+"""Fixtures of the web UI tests: :mod:`attnplug.ui` launched once on a free localhost port."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture(scope="session")
 def app_module():
     pytest.importorskip("gradio")
-    return load_demo_module("app")
+    import attnplug.ui
+
+    return attnplug.ui
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""The web UI through its HTTP API: ``gradio_client`` against ``demos/app.py`` served on localhost.
+"""The web UI through its HTTP API: ``gradio_client`` against :mod:`attnplug.ui` served on localhost.
 
 Results are checked against the library called directly (same model, method, seed), so a UI that drops an option,
 swaps the outputs or mixes up two concurrent requests fails.
@@ -80,7 +80,7 @@ def test_short_video_plays_as_h264(client):
     centres = frames[:, 8::16, 8::16].astype(np.float32) / 255  # one pixel per generated pixel
     ref = _library("shapes-video", attnplug.SparseVideoConfig(), 1, schedule=attnplug.Schedule(), num_frames=4)
     assert np.abs(centres - ref).mean() < 0.03  # H.264 is lossy
-    assert "objects per frame" in summary and _calls(stats) > 0
+    assert "one object in" in summary and "frames" in summary and _calls(stats) > 0
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_short_video_plays_as_h264(client):
         ({"height": 15}, "height=15"),
         ({"model_path": "no-such-folder/of/models"}, "no-such-folder/of/models"),
         ({"task": "video"}, "choose task 'image'"),
-        ({"method": "sparse_video", "method__sparse_video__density": 2.0}, "greater than maximum value 1"),  # slider
+        ({"method": "sparse_video", "method__sparse_video__density": 2.0}, "method.sparse_video.density=2.0"),
         ({"method": "neighborhood", "method__neighborhood__kernel_size": "(4, 4)"}, "kernel_size"),
         ({"method__agent__agents": "(4,"}, "agents"),
         ({"default_schedule": False, "schedule__warmup_steps": -1}, "warmup_steps"),
@@ -131,6 +131,10 @@ def test_two_requests_at_once_get_their_own_results(server):
 
 
 def test_default_form_gives_each_methods_default_config(app_module):
+    values = app_module.default_inputs()
+    assert app_module.parse_request(values).method == "agent"  # auto: the image task's default
+    values.update(task="video", model="shapes-video")
+    assert app_module.parse_request(values).method == "sparse_video"  # never agent, which wipes the object
     for name, cls in attnplug.config.method_configs().items():
         values = app_module.default_inputs()
         values["method"] = name
@@ -142,7 +146,7 @@ def test_default_form_gives_each_methods_default_config(app_module):
 
 
 def test_form_widgets_follow_field_metadata(app_module):
-    make = app_module._form_field
+    make = app_module.form_field
     choice = make("m", FieldSpec("mode", "str", "b", "help", choices=("a", "b")))
     assert choice.kind == "dropdown" and choice.default_ui == "b" and choice.parse("a") == "a"
     with pytest.raises(ValueError, match="m.mode='c'"):
@@ -179,7 +183,7 @@ def test_hires_pipeline_matches_the_library(client, app_module):
                 num_inference_steps=STEPS, generator=torch.Generator().manual_seed(2), output_type="np").images[0]
     got = _png(out[0])
     assert got.shape == (32, 32, 3) and np.abs(got - _u8(ref)).max() <= 1
-    assert "hi-res pipeline" in out[4]
+    assert out[4].startswith("**hires HiDiffusion 2x: RAU-Net x2") and "agent attention" in out[4]
 
 
 def test_long_video_pipeline_matches_the_library(client, app_module):
@@ -200,7 +204,37 @@ def test_long_video_pipeline_matches_the_library(client, app_module):
                      config=LongVideoConfig(sparse=attnplug.SparseVideoConfig()), num_inference_steps=STEPS,
                      generator=torch.Generator().manual_seed(4), output_type="np").frames[0]
     assert frames.shape == ref.shape and np.abs(frames - ref).mean() < 0.03  # H.264 is lossy
+    assert "long video 24 frames (3x)" in out[4] and "default schedule" not in out[4]  # the plan that ran
     with pytest.raises(Exception, match="cannot run with it"):
         client.predict(model="shapes-video", task="video", prompt="blue square moving left", num_frames=24,
                        steps=STEPS, seed=4, method="agent", pipeline="long video", compare=False,
                        api_name="/generate")
+
+
+@pytest.mark.parametrize(("overrides", "field"), [({"steps": 0}, "steps=0"), ({"height": -16}, "height=-16"),
+                                                  ({"width": 4096}, "width=4096"), ({"guidance": 99.0}, "guidance=99"),
+                                                  ({"seed": -1}, "seed=-1")])
+def test_the_apps_own_check_answers_first_naming_the_field(client, capfd, overrides, field):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as err:
+        client.predict(**{"steps": STEPS, "compare": False, **overrides}, api_name="/generate")
+    assert field in str(err.value) and "minimum value" not in str(err.value)
+    assert "Traceback" not in capfd.readouterr().err  # a user error is no server failure
+
+
+def test_video_model_starts_with_a_method_that_keeps_the_object(client):
+    out = client.predict(model="shapes-video", task="video", prompt="blue square moving left", num_frames=4,
+                         steps=STEPS, seed=1, compare=False, api_name="/generate")
+    summary = out[4]
+    assert summary.startswith("**sparse_video**") and "agent" not in summary.split("\n")[0]
+    warned = client.predict(model="shapes-video", task="video", prompt="blue square moving left", num_frames=4,
+                            steps=STEPS, seed=1, method="agent", compare=False, api_name="/generate")[4]
+    assert "wipes the object" in warned
+
+
+def test_summary_is_plain_language_with_a_noise_caveat(client):
+    summary = client.predict(steps=STEPS, method="agent", compare=True, api_name="/generate")[4]
+    assert "Schedule(" not in summary and "{" not in summary
+    assert "where the method ran: the first 40% of the steps, every layer (the method's default schedule)" in summary
+    assert "single runs" in summary and "attnplug bench --repeats" in summary

@@ -82,6 +82,8 @@ def test_video_plays_in_the_browser(browser, server):
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#task input[value=video]").is_selected())
     prompt = browser.find_element(By.CSS_SELECTOR, "#prompt textarea").get_attribute("value")
     assert prompt == "blue square moving left"
+    method = browser.find_element(By.CSS_SELECTOR, "#method input").get_attribute("value")
+    assert method.startswith("sparse_video"), method  # the video task's default, never agent
     for elem_id, value in (("frames", "4"), ("steps", "2")):
         box = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
         box.clear()
