@@ -1,4 +1,5 @@
-"""Screenshot of the web UI after one generation, taken with headless Chromium (Selenium): ``docs/images/ui.png``.
+"""Screenshots taken with headless Chromium (Selenium): the web UI after one generation (``docs/images/ui.png``), or
+an ``attnplug report`` page (``--report DIR/report.html``, ``docs/images/report.png``).
 
 ``python demos/screenshot.py [--out docs/images/ui.png]`` launches :mod:`attnplug.ui` on a free localhost port, types a
 prompt, clicks Generate, waits for the result and saves the page. Needs Debian's ``chromium`` + ``chromium-driver``.
@@ -39,12 +40,30 @@ def chromium(width: int = 1400, height: int = 1000):
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+def report_screenshot(report_html: Path, out: Path, width: int = 1400, height: int = 1800) -> Path:
+    """A screenshot of an ``attnplug report`` page (``report.html``, self-contained) in headless Chromium."""
+    browser = chromium(width, height)
+    try:
+        browser.get(report_html.resolve().as_uri())
+        browser.execute_script("document.querySelectorAll('video').forEach(v => v.pause())")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(out))
+    finally:
+        browser.quit()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "images" / "ui.png")
+    parser.add_argument("--out", type=Path, default=None, help="default: docs/images/ui.png (or report.png)")
     parser.add_argument("--prompt", default="blue square")
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--report", type=Path, help="screenshot this report.html instead of the UI")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        print(report_screenshot(args.report, args.out or HERE.parent / "docs" / "images" / "report.png"))
+        return
+    args.out = args.out or HERE.parent / "docs" / "images" / "ui.png"
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec

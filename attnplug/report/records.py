@@ -65,8 +65,8 @@ def label_of(record: dict) -> str:
 def settings_text(record: dict) -> str:
     """The call settings that make items comparable: size, frames, steps and guidance."""
     s = record.get("settings") or {}
-    size = f"{s.get('width')}x{s.get('height')}" if s.get("width") else "model size"
-    frames = f"x{s['frames']} frames" if s.get("frames") else ""
+    size = f"{s.get('width')}x{s.get('height')}" if s.get("width") else "the model's size"
+    frames = (f"x{s['frames']} frames" if s.get("width") else f", {s['frames']} frames") if s.get("frames") else ""
     steps = f", {s['steps']} steps" if s.get("steps") else ""
     guidance = f", guidance {s['guidance']:g}" if isinstance(s.get("guidance"), (int, float)) else ""
     return f"{size}{frames}{steps}{guidance}"
