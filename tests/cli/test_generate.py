@@ -81,7 +81,7 @@ def test_video_is_browser_mp4(tmp_path):
     assert len(frames) == 4 and tuple(meta["size"]) == (16, 16)
     assert "counts" in record["detector"] and len(record["detector"]["counts"]) == 4
     page = (out / "report.html").read_text()
-    assert '<video class="thumb" src="data:video/mp4;base64,' in page
+    assert '<video class="video" src="data:video/mp4;base64,' in page  # the enlarged preview
 
 
 def test_tiny_video_pipeline_and_images_per_prompt(tmp_path, capsys):
@@ -136,7 +136,7 @@ def test_kill_mid_batch_then_resume(tmp_path):
                 assert (out / rel).stat().st_mtime_ns == done[rel], f"{rel} was regenerated"
     assert not list(out.glob(".*.part.*"))
     report = json.loads((out / "report.json").read_text())
-    assert report["items"] == total and not report["duplicate_records"]
+    assert report["items"] == report["num_records"] == total  # every item once
 
 
 def test_local_save_pretrained_folder_loads_by_path(tmp_path, capsys):
