@@ -188,6 +188,10 @@ def training_frames(pipe, model, family: str) -> int:
 def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None) -> LongVideoPlan:
     """The per-family defaults filled in (see ``docs/long_video.md``) and the frame count checked."""
     config = config or LongVideoConfig()
+    params = inspect.signature(pipe.__call__).parameters
+    if "num_frames" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"long_video needs a video pipeline; {type(pipe).__name__} makes images (its call takes no "
+                         "num_frames): load a video model, or use attnplug.pipelines.hires for larger images.")
     model, _ = resolve_denoiser(pipe)
     family = family_of(model).name
     r = temporal_compression(pipe)
