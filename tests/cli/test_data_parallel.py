@@ -25,7 +25,7 @@ def test_two_processes_one_merged_report(tmp_path):
     ids = [rec["id"] for rec in report["records"]]
     expected = sorted(f"{i:03d}-{p.replace(' ', '-')}-s{s}" for i, p in enumerate(prompts) for s in (0, 1))
     assert sorted(ids) == expected  # every prompt x seed exactly once
-    assert report["ranks"] == [0, 1] and not report["duplicate_records"]
+    assert report["ranks"] == [0, 1] and report["items"] == report["num_records"] == len(expected)
     assert {rec["rank"] for rec in report["records"]} == {0, 1}
 
 
@@ -47,7 +47,7 @@ def test_accelerate_launch_bench_two_cpu_processes(tmp_path):
     report = json.loads((out / "report.json").read_text())
     pairs = sorted((rec["id"], rec["method"]) for rec in report["records"])
     ids = [f"{i:03d}-{p}-s{s}" for i, p in enumerate(["red-circle", "blue-square"]) for s in (0, 1)]
-    assert pairs == sorted((i, m) for i in ids for m in ("dense", "agent"))
+    assert pairs == sorted((i, m) for i in ids for m in ("stock", "dense", "agent"))
     assert report["ranks"] == [0, 1]
     for rec in report["records"]:
         assert rec["fidelity"]["ssim"] > 0
