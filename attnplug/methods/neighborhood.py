@@ -48,7 +48,7 @@ class NeighborhoodMethod(AttentionMethod):
             return self.hand_back("window-covers-grid")
         if self.config.backend in ("auto", "triton") and q.device.type == "cuda" and needs_backward(q, k, v):
             log_once(logger, logging.WARNING, "neighborhood: the Triton kernel has no backward, and these inputs "
-                     "require grad; those calls run stock attention (backend='flex' or 'tiles' trains through it).")
+                     "require grad; those calls run stock attention (backend='tiles' or 'torch' trains through it).")
             return self.hand_back("requires-grad")
         scale = info.scale if info is not None else None
         return neighborhood_dispatch(q, k, v, layout, res, scale=scale, backend=self.config.backend,

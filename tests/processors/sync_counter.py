@@ -84,6 +84,7 @@ class SyncCounter:
     # ------------------------------------------------------------------ patching
 
     def __enter__(self) -> SyncCounter:
+        _warm_dynamo_tables()
         tensor_methods = {
             "item": None, "__bool__": None, "__int__": None, "__float__": None, "__index__": None, "tolist": None,
             "numpy": None, "cpu": None, "nonzero": None, "argwhere": None, "masked_select": None, "unique": None,
@@ -106,6 +107,12 @@ class SyncCounter:
         return self
 
     def __exit__(self, *exc) -> None:
+        try:
+            self._unpatch()
+        finally:
+            _clear_dynamo_tables()  # tables built while patched would name the wrappers, not torch's own methods
+
+    def _unpatch(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -244,6 +251,26 @@ def _zero_block_sparse_fwd(*args, **kwargs):
     from attnplug.kernels.block_sparse.triton import _block_sparse_fwd_op
 
     return tuple(t.zero_() for t in _block_sparse_fwd_op._abstract_fn(*args, **kwargs))
+
+
+def _dynamo_table_builders():
+    from torch._dynamo import trace_rules
+
+    return [f for f in (getattr(trace_rules, "get_torch_obj_rule_map", None),
+                        getattr(trace_rules, "get_tensor_method", None)) if f is not None]
+
+
+def _warm_dynamo_tables() -> None:
+    """Build dynamo's cached tables of torch functions before any method is patched (a compile inside the counted
+    block, e.g. FlexAttention's, would otherwise cache the wrappers)."""
+    for build in _dynamo_table_builders():
+        build()
+
+
+def _clear_dynamo_tables() -> None:
+    for build in _dynamo_table_builders():
+        if hasattr(build, "cache_clear"):
+            build.cache_clear()
 
 
 def use_fake_block_sparse_kernel(monkeypatch) -> None:

@@ -81,18 +81,17 @@ def test_regional_compile_uses_one_graph_for_all_blocks():
     assert attnplug.stats(model)["self"]["method"] == 9 * STEPS * 2
 
 
-NOT_YET = pytest.mark.xfail(reason="block-sparse path not yet sync-free", strict=False)
 METHOD_CASES = [
     ("wan", "neighborhood"),
     ("flux", "neighborhood"),
-    pytest.param("wan", "neighborhood-flex", marks=NOT_YET),
+    ("wan", "neighborhood-flex"),
     ("wan", "window"),
     ("flux", "window"),
     ("wan", "window-random"),
     ("wan", "agent"),
     ("flux", "agent"),
-    *(pytest.param("wan", f"sparse-{p}", marks=NOT_YET) for p in ("tiles", "heads", "topk", "threshold")),
-    *(pytest.param("flux", f"sparse-{p}", marks=NOT_YET) for p in ("topk", "threshold")),
+    *(("wan", f"sparse-{p}") for p in ("tiles", "heads", "topk", "threshold")),
+    *(("flux", f"sparse-{p}") for p in ("topk", "threshold")),
 ]
 
 

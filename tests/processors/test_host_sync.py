@@ -21,7 +21,6 @@ from sync_counter import SyncCounter, use_fake_block_sparse_kernel  # noqa: E402
 
 CALLS = 4  # denoiser calls: the first builds everything, the other three are counted
 FAMILIES = ("wan", "hunyuanvideo")  # Wan passes its step index; HunyuanVideo a key-padding mask on every call
-NOT_YET = pytest.mark.xfail(reason="block-sparse path not yet sync-free", strict=False)
 PATTERNS = ("tiles", "heads", "topk", "threshold")
 
 
@@ -55,7 +54,7 @@ CASES = [
     "agent",
     "agent/merge",
     *(f"sparse-{p}/triton" for p in PATTERNS),
-    *(pytest.param(f"sparse-{p}/flex", marks=NOT_YET) for p in PATTERNS),
+    *(f"sparse-{p}/flex" for p in PATTERNS),
 ]
 
 

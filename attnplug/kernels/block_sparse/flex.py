@@ -233,6 +233,9 @@ def block_sparse_flex(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighbo
     else:
         counts, indices, fine = _cached(lut, ("coarse", n_q, n_k), lambda: _coarse_structure(lut, n_q, n_k))
         block = COARSE_BLOCK
+    mk = -(-n_k // block[1])
+    if indices.shape[-1] < mk:  # BlockMask reads the key length it covers from the width of its block lists
+        indices = F.pad(indices, (0, mk - indices.shape[-1]))
     if fine is not None:
         fine = fine.expand(batch, heads, -1, -1)
     keep = None if kv_keep is None else kv_keep.expand(batch, n_k)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -342,6 +342,13 @@ def key_padding(mask: Tensor, batch: int, n: int) -> Tensor | None:
 
 
 def with_scale(info: CallInfo | None, head_dim: int) -> CallInfo:
-    """``info`` with its softmax ``scale`` resolved (``1 / sqrt(D)`` when None)."""
+    """``info`` with its softmax ``scale`` resolved (``1 / sqrt(D)`` when None).
+
+    Built field by field from the fields a pattern reads, not with ``dataclasses.replace``: copying every field would
+    read the Python step, and a compiled graph would guard on it (a new graph per step)."""
     info = info or CallInfo()
-    return info if info.scale is not None else replace(info, scale=1.0 / math.sqrt(head_dim))
+    if info.scale is not None:
+        return info
+    step = -1 if info.step_tensor is not None and torch.compiler.is_compiling() else info.step
+    return CallInfo(layer_index=info.layer_index, num_layers=info.num_layers, scale=1.0 / math.sqrt(head_dim),
+                    step=step, step_tensor=info.step_tensor, level=info.level)
