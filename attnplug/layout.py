@@ -1,25 +1,30 @@
 """Token layouts: what the N tokens of an attention call are (frames x height x width image grid + text tokens).
 
-The grid is never guessed from a sequence length alone: a forward pre-hook on the denoiser records the latent shape
-(and the denoising step), and each family's row in :data:`FAMILIES` says how the token grid follows from it. A call's
-layout is then the candidate grid whose token count matches the call, plus the text tokens of joint attention.
+The grid is never guessed from a sequence length alone: a forward pre-hook on the denoiser records the token grid read
+from its input (:mod:`attnplug.layout_reader`, with the class's row in :mod:`attnplug.families`) and the denoising
+step. A call's layout is then the candidate grid whose token count matches the call, plus the non-grid (text) tokens
+of joint attention. Family and reader names are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import torch
 
+from .families import FAMILIES, FamilySpec, TextPosition, family_of, latent_level, training_grid
+from .layout_reader import _halvings, _patch
+
 logger = logging.getLogger(__name__)
 
-TextPosition = Literal["none", "first", "last"]
+__all__ = [
+    "FAMILIES", "FamilySpec", "LayoutState", "TextPosition", "TokenLayout", "family_of", "latent_level",
+    "training_grid", "_halvings", "_patch",
+]
 
 
 @dataclass(frozen=True)
@@ -114,163 +119,6 @@ class TokenLayout:
                 "so the grid is read from the latent shape, or pass layout=TokenLayout(frames, height, width, ...)."
             )
         return cls(1, side, side)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Per-family table: how the token grid follows from the denoiser's input, and where text sits in joint attention.
-
-
-def _tensor_arg(args: tuple, kwargs: dict, names: tuple[str, ...]) -> torch.Tensor:
-    for name in names:
-        if isinstance(kwargs.get(name), torch.Tensor):
-            return kwargs[name]
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    raise ValueError(f"Could not find the latent input ({' or '.join(names)}) in the denoiser call.")
-
-
-def _patch(config: Any, name: str = "patch_size") -> tuple[int, int, int]:
-    """(temporal, spatial h, spatial w) patch size from a model config."""
-    p = getattr(config, name, None) or 1
-    if isinstance(p, (tuple, list)):
-        return tuple(int(x) for x in p) if len(p) == 3 else (1, int(p[0]), int(p[1]))
-    pt = getattr(config, "patch_size_t", None) or 1
-    return (int(pt), int(p), int(p))
-
-
-def _grid_image_4d(model, args, kwargs) -> tuple[int, int, int]:
-    x = _tensor_arg(args, kwargs, ("hidden_states", "sample"))
-    _, ph, pw = _patch(model.config)
-    return (1, x.shape[-2] // ph, x.shape[-1] // pw)
-
-
-def _grid_unet(model, args, kwargs) -> tuple[int, int, int]:
-    x = _tensor_arg(args, kwargs, ("sample", "hidden_states"))
-    frames = x.shape[2] if x.ndim == 5 else 1
-    return (frames, x.shape[-2], x.shape[-1])
-
-
-def _grid_video_bcfhw(model, args, kwargs) -> tuple[int, int, int]:
-    x = _tensor_arg(args, kwargs, ("hidden_states",))
-    pt, ph, pw = _patch(model.config)
-    return (-(-x.shape[2] // pt), x.shape[3] // ph, x.shape[4] // pw)
-
-
-def _grid_cogvideox(model, args, kwargs) -> tuple[int, int, int]:
-    x = _tensor_arg(args, kwargs, ("hidden_states",))  # (B, F, C, H, W)
-    pt, ph, pw = _patch(model.config)
-    return (-(-x.shape[1] // pt), x.shape[3] // ph, x.shape[4] // pw)
-
-
-def _grid_flux(model, args, kwargs) -> tuple[int, int, int]:
-    ids = kwargs.get("img_ids")
-    if not isinstance(ids, torch.Tensor):
-        raise ValueError("Flux-style transformer called without `img_ids`; cannot read the token grid.")
-    rows, cols = ids.reshape(-1, ids.shape[-1])[:, 1:3].amax(dim=0).tolist()  # one read of the values
-    return (1, int(rows) + 1, int(cols) + 1)
-
-
-def _grid_ltx(model, args, kwargs) -> tuple[int, int, int]:
-    try:
-        f, h, w = (int(kwargs[k]) for k in ("num_frames", "height", "width"))
-    except KeyError as e:
-        raise ValueError(f"LTX-style transformer called without `{e.args[0]}`; cannot read the token grid.") from None
-    pt, ph, pw = _patch(model.config)
-    return (-(-f // pt), h // ph, w // pw)
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """One model family: how its token grid follows from the denoiser input, and its attention conventions."""
-
-    name: str
-    grid: Callable[[Any, tuple, dict], tuple[int, int, int]]
-    text_position: TextPosition = "none"
-    multiscale: bool = False  # U-Net: attention at every downsampling level (ceil-halved grids)
-    temporal_modules: tuple[str, ...] = ()  # name fragments of attention modules that attend over frames only
-    frames_in_batch: bool = False  # spatial attention sees one frame at a time (frames folded into the batch)
-    exclude_modules: tuple[str, ...] = ()  # attention modules that never see the image grid (e.g. text refiners)
-    grid_reads_values: bool = False  # the grid comes from tensor values (Flux's img_ids), not only from shapes
-    value_inputs: tuple[str, ...] = ()  # the keyword inputs whose values the grid reader reads
-
-
-FAMILIES: dict[str, FamilySpec] = {
-    "UNet2DConditionModel": FamilySpec("unet", _grid_unet, multiscale=True),
-    "UNetMotionModel": FamilySpec(
-        "animatediff", _grid_unet, multiscale=True, temporal_modules=("motion_modules",), frames_in_batch=True
-    ),
-    "UNet3DConditionModel": FamilySpec(
-        "unet3d", _grid_unet, multiscale=True, temporal_modules=("temp_attentions",), frames_in_batch=True
-    ),
-    "PixArtTransformer2DModel": FamilySpec("pixart", _grid_image_4d),
-    "DiTTransformer2DModel": FamilySpec("dit", _grid_image_4d),
-    "SD3Transformer2DModel": FamilySpec("sd3", _grid_image_4d, text_position="last"),
-    "FluxTransformer2DModel": FamilySpec(
-        "flux", _grid_flux, text_position="first", grid_reads_values=True, value_inputs=("img_ids",)
-    ),
-    "WanTransformer3DModel": FamilySpec("wan", _grid_video_bcfhw),
-    "CogVideoXTransformer3DModel": FamilySpec("cogvideox", _grid_cogvideox, text_position="first"),
-    "HunyuanVideoTransformer3DModel": FamilySpec(
-        "hunyuanvideo", _grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",)
-    ),
-    "LTXVideoTransformer3DModel": FamilySpec("ltx", _grid_ltx),
-}
-
-
-def family_of(model: torch.nn.Module) -> FamilySpec:
-    """The :class:`FamilySpec` of a denoiser; ``TypeError`` naming the class and the supported ones otherwise."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in FAMILIES:
-            return FAMILIES[cls.__name__]
-    raise TypeError(
-        f"attnplug does not know the model class {type(model).__name__}. Supported denoisers: "
-        f"{', '.join(sorted(FAMILIES))}. Pass a pipeline holding one of them as `unet`/`transformer`, or the model."
-    )
-
-
-def _halvings(n: int) -> list[int]:
-    sizes = [n]
-    while sizes[-1] > 1:
-        sizes.append(-(-sizes[-1] // 2))
-    return sizes
-
-
-_UNET_BLOCK = re.compile(r"(?:^|\.)(down_blocks|up_blocks)\.(\d+)\.|(?:^|\.)mid_block\.")
-
-
-def latent_level(model: torch.nn.Module, module_name: str) -> int | None:
-    """How many 2x downsamplings below the latent grid a U-Net attention module works at, read from its place in
-    the block structure (``down_blocks.i`` -> i, ``mid_block`` -> last, ``up_blocks.j`` -> mirrored); None for
-    models without levels or modules outside the blocks."""
-    if not family_of(model).multiscale:
-        return None
-    match = _UNET_BLOCK.search(module_name)
-    if match is None:
-        return None
-    n_down = len(getattr(model, "down_blocks", ()))
-    if match.group(1) is None:
-        return max(n_down - 1, 0)
-    index = int(match.group(2))
-    if match.group(1) == "down_blocks":
-        return index
-    return max(len(getattr(model, "up_blocks", ())) - 1 - index, 0)
-
-
-def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int] | None:
-    """The token grid ``(frames, height, width)`` the model was trained at, at ``level`` 2x downsamplings below the
-    latent grid (from ``config.sample_size`` and the patch size); None when the config does not say."""
-    size = getattr(model.config, "sample_size", None)
-    if size is None:
-        return None
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    fam = family_of(model)
-    if fam.multiscale:
-        hs, ws = _halvings(h), _halvings(w)
-        return (1, hs[min(level, len(hs) - 1)], ws[min(level, len(ws) - 1)])
-    _, ph, pw = _patch(model.config)
-    if fam.grid is _grid_image_4d:
-        return (1, h // ph, w // pw)
-    return None
 
 
 def _same_tensors(stamps: tuple, tensors: tuple) -> bool:

@@ -1,0 +1,138 @@
+"""Everything attnplug knows per denoiser class that the generic grid reader (:mod:`attnplug.layout_reader`) cannot
+see: which reader fits its input, where text or other non-grid tokens sit in joint attention, attention modules
+that never see the image grid, U-Net levels and temporal modules, training size and length, the rotary adapter for
+long video, and the classes refused with their reason.
+
+A class is looked up by its MRO, so a subclass of a supported class is supported. A class that is neither supported
+nor refused here is refused at ``apply`` with a message naming it and what is unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from .layout_reader import (
+    _halvings,
+    _patch,
+    grid_image_4d,
+    grid_position_ids,
+    grid_size_kwargs,
+    grid_unet,
+    grid_video_bcfhw,
+    grid_video_bfchw,
+)
+
+TextPosition = Literal["none", "first", "last"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One model family: how its token grid follows from the denoiser input, and its attention conventions.
+
+    ``text_position`` says where the non-grid tokens (text, registers, conditioning frames) of a joint-attention
+    sequence sit relative to the grid tokens; ``train_size`` is the training size in pixels ``(height, width)`` and
+    ``train_frames`` the training length in video frames, where the family publishes them."""
+
+    name: str
+    grid: Callable[[Any, tuple, dict], tuple[int, int, int]]
+    text_position: TextPosition = "none"
+    multiscale: bool = False  # U-Net: attention at every downsampling level (ceil-halved grids)
+    temporal_modules: tuple[str, ...] = ()  # name fragments of attention modules that attend over frames only
+    frames_in_batch: bool = False  # spatial attention sees one frame at a time (frames folded into the batch)
+    exclude_modules: tuple[str, ...] = ()  # attention modules that never see the image grid (e.g. text refiners)
+    grid_reads_values: bool = False  # the grid comes from tensor values (Flux's img_ids), not only from shapes
+    value_inputs: tuple[str, ...] = ()  # the keyword inputs whose values the grid reader reads
+    train_size: tuple[int, int] | None = None  # pixels
+    vae_factor: int = 8  # pixels per latent pixel
+    train_frames: int | None = None  # video frames
+    rope: str | None = None  # the long-video rotary adapter (attnplug.pipelines._long_video_rope)
+
+
+_IDS = dict(grid=grid_position_ids, grid_reads_values=True, value_inputs=("img_ids",))
+
+FAMILIES: dict[str, FamilySpec] = {
+    "UNet2DConditionModel": FamilySpec("unet", grid_unet, multiscale=True),
+    "UNetMotionModel": FamilySpec(
+        "animatediff", grid_unet, multiscale=True, temporal_modules=("motion_modules",), frames_in_batch=True,
+        train_frames=16,
+    ),
+    "UNet3DConditionModel": FamilySpec(
+        "unet3d", grid_unet, multiscale=True, temporal_modules=("temp_attentions",), frames_in_batch=True
+    ),
+    "PixArtTransformer2DModel": FamilySpec("pixart", grid_image_4d),
+    "DiTTransformer2DModel": FamilySpec("dit", grid_image_4d),
+    "SD3Transformer2DModel": FamilySpec("sd3", grid_image_4d, text_position="last"),
+    "FluxTransformer2DModel": FamilySpec("flux", text_position="first", train_size=(1024, 1024), **_IDS),
+    "WanTransformer3DModel": FamilySpec("wan", grid_video_bcfhw, train_frames=81, rope="wan"),
+    "CogVideoXTransformer3DModel": FamilySpec(
+        "cogvideox", grid_video_bfchw, text_position="first", train_frames=49, rope="cogvideox"
+    ),
+    "HunyuanVideoTransformer3DModel": FamilySpec(
+        "hunyuanvideo", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
+        train_frames=129, rope="hunyuanvideo",
+    ),
+    "LTXVideoTransformer3DModel": FamilySpec("ltx", grid_size_kwargs, train_frames=121, rope="ltx"),
+}
+
+#: class name -> why attnplug refuses it (its self-attention is not softmax attention over a latent token grid).
+REFUSED: dict[str, str] = {}
+
+#: family name -> training length in video frames, for long video.
+TRAIN_FRAMES: dict[str, int] = {s.name: s.train_frames for s in FAMILIES.values() if s.train_frames}
+
+
+def family_of(model: torch.nn.Module) -> FamilySpec:
+    """The :class:`FamilySpec` of a denoiser; ``TypeError`` naming the class and why it is not supported."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in FAMILIES:
+            return FAMILIES[cls.__name__]
+        if cls.__name__ in REFUSED:
+            raise TypeError(f"attnplug does not run on {type(model).__name__}: {REFUSED[cls.__name__]}")
+    raise TypeError(
+        f"attnplug does not know the model class {type(model).__name__}: how its token grid follows from its input "
+        f"and where non-grid tokens sit in its attention are unknown. Supported denoisers: "
+        f"{', '.join(sorted(FAMILIES))}. Pass a pipeline holding one of them as `unet`/`transformer`, or the model."
+    )
+
+
+_UNET_BLOCK = re.compile(r"(?:^|\.)(down_blocks|up_blocks)\.(\d+)\.|(?:^|\.)mid_block\.")
+
+
+def latent_level(model: torch.nn.Module, module_name: str) -> int | None:
+    """How many 2x downsamplings below the latent grid a U-Net attention module works at, read from its place in
+    the block structure (``down_blocks.i`` -> i, ``mid_block`` -> last, ``up_blocks.j`` -> mirrored); None for
+    models without levels or modules outside the blocks."""
+    if not family_of(model).multiscale:
+        return None
+    match = _UNET_BLOCK.search(module_name)
+    if match is None:
+        return None
+    n_down = len(getattr(model, "down_blocks", ()))
+    if match.group(1) is None:
+        return max(n_down - 1, 0)
+    index = int(match.group(2))
+    if match.group(1) == "down_blocks":
+        return index
+    return max(len(getattr(model, "up_blocks", ())) - 1 - index, 0)
+
+
+def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int] | None:
+    """The token grid ``(frames, height, width)`` the model was trained at, at ``level`` 2x downsamplings below the
+    latent grid (from ``config.sample_size`` and the patch size); None when the config does not say."""
+    size = getattr(model.config, "sample_size", None)
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    fam = family_of(model)
+    if fam.multiscale:
+        hs, ws = _halvings(h), _halvings(w)
+        return (1, hs[min(level, len(hs) - 1)], ws[min(level, len(ws) - 1)])
+    _, ph, pw = _patch(model.config)
+    if fam.grid is grid_image_4d:
+        return (1, h // ph, w // pw)
+    return None

@@ -1,0 +1,122 @@
+"""The grid reader: the token grid ``(frames, height, width)`` of a denoiser call, from the model's config (patch
+sizes) and the input its forward receives (latent shape, packed latents with position ids or ``img_shapes``).
+
+Readers take ``(model, args, kwargs)`` of the denoiser's forward and return the grid in tokens; they raise
+``ValueError`` naming the class and the missing input rather than guess. Which reader a class uses, and what else
+attnplug knows per class, is in :mod:`attnplug.families`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _halvings(n: int) -> list[int]:
+    """``[n, ceil(n/2), ceil(n/4), ..., 1]``: the side of a U-Net grid at each downsampling level."""
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+def _tensor_arg(args: tuple, kwargs: dict, names: tuple[str, ...], model: Any = None) -> torch.Tensor:
+    for name in names:
+        if isinstance(kwargs.get(name), torch.Tensor):
+            return kwargs[name]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    owner = f"{type(model).__name__} was" if model is not None else "The denoiser was"
+    raise ValueError(f"{owner} called without the latent input ({' or '.join(names)}); cannot read the token grid.")
+
+
+def _patch(config: Any, name: str = "patch_size") -> tuple[int, int, int]:
+    """(temporal, spatial h, spatial w) patch size from a model config (``patch_size`` int or tuple, and
+    ``patch_size_t``); 1 where the config has none."""
+    p = getattr(config, name, None) or 1
+    if isinstance(p, (tuple, list)):
+        return tuple(int(x) for x in p) if len(p) == 3 else (1, int(p[0]), int(p[1]))
+    pt = getattr(config, "patch_size_t", None) or 1
+    return (int(pt), int(p), int(p))
+
+
+def grid_image_4d(model, args, kwargs) -> tuple[int, int, int]:
+    """``(B, C, H, W)`` latents patchified by ``config.patch_size``."""
+    x = _tensor_arg(args, kwargs, ("hidden_states", "sample", "x"), model)
+    _, ph, pw = _patch(model.config)
+    return (1, x.shape[-2] // ph, x.shape[-1] // pw)
+
+
+def grid_unet(model, args, kwargs) -> tuple[int, int, int]:
+    """U-Net latents ``(B, C, H, W)`` or ``(B, C, F, H, W)``, one token per latent pixel at the finest level."""
+    x = _tensor_arg(args, kwargs, ("sample", "hidden_states"), model)
+    frames = x.shape[2] if x.ndim == 5 else 1
+    return (frames, x.shape[-2], x.shape[-1])
+
+
+def grid_video_bcfhw(model, args, kwargs) -> tuple[int, int, int]:
+    """Video latents ``(B, C, F, H, W)`` patchified by ``(patch_size_t, patch_size, patch_size)``."""
+    x = _tensor_arg(args, kwargs, ("hidden_states",), model)
+    pt, ph, pw = _patch(model.config)
+    return (-(-x.shape[2] // pt), x.shape[3] // ph, x.shape[4] // pw)
+
+
+def grid_video_bfchw(model, args, kwargs) -> tuple[int, int, int]:
+    """Video latents ``(B, F, C, H, W)`` (CogVideoX's order) patchified by the config's patch sizes."""
+    x = _tensor_arg(args, kwargs, ("hidden_states",), model)
+    pt, ph, pw = _patch(model.config)
+    return (-(-x.shape[1] // pt), x.shape[3] // ph, x.shape[4] // pw)
+
+
+def grid_position_ids(model, args, kwargs) -> tuple[int, int, int]:
+    """Packed latents ``(B, N, C)`` with per-token position ids ``img_ids`` ``(N, A)`` or ``(B, N, A)``: axes 1, 2
+    are (row, column) with 3 axes (Flux, Chroma), axes 0..2 are (frame, row, column) with 4 (Flux 2). The grid is the
+    id range, and it must account for every token (a packed sequence with gaps or extra ids is refused)."""
+    ids = kwargs.get("img_ids")
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"{type(model).__name__} was called without `img_ids`; cannot read the token grid.")
+    flat = ids.reshape(-1, ids.shape[-1])
+    n = ids.shape[-2]
+    axes = flat[:n, :3] if flat.shape[-1] >= 4 else flat[:n, 1:3]
+    lo, hi = torch.stack([axes.amin(dim=0), axes.amax(dim=0)]).tolist()  # one read of the values
+    sides = tuple(int(b) - int(a) + 1 for a, b in zip(lo, hi))
+    grid = sides if len(sides) == 3 else (1, *sides)
+    if grid[0] * grid[1] * grid[2] != n:
+        raise ValueError(
+            f"{type(model).__name__}: the position ids `img_ids` span the grid {grid} ({grid[0] * grid[1] * grid[2]} "
+            f"positions) but describe {n} tokens, so the tokens are not one latent grid (reference images or "
+            "conditioning tokens packed in); attnplug does not guess which are grid tokens."
+        )
+    return grid
+
+
+def grid_img_shapes(model, args, kwargs) -> tuple[int, int, int]:
+    """Packed latents with ``img_shapes``: per sample a list of ``(frames, height, width)`` token grids (Qwen-Image).
+    One grid per sample is read; several (edit models' reference images) are refused, since only the first is
+    the generated image and the others would be taken for grid tokens."""
+    shapes = kwargs.get("img_shapes")
+    if shapes is None:
+        raise ValueError(f"{type(model).__name__} was called without `img_shapes`; cannot read the token grid.")
+    first = shapes[0] if isinstance(shapes, (list, tuple)) and shapes and isinstance(shapes[0], list) else shapes
+    if isinstance(first, (list, tuple)) and first and isinstance(first[0], (list, tuple)):
+        if len(first) != 1:
+            raise ValueError(
+                f"{type(model).__name__} was called with {len(first)} image grids per sample ({first}): reference "
+                "images are packed beside the generated one, which attnplug does not treat as one token grid."
+            )
+        first = first[0]
+    f, h, w = (int(v) for v in first)
+    return (f, h, w)
+
+
+def grid_size_kwargs(model, args, kwargs) -> tuple[int, int, int]:
+    """Packed latents with the latent size as keyword inputs ``num_frames``, ``height``, ``width`` (LTX)."""
+    try:
+        f, h, w = (int(kwargs[k]) for k in ("num_frames", "height", "width"))
+    except KeyError as e:
+        raise ValueError(
+            f"{type(model).__name__} was called without `{e.args[0]}`; cannot read the token grid."
+        ) from None
+    pt, ph, pw = _patch(model.config)
+    return (-(-f // pt), h // ph, w // pw)
