@@ -12,8 +12,7 @@ lists them all.
 
 from __future__ import annotations
 
-import importlib
-
+from ._lazy import lazy_attributes
 from .config import MethodConfig, Schedule
 from .methods import configs as _configs  # noqa: F401 - registers the built-in method configs
 
@@ -41,19 +40,4 @@ _LAZY = {
 __all__ = [*sorted(_LAZY), "MethodConfig", "Schedule", "__version__", "kernels"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f".{module}", __name__), attr)
-        globals()[name] = value
-        return value
-    try:  # a subpackage used as an attribute: attnplug.kernels, attnplug.testing, attnplug.pipelines, ...
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":  # the submodule exists but needs something missing
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals(), __all__)

@@ -6,7 +6,7 @@ with it, is imported when it is first used.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 # public name -> submodule that defines it
 _LAZY = {
@@ -22,18 +22,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    try:  # a submodule used as an attribute (attnplug.methods.patterns)
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":  # the submodule exists but needs something missing
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals(), __all__)
