@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import torch
+
+from ._cache import BoundedCache
 
 __all__ = ["log_once", "log_scope", "scoped"]
 
@@ -18,9 +19,8 @@ __all__ = ["log_once", "log_scope", "scoped"]
 MAX_REMEMBERED = 4096
 
 # Messages seen in the current scope; outside any scope, one memory for the process (a bare model called in a loop).
-_scope: ContextVar[dict | None] = ContextVar("attnplug_log_scope", default=None)
-_seen: dict[tuple[str, str], None] = {}
-_lock = threading.Lock()
+_scope: ContextVar[BoundedCache | None] = ContextVar("attnplug_log_scope", default=None)
+_seen = BoundedCache(MAX_REMEMBERED)
 
 
 def _compiling() -> bool:
@@ -33,7 +33,7 @@ def log_scope() -> Iterator[None]:
     """Inside this block :func:`log_once` remembers messages for the block only (per thread / async context), so the
     next use (a second pipeline call, another benchmark entry) says them again. Scopes nest: an inner scope starts
     empty."""
-    token = _scope.set({})
+    token = _scope.set(BoundedCache(MAX_REMEMBERED))
     try:
         yield
     finally:
@@ -51,28 +51,12 @@ def scoped(fn: Callable) -> Callable:
     return wrapper
 
 
-def _remember(seen: dict, key: tuple[str, str]) -> bool:
-    """Whether ``key`` is new to ``seen`` (then recorded)."""
-    if key in seen:
-        return False
-    seen[key] = None
-    while len(seen) > MAX_REMEMBERED:
-        del seen[next(iter(seen))]
-    return True
-
-
 def log_once(logger: logging.Logger, level: int, message: str) -> None:
     """Log ``message`` at ``level`` the first time it is seen for ``logger`` in the current :func:`log_scope` (the
     process when no scope is open). Thread-safe; a no-op while ``torch.compile`` traces, so logging never breaks or
     retraces a graph."""
     if _compiling():
         return
-    key = (logger.name, message)
     seen = _scope.get()
-    if seen is None:
-        with _lock:
-            new = _remember(_seen, key)
-    else:
-        new = _remember(seen, key)
-    if new:
+    if (_seen if seen is None else seen).add((logger.name, message)):
         logger.log(level, message, stacklevel=2)

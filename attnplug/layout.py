@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from ._cache import BoundedCache
+from ._steps import DenoisingSteps
 from .families import FAMILIES, FamilySpec, TextPosition, family_of, latent_level, training_grid
 from .layout_reader import _halvings, _patch
 
@@ -133,18 +134,26 @@ def _same_tensors(stamps: tuple, tensors: tuple) -> bool:
 @dataclass
 class LayoutState:
     """Per-denoiser state: the latest token grid (recorded before each denoiser call) and where the denoising loop
-    is (step index, number of steps, guidance pass), from diffusers' ``CacheContext`` when the pipeline sets one,
-    else from the timestep."""
+    is, ``steps`` (:class:`attnplug._steps.DenoisingSteps`, the package's one step tracker; ``step``, ``num_steps``
+    and ``guidance`` read it)."""
 
     family: FamilySpec
     grid: tuple[int, int, int] | None = None
-    step: int = -1
-    num_steps: int | None = None
-    guidance: str | None = None
-    last_timestep: float | None = None
-    num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
-    _value_grids: dict = field(default_factory=dict, repr=False)
+    steps: DenoisingSteps = field(default_factory=DenoisingSteps)
+    _value_grids: BoundedCache = field(default_factory=lambda: BoundedCache(64), repr=False)
     _value_sources: tuple = field(default=(), repr=False)  # (weakref, version) of the inputs last read
+
+    @property
+    def step(self) -> int:
+        return self.steps.step
+
+    @property
+    def num_steps(self) -> int | None:
+        return self.steps.num_steps
+
+    @property
+    def guidance(self) -> str | None:
+        return self.steps.guidance
 
     def observe_grid(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Record the token grid of a denoiser call.
@@ -163,48 +172,19 @@ class LayoutState:
                     f"attnplug reads the {self.family.name} token grid from `img_ids`, which torch.compile cannot "
                     "trace: run the model once without compiling (same input shapes) before the compiled call."
                 )
-            self.grid = self._value_grids[key]
+            self.grid = self._value_grids.get(key)
             return
         sources = tuple(kwargs.get(name) for name in self.family.value_inputs)
         if self.grid is not None and _same_tensors(self._value_sources, sources):
             return
-        if len(self._value_grids) >= 64:
-            self._value_grids.clear()
-        self.grid = self._value_grids[key] = self.family.grid(model, args, kwargs)
+        self.grid = self.family.grid(model, args, kwargs)
+        self._value_grids.add(key, self.grid)
         self._value_sources = tuple(
             (weakref.ref(x), x._version) if isinstance(x, torch.Tensor) else None for x in sources
         )
 
-    def observe_timestep(self, args: tuple, kwargs: dict) -> bool:
-        """Advance the step counter from the denoiser call's timestep; True when a new run starts (step 0).
-
-        A repeated timestep is another pass of the same step (guidance, or a second-order scheduler's correction)."""
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        if isinstance(t, torch.Tensor):
-            t = float(t.reshape(-1)[0].item()) if t.numel() else None
-        elif t is not None:
-            t = float(t)
-        previous = self.step
-        if t is None:
-            self.step += 1
-        elif self.last_timestep is None or t > self.last_timestep:
-            self.step = 0  # a new denoising run starts at the highest noise level
-        elif t != self.last_timestep:
-            self.step += 1
-        self.last_timestep = t
-        self.num_steps = self.num_steps_fn() if self.num_steps_fn is not None else None
-        self.guidance = None
-        return self.step == 0 and previous != 0
-
-    def set_context(self, step: int, num_steps: int | None, guidance: str | None) -> bool:
-        """Take the step from a pipeline's ``CacheContext``; True when a new run starts (step 0)."""
-        new_run = step == 0 and (self.step != 0 or self.guidance == guidance)
-        self.step, self.num_steps, self.guidance = step, num_steps, guidance
-        self.last_timestep = None
-        return new_run
-
     def reset(self) -> None:
-        self.step, self.num_steps, self.guidance, self.last_timestep = -1, None, None, None
+        self.steps.reset()
         self._value_sources = ()
 
     def layout_for(self, n: int, module_name: str = "", temporal: bool | None = None) -> TokenLayout:

@@ -38,10 +38,7 @@ dropped after the first one finds no cross-attention; FreeSwim's entropy scale t
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +47,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
+from .._cache import BoundedCache
 from .._logging import log_once
+from .._steps import DenoisingSteps, timestep_of, timestep_position
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
 from .freeswim_config import FreeSwimConfig  # noqa: F401 - re-exported
@@ -77,14 +76,12 @@ class _RunState:
     """Everything FreeSwim remembers during a run (cleared by :meth:`FreeSwimMethod.reset`)."""
 
     branch: str = "window"  # "full" while the hook runs the full branch
-    pass_index: int = 0  # guidance pass within the current step
-    steps: int = 0  # denoiser calls with a new timestep seen so far
-    last_timestep: tuple | None = None
+    pass_index: int = 0  # guidance pass of the current denoiser call (capped at MAX_PASSES - 1)
     # (pass, layer, call within the layer) -> cross output: a processor may make several attention calls per layer
     # (IP-adapter: text, then image prompt)
     cache: dict[tuple[int, str, int], torch.Tensor] = field(default_factory=dict)
     calls_in_layer: Counter = field(default_factory=Counter)  # layer -> cross calls so far in this denoiser pass
-    cache_step: dict[int, int] = field(default_factory=dict)  # pass -> ``steps`` when its cache was filled
+    cache_step: dict[int, int] = field(default_factory=dict)  # pass -> the step its cache was filled at
     would_window: int = 0  # full branch: self-attention calls the windowed branch would window
     cross_seen: int = 0  # full branch: cross-attention calls cached
     no_cross: bool = False  # a full branch found no cross-attention: the dual path has nothing to override
@@ -102,9 +99,7 @@ class FreeSwimMethod(AttentionMethod):
         self.config = config or FreeSwimConfig()
         self._state = _RunState()
         self._hooked = 0  # number of denoisers whose FreeSwimHook is registered
-        self._in_call = False  # a denoiser call is running through run()
-        self._windows: dict[tuple, NeighborhoodMethod] = {}
-        self._windows_lock = threading.Lock()
+        self._windows = BoundedCache(_MAX_WINDOW_METHODS)  # window -> NeighborhoodMethod
 
     # -- self-attention ----------------------------------------------------------------------------------------
     def train_grid_at(self, layout: TokenLayout, info: CallInfo) -> tuple[int | None, int, int] | None:
@@ -123,14 +118,9 @@ class FreeSwimMethod(AttentionMethod):
         return None
 
     def _window_method(self, window: tuple) -> NeighborhoodMethod:
-        with self._windows_lock:
-            method = self._windows.get(window)
-            if method is None:
-                if len(self._windows) >= _MAX_WINDOW_METHODS:
-                    self._windows.pop(next(iter(self._windows)))
-                method = NeighborhoodConfig(kernel_size=window, backend=self.config.backend).build()
-                self._windows[window] = method
-            return method
+        return self._windows.get_or_build(
+            window, lambda: NeighborhoodConfig(kernel_size=window, backend=self.config.backend).build()
+        )
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> windowed output, or None to hand the call back."""
@@ -186,54 +176,41 @@ class FreeSwimMethod(AttentionMethod):
         return cached
 
     # -- the dual path (driven by FreeSwimHook) ----------------------------------------------------------------
-    def _begin_call(self, timestep: tuple | None) -> bool:
-        """Advance the step / guidance-pass counters for a denoiser call with ``timestep`` (None = unknown: a new
-        step); whether the full branch must run first."""
+    def _needs_full_branch(self, step: int) -> bool:
         st = self._state
-        if timestep is not None and st.last_timestep is not None and timestep > st.last_timestep:
-            st = self._state = _RunState()  # a new run starts at the highest noise level
-        if timestep is None or timestep != st.last_timestep:
-            st.steps += 1
-            st.pass_index = 0
-        else:
-            st.pass_index = min(st.pass_index + 1, MAX_PASSES - 1)
-        st.last_timestep = timestep
         if not self.config.override_cross_attention or st.no_cross:
             return False
         last = st.cache_step.get(st.pass_index)
-        return last is None or last > st.steps or st.steps - last >= self.config.refresh_every
+        return last is None or last > step or step - last >= self.config.refresh_every
 
-    def run(self, forward, timestep: tuple | None, args: tuple, kwargs: dict):
-        """One denoiser call ``forward(*args, **kwargs)`` through the dual path: the full branch first on refresh
-        steps, then (unless the full branch found nothing to window) the windowed branch. Returns the output."""
-        self._in_call = True
-        try:
-            if not self._begin_call(timestep):
-                return self._denoiser_pass(forward, args, kwargs)
-            st = self._state
-            st.branch, st.would_window, st.cross_seen = "full", 0, 0
-            try:
-                out = self._denoiser_pass(forward, args, kwargs)
-            finally:
-                self._state.branch = "window"
-            st = self._state  # (a reset during the call keeps the call's position, see reset())
-            st.counts["full branches"] += 1
-            st.cache_step[st.pass_index] = st.steps
-            if st.cross_seen == 0 and st.would_window:
-                st.no_cross = True
-                log_once(logger, logging.INFO, "FreeSwim: the model has no separate cross-attention to override; "
-                         "only the windowed self-attention applies (the full branch is not run again).")
-            if st.would_window == 0:
-                # Nothing to window: the windowed branch would give this very output (stock self-attention, its
-                # own cross-attention outputs), so it is not run, and no cached output overrides a later step.
-                for key in [key for key in st.cache if key[0] == st.pass_index]:
-                    del st.cache[key]
-                st.counts["windowed branches skipped (nothing to window)"] += 1
-                return out
-            del out
+    def run(self, forward, steps: DenoisingSteps, args: tuple, kwargs: dict):
+        """One denoiser call ``forward(*args, **kwargs)`` through the dual path at the position ``steps`` says (the
+        step tracker, already advanced for this call): the full branch first on refresh steps, then (unless the full
+        branch found nothing to window) the windowed branch. Returns the output."""
+        st = self._state
+        st.pass_index = min(steps.pass_index, MAX_PASSES - 1)
+        if not self._needs_full_branch(steps.step):
             return self._denoiser_pass(forward, args, kwargs)
+        st.branch, st.would_window, st.cross_seen = "full", 0, 0
+        try:
+            out = self._denoiser_pass(forward, args, kwargs)
         finally:
-            self._in_call = False
+            st.branch = "window"
+        st.counts["full branches"] += 1
+        st.cache_step[st.pass_index] = steps.step
+        if st.cross_seen == 0 and st.would_window:
+            st.no_cross = True
+            log_once(logger, logging.INFO, "FreeSwim: the model has no separate cross-attention to override; "
+                     "only the windowed self-attention applies (the full branch is not run again).")
+        if st.would_window == 0:
+            # Nothing to window: the windowed branch would give this very output (stock self-attention, its own
+            # cross-attention outputs), so it is not run, and no cached output overrides a later step.
+            for key in [key for key in st.cache if key[0] == st.pass_index]:
+                del st.cache[key]
+            st.counts["windowed branches skipped (nothing to window)"] += 1
+            return out
+        del out
+        return self._denoiser_pass(forward, args, kwargs)
 
     def _denoiser_pass(self, forward, args: tuple, kwargs: dict):
         self._state.calls_in_layer.clear()  # cross calls are numbered per layer within one pass
@@ -244,14 +221,8 @@ class FreeSwimMethod(AttentionMethod):
         return FreeSwimHook(self) if self.config.override_cross_attention else None
 
     def reset(self) -> None:
-        """Forget the run: caches, counters and the report. Called inside a denoiser call (a new run detected by the
-        plugin), the call's branch and position (step, guidance pass) are kept."""
-        old = self._state
+        """Forget the run: caches, counters and the report."""
         self._state = _RunState()
-        if self._in_call:
-            st = self._state
-            st.branch, st.steps, st.pass_index, st.last_timestep = old.branch, old.steps, old.pass_index, \
-                old.last_timestep
 
     def report(self) -> dict[str, Any]:
         """What ran during this run: self-attention calls windowed / handed back by cause, cross-attention calls cached
@@ -261,20 +232,22 @@ class FreeSwimMethod(AttentionMethod):
 
 class FreeSwimHook(ModelHook):
     """diffusers ``ModelHook`` on the denoiser that runs FreeSwim's full branch before the windowed one on refresh
-    steps. Uses only its method and the denoiser call's arguments (the ``timestep`` tells steps and guidance passes
-    apart: a repeated timestep is another guidance pass of the same step)."""
+    steps. The step and guidance pass come from the plugin's tracker (:meth:`bind_steps`); a hook registered without
+    the plugin follows the timestep itself with the same tracker class."""
 
     def __init__(self, method: FreeSwimMethod):
         super().__init__()
         self.method = method
+        self.steps = DenoisingSteps()
+        self._own_steps = True
         self._timestep_position: int | None = None
 
+    def bind_steps(self, steps: DenoisingSteps) -> None:
+        """Read ``steps`` (kept current by whoever owns it) instead of following the timestep here."""
+        self.steps, self._own_steps = steps, False
+
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        try:
-            names = list(inspect.signature(module.forward).parameters)
-        except (TypeError, ValueError):
-            names = []
-        self._timestep_position = names.index("timestep") if "timestep" in names else None
+        self._timestep_position = timestep_position(module.forward)
         self.method._hooked += 1
         return module
 
@@ -285,19 +258,11 @@ class FreeSwimHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.method.reset()
+        if self._own_steps:
+            self.steps.reset()
         return module
 
-    def _timestep(self, args: tuple, kwargs: dict) -> tuple | None:
-        t = kwargs.get("timestep")
-        if t is None and self._timestep_position is not None and len(args) > self._timestep_position:
-            t = args[self._timestep_position]
-        if t is None:
-            return None
-        if isinstance(t, torch.Tensor):
-            return tuple(float(x) for x in t.detach().reshape(-1).tolist()[:1]) if t.numel() else None
-        if isinstance(t, (int, float)) and math.isfinite(t):
-            return (float(t),)
-        return None
-
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        return self.method.run(self.fn_ref.original_forward, self._timestep(args, kwargs), args, kwargs)
+        if self._own_steps and self.steps.observe(timestep_of(args, kwargs, self._timestep_position)):
+            self.method.reset()
+        return self.method.run(self.fn_ref.original_forward, self.steps, args, kwargs)

@@ -3,7 +3,7 @@
 ``attnplug.pipelines.hires(pipe, prompt, height=..., width=...)`` and ``attnplug.pipelines.long_video(pipe, prompt,
 num_frames=...)`` with their configs. They use only attnplug's public API and module hooks on the stock diffusers
 modules. Importing this package is cheap: each technique is imported when first used. The implementations live in
-private modules whose names differ from the entry points, so ``attnplug.pipelines.hires`` is always the function.
+private subpackages whose names differ from the entry points, so ``attnplug.pipelines.hires`` is always the function.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import importlib
 
 # public name -> (private module, name there)
 _LAZY = {
-    "hires": ("_hires_api", "hires"),
-    "HiResConfig": ("_hires_api", "HiResConfig"),
-    "HiResPipeline": ("_hires_api", "HiResPipeline"),
-    "HiResPlan": ("_hires_api", "HiResPlan"),
-    "hires_plan": ("_hires_api", "plan"),
+    "hires": ("_hires", "hires"),
+    "HiResConfig": ("_hires", "HiResConfig"),
+    "HiResPipeline": ("_hires", "HiResPipeline"),
+    "HiResPlan": ("_hires", "HiResPlan"),
+    "hires_plan": ("_hires", "plan"),
+    "PipelineConfig": ("_config", "PipelineConfig"),
     "long_video": ("_long_video_api", "long_video"),
     "LongVideoConfig": ("_long_video_api", "LongVideoConfig"),
     "LongVideoPlan": ("_long_video_api", "LongVideoPlan"),

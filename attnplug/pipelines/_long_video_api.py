@@ -32,7 +32,7 @@ from .._logging import log_once, scoped
 from ..config import Schedule, help_field, validate_fields
 from ..layout import family_of
 from ..methods.sparse_video import SparseVideoConfig
-from ..plugin import apply, method_of, remove, resolve_denoiser, resolve_denoisers
+from ..plugin import apply, method_of, remove, resolve_denoisers
 from ._long_video_attention import WEIGHTINGS, TemporalWindowMethod
 from ._long_video_damping import FrameDampingMethod
 from ._long_video_noise import rescheduled_noise
@@ -192,7 +192,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     if "num_frames" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise ValueError(f"long_video needs a video pipeline; {type(pipe).__name__} makes images (its call takes no "
                          "num_frames): load a video model, or use attnplug.pipelines.hires for larger images.")
-    model, _ = resolve_denoiser(pipe)
+    model = resolve_denoisers(pipe)[0][0][1]
     family = family_of(model).name
     r = temporal_compression(pipe)
     check_num_frames(num_frames, r, type(pipe).__name__)

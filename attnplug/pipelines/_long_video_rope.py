@@ -26,9 +26,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
-from ..plugin import unregister_hook
+from .._hook_registry import register_hook, unregister_everywhere
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def apply_riflex(
     target = adapter.find(model)
     remove_riflex(model)
     hook = _RiflexHook(adapter, plan)
-    HookRegistry.check_if_exists_or_initialize(target).register_hook(hook, HOOK_NAME)
+    register_hook(target, hook, HOOK_NAME)
     logger.debug("RIFLEx on %s: component %d, omega %.4g -> %.4g", plan.family, plan.index, plan.omega,
                  plan.new_omega)
     return plan
@@ -356,7 +356,4 @@ def apply_riflex(
 
 def remove_riflex(model: torch.nn.Module) -> None:
     """Take the RIFLEx hook off ``model`` (a no-op when none is registered)."""
-    for module in model.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-            unregister_hook(module, HOOK_NAME)
+    unregister_everywhere(model, HOOK_NAME)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import attnplug._logging as lg
+from attnplug._cache import BoundedCache
 from attnplug._args import as_tuple
 
 
@@ -41,12 +42,12 @@ def test_as_tuple_errors_name_the_argument(value, kwargs, exc, match):
 
 
 def test_log_once_logs_once_and_not_while_compiling(monkeypatch, caplog):
-    monkeypatch.setattr(lg, "_seen", {})
+    monkeypatch.setattr(lg, "_seen", BoundedCache(lg.MAX_REMEMBERED))
     logger = logging.getLogger("attnplug.test_log_once")
     with caplog.at_level(logging.INFO, logger=logger.name):
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
         lg.log_once(logger, logging.INFO, "hello")
-        assert caplog.records == [] and lg._seen == {}  # nothing logged or remembered while tracing
+        assert caplog.records == [] and len(lg._seen) == 0  # nothing logged or remembered while tracing
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
         lg.log_once(logger, logging.INFO, "hello")
         lg.log_once(logger, logging.INFO, "hello")
@@ -54,8 +55,7 @@ def test_log_once_logs_once_and_not_while_compiling(monkeypatch, caplog):
 
 
 def test_log_once_memory_is_bounded(monkeypatch):
-    monkeypatch.setattr(lg, "_seen", {})
-    monkeypatch.setattr(lg, "MAX_REMEMBERED", 10)
+    monkeypatch.setattr(lg, "_seen", BoundedCache(10))
     logger = logging.getLogger("attnplug.test_log_once_bound")
     for i in range(50):
         lg.log_once(logger, logging.DEBUG, f"m{i}")

@@ -21,6 +21,7 @@ from attnplug.kernels.neighborhood import neighborhood_attention
 from attnplug.layout import TokenLayout
 from attnplug.methods import freeswim
 from attnplug.methods.base import CallInfo
+from attnplug._steps import DenoisingSteps
 from attnplug.methods.freeswim import FreeSwimConfig, FreeSwimHook, FreeSwimMethod, window_for
 from attnplug.methods.neighborhood import NeighborhoodConfig
 from attnplug.testing import forward, tiny_model
@@ -180,9 +181,12 @@ def test_cross_hook_caches_per_pass_layer_and_call():
 
 def test_guidance_passes_are_bounded():
     method = FreeSwimMethod(FreeSwimConfig(train_grid=(4, 4)))
+    steps = DenoisingSteps()
     for _ in range(10):
-        method._begin_call((500.0,))  # the same timestep again and again
-    assert method._state.pass_index == freeswim.MAX_PASSES - 1 and method._state.steps == 1
+        steps.observe(500.0)  # the same timestep again and again: one step, ten passes
+        method.run(lambda: None, steps, (), {})
+    assert steps.step == 0 and steps.pass_index == 9
+    assert method._state.pass_index == freeswim.MAX_PASSES - 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,12 +293,16 @@ def test_joint_attention_family_windows_only():
 
 
 def test_standalone_processor_windows_only(caplog):
+    """The standalone processor runs the windowed branch only: what apply gives without the cross-attention
+    override."""
     model, inputs = tiny_model("pixart", height=16, width=16)
-    dense = forward(model, inputs)
+    with attnplug.applied(model, FreeSwimConfig(train_grid=(3, 3), override_cross_attention=False)):
+        expected = forward(model, inputs)
+        assert attnplug.stats(model)["self"]["method"] > 0
     model.set_attn_processor(attnplug.AttnplugProcessor(FreeSwimConfig(train_grid=(3, 3))))
     with caplog.at_level(logging.WARNING, logger="attnplug"), log_scope():
         out = forward(model, inputs)
-    assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert "only the windowed self-attention is active" in caplog.text
 
 

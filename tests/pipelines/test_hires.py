@@ -6,7 +6,8 @@ import torch
 
 import attnplug
 from attnplug.pipelines import HiResConfig, HiResPipeline, hires
-from attnplug.pipelines import _hires_raunet as rau
+from attnplug._steps import DenoisingSteps
+from attnplug.pipelines._hires import raunet as rau
 from attnplug.testing import tiny_pipeline
 
 FAST = HiResConfig(progress=False)
@@ -109,7 +110,7 @@ def _dit_inputs(dit, size=32, batch=2):
 @pytest.mark.parametrize("name", ["sd", "pixart", "wan", "sd3", "flux"])
 def test_tiny_pipelines_2x_shape(name, tmp_path):
     pipe = _tiny(name, tmp_path)
-    cfg = FAST.replace(train_size=(16, 16)) if name in ("wan", "flux") else FAST
+    cfg = FAST.replace(train_size_px=(16, 16)) if name in ("wan", "flux") else FAST
     out = _array(hires(pipe, "a red circle", height=32, width=32, config=cfg, **_tiny_kwargs(name)))
     assert out.shape == ((1, 1, 32, 32, 3) if name == "wan" else (1, 32, 32, 3))
     assert np.isfinite(out).all()
@@ -151,7 +152,8 @@ def test_raunet_factor_one_is_exact(shapes):
     inputs = _unet_inputs(unet)
     ref, _, _ = _fingerprint(unet, inputs)
     for factors, same in (((), True), (((2, 2),), False)):
-        state = rau.RAUState(factors=factors, switch_fractions=(1.0,) * len(factors), num_steps_fn=lambda: 10)
+        state = rau.RAUState(factors=factors, switch_fractions=(1.0,) * len(factors),
+                             steps=DenoisingSteps(num_steps_fn=lambda: 10))
         rau.apply_raunet(unet, state)
         try:
             with torch.no_grad():
@@ -250,11 +252,11 @@ def test_scaled_attention_keeps_the_methods_model_hook(shapes, monkeypatch):
 
 @pytest.mark.parametrize("local", ["freeswim", "neighborhood"])
 def test_unet_refinement_runs_the_local_attention_asked_for(shapes, monkeypatch, local):
-    from attnplug.plugin import apply
+    from attnplug.plugin import applied
 
     applied_methods = []
-    monkeypatch.setattr("attnplug.plugin.apply",
-                        lambda pipe, method, **kw: applied_methods.append(method) or apply(pipe, method, **kw))
+    monkeypatch.setattr("attnplug.pipelines._hires.run.applied",
+                        lambda pipe, method, **kw: applied_methods.append(method) or applied(pipe, method, **kw))
     cfg = FAST.replace(method="coarse_to_fine", local_attention=local)
     hires(shapes["shapes-unet"], "red circle", height=32, width=32, config=cfg, num_inference_steps=3)
     expected = {"freeswim": "FreeSwimMethod", "neighborhood": "NeighborhoodMethod"}[local]

@@ -7,8 +7,8 @@ back to the skip connection's size (the resolution-aware upsampler). Later steps
 
 Three hooks, all :class:`diffusers.hooks.ModelHook` in the modules' :class:`~diffusers.hooks.HookRegistry`:
 
-- on the U-Net: a pre-forward hook that follows the denoising step from the ``timestep`` argument (a repeated
-  timestep is another pass of the same step: separate guidance calls, second-order correctors);
+- on the U-Net: :class:`attnplug._steps.StepHook`, the package's step tracker (the pipeline's ``CacheContext``, or
+  the ``timestep`` argument: a repeated timestep is another pass of the same step);
 - on the first downsampler's ``conv``: the strided, dilated convolution while the factor is > 1;
 - on the matching upsampler: a pre-forward hook that asks for the skip connection's size.
 
@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
+
+from ..._hook_registry import register_hook, unregister_hook
+from ..._steps import DenoisingSteps, StepHook
 
 logger = logging.getLogger(__name__)
 
@@ -33,51 +36,26 @@ UP_HOOK = "attnplug_hires_rau_up"
 
 @dataclass
 class RAUState:
-    """Shared state of one RAU-Net application: the step tracker and the factor schedule.
+    """Shared state of one RAU-Net application: the denoising position (``steps``) and the factor schedule.
 
     ``factors[i]`` is the extra downsampling factor ``(fh, fw)`` used while ``step < switch_steps[i]``
     (``switch_steps`` increasing); after the last switch step the factor is 1 (vanilla U-Net)."""
 
     factors: tuple[tuple[int, int], ...]
     switch_fractions: tuple[float, ...]
-    step: int = -1
-    last_timestep: float | None = None
-    num_steps_fn: object = None
+    steps: DenoisingSteps = field(default_factory=DenoisingSteps)
     skip_size: tuple[int, int] | None = None
     calls: dict = field(default_factory=lambda: {"rau": 0, "vanilla": 0})
 
-    def observe(self, t) -> None:
-        if isinstance(t, torch.Tensor):
-            t = float(t.reshape(-1)[0].item()) if t.numel() else None
-        elif t is not None:
-            t = float(t)
-        if t is None:
-            self.step += 1
-        elif self.last_timestep is None or t > self.last_timestep:
-            self.step = 0
-        elif t != self.last_timestep:
-            self.step += 1
-        self.last_timestep = t
-
     def factor(self) -> tuple[int, int]:
         """The downsampling factor of the current step (``(1, 1)`` = vanilla)."""
-        num_steps = self.num_steps_fn() if self.num_steps_fn is not None else None
-        if num_steps is None or self.step < 0:
+        step, num_steps = self.steps.step, self.steps.num_steps
+        if num_steps is None or step < 0:
             return self.factors[0] if self.factors else (1, 1)
         for f, frac in zip(self.factors, self.switch_fractions):
-            if self.step < round(frac * num_steps):
+            if step < round(frac * num_steps):
                 return f
         return (1, 1)
-
-
-class _StepHook(ModelHook):
-    def __init__(self, state: RAUState):
-        super().__init__()
-        self.state = state
-
-    def pre_forward(self, module, *args, **kwargs):
-        self.state.observe(kwargs.get("timestep", args[1] if len(args) > 1 else None))
-        return args, kwargs
 
 
 class _DownHook(ModelHook):
@@ -138,30 +116,12 @@ def raunet_sites(unet: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     raise TypeError(f"{type(unet).__name__} has no downsampler: RAU-Net does not apply (HiResConfig(raunet=False)).")
 
 
-def _register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
-    fresh = "_diffusers_hook" not in module.__dict__
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-    hook._attnplug_fresh_registry = fresh
-
-
-def _unregister(module: torch.nn.Module | None, name: str) -> None:
-    registry = module.__dict__.get("_diffusers_hook") if module is not None else None
-    if registry is None or registry.get_hook(name) is None:
-        return
-    fresh = getattr(registry.get_hook(name), "_attnplug_fresh_registry", False)
-    registry.remove_hook(name, recurse=False)
-    if fresh and not registry.hooks:
-        # leave the module as it was: no empty registry, no instance-level ``forward``
-        del module.__dict__["_diffusers_hook"]
-        module.__dict__.pop("forward", None)
-
-
 def apply_raunet(unet: torch.nn.Module, state: RAUState) -> None:
     """Register the step, downsampler and upsampler hooks on ``unet``; undo with :func:`remove_raunet`."""
     conv, up, _ = raunet_sites(unet)
-    _register(unet, _StepHook(state), STEP_HOOK)
-    _register(conv, _DownHook(state), DOWN_HOOK)
-    _register(up, _UpHook(state), UP_HOOK)
+    register_hook(unet, StepHook(state.steps), STEP_HOOK)
+    register_hook(conv, _DownHook(state), DOWN_HOOK)
+    register_hook(up, _UpHook(state), UP_HOOK)
 
 
 def remove_raunet(unet: torch.nn.Module) -> None:
@@ -171,4 +131,5 @@ def remove_raunet(unet: torch.nn.Module) -> None:
     except TypeError:
         conv = up = None
     for module, name in ((up, UP_HOOK), (conv, DOWN_HOOK), (unet, STEP_HOOK)):
-        _unregister(module, name)
+        if module is not None:
+            unregister_hook(module, name)

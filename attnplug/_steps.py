@@ -1,0 +1,163 @@
+"""Where a denoising loop is (step, number of steps, guidance pass): the one tracker the plugin's runtime, RAU-Net
+and FreeSwim's dual path all read.
+
+The step comes from diffusers' ``CacheContext`` when the pipeline sets one with a ``step_index``
+(``model.cache_context("cond", step_index=i, ...)``; its name is the guidance pass), else from the denoiser call's
+timestep, read once per call: a higher timestep than the last starts a new run, a lower one is the next step and the
+same one is another pass of the same step (the unconditional guidance call, or a second-order scheduler's corrector).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+__all__ = ["DenoisingSteps", "StepHook", "scheduler_steps", "timestep_of", "timestep_position"]
+
+
+def timestep_position(forward: Callable) -> int | None:
+    """Index of the ``timestep`` parameter among ``forward``'s positional parameters (None when it has none)."""
+    try:
+        names = list(inspect.signature(forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("timestep") if "timestep" in names else None
+
+
+def timestep_of(args: tuple, kwargs: dict, position: int | None = 1) -> float | None:
+    """The timestep of a denoiser call ``forward(*args, **kwargs)`` as a float (the first entry of a per-sample
+    tensor), or None when the call has none. A tensor costs one host copy: read it once per denoiser call."""
+    t = kwargs.get("timestep")
+    if t is None and position is not None and len(args) > position:
+        t = args[position]
+    if isinstance(t, torch.Tensor):
+        return float(t.detach().reshape(-1)[0].item()) if t.numel() else None
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+        return float(t)
+    return None
+
+
+def scheduler_steps(pipe) -> Callable[[], int | None] | None:
+    """A callable giving the number of denoising steps ``pipe``'s scheduler is set for (None before
+    ``set_timesteps``), or None without a pipeline. Second-order schedulers repeat timesteps: a step is a run of
+    equal timesteps."""
+    if pipe is None or getattr(pipe, "scheduler", None) is None:
+        return None
+
+    def num_steps() -> int | None:
+        scheduler = pipe.scheduler
+        n = getattr(scheduler, "num_inference_steps", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        timesteps = getattr(scheduler, "timesteps", None)
+        return None if timesteps is None else len(torch.unique_consecutive(torch.as_tensor(timesteps)))
+
+    return num_steps
+
+
+@dataclass
+class DenoisingSteps:
+    """The position in the denoising loop: ``step`` (-1 before the first call), ``num_steps`` (None when unknown),
+    ``guidance`` (the ``CacheContext`` name, None without one) and ``pass_index`` (0 for the first denoiser call of a
+    step, 1 for the next, ...)."""
+
+    step: int = -1
+    num_steps: int | None = None
+    guidance: str | None = None
+    pass_index: int = 0
+    last_timestep: float | None = None
+    num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
+
+    def observe(self, timestep: float | None) -> bool:
+        """Follow a denoiser call with ``timestep`` (:func:`timestep_of`; None = unknown, a new step); True when a
+        new run starts (step 0)."""
+        last, new_run = self.last_timestep, False
+        if timestep is None:
+            self.step, self.pass_index = self.step + 1, 0
+            new_run = self.step == 0
+        elif last is None or timestep > last:
+            self.step, self.pass_index, new_run = 0, 0, True  # a new run starts at the highest noise level
+        elif timestep != last:
+            self.step, self.pass_index = self.step + 1, 0
+        else:
+            self.pass_index += 1
+        self.last_timestep = timestep
+        self.num_steps = self.num_steps_fn() if self.num_steps_fn is not None else None
+        self.guidance = None
+        return new_run
+
+    def set_context(self, step: int, num_steps: int | None, guidance: str | None) -> bool:
+        """Take the position from a pipeline's ``CacheContext``; True when a new run starts (step 0)."""
+        new_run = step == 0 and (self.step != 0 or self.guidance == guidance)
+        same_step = step == self.step and not new_run
+        self.pass_index = self.pass_index + 1 if same_step else 0
+        self.step, self.num_steps, self.guidance = step, num_steps, guidance
+        self.last_timestep = None
+        return new_run
+
+    def reset(self) -> None:
+        self.step, self.num_steps, self.guidance, self.pass_index, self.last_timestep = -1, None, None, 0, None
+
+
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class ContextListener(StateManager):
+    """A ``StateManager`` kept only to hear the pipeline's ``CacheContext``: diffusers hands the context to every
+    ``StateManager`` attribute of a stateful hook (``_is_stateful``), and ``None`` when the block ends."""
+
+    def __init__(self, on_context: Callable):
+        super().__init__(_NoState)
+        self._on_context = on_context
+
+    def set_context(self, context) -> None:
+        super().set_context(context)
+        self._on_context(context)
+
+
+class StepHook(ModelHook):
+    """A diffusers hook on a denoiser that keeps a :class:`DenoisingSteps` current: from the ``CacheContext`` when
+    the pipeline sets one with a step, else from the timestep before each call. ``on_new_run()`` is called when a
+    run starts."""
+
+    _is_stateful = True
+
+    def __init__(self, steps: DenoisingSteps, on_new_run: Callable[[], None] | None = None):
+        super().__init__()
+        self.steps, self.on_new_run = steps, on_new_run
+        self.context = ContextListener(self._on_context)
+        self._position: int | None = 1
+        self._from_context = False
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._position = timestep_position(module.forward)
+        return module
+
+    def _on_context(self, context) -> None:
+        step = getattr(context, "step_index", None)
+        self._from_context = step is not None
+        if step is not None and self.steps.set_context(step, getattr(context, "num_inference_steps", None),
+                                                       context.name):
+            self._new_run()
+
+    def _new_run(self) -> None:
+        if self.on_new_run is not None:
+            self.on_new_run()
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if not self._from_context and self.steps.observe(timestep_of(args, kwargs, self._position)):
+            self._new_run()
+        return args, kwargs
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.steps.reset()
+        self._from_context = False
+        return module

@@ -1,0 +1,80 @@
+"""Latent I/O of the coarse-to-fine stages: a stage's result as a spatial latent ``(B, C, h, w)`` (``(B, C, F, h,
+w)`` for Wan), upsampling it, and turning it back into the ``latents=`` argument of the pipeline (Flux packs its
+latents)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .family import Family
+
+
+def stage_kwargs(family: Family, kwargs: dict, final: bool) -> dict:
+    """Pipeline keyword arguments of one stage: the user's, plus what the family needs (intermediate stages return
+    latents; PixArt's resolution binning would resize the hi-res result back to a training-size bin)."""
+    out = dict(kwargs)
+    if family.name == "pixart":
+        out.setdefault("use_resolution_binning", False)
+    if family.name == "wan":
+        out.setdefault("num_frames", 1)
+    if not final:
+        out["output_type"] = "pt" if family.embedded else "latent"
+        out["return_dict"] = True
+    return out
+
+
+def result_latents(family: Family, pipe, result, height: int, width: int) -> torch.Tensor:
+    """A stage's output (``output_type`` latent, or ``"pt"`` for the embedded models) as a spatial latent
+    ``(B, C, h, w)`` (Wan: ``(B, C, F, h, w)``) in the space the pipeline's ``latents=`` argument takes."""
+    if family.embedded:
+        return result.images * 2 - 1  # [0, 1] images -> the model's [-1, 1] pixel space
+    if family.name == "wan":
+        return result.frames
+    x = result.images
+    if family.name == "flux":
+        x = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+    return x
+
+
+def pipeline_latents(family: Family, pipe, x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`result_latents`: the ``latents=`` argument for a spatial latent ``x``."""
+    if family.name == "flux":
+        b, c, h, w = x.shape
+        return pipe._pack_latents(x, b, c, h, w)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
+    """Separable Gaussian low-pass of ``(N, C, H, W)`` with per-axis ``sigma`` in pixels (reflect padding)."""
+    out = x
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        radius = max(1, math.ceil(3 * s))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-0.5 * (t / s) ** 2)
+        k = (k / k.sum()).view(1, 1, -1, 1) if axis == 0 else (k / k.sum()).view(1, 1, 1, -1)
+        pad = (0, 0, radius, radius) if axis == 0 else (radius, radius, 0, 0)
+        c = out.shape[1]
+        out = F.conv2d(F.pad(out, pad, mode="reflect"), k.expand(c, 1, *k.shape[2:]), groups=c)
+    return out
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int], mode: str, lowpass: float = 0.0) -> torch.Tensor:
+    """Resize the last two dims of ``x`` (``(B, C, h, w)`` or ``(B, C, F, h, w)``) to ``size``; ``lowpass`` > 0
+    blurs the result with a Gaussian of that many *source* pixels, so the coarse stage hands on only its low
+    frequencies and the refinement draws the fine ones (the low-frequency guidance of DiffuseHigh / FreeScale)."""
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    y = x.permute(0, 2, 1, 3, 4).reshape(-1, x.shape[1], *x.shape[-2:]) if x.ndim == 5 else x
+    h, w = y.shape[-2:]
+    y = F.interpolate(y.float(), size=size, mode=mode, **kw)
+    if lowpass > 0:
+        y = gaussian_blur(y, (lowpass * size[0] / h, lowpass * size[1] / w))
+    y = y.to(x.dtype)
+    if x.ndim == 5:
+        b, c, f = x.shape[:3]
+        return y.reshape(b, f, c, *size).permute(0, 2, 1, 3, 4)
+    return y

@@ -1,0 +1,108 @@
+"""A :class:`HiResConfig` resolved for one pipeline and target size: family, method, stage sizes, RAU-Net
+schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import DEFAULT_STRENGTH, HiResConfig
+from .family import Family, detect_family
+
+
+@dataclass(frozen=True)
+class HiResPlan:
+    """A resolved recipe for one call (what :func:`hires` runs)."""
+
+    family: Family
+    method: str
+    sizes: tuple[tuple[int, int], ...]  # stage sizes in pixels, base first, target last
+    raunet_factors: tuple[tuple[int, int], ...] = ()
+    raunet_switch: tuple[float, ...] = ()
+    strengths: tuple[float, ...] = DEFAULT_STRENGTH
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        (h0, w0), (h, w) = self.family.train_size, self.sizes[-1]
+        return h / h0, w / w0
+
+
+def _check_size(name: str, value, multiple: int, family: Family) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int (pixels).")
+    if value % multiple:
+        lo, hi = value - value % multiple, value - value % multiple + multiple
+        raise ValueError(
+            f"{name}={value} is not a multiple of {multiple}, which {family.name} needs here (VAE factor "
+            f"{family.vae_factor} x latent multiple {multiple // family.vae_factor}); e.g. {lo or multiple} or {hi}."
+        )
+
+
+def _raunet_schedule(config: HiResConfig, scale: tuple[float, float]) -> tuple[tuple, tuple]:
+    kh, kw = max(1, round(scale[0])), max(1, round(scale[1]))
+    if kh == 1 and kw == 1:
+        return (), ()
+    big = max(scale) > 2.5
+    switch = config.raunet_switch or ((0.3, 0.7) if big else (0.4,))
+    factors = [(kh, kw)]
+    while len(factors) < len(switch):
+        fh, fw = factors[-1]
+        factors.append((max(1, fh // 2), max(1, fw // 2)))
+    return tuple(factors), tuple(switch[: len(factors)])
+
+
+def _stage_sizes(family: Family, height: int, width: int, max_scale: float) -> tuple[tuple[int, int], ...]:
+    h0, w0 = family.train_size
+    m = family.pixel_multiple
+    n = max(1, math.ceil(math.log(max(height / h0, width / w0)) / math.log(max_scale) - 1e-9))
+    sizes = []
+    for i in range(n + 1):
+        f = i / n
+        h = h0 * (height / h0) ** f
+        w = w0 * (width / w0) ** f
+        sizes.append((max(m, round(h / m) * m), max(m, round(w / m) * m)))
+    sizes[0], sizes[-1] = (max(m, round(h0 / m) * m), max(m, round(w0 / m) * m)), (height, width)
+    out = [sizes[0]]
+    for s in sizes[1:]:
+        if s != out[-1]:
+            out.append(s)
+    return tuple(out)
+
+
+def plan(pipe, height: int, width: int, config: HiResConfig | None = None) -> HiResPlan:
+    """Resolve ``config`` for ``pipe`` at ``height x width``: family, method, stage sizes, RAU-Net schedule.
+    ``ValueError`` for a scale below 1 or a size the model cannot take; ``TypeError`` for an unsupported pipeline."""
+    config = config if config is not None else HiResConfig()
+    if not isinstance(config, HiResConfig):
+        raise TypeError(f"config must be a HiResConfig, got {type(config).__name__}.")
+    family = detect_family(pipe, config.train_size_px)
+    _check_size("height", height, family.pixel_multiple, family)
+    _check_size("width", width, family.pixel_multiple, family)
+    h0, w0 = family.train_size
+    scale = (height / h0, width / w0)
+    if min(scale) < 1:
+        raise ValueError(
+            f"hires needs a target at least the training size {h0}x{w0} of {family.name}; got {height}x{width} "
+            f"(scale {scale[0]:.2f} x {scale[1]:.2f}): call the pipeline directly below it."
+        )
+    method = config.method
+    if method == "auto":
+        method = "hidiffusion" if family.is_unet else "coarse_to_fine"
+    if method == "hidiffusion" and not family.is_unet:
+        raise ValueError(
+            f"HiResConfig(method='hidiffusion') needs a U-Net pipeline; {family.name} is a DiT: use 'coarse_to_fine'."
+        )
+    if method == "hidiffusion":
+        factors, switch = _raunet_schedule(config, scale) if config.raunet else ((), ())
+        if factors:
+            fh, fw = factors[0]
+            _check_size("height", height, family.pixel_multiple * fh, family)
+            _check_size("width", width, family.pixel_multiple * fw, family)
+        return HiResPlan(family, method, ((height, width),), factors, switch)
+    strength = config.strength if config.strength is not None else DEFAULT_STRENGTH
+    strength = strength if isinstance(strength, tuple) else (strength,)
+    sizes = _stage_sizes(family, height, width, config.max_stage_scale)
+    n = len(sizes) - 1
+    return HiResPlan(family, method, sizes, strengths=tuple(strength[min(i, len(strength) - 1)] for i in range(n)))
+
+

@@ -1,0 +1,112 @@
+"""Run a pipeline from an intermediate timestep without touching its ``__call__``: :func:`renoise` noises a clean
+latent to the first timestep of the truncated schedule, and :func:`refine_schedule` gives the call a copy of the
+scheduler whose ``set_timesteps`` keeps only the last ``strength`` part of the schedule (as diffusers' img2img
+pipelines slice it)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .family import Family
+
+
+def _schedule_kwargs(family: Family, pipe, steps: int, latent_hw: tuple[int, int], device) -> dict:
+    """The arguments the family's pipeline gives ``scheduler.set_timesteps`` for ``steps`` steps at this size."""
+    sched = pipe.scheduler
+    if family.name == "flux":
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+        mu = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
+                             sched.config.get("max_image_seq_len", 4096), sched.config.get("base_shift", 0.5),
+                             sched.config.get("max_shift", 1.15))
+        sigmas = None if sched.config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
+        if sigmas is None:
+            return {"num_inference_steps": steps, "device": device, "mu": mu}
+        return {"sigmas": sigmas, "device": device, "mu": mu}
+    if family.name == "sd3" and sched.config.get("use_dynamic_shifting", None):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        patch = pipe.transformer.config.patch_size
+        seq = (latent_hw[0] // patch) * (latent_hw[1] // patch)
+        mu = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
+                             sched.config.get("max_image_seq_len", 4096), sched.config.get("base_shift", 0.5),
+                             sched.config.get("max_shift", 1.16))
+        return {"num_inference_steps": steps, "device": device, "mu": mu}
+    return {"num_inference_steps": steps, "device": device}
+
+
+def _truncate(sched, start: int) -> None:
+    order = int(getattr(sched, "order", 1) or 1)
+    n = len(sched.timesteps)
+    cut = start * order
+    sched.timesteps = sched.timesteps[cut:]
+    sigmas = getattr(sched, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and len(sigmas) >= n:
+        sched.sigmas = sigmas[cut:]
+    if hasattr(sched, "_step_index"):
+        sched._step_index = None
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(0)
+
+
+def start_index(steps: int, strength: float) -> int:
+    """First step kept when re-noising to ``strength`` (fraction of the ``steps`` that run, at least one)."""
+    return steps - min(steps, max(1, round(steps * strength)))
+
+
+def renoise(family: Family, pipe, x0: torch.Tensor, steps: int, strength: float,
+            generator) -> tuple[torch.Tensor, float]:
+    """Noise the clean latent ``x0`` to the first timestep of the truncated schedule (see :func:`refine_schedule`),
+    divided by the scheduler's ``init_noise_sigma`` (the pipeline multiplies it back). Returns the latents and that
+    timestep."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    sched = copy.deepcopy(pipe.scheduler)
+    latent_hw = tuple(x0.shape[-2:])
+    sched.set_timesteps(**_schedule_kwargs(family, pipe, steps, latent_hw, x0.device))
+    _truncate(sched, start_index(steps, strength))
+    t0 = sched.timesteps[:1].to(x0.device)
+    noise = randn_tensor(tuple(x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
+    if hasattr(sched, "scale_noise"):
+        noisy = sched.scale_noise(x0, t0, noise)
+    else:
+        noisy = sched.add_noise(x0, noise, t0)
+    return noisy / getattr(sched, "init_noise_sigma", 1.0), float(t0[0])
+
+
+@contextlib.contextmanager
+def refine_schedule(pipe, strength: float, first_timestep: float | None = None) -> Iterator[None]:
+    """While active, ``pipe`` runs only the last ``strength`` part of its schedule: its scheduler is a copy whose
+    ``set_timesteps`` slices the schedule after building it. The user's scheduler is put back on exit.
+    ``first_timestep``: the timestep the latents were noised for (:func:`renoise`); a pipeline that builds a different
+    schedule raises instead of denoising from the wrong noise level."""
+    original = pipe.scheduler
+    sched = copy.deepcopy(original)
+    build = sched.set_timesteps
+
+    @functools.wraps(build)  # pipelines inspect its signature for `timesteps` / `sigmas` support
+    def set_timesteps(*args, **kwargs):
+        build(*args, **kwargs)
+        steps = len(sched.timesteps) // int(getattr(sched, "order", 1) or 1)
+        _truncate(sched, start_index(steps, strength))
+        t0 = float(sched.timesteps[0])
+        if first_timestep is not None and abs(t0 - first_timestep) > 1e-3 * max(1.0, abs(first_timestep)):
+            raise RuntimeError(
+                f"hires: {type(pipe).__name__} built a schedule starting at t={t0:.4f}, not the "
+                f"t={first_timestep:.4f} the latents were noised for (its set_timesteps arguments differ from the "
+                "expected ones)."
+            )
+
+    sched.set_timesteps = set_timesteps
+    pipe.scheduler = sched
+    try:
+        yield
+    finally:
+        pipe.scheduler = original
