@@ -1,0 +1,127 @@
+"""Tiny image-denoiser builders: ``builder(batch) -> (model, inputs)``, keyword inputs shaped as each pipeline passes
+them. Latents give a 16 x 16 token grid (after patching, wider than
+the methods' default windows); 7 text tokens, the last 2 padded where the pipeline masks."""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+
+from .testing_families import tiny
+
+TEXT = 7
+S = 16  # token grid side; latents are 2 * S for patch-2 models
+
+
+def _ids(h: int, w: int, axes: int = 3, frame_axis: bool = False) -> torch.Tensor:
+    """Flux-style position ids ``(h*w, axes)``: (0, row, col) with 3 axes, (t=0, row, col, 0) with 4."""
+    ids = torch.zeros(h, w, axes)
+    ids[..., 1 if axes == 3 else 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return ids.reshape(-1, axes)
+
+
+def _mask(batch: int, padded: int = 2) -> torch.Tensor:
+    mask = torch.ones(batch, TEXT, dtype=torch.long)
+    mask[:, TEXT - padded:] = 0
+    return mask
+
+
+def flux(batch: int):
+    model = tiny(diffusers.FluxTransformer2DModel, in_channels=16, attention_head_dim=16, num_attention_heads=2,
+                 joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6))
+    return model, dict(
+        hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        pooled_projections=torch.randn(batch, 16), timestep=torch.tensor([0.5] * batch),
+        img_ids=_ids(S, S), txt_ids=torch.zeros(TEXT, 3),
+    )
+
+
+def chroma(batch: int):
+    model = tiny(diffusers.ChromaTransformer2DModel, in_channels=16, attention_head_dim=16, num_attention_heads=2,
+                 joint_attention_dim=16, axes_dims_rope=(4, 6, 6), approximator_num_channels=8,
+                 approximator_hidden_dim=16, approximator_layers=1)
+    return model, dict(
+        hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        timestep=torch.tensor([0.5] * batch), img_ids=_ids(S, S), txt_ids=torch.zeros(TEXT, 3),
+    )
+
+
+def flux2(batch: int):
+    model = tiny(diffusers.Flux2Transformer2DModel, in_channels=16, attention_head_dim=16, num_attention_heads=2,
+                 joint_attention_dim=16, timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4))
+    return model, dict(
+        hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        timestep=torch.tensor([0.5] * batch), guidance=torch.tensor([3.5] * batch),
+        img_ids=_ids(S, S, axes=4).expand(batch, -1, -1), txt_ids=torch.zeros(batch, TEXT, 4),
+    )
+
+
+def qwen_image(batch: int):
+    model = tiny(diffusers.QwenImageTransformer2DModel, in_channels=16, out_channels=4, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 6, 6))
+    return model, dict(
+        hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        encoder_hidden_states_mask=_mask(batch), timestep=torch.tensor([0.5] * batch),
+        img_shapes=[[(1, S, S)]] * batch,
+    )
+
+
+def z_image(batch: int):
+    model = tiny(diffusers.ZImageTransformer2DModel, in_channels=4, dim=32, n_heads=2, n_kv_heads=2,
+                 cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[64, 32, 32])
+    return model, dict(
+        x=[torch.randn(4, 1, 2 * S, 2 * S) for _ in range(batch)], t=torch.tensor([0.5] * batch),
+        cap_feats=[torch.randn(TEXT - i, 16) for i in range(batch)],
+    )
+
+
+def pixart(batch: int):
+    model = tiny(diffusers.PixArtTransformer2DModel, num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                 out_channels=8, cross_attention_dim=32, caption_channels=16, sample_size=2 * S, patch_size=2,
+                 norm_num_groups=8)
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), timestep=torch.tensor([500] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_attention_mask=_mask(batch),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+
+
+def sd3(batch: int):
+    model = tiny(diffusers.SD3Transformer2DModel, sample_size=2 * S, patch_size=2, in_channels=4, out_channels=4,
+                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=32,
+                 pooled_projection_dim=16, pos_embed_max_size=32)
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), timestep=torch.tensor([500] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), pooled_projections=torch.randn(batch, 16),
+    )
+
+
+def dit(batch: int):
+    model = tiny(diffusers.DiTTransformer2DModel, num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                 out_channels=8, sample_size=2 * S, patch_size=2, norm_num_groups=8, num_embeds_ada_norm=10)
+    return model, dict(hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), timestep=torch.tensor([500] * batch),
+                       class_labels=torch.tensor([1] * batch))
+
+
+def unet2d_condition(batch: int):
+    model = tiny(diffusers.UNet2DConditionModel, sample_size=S, in_channels=4, out_channels=4,
+                 block_out_channels=(16, 32), layers_per_block=1,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                 attention_head_dim=8, norm_num_groups=8)
+    return model, dict(sample=torch.randn(batch, 4, S, S), timestep=torch.tensor(500),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
+BUILDERS = {
+    "ChromaTransformer2DModel": chroma,
+    "DiTTransformer2DModel": dit,
+    "Flux2Transformer2DModel": flux2,
+    "FluxTransformer2DModel": flux,
+    "PixArtTransformer2DModel": pixart,
+    "QwenImageTransformer2DModel": qwen_image,
+    "SD3Transformer2DModel": sd3,
+    "UNet2DConditionModel": unet2d_condition,
+    "ZImageTransformer2DModel": z_image,
+}
