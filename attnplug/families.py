@@ -9,6 +9,7 @@ nor refused here is refused at ``apply`` with a message naming it and what is un
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .layout_reader import (
     _halvings,
     _patch,
     grid_image_4d,
+    grid_img_shapes,
+    grid_latent_list,
     grid_position_ids,
     grid_size_kwargs,
     grid_unet,
@@ -47,10 +50,18 @@ class FamilySpec:
     exclude_modules: tuple[str, ...] = ()  # attention modules that never see the image grid (e.g. text refiners)
     grid_reads_values: bool = False  # the grid comes from tensor values (Flux's img_ids), not only from shapes
     value_inputs: tuple[str, ...] = ()  # the keyword inputs whose values the grid reader reads
-    train_size: tuple[int, int] | None = None  # pixels
-    vae_factor: int = 8  # pixels per latent pixel
+    train_size: tuple[int, int] | None = None  # pixels (height, width)
+    pixels_per_token: int = 16  # image pixels per token side (VAE factor x patch or packing)
     train_frames: int | None = None  # video frames
     rope: str | None = None  # the long-video rotary adapter (attnplug.pipelines._long_video_rope)
+    variant: Callable[[Any], dict] | None = None  # config -> fields that differ for this checkpoint
+
+
+def _wan_variant(config) -> dict:
+    """Wan 2.2 TI2V-5B: 48-channel latents of a 16x VAE, trained at 704 x 1280, 121 frames."""
+    if getattr(config, "in_channels", None) == 48 or getattr(config, "out_channels", None) == 48:
+        return dict(train_size=(704, 1280), pixels_per_token=32, train_frames=121)
+    return {}
 
 
 _IDS = dict(grid=grid_position_ids, grid_reads_values=True, value_inputs=("img_ids",))
@@ -62,21 +73,54 @@ FAMILIES: dict[str, FamilySpec] = {
         train_frames=16,
     ),
     "UNet3DConditionModel": FamilySpec(
-        "unet3d", grid_unet, multiscale=True, temporal_modules=("temp_attentions",), frames_in_batch=True
+        "unet3d", grid_unet, multiscale=True, temporal_modules=("temp_attentions", "transformer_in"),
+        frames_in_batch=True,
     ),
     "PixArtTransformer2DModel": FamilySpec("pixart", grid_image_4d),
     "DiTTransformer2DModel": FamilySpec("dit", grid_image_4d),
     "SD3Transformer2DModel": FamilySpec("sd3", grid_image_4d, text_position="last"),
     "FluxTransformer2DModel": FamilySpec("flux", text_position="first", train_size=(1024, 1024), **_IDS),
-    "WanTransformer3DModel": FamilySpec("wan", grid_video_bcfhw, train_frames=81, rope="wan"),
+    "WanTransformer3DModel": FamilySpec(
+        "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
+    ),
     "CogVideoXTransformer3DModel": FamilySpec(
         "cogvideox", grid_video_bfchw, text_position="first", train_frames=49, rope="cogvideox"
     ),
     "HunyuanVideoTransformer3DModel": FamilySpec(
         "hunyuanvideo", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
-        train_frames=129, rope="hunyuanvideo",
+        train_size=(720, 1280), train_frames=129, rope="hunyuanvideo",
     ),
-    "LTXVideoTransformer3DModel": FamilySpec("ltx", grid_size_kwargs, train_frames=121, rope="ltx"),
+    "LTXVideoTransformer3DModel": FamilySpec(
+        "ltx", grid_size_kwargs, train_size=(512, 768), pixels_per_token=32, train_frames=121, rope="ltx"
+    ),
+    # image transformers with joint (text + image) attention
+    "ChromaTransformer2DModel": FamilySpec("chroma", text_position="first", train_size=(1024, 1024), **_IDS),
+    "Flux2Transformer2DModel": FamilySpec(
+        "flux2", text_position="first", train_size=(1024, 1024), pixels_per_token=16, **_IDS
+    ),
+    "QwenImageTransformer2DModel": FamilySpec(
+        "qwen-image", grid_img_shapes, text_position="first", train_size=(1328, 1328), pixels_per_token=16
+    ),
+    # Z-Image: image tokens (padded to a multiple of 32) then caption; the refiners see one modality each
+    "ZImageTransformer2DModel": FamilySpec(
+        "z-image", grid_latent_list, text_position="last", exclude_modules=("context_refiner", "siglip_refiner"),
+        train_size=(1024, 1024), pixels_per_token=16,
+    ),
+    # video transformers
+    "WanVACETransformer3DModel": FamilySpec(
+        "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
+    ),
+    "SkyReelsV2Transformer3DModel": FamilySpec(
+        "skyreels-v2", grid_video_bcfhw, train_size=(544, 960), train_frames=97
+    ),
+    "ChronoEditTransformer3DModel": FamilySpec("chronoedit", grid_video_bcfhw),
+    "HunyuanVideo15Transformer3DModel": FamilySpec(
+        "hunyuanvideo15", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
+        train_size=(720, 1280), train_frames=121,
+    ),
+    # LTX-2: the audio stream's self-attention and the audio <-> video attentions never see the video grid
+    "LTX2VideoTransformer3DModel": FamilySpec("ltx2", grid_size_kwargs, exclude_modules=("audio",), train_frames=121),
+    "MochiTransformer3DModel": FamilySpec("mochi", grid_video_bcfhw, text_position="last"),
 }
 
 #: class name -> why attnplug refuses it (its self-attention is not softmax attention over a latent token grid).
@@ -90,7 +134,9 @@ def family_of(model: torch.nn.Module) -> FamilySpec:
     """The :class:`FamilySpec` of a denoiser; ``TypeError`` naming the class and why it is not supported."""
     for cls in type(model).__mro__:
         if cls.__name__ in FAMILIES:
-            return FAMILIES[cls.__name__]
+            spec = FAMILIES[cls.__name__]
+            changes = spec.variant(model.config) if spec.variant is not None else {}
+            return dataclasses.replace(spec, **changes) if changes else spec
         if cls.__name__ in REFUSED:
             raise TypeError(f"attnplug does not run on {type(model).__name__}: {REFUSED[cls.__name__]}")
     raise TypeError(
@@ -123,12 +169,19 @@ def latent_level(model: torch.nn.Module, module_name: str) -> int | None:
 
 def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int] | None:
     """The token grid ``(frames, height, width)`` the model was trained at, at ``level`` 2x downsamplings below the
-    latent grid (from ``config.sample_size`` and the patch size); None when the config does not say."""
+    latent grid: from ``config.sample_size`` (or ``sample_height`` / ``sample_width``) and the patch size, else from
+    the family's published training size; None when neither says. Frames are 1: only the spatial grid is known."""
+    fam = family_of(model)
     size = getattr(model.config, "sample_size", None)
     if size is None:
+        sh, sw = getattr(model.config, "sample_height", None), getattr(model.config, "sample_width", None)
+        if isinstance(sh, int) and isinstance(sw, int):
+            _, ph, pw = _patch(model.config)
+            return (1, sh // ph, sw // pw)
+        if fam.train_size is not None:
+            return (1, fam.train_size[0] // fam.pixels_per_token, fam.train_size[1] // fam.pixels_per_token)
         return None
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    fam = family_of(model)
     if fam.multiscale:
         hs, ws = _halvings(h), _halvings(w)
         return (1, hs[min(level, len(hs) - 1)], ws[min(level, len(ws) - 1)])

@@ -120,3 +120,21 @@ def grid_size_kwargs(model, args, kwargs) -> tuple[int, int, int]:
         ) from None
     pt, ph, pw = _patch(model.config)
     return (-(-f // pt), h // ph, w // pw)
+
+
+def grid_latent_list(model, args, kwargs) -> tuple[int, int, int]:
+    """A list of per-sample latents ``(C, F, H, W)`` (Z-Image's ``x``) patchified by the forward's ``f_patch_size``
+    and ``patch_size``. Samples of different sizes, or image conditions packed in (``siglip_feats``), are refused."""
+    xs = kwargs.get("x", args[0] if args else None)
+    if not isinstance(xs, (list, tuple)) or not xs or not all(isinstance(x, torch.Tensor) for x in xs):
+        raise ValueError(f"{type(model).__name__} was called without its list of latents `x`; cannot read the grid.")
+    if kwargs.get("siglip_feats") is not None:
+        raise ValueError(
+            f"{type(model).__name__} was called with image conditions (`siglip_feats`): conditioning images are "
+            "packed in the sequence before the generated image, which attnplug does not treat as one token grid."
+        )
+    shapes = {tuple(x.shape[-3:]) for x in xs}
+    if len(shapes) != 1:
+        raise ValueError(f"{type(model).__name__} got latents of different sizes {sorted(shapes)} in one batch.")
+    (f, h, w), p, pf = shapes.pop(), int(kwargs.get("patch_size", 2)), int(kwargs.get("f_patch_size", 1))
+    return (-(-f // pf), h // p, w // p)
