@@ -105,7 +105,7 @@ def run_frames(pipe, frames: int, n: int, steps: int, variants: dict) -> list[di
 
 def animatediff_rows(steps: int) -> list[dict]:
     """Tiny random AnimateDiff at 4x its motion length: attnplug's long_video vs diffusers' FreeNoise alone."""
-    from attnplug.pipelines._long_video_api import _disable_free_noise
+    from attnplug.pipelines._long_video.api import _disable_free_noise
     from attnplug.testing import tiny_pipeline
 
     pipe = tiny_pipeline("animatediff", tempfile.mkdtemp())

@@ -90,7 +90,8 @@ def test_one_steps_count_of_a_scheduler():
 
 
 def test_one_denoiser_discovery():
-    from attnplug.pipelines import _hires, _long_video_api
+    from attnplug.pipelines import _hires
+    from attnplug.pipelines._long_video import api as _long_video_api
 
     assert _hires.family.resolve_denoisers is attnplug.plugin.resolve_denoisers
     assert _long_video_api.resolve_denoisers is attnplug.plugin.resolve_denoisers
@@ -103,7 +104,7 @@ def test_one_hook_registry_helper():
     users = {p.relative_to(PACKAGE).as_posix() for p in _sources()
              if {"check_if_exists_or_initialize", "remove_hook"} & _calls(p)}
     assert not users, f"register and remove hooks through attnplug._hook_registry: {users}"
-    from attnplug.pipelines import _long_video_rope
+    from attnplug.pipelines._long_video import rope as _long_video_rope
     from attnplug.pipelines._hires import raunet
 
     assert raunet.register_hook is _hook_registry.register_hook
@@ -173,7 +174,7 @@ def test_hires_leaves_nothing_behind(sd):
 
 def test_long_video_and_riflex_leave_nothing_behind(tmp_path):
     from attnplug.pipelines import LongVideoConfig, long_video
-    from attnplug.pipelines._long_video_rope import apply_riflex, remove_riflex
+    from attnplug.pipelines._long_video.rope import apply_riflex, remove_riflex
 
     pipe = tiny_pipeline("wan", str(tmp_path))
     pipe.set_progress_bar_config(disable=True)

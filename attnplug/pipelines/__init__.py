@@ -18,10 +18,10 @@ _LAZY = {
     "HiResPlan": ("_hires", "HiResPlan"),
     "hires_plan": ("_hires", "plan"),
     "PipelineConfig": ("_config", "PipelineConfig"),
-    "long_video": ("_long_video_api", "long_video"),
-    "LongVideoConfig": ("_long_video_api", "LongVideoConfig"),
-    "LongVideoPlan": ("_long_video_api", "LongVideoPlan"),
-    "long_video_plan": ("_long_video_api", "resolve_config"),
+    "long_video": ("_long_video", "long_video"),
+    "LongVideoConfig": ("_long_video", "LongVideoConfig"),
+    "LongVideoPlan": ("_long_video", "LongVideoPlan"),
+    "long_video_plan": ("_long_video", "resolve_config"),
 }
 
 __all__ = sorted(_LAZY)

@@ -12,11 +12,11 @@ import attnplug
 from attnplug.layout import TokenLayout
 from attnplug.methods import AttentionMethod
 from attnplug.pipelines import LongVideoConfig, long_video
-from attnplug.pipelines._long_video_api import check_num_frames
-from attnplug.pipelines._long_video_attention import frame_weights, temporal_window_attention, window_starts
-from attnplug.pipelines._long_video_noise import rescheduled_noise
-from attnplug.pipelines._long_video_rope import apply_riflex, remove_riflex, riflex_plan
-from attnplug.pipelines._long_video_vstar import TemporalBandMethod, band_bias
+from attnplug.pipelines._long_video.api import check_num_frames
+from attnplug.pipelines._long_video.attention import frame_weights, temporal_window_attention, window_starts
+from attnplug.pipelines._long_video.noise import rescheduled_noise
+from attnplug.pipelines._long_video.rope import apply_riflex, remove_riflex, riflex_plan
+from attnplug.pipelines._long_video.vstar import TemporalBandMethod, band_bias
 from attnplug.testing import forward, tiny_model
 
 
@@ -117,7 +117,7 @@ def test_riflex_on_cogvideox_rewrites_the_temporal_columns_of_image_rotary_emb()
 
 
 def test_riflex_on_ltx_follows_the_calls_rope_interpolation_scale():
-    from attnplug.pipelines._long_video_rope import plan_for_frequencies
+    from attnplug.pipelines._long_video.rope import plan_for_frequencies
 
     model, inputs = tiny_model("ltx", frames=6)
     inputs = dict(inputs, rope_interpolation_scale=(8 / 25, 32.0, 32.0))
@@ -205,7 +205,7 @@ def test_long_video_runs_with_sparse_composition(shapes, monkeypatch):
 
 def _record_methods(monkeypatch, name: str) -> list:
     """Replace ``long_video``'s method class ``name`` by a subclass that records its instances (returned list)."""
-    lv = importlib.import_module("attnplug.pipelines._long_video_api")
+    lv = importlib.import_module("attnplug.pipelines._long_video.api")
     made = []
 
     class Recording(getattr(lv, name)):
@@ -227,7 +227,7 @@ def animatediff(tmp_path_factory):
 
 
 def test_animatediff_long_video_uses_free_noise_and_vstar_then_restores(animatediff, monkeypatch):
-    lv = importlib.import_module("attnplug.pipelines._long_video_api")
+    lv = importlib.import_module("attnplug.pipelines._long_video.api")
     made = _record_methods(monkeypatch, "TemporalBandMethod")
     args = dict(num_inference_steps=2, height=8, width=8, output_type="pt")
     before = animatediff("red circle", num_frames=16, generator=torch.Generator().manual_seed(0), **args).frames
@@ -256,11 +256,11 @@ def test_animatediff_keeps_a_users_free_noise(animatediff):
                    output_type="pt")
         assert animatediff.free_noise_enabled and animatediff._free_noise_context_length == 8
     finally:
-        importlib.import_module("attnplug.pipelines._long_video_api")._disable_free_noise(animatediff)
+        importlib.import_module("attnplug.pipelines._long_video.api")._disable_free_noise(animatediff)
 
 
 def test_defaults_on_shapes_video_follow_the_extension(shapes):
-    lv = importlib.import_module("attnplug.pipelines._long_video_api")
+    lv = importlib.import_module("attnplug.pipelines._long_video.api")
     at4 = lv.resolve_config(shapes, 32)
     assert (at4.rope, at4.temporal_windows, at4.window, at4.stride, at4.noise_rescheduling) == (
         "riflex", True, 8, 4, False)
@@ -306,7 +306,7 @@ def _left_behind(model) -> list[str]:
 
 
 def test_two_expert_pipeline_gets_riflex_and_windows_on_both_experts_then_stock(tmp_path):
-    from attnplug.pipelines._long_video_rope import HOOK_NAME
+    from attnplug.pipelines._long_video.rope import HOOK_NAME
 
     pipe = _tiny_wan22(tmp_path)
     experts = (pipe.transformer, pipe.transformer_2)
@@ -356,7 +356,7 @@ class _HandsBack(AttentionMethod):
 
 
 def test_window_method_passes_on_the_inner_protocol_and_counts_its_hand_backs():
-    from attnplug.pipelines._long_video_attention import TemporalWindowMethod
+    from attnplug.pipelines._long_video.attention import TemporalWindowMethod
 
     model, inputs = tiny_model("wan", frames=4)
     method = TemporalWindowMethod(window=2, stride=1, inner=_HandsBack())

@@ -7,9 +7,9 @@ import torch
 import attnplug
 from attnplug.layout import TokenLayout
 from attnplug.pipelines import LongVideoConfig, long_video
-from attnplug.pipelines import _long_video_damping as damping
-from attnplug.pipelines._long_video_api import resolve_config
-from attnplug.pipelines._long_video_damping import FrameDampingMethod, damped_attention, far_pairs
+from attnplug.pipelines._long_video import damping
+from attnplug.pipelines._long_video.api import resolve_config
+from attnplug.pipelines._long_video.damping import FrameDampingMethod, damped_attention, far_pairs
 from attnplug.testing import forward, tiny_model
 
 

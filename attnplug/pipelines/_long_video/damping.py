@@ -24,8 +24,8 @@ import threading
 
 import torch
 
-from ..layout import TokenLayout
-from ..methods.base import AttentionMethod, CallInfo
+from ...layout import TokenLayout
+from ...methods.base import AttentionMethod, CallInfo
 
 #: Score elements per query chunk (``B * H * chunk * N``): bounds the memory of the dense scores.
 _CHUNK_ELEMENTS = 1 << 24

@@ -21,8 +21,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from ..layout import TokenLayout
-from ..methods.base import AttentionMethod, CallInfo, MethodWrapper
+from ...layout import TokenLayout
+from ...methods.base import AttentionMethod, CallInfo, MethodWrapper
 
 WEIGHTINGS = ("pyramid", "flat")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..layout import TokenLayout
-from ..methods.base import AttentionMethod, CallInfo
+from ...layout import TokenLayout
+from ...methods.base import AttentionMethod, CallInfo
 
 
 def band_bias(frames: int, strength: float, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:

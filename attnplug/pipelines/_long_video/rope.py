@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.hooks import ModelHook
 
-from .._hook_registry import register_hook, unregister_everywhere
+from ..._hook_registry import register_hook, unregister_everywhere
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def supported_families() -> tuple[str, ...]:
 
 
 def _adapter_for(model: torch.nn.Module) -> _Adapter:
-    from ..layout import family_of
+    from ...layout import family_of
 
     try:
         family = family_of(model).name

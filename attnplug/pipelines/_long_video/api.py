@@ -4,16 +4,16 @@
 :class:`LongVideoConfig` chooses:
 
 - **noise re-scheduling** (FreeNoise): the initial noise repeats shuffled windows of training-length noise
-  (:mod:`._long_video_noise`), passed as ``latents=``;
+  (:mod:`.noise`), passed as ``latents=``;
 - **temporal windows** (FreeNoise's window fusion in full 3D attention): self-attention restricted to
   training-length frame windows that slide with overlap, overlapping outputs fused, plus a dense global path
-  (:mod:`._long_video_attention`), applied with :func:`attnplug.apply`;
+  (:mod:`.attention`), applied with :func:`attnplug.apply`;
 - **attention damping** beyond the training window (UltraViCo) for video DiTs: the positive scores of query/key
-  pairs farther apart than half the training length are scaled down (:mod:`._long_video_damping`), applied with
+  pairs farther apart than half the training length are scaled down (:mod:`.damping`), applied with
   :func:`attnplug.apply`;
 - **temporal RoPE rescaling** for video DiTs: RIFLEx (lower the intrinsic frequency) or by-part position
-  interpolation (:mod:`._long_video_rope`), a hook on the rotary-embedding module;
-- **temporal attention regularisation** (VSTAR) for AnimateDiff motion modules (:mod:`._long_video_vstar`), with
+  interpolation (:mod:`.rope`), a hook on the rotary-embedding module;
+- **temporal attention regularisation** (VSTAR) for AnimateDiff motion modules (:mod:`.vstar`), with
   diffusers' own FreeNoise (``pipe.enable_free_noise``) for the windows and the noise of AnimateDiff.
 
 Everything is undone when the call returns or raises: the model is stock again.
@@ -25,119 +25,20 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from .._logging import log_once, scoped
-from ..config import Schedule, help_field, validate_fields
-from ..layout import family_of
-from ..methods.sparse_video import SparseVideoConfig
-from ..plugin import apply, method_of, remove, resolve_denoisers
-from ._long_video_attention import WEIGHTINGS, TemporalWindowMethod
-from ._long_video_damping import FrameDampingMethod
-from ._long_video_noise import rescheduled_noise
-from ._long_video_rope import apply_riflex, remove_riflex, supported_families
-from ._long_video_vstar import TemporalBandMethod
+from ..._logging import log_once, scoped
+from ...config import Schedule
+from ...layout import family_of
+from ...plugin import apply, method_of, remove, resolve_denoisers
+from .attention import TemporalWindowMethod
+from .config import GLOBAL_STEPS, POSITION_SCALE, TRAIN_FRAMES, LongVideoConfig, LongVideoPlan
+from .damping import FrameDampingMethod
+from .noise import rescheduled_noise
+from .rope import apply_riflex, remove_riflex, supported_families
+from .vstar import TemporalBandMethod
 
 logger = logging.getLogger(__name__)
-
-# Training length in video frames (what the model was trained on) when the model config does not say.
-TRAIN_FRAMES = {"wan": 81, "hunyuanvideo": 129, "cogvideox": 49, "ltx": 121, "animatediff": 16}
-ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
-# Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
-# 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
-# beyond that; beyond 2x, training-length windows in the last quarter of the steps (the first three quarters dense).
-POSITION_SCALE = 0.75
-GLOBAL_STEPS = 0.75
-
-
-@dataclass(frozen=True)
-class LongVideoConfig:
-    """Which long-video techniques :func:`long_video` uses. ``None`` fields take the family default
-    (:func:`resolve_config`); frame counts are video frames (before the VAE's temporal compression)."""
-
-    noise_rescheduling: bool | None = help_field(
-        None, "FreeNoise initial noise: shuffled repeats of one training-length window (None = family default)."
-    )
-    temporal_windows: bool | None = help_field(
-        None, "Self-attention in sliding training-length frame windows with fused overlaps (None = family default)."
-    )
-    window: int | None = help_field(
-        None, "Window length in video frames (None = the training length).", min=1
-    )
-    stride: int | None = help_field(None, "Frames between window starts (None = half the window).", min=1)
-    weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
-    global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
-    global_steps: int | float | None = help_field(
-        None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
-        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows run, else 0).", min=0
-    )
-    rope: str = help_field(
-        "auto",
-        "Temporal RoPE rescaling for video DiTs: 'riflex' (divide positions by `position_scale`, then lower the "
-        "intrinsic frequency if the video still spans more than the training length), 'by_part' (interpolate "
-        "the long-period components by `position_scale`, keep the short ones), 'none', or 'auto' (family default: "
-        "'riflex' on RoPE families).",
-        choices=ROPE_CHOICES,
-    )
-    position_scale: float | None = help_field(
-        None, "Temporal position divisor for the RoPE rescaling (None = 0.75 x the extension, at least 1; 1 = no "
-        "interpolation).", min=1
-    )
-    riflex_margin: float = help_field(0.9, "RIFLEx: the video spans this fraction of one period.", min=0.01, max=1)
-    vstar: bool | None = help_field(
-        None, "VSTAR band bias on temporal attention (AnimateDiff motion modules; None = family default)."
-    )
-    vstar_strength: float = help_field(1.0, "VSTAR: bias added on the diagonal of the temporal logits.", min=0)
-    vstar_sigma: float = help_field(0.25, "VSTAR: band width as a fraction of the frames attended.", min=0.01, max=4)
-    damping: bool | None = help_field(
-        None, "UltraViCo attention damping: positive attention scores of frame pairs more than half the training "
-        "length apart are multiplied by `damping_factor`, over the whole video and every step (None = off; replaces "
-        "the default temporal windows when on).",
-    )
-    damping_factor: float = help_field(0.9, "Damping: UltraViCo's decay factor (1 = no damping).", min=0.01, max=1)
-    train_frames: int | None = help_field(
-        None, "Training length in video frames (None = from the model config or the family table).", min=1
-    )
-    sparse: SparseVideoConfig | None = help_field(
-        None, "A sparse video pattern run inside each temporal window (attnplug.SparseVideoConfig), or None."
-    )
-
-    def __post_init__(self):
-        validate_fields(self)
-        if self.global_steps is not None:
-            try:  # the same rule as the Schedule it becomes
-                Schedule(warmup_steps=self.global_steps)
-            except ValueError as exc:
-                raise ValueError(f"LongVideoConfig.global_steps={self.global_steps!r}: {exc}") from None
-        if self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
-            raise TypeError(f"LongVideoConfig.sparse must be a SparseVideoConfig or None, got {self.sparse!r}.")
-
-
-@dataclass(frozen=True)
-class LongVideoPlan:
-    """A :class:`LongVideoConfig` resolved for one pipeline and frame count (all counts in latent frames)."""
-
-    family: str
-    num_frames: int
-    latent_frames: int
-    train_latent: int
-    temporal_compression: int
-    noise_rescheduling: bool
-    temporal_windows: bool
-    window: int
-    stride: int
-    rope: str
-    position_scale: float
-    vstar: bool
-    global_steps: int | float = 0
-    damping: bool = False
-    damping_factor: float = 0.9
-
-    @property
-    def extension(self) -> float:
-        return self.latent_frames / self.train_latent
-
 
 # ---------------------------------------------------------------------------------------------- frame arithmetic
 def temporal_compression(pipe) -> int:

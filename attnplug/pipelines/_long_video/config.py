@@ -1,0 +1,107 @@
+"""The long-video recipe (:class:`LongVideoConfig`) and its resolution for one call (:class:`LongVideoPlan`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import Schedule, help_field
+from ...methods.sparse_video import SparseVideoConfig
+from .._config import PipelineConfig
+from .attention import WEIGHTINGS
+
+# Training length in video frames (what the model was trained on) when the model config does not say.
+TRAIN_FRAMES = {"wan": 81, "hunyuanvideo": 129, "cogvideox": 49, "ltx": 121, "animatediff": 16}
+ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
+# Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
+# 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
+# beyond that; beyond 2x, training-length windows in the last quarter of the steps (the first three quarters dense).
+POSITION_SCALE = 0.75
+GLOBAL_STEPS = 0.75
+
+
+@dataclass(frozen=True)
+class LongVideoConfig(PipelineConfig):
+    """Which long-video techniques :func:`long_video` uses. ``"auto"`` choices and ``None`` fields take the family
+    default (:func:`resolve_config`); frame counts are video frames (before the VAE's temporal compression)."""
+
+    noise_rescheduling: bool | None = help_field(
+        None, "FreeNoise initial noise: shuffled repeats of one training-length window (None = family default)."
+    )
+    temporal_windows: bool | None = help_field(
+        None, "Self-attention in sliding training-length frame windows with fused overlaps (None = family default)."
+    )
+    window: int | None = help_field(
+        None, "Window length in video frames (None = the training length).", min=1
+    )
+    stride: int | None = help_field(None, "Frames between window starts (None = half the window).", min=1)
+    weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
+    global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
+    global_steps: int | float | None = help_field(
+        None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
+        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows run, else 0).", min=0
+    )
+    rope: str = help_field(
+        "auto",
+        "Temporal RoPE rescaling for video DiTs: 'riflex' (divide positions by `position_scale`, then lower the "
+        "intrinsic frequency if the video still spans more than the training length), 'by_part' (interpolate "
+        "the long-period components by `position_scale`, keep the short ones), 'none', or 'auto' (family default: "
+        "'riflex' on RoPE families).",
+        choices=ROPE_CHOICES,
+    )
+    position_scale: float | None = help_field(
+        None, "Temporal position divisor for the RoPE rescaling (None = 0.75 x the extension, at least 1; 1 = no "
+        "interpolation).", min=1
+    )
+    riflex_margin: float = help_field(0.9, "RIFLEx: the video spans this fraction of one period.", min=0.01, max=1)
+    vstar: bool | None = help_field(
+        None, "VSTAR band bias on temporal attention (AnimateDiff motion modules; None = family default)."
+    )
+    vstar_strength: float = help_field(1.0, "VSTAR: bias added on the diagonal of the temporal logits.", min=0)
+    vstar_sigma: float = help_field(0.25, "VSTAR: band width as a fraction of the frames attended.", min=0.01, max=4)
+    damping: bool | None = help_field(
+        None, "UltraViCo attention damping: positive attention scores of frame pairs more than half the training "
+        "length apart are multiplied by `damping_factor`, over the whole video and every step (None = off; replaces "
+        "the default temporal windows when on).",
+    )
+    damping_factor: float = help_field(0.9, "Damping: UltraViCo's decay factor (1 = no damping).", min=0.01, max=1)
+    train_frames: int | None = help_field(
+        None, "Training length in video frames (None = from the model config or the family table).", min=1
+    )
+    sparse: SparseVideoConfig | None = help_field(
+        None, "A sparse video pattern run inside each temporal window (attnplug.SparseVideoConfig), or None."
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.global_steps is not None:
+            try:  # the same rule as the Schedule it becomes
+                Schedule(warmup_steps=self.global_steps)
+            except ValueError as exc:
+                raise ValueError(f"LongVideoConfig.global_steps={self.global_steps!r}: {exc}") from None
+        if self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
+            raise TypeError(f"LongVideoConfig.sparse must be a SparseVideoConfig or None, got {self.sparse!r}.")
+
+
+@dataclass(frozen=True)
+class LongVideoPlan:
+    """A :class:`LongVideoConfig` resolved for one pipeline and frame count (all counts in latent frames)."""
+
+    family: str
+    num_frames: int
+    latent_frames: int
+    train_latent: int
+    temporal_compression: int
+    noise_rescheduling: bool
+    temporal_windows: bool
+    window: int
+    stride: int
+    rope: str
+    position_scale: float
+    vstar: bool
+    global_steps: int | float = 0
+    damping: bool = False
+    damping_factor: float = 0.9
+
+    @property
+    def extension(self) -> float:
+        return self.latent_frames / self.train_latent
