@@ -104,8 +104,8 @@ def test_one_hook_registry_helper():
     users = {p.relative_to(PACKAGE).as_posix() for p in _sources()
              if {"check_if_exists_or_initialize", "remove_hook"} & _calls(p)}
     assert not users, f"register and remove hooks through attnplug._hook_registry: {users}"
-    from attnplug.pipelines._long_video import rope as _long_video_rope
     from attnplug.pipelines._hires import raunet
+    from attnplug.pipelines._long_video import rope as _long_video_rope
 
     assert raunet.register_hook is _hook_registry.register_hook
     assert _long_video_rope.register_hook is _hook_registry.register_hook

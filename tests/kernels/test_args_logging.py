@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import attnplug._logging as lg
-from attnplug._cache import BoundedCache
 from attnplug._args import as_tuple
+from attnplug._cache import BoundedCache
 
 
 @pytest.mark.parametrize("value, kwargs, expected", [

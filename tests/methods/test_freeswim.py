@@ -17,11 +17,11 @@ from diffusers.hooks import HookRegistry
 
 import attnplug
 from attnplug._logging import log_scope
+from attnplug._steps import DenoisingSteps
 from attnplug.kernels.neighborhood import neighborhood_attention
 from attnplug.layout import TokenLayout
 from attnplug.methods import freeswim
 from attnplug.methods.base import CallInfo
-from attnplug._steps import DenoisingSteps
 from attnplug.methods.freeswim import FreeSwimConfig, FreeSwimHook, FreeSwimMethod, window_for
 from attnplug.methods.neighborhood import NeighborhoodConfig
 from attnplug.testing import forward, tiny_model

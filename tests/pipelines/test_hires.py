@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import attnplug
-from attnplug.pipelines import HiResConfig, HiResPipeline, hires
 from attnplug._steps import DenoisingSteps
+from attnplug.pipelines import HiResConfig, HiResPipeline, hires
 from attnplug.pipelines._hires import raunet as rau
 from attnplug.testing import tiny_pipeline
 
