@@ -21,6 +21,7 @@ from .layout_reader import (
     _halvings,
     _patch,
     grid_image_4d,
+    grid_image_4d_equal_captions,
     grid_img_shapes,
     grid_latent_list,
     grid_position_ids,
@@ -106,6 +107,24 @@ FAMILIES: dict[str, FamilySpec] = {
         "z-image", grid_latent_list, text_position="last", exclude_modules=("context_refiner", "siglip_refiner"),
         train_size=(1024, 1024), pixels_per_token=16,
     ),
+    "AuraFlowTransformer2DModel": FamilySpec("auraflow", grid_image_4d, text_position="first"),  # + registers
+    "BriaTransformer2DModel": FamilySpec("bria", text_position="first", train_size=(1024, 1024), **_IDS),
+    "LongCatImageTransformer2DModel": FamilySpec(
+        "longcat-image", text_position="first", train_size=(1024, 1024), **_IDS
+    ),
+    "OvisImageTransformer2DModel": FamilySpec("ovis-image", text_position="first", train_size=(1024, 1024), **_IDS),
+    "CogView3PlusTransformer2DModel": FamilySpec("cogview3plus", grid_image_4d, text_position="first"),
+    "CogView4Transformer2DModel": FamilySpec("cogview4", grid_image_4d, text_position="first"),
+    "HunyuanImageTransformer2DModel": FamilySpec(
+        "hunyuanimage", grid_image_4d, text_position="last", exclude_modules=("context_embedder",),
+        train_size=(2048, 2048), pixels_per_token=32,
+    ),
+    "Lumina2Transformer2DModel": FamilySpec(
+        "lumina2", grid_image_4d_equal_captions, text_position="first", exclude_modules=("context_refiner",),
+        grid_reads_values=True, value_inputs=("encoder_attention_mask",),
+    ),
+    "Transformer2DModel": FamilySpec("transformer2d", grid_image_4d),
+    "UNet2DModel": FamilySpec("unet2d", grid_unet, multiscale=True),
     # video transformers
     "WanVACETransformer3DModel": FamilySpec(
         "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
@@ -113,18 +132,35 @@ FAMILIES: dict[str, FamilySpec] = {
     "SkyReelsV2Transformer3DModel": FamilySpec(
         "skyreels-v2", grid_video_bcfhw, train_size=(544, 960), train_frames=97
     ),
-    "ChronoEditTransformer3DModel": FamilySpec("chronoedit", grid_video_bcfhw),
+    "ChronoEditTransformer3DModel": FamilySpec(
+        "chronoedit", grid_video_bcfhw, train_size=(480, 832), train_frames=81
+    ),
     "HunyuanVideo15Transformer3DModel": FamilySpec(
         "hunyuanvideo15", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
         train_size=(720, 1280), train_frames=121,
     ),
     # LTX-2: the audio stream's self-attention and the audio <-> video attentions never see the video grid
-    "LTX2VideoTransformer3DModel": FamilySpec("ltx2", grid_size_kwargs, exclude_modules=("audio",), train_frames=121),
+    "LTX2VideoTransformer3DModel": FamilySpec(
+        "ltx2", grid_size_kwargs, exclude_modules=("audio",), train_size=(512, 768), pixels_per_token=32,
+        train_frames=121,
+    ),
     "MochiTransformer3DModel": FamilySpec("mochi", grid_video_bcfhw, text_position="last"),
 }
 
 #: class name -> why attnplug refuses it (its self-attention is not softmax attention over a latent token grid).
-REFUSED: dict[str, str] = {}
+_LINEAR = (
+    "its self-attention is linear (ReLU-kernel) attention, not softmax attention over the token grid, so a softmax "
+    "method would replace attention it was not trained with."
+)
+REFUSED: dict[str, str] = {
+    "SanaTransformer2DModel": _LINEAR,
+    "SanaVideoTransformer3DModel": _LINEAR,
+    "SanaWMTransformer3DModel": _LINEAR,
+    "MochiTransformer3DModel": (
+        "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "
+        "attention call."
+    ),
+}
 
 #: family name -> training length in video frames, for long video.
 TRAIN_FRAMES: dict[str, int] = {s.name: s.train_frames for s in FAMILIES.values() if s.train_frames}
@@ -186,6 +222,6 @@ def training_grid(model: torch.nn.Module, level: int = 0) -> tuple[int, int, int
         hs, ws = _halvings(h), _halvings(w)
         return (1, hs[min(level, len(hs) - 1)], ws[min(level, len(ws) - 1)])
     _, ph, pw = _patch(model.config)
-    if fam.grid is grid_image_4d:
+    if fam.grid in (grid_image_4d, grid_image_4d_equal_captions):
         return (1, h // ph, w // pw)
     return None

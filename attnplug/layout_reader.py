@@ -138,3 +138,19 @@ def grid_latent_list(model, args, kwargs) -> tuple[int, int, int]:
         raise ValueError(f"{type(model).__name__} got latents of different sizes {sorted(shapes)} in one batch.")
     (f, h, w), p, pf = shapes.pop(), int(kwargs.get("patch_size", 2)), int(kwargs.get("f_patch_size", 1))
     return (-(-f // pf), h // p, w // p)
+
+
+def grid_image_4d_equal_captions(model, args, kwargs) -> tuple[int, int, int]:
+    """:func:`grid_image_4d` for models that pack each sample's valid caption tokens right before its image tokens
+    (Lumina 2): the image starts at the same token for every sample only when the captions have equal valid
+    lengths (``encoder_attention_mask`` sums), so other batches are refused rather than given a shifted grid."""
+    mask = kwargs.get("encoder_attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.shape[0] > 1:
+        lengths = mask.reshape(mask.shape[0], -1).sum(dim=1)
+        if bool((lengths != lengths[0]).any()):  # one read of the values per mask tensor
+            raise ValueError(
+                f"{type(model).__name__} was called with captions of different valid lengths "
+                f"{lengths.tolist()} in one batch: its image tokens then start at a different position per sample, "
+                "which one token layout cannot describe. Pad the prompts to one length, or run one prompt per batch."
+            )
+    return grid_image_4d(model, args, kwargs)

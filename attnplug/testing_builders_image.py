@@ -114,7 +114,99 @@ def unet2d_condition(batch: int):
                        encoder_hidden_states=torch.randn(batch, TEXT, 16))
 
 
+def _flux_like(cls, batch: int, pooled: bool = False, **config):
+    """A Flux-derived class (double + single stream blocks, packed latents with 3-axis ids)."""
+    model = tiny(cls, in_channels=16, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                 axes_dims_rope=(4, 6, 6), **config)
+    inputs = dict(hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+                  timestep=torch.tensor([0.5] * batch), img_ids=_ids(S, S), txt_ids=torch.zeros(TEXT, 3))
+    if pooled:
+        inputs["pooled_projections"] = torch.randn(batch, 16)
+    return model, inputs
+
+
+def bria(batch: int):
+    return _flux_like(diffusers.BriaTransformer2DModel, batch, pooled=True, pooled_projection_dim=16)
+
+
+def longcat_image(batch: int):
+    return _flux_like(diffusers.LongCatImageTransformer2DModel, batch, pooled_projection_dim=16)
+
+
+def ovis_image(batch: int):
+    return _flux_like(diffusers.OvisImageTransformer2DModel, batch, out_channels=16)
+
+
+def _image_4d(batch: int, channels: int = 4) -> torch.Tensor:
+    return torch.randn(batch, channels, 2 * S, 2 * S)
+
+
+def hunyuan_image(batch: int):
+    model = tiny(diffusers.HunyuanImageTransformer2DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                 attention_head_dim=16, patch_size=(2, 2), text_embed_dim=16, rope_axes_dim=(8, 8))
+    return model, dict(hidden_states=_image_4d(batch), timestep=torch.tensor([500.0] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_attention_mask=_mask(batch))
+
+
+def _cogview_inputs(batch: int) -> dict:
+    size = torch.tensor([[2 * S * 8, 2 * S * 8]] * batch, dtype=torch.float32)
+    return dict(hidden_states=_image_4d(batch), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+                timestep=torch.tensor([500] * batch), original_size=size, target_size=size,
+                crop_coords=torch.zeros(batch, 2))
+
+
+def cogview4(batch: int):
+    model = tiny(diffusers.CogView4Transformer2DModel, in_channels=4, out_channels=4, attention_head_dim=16,
+                 num_attention_heads=2, text_embed_dim=16, time_embed_dim=8, condition_dim=4, rope_axes_dim=(4, 4))
+    return model, _cogview_inputs(batch)
+
+
+def cogview3plus(batch: int):
+    model = tiny(diffusers.CogView3PlusTransformer2DModel, in_channels=4, out_channels=4, attention_head_dim=16,
+                 num_attention_heads=2, text_embed_dim=16, time_embed_dim=8, condition_dim=4, sample_size=2 * S)
+    return model, _cogview_inputs(batch)
+
+
+def auraflow(batch: int):
+    model = tiny(diffusers.AuraFlowTransformer2DModel, sample_size=2 * S, in_channels=4, out_channels=4,
+                 num_mmdit_layers=1, num_single_dit_layers=1, attention_head_dim=16, num_attention_heads=2,
+                 joint_attention_dim=16, caption_projection_dim=32, pos_embed_max_size=S * S)
+    return model, dict(hidden_states=_image_4d(batch), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+                       timestep=torch.tensor([500] * batch))
+
+
+def lumina2(batch: int):
+    model = tiny(diffusers.Lumina2Transformer2DModel, sample_size=2 * S, in_channels=4, hidden_size=32,
+                 num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 6, 6),
+                 axes_lens=(64, 64, 64), cap_feat_dim=16)
+    return model, dict(hidden_states=_image_4d(batch), timestep=torch.tensor([0.5] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_attention_mask=_mask(batch).bool())
+
+
+def unet2d(batch: int):
+    model = tiny(diffusers.UNet2DModel, sample_size=S, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                 down_block_types=("AttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+                 layers_per_block=1, attention_head_dim=8, norm_num_groups=8)
+    return model, dict(sample=torch.randn(batch, 3, S, S), timestep=torch.tensor([500] * batch))
+
+
+def transformer2d(batch: int):
+    model = tiny(diffusers.Transformer2DModel, num_attention_heads=2, attention_head_dim=8, in_channels=16,
+                 norm_num_groups=8, cross_attention_dim=16)
+    return model, dict(hidden_states=torch.randn(batch, 16, S, S), encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
 BUILDERS = {
+    "AuraFlowTransformer2DModel": auraflow,
+    "BriaTransformer2DModel": bria,
+    "CogView3PlusTransformer2DModel": cogview3plus,
+    "CogView4Transformer2DModel": cogview4,
+    "HunyuanImageTransformer2DModel": hunyuan_image,
+    "LongCatImageTransformer2DModel": longcat_image,
+    "Lumina2Transformer2DModel": lumina2,
+    "OvisImageTransformer2DModel": ovis_image,
+    "Transformer2DModel": transformer2d,
+    "UNet2DModel": unet2d,
     "ChromaTransformer2DModel": chroma,
     "DiTTransformer2DModel": dit,
     "Flux2Transformer2DModel": flux2,

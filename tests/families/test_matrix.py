@@ -1,0 +1,65 @@
+"""Every image/video denoiser class of the installed diffusers: Dense through attnplug equals stock within 1e-5 and
+remove() is bit-identical; each method's defaults run on the self-attention calls, hand them back with a stated
+reason, or are refused with a message naming the class; a class without a family row is refused at apply."""
+
+import logging
+
+import pytest
+import torch
+
+import attnplug
+from attnplug.families import family_of, training_grid
+from attnplug.testing_families import denoiser_classes, has_builder, tiny_denoiser
+from attnplug.testing_matrix import DENSE_TOL, METHODS, class_keys, run_class
+
+# Hand-back reasons that are the method's documented behaviour on a tiny grid, not a silent failure.
+EXPECTED_STOCK = {
+    "window-covers-grid", "freeswim-full-branch", "level-above-max-level", "temporal-only-layout",
+    "mask-unsupported", "mask-not-key-padding",
+}
+# Temporal attention, or a config without a training size, has no training grid: FreeSwim hands it back.
+UNKNOWN_TRAIN_GRID = {"train-grid-unknown"}
+# Many attention calls per forward on CPU: in the slow run.
+SLOW = {"UNetMotionModel", "UNet2DConditionModel", "WanVACETransformer3DModel"}
+KEYS = class_keys()
+BUILT = [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in KEYS if has_builder(k)]
+UNBUILT = [k for k in KEYS if not has_builder(k)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("key", BUILT)
+def test_class_runs_or_is_refused(key):
+    result = run_class(key)
+    cls_name = key.split("[")[0]
+    if result.dense.status == "refused":
+        assert cls_name in result.dense.detail, result.dense.detail
+        return
+    assert result.dense.status == "runs", result.dense.detail
+    model, _ = tiny_denoiser(key)
+    no_grid = family_of(model).temporal_modules or training_grid(model) is None
+    expected = EXPECTED_STOCK | (UNKNOWN_TRAIN_GRID if no_grid else set())
+    for name in METHODS:
+        outcome = result.methods[name]
+        assert outcome.status in ("runs", "stock", "refused"), f"{name}: {outcome.detail}"
+        if "stock: " in outcome.detail:
+            reasons = {part.split(" (")[0] for part in outcome.detail.split("stock: ")[1].split(", ")}
+            assert reasons <= expected, f"{name}: {outcome.detail}"
+
+
+@pytest.mark.parametrize("key", UNBUILT)
+def test_class_without_a_row_is_refused_at_apply_naming_it(key):
+    cls = next(c for c in denoiser_classes() if c.__name__ == key)
+    bare = torch.nn.Module.__new__(cls)  # never built: the refusal reads only the class
+    torch.nn.Module.__init__(bare)
+    with pytest.raises(TypeError, match=key):
+        attnplug.apply(bare)
+
+
+def test_dense_tolerance_is_the_acceptance_one():
+    assert DENSE_TOL == 1e-5
