@@ -27,6 +27,7 @@ from .layout_reader import (
     grid_position_ids,
     grid_size_kwargs,
     grid_unet,
+    grid_unet_bfchw,
     grid_video_bcfhw,
     grid_video_bfchw,
 )
@@ -145,6 +146,17 @@ FAMILIES: dict[str, FamilySpec] = {
         train_frames=121,
     ),
     "MochiTransformer3DModel": FamilySpec("mochi", grid_video_bcfhw, text_position="last"),
+    "UNetSpatioTemporalConditionModel": FamilySpec(
+        "svd", grid_unet_bfchw, multiscale=True, temporal_modules=("temporal_transformer_blocks",),
+        frames_in_batch=True, train_size=(576, 1024), pixels_per_token=8, train_frames=14,
+    ),
+    "LatteTransformer3DModel": FamilySpec(
+        "latte", grid_video_bcfhw, temporal_modules=("temporal_transformer_blocks",), frames_in_batch=True,
+        train_frames=16,
+    ),
+    "AllegroTransformer3DModel": FamilySpec("allegro", grid_video_bcfhw, train_frames=88),
+    "EasyAnimateTransformer3DModel": FamilySpec("easyanimate", grid_video_bcfhw, text_position="first"),
+    "CosmosTransformer3DModel": FamilySpec("cosmos", grid_video_bcfhw, train_size=(704, 1280), train_frames=121),
 }
 
 #: class name -> why attnplug refuses it (its self-attention is not softmax attention over a latent token grid).
@@ -156,6 +168,10 @@ REFUSED: dict[str, str] = {
     "SanaTransformer2DModel": _LINEAR,
     "SanaVideoTransformer3DModel": _LINEAR,
     "SanaWMTransformer3DModel": _LINEAR,
+    "HunyuanVideoFramepackTransformer3DModel": (
+        "it packs history latents (clean, 2x and 4x downsampled frames) before the generated frames and text after "
+        "them, so the sequence is not one token grid with text on one side."
+    ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "
         "attention call."

@@ -154,3 +154,9 @@ def grid_image_4d_equal_captions(model, args, kwargs) -> tuple[int, int, int]:
                 "which one token layout cannot describe. Pad the prompts to one length, or run one prompt per batch."
             )
     return grid_image_4d(model, args, kwargs)
+
+
+def grid_unet_bfchw(model, args, kwargs) -> tuple[int, int, int]:
+    """U-Net video latents in ``(B, F, C, H, W)`` order (Stable Video Diffusion), one token per latent pixel."""
+    x = _tensor_arg(args, kwargs, ("sample",), model)
+    return (x.shape[1] if x.ndim == 5 else 1, x.shape[-2], x.shape[-1])

@@ -146,7 +146,72 @@ def unet3d(batch: int):
                        encoder_hidden_states=torch.randn(batch, TEXT, 16))
 
 
+def cosmos(batch: int):
+    model = tiny(diffusers.CosmosTransformer3DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                 attention_head_dim=12, text_embed_dim=16, adaln_lora_dim=4, max_size=(F, H, W),
+                 patch_size=(1, 2, 2), concat_padding_mask=False)
+    return model, dict(hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500.0] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16), fps=24)
+
+
+def allegro(batch: int):
+    model = tiny(diffusers.AllegroTransformer3DModel, patch_size=2, patch_size_t=1, num_attention_heads=2,
+                 attention_head_dim=8, in_channels=4, out_channels=4, cross_attention_dim=16, sample_height=H,
+                 sample_width=W, sample_frames=F, caption_channels=16)
+    return model, dict(hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
+def latte(batch: int):
+    model = tiny(diffusers.LatteTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                 out_channels=8, num_layers=1, cross_attention_dim=16, sample_size=H, patch_size=2,
+                 norm_type="ada_norm_single", caption_channels=16, video_length=F)
+    return model, dict(hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
+def easyanimate(batch: int):
+    model = tiny(diffusers.EasyAnimateTransformer3DModel, num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                 out_channels=4, patch_size=2, sample_width=W, sample_height=H, num_layers=1, mmdit_layers=1,
+                 time_embed_dim=8, text_embed_dim=16)
+    return model, dict(hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
+def svd(batch: int):
+    model = tiny(diffusers.UNetSpatioTemporalConditionModel, sample_size=16, in_channels=8, out_channels=4,
+                 down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                 up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+                 block_out_channels=(32, 64), addition_time_embed_dim=4, projection_class_embeddings_input_dim=12,
+                 layers_per_block=1, cross_attention_dim=16, num_attention_heads=(2, 2), num_frames=F)
+    return model, dict(sample=torch.randn(batch, F, 8, 16, 16), timestep=torch.tensor(500.0),
+                       encoder_hidden_states=torch.randn(batch, 1, 16), added_time_ids=torch.randn(batch, 3))
+
+
+def framepack(batch: int):
+    model = tiny(diffusers.HunyuanVideoFramepackTransformer3DModel, in_channels=4, out_channels=4,
+                 num_attention_heads=2, attention_head_dim=10, patch_size=2, patch_size_t=1, text_embed_dim=16,
+                 pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), image_condition_type=None, has_image_proj=True,
+                 image_proj_dim=8, has_clean_x_embedder=True)
+    clean = torch.randn(batch, 4, 1, H, W)
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_attention_mask=_mask(batch),
+        pooled_projections=torch.randn(batch, 8), image_embeds=torch.randn(batch, 4, 8),
+        indices_latents=torch.arange(F), guidance=torch.tensor([3500.0] * batch),
+        latents_clean=clean, indices_latents_clean=torch.tensor([F]),
+        latents_history_2x=torch.randn(batch, 4, 2, H, W), indices_latents_history_2x=torch.tensor([F + 1, F + 2]),
+        latents_history_4x=torch.randn(batch, 4, 4, H, W), indices_latents_history_4x=torch.arange(F + 3, F + 7),
+    )
+
+
 BUILDERS = {
+    "AllegroTransformer3DModel": allegro,
+    "CosmosTransformer3DModel": cosmos,
+    "EasyAnimateTransformer3DModel": easyanimate,
+    "HunyuanVideoFramepackTransformer3DModel": framepack,
+    "LatteTransformer3DModel": latte,
+    "UNetSpatioTemporalConditionModel": svd,
     "ChronoEditTransformer3DModel": chronoedit,
     "CogVideoXTransformer3DModel": cogvideox,
     "HunyuanVideo15Transformer3DModel": hunyuan_video15,
