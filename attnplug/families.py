@@ -156,6 +156,11 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "AllegroTransformer3DModel": FamilySpec("allegro", grid_video_bcfhw, train_frames=88),
     "EasyAnimateTransformer3DModel": FamilySpec("easyanimate", grid_video_bcfhw, text_position="first"),
+    "I2VGenXLUNet": FamilySpec(
+        "i2vgen-xl", grid_unet, multiscale=True, frames_in_batch=True,
+        temporal_modules=("temp_attentions", "transformer_in", "image_latents_temporal_encoder"),
+    ),
+    "MotifVideoTransformer3DModel": FamilySpec("motif-video", grid_video_bcfhw, text_position="last"),
     "CosmosTransformer3DModel": FamilySpec("cosmos", grid_video_bcfhw, train_size=(704, 1280), train_frames=121),
 }
 
@@ -171,6 +176,18 @@ REFUSED: dict[str, str] = {
     "HunyuanVideoFramepackTransformer3DModel": (
         "it packs history latents (clean, 2x and 4x downsampled frames) before the generated frames and text after "
         "them, so the sequence is not one token grid with text on one side."
+    ),
+    "HeliosTransformer3DModel": (
+        "it packs short, mid and long history latents beside the generated frames, so the sequence is not one "
+        "token grid."
+    ),
+    "OmniGenTransformer2DModel": (
+        "its sequence interleaves prompt tokens (input_ids) with conditioning image latents and the generated "
+        "image, so the tokens are not one latent grid with text on one side."
+    ),
+    "PRXTransformer2DModel": (
+        "its image queries attend to text and image keys in one call (more keys than queries), which is "
+        "cross-attention to attnplug: it has no self-attention call over the token grid."
     ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "

@@ -196,7 +196,15 @@ def transformer2d(batch: int):
     return model, dict(hidden_states=torch.randn(batch, 16, S, S), encoder_hidden_states=torch.randn(batch, TEXT, 16))
 
 
+def prx(batch: int):
+    model = tiny(diffusers.PRXTransformer2DModel, in_channels=4, patch_size=2, context_in_dim=16, hidden_size=32,
+                 num_heads=2, depth=1, axes_dim=(8, 8))
+    return model, dict(hidden_states=_image_4d(batch), timestep=torch.tensor([0.5] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
 BUILDERS = {
+    "PRXTransformer2DModel": prx,
     "AuraFlowTransformer2DModel": auraflow,
     "BriaTransformer2DModel": bria,
     "CogView3PlusTransformer2DModel": cogview3plus,

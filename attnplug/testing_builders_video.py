@@ -205,7 +205,27 @@ def framepack(batch: int):
     )
 
 
+def i2vgen_xl(batch: int):
+    model = tiny(diffusers.I2VGenXLUNet, sample_size=16, in_channels=4, out_channels=4,
+                 down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D",
+                                                                                         "CrossAttnUpBlock3D"),
+                 block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+                 attention_head_dim=8, num_attention_heads=None)
+    return model, dict(sample=torch.randn(batch, 4, F, 16, 16), timestep=torch.tensor(500), fps=torch.tensor([16]),
+                       image_latents=torch.randn(batch, 4, F, 16, 16), image_embeddings=torch.randn(batch, 16),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
+def motif_video(batch: int):
+    model = tiny(diffusers.MotifVideoTransformer3DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                 attention_head_dim=16, patch_size=2, text_embed_dim=16, rope_axes_dim=(4, 6, 6))
+    return model, dict(hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500.0] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_attention_mask=_mask(batch))
+
+
 BUILDERS = {
+    "I2VGenXLUNet": i2vgen_xl,
+    "MotifVideoTransformer3DModel": motif_video,
     "AllegroTransformer3DModel": allegro,
     "CosmosTransformer3DModel": cosmos,
     "EasyAnimateTransformer3DModel": easyanimate,
