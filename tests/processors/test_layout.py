@@ -113,3 +113,89 @@ def test_temporal_modules_take_a_window_of_the_frames():
     assert state.layout_for(32, "mid_block.motion_modules.0.attn1").grid == (32, 1, 1)
     with pytest.raises(ValueError, match="got 33 tokens but the latent has only 32 frames"):
         state.layout_for(33, "up_blocks.1.motion_modules.0.attn1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The grid reader and the family module: refusals name the class and what is unknown.
+
+
+class _Fake(torch.nn.Module):
+    """A stand-in denoiser: only its class name and config matter to the readers."""
+
+    def __init__(self, **config):
+        super().__init__()
+        self.config = type("Config", (), config)()
+
+
+def test_position_ids_reader_reads_3_and_4_axis_ids():
+    from attnplug.layout_reader import grid_position_ids
+
+    rows, cols = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+    ids3 = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
+    assert grid_position_ids(_Fake(), (), {"img_ids": ids3}) == (1, 3, 5)
+    ids4 = torch.cat([torch.zeros(15, 1), ids3[:, 1:], torch.zeros(15, 1)], -1)[None].expand(2, -1, -1)
+    assert grid_position_ids(_Fake(), (), {"img_ids": ids4}) == (1, 3, 5)
+
+
+def test_position_ids_that_are_not_one_grid_are_refused():
+    from attnplug.layout_reader import grid_position_ids
+
+    ids = torch.zeros(16, 3)
+    ids[:15, 1], ids[:15, 2] = torch.arange(15) // 5, torch.arange(15) % 5
+    ids[15] = torch.tensor([1.0, 0.0, 0.0])  # a reference-image token at another time offset
+    with pytest.raises(ValueError, match="_Fake: the position ids `img_ids` span the grid"):
+        grid_position_ids(_Fake(), (), {"img_ids": ids})
+
+
+def test_img_shapes_reader_refuses_several_grids_per_sample():
+    from attnplug.layout_reader import grid_img_shapes
+
+    assert grid_img_shapes(_Fake(), (), {"img_shapes": [[(1, 4, 6)], [(1, 4, 6)]]}) == (1, 4, 6)
+    with pytest.raises(ValueError, match="_Fake was called with 2 image grids per sample"):
+        grid_img_shapes(_Fake(), (), {"img_shapes": [[(1, 4, 6), (1, 4, 6)]]})
+    with pytest.raises(ValueError, match="without `img_shapes`"):
+        grid_img_shapes(_Fake(), (), {})
+
+
+def test_unequal_caption_lengths_are_refused():
+    from attnplug.layout_reader import grid_image_4d_equal_captions
+
+    model, x = _Fake(patch_size=2), torch.zeros(2, 4, 8, 12)
+    same = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    assert grid_image_4d_equal_captions(model, (), {"hidden_states": x, "encoder_attention_mask": same}) == (1, 4, 6)
+    with pytest.raises(ValueError, match=r"different valid lengths \[2, 3\]"):
+        grid_image_4d_equal_captions(model, (), {"hidden_states": x,
+                                                 "encoder_attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])})
+
+
+def test_unknown_and_refused_classes_are_refused_naming_the_class_and_the_reason():
+    from attnplug.families import family_of
+
+    with pytest.raises(TypeError, match="does not know the model class _Fake: how its token grid follows"):
+        family_of(_Fake())
+    sana = type("SanaTransformer2DModel", (_Fake,), {})()
+    with pytest.raises(TypeError, match="SanaTransformer2DModel: its self-attention is linear"):
+        family_of(sana)
+
+
+def test_training_grid_from_the_family_training_size_and_variants():
+    from attnplug.families import family_of, training_grid
+
+    flux = type("FluxTransformer2DModel", (_Fake,), {})(patch_size=1)
+    assert training_grid(flux) == (1, 64, 64)  # 1024 px at 16 px per token
+    wan = type("WanTransformer3DModel", (_Fake,), {})(patch_size=(1, 2, 2), in_channels=16)
+    assert training_grid(wan) == (1, 30, 52)  # 480 x 832
+    ti2v = type("WanTransformer3DModel", (_Fake,), {})(patch_size=(1, 2, 2), in_channels=48)
+    assert training_grid(ti2v) == (1, 22, 40) and family_of(ti2v).train_frames == 121  # Wan 2.2 TI2V-5B
+    cogvideox = type("CogVideoXTransformer3DModel", (_Fake,), {})(patch_size=2, sample_height=60, sample_width=90)
+    assert training_grid(cogvideox) == (1, 30, 45)
+    ltx = type("LTXVideoTransformer3DModel", (_Fake,), {})(patch_size=1)
+    assert training_grid(ltx) == (1, 16, 24)  # 512 x 768 at 32 px per token
+
+
+def test_layout_reexports_the_moved_names():
+    import attnplug.families as families
+    import attnplug.layout as layout
+
+    for name in ("FAMILIES", "FamilySpec", "family_of", "latent_level", "training_grid"):
+        assert getattr(layout, name) is getattr(families, name)
