@@ -13,7 +13,11 @@ only count calls that really ran restricted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+
+import torch
 
 from .._logging import log_once
 from ..kernels.block_sparse.dispatch import needs_backward
@@ -23,25 +27,51 @@ from ..kernels.neighborhood import (
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
 from .neighborhood_config import NEIGHBORHOOD_BACKENDS, NeighborhoodConfig  # noqa: F401 - re-exported
+from .patterns.base import key_padding
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NEIGHBORHOOD_BACKENDS", "NeighborhoodConfig", "NeighborhoodMethod"]
+__all__ = ["NEIGHBORHOOD_BACKENDS", "NeighborhoodConfig", "NeighborhoodMethod", "fold_key_padding"]
+
+
+def fold_key_padding(q, k, v, mask, scale: float | None):
+    """Fold a boolean key-padding mask ``(B|1, 1, 1, N)`` (True = keep) into one extra head-dim column, so a kernel
+    without masks excludes the padded keys: ``q' = [q, 1]``, ``k' = [k, 0 or -M]``, ``v' = [v, 0]`` on ``(B, H, N,
+    D)`` give ``scale * q'.k' = scale * q.k`` for kept keys and a logit at least 1000 lower for padded ones (a zero
+    weight in float32 and half precision; finite, so no ``-inf - -inf``). Returns ``(q', k', v', scale)``, or None
+    for any other mask (decided from its shape and dtype only: nothing is read from the device)."""
+    keep = key_padding(mask, q.shape[0], k.shape[-2])
+    if keep is None:
+        return None
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    penalty = min(1e4 / scale, torch.finfo(k.dtype).max / 4)
+    column = torch.zeros(keep.shape, dtype=k.dtype, device=k.device).masked_fill(~keep.to(k.device), -penalty)
+    ones = q.new_ones(*q.shape[:-1], 1)
+    k1 = torch.cat([k, column[:, None, :, None].expand(*k.shape[:-1], 1)], dim=-1)
+    return torch.cat([q, ones], dim=-1), k1, torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], dim=-1), scale
 
 class NeighborhoodMethod(AttentionMethod):
     """Neighbourhood attention; ``(B, H, N, D)`` in and out.
 
-    Hands the call back (``None``) with reason ``"attention-mask"`` when an attention mask is given and
-    ``"window-covers-grid"`` when the window is the whole grid (stock attention computes the same)."""
+    A boolean key-padding mask (HunyuanVideo's and Qwen-Image's padded prompts) is honoured: padded keys are
+    excluded, every other key is unchanged (:func:`fold_key_padding`). Hands the call back (``None``) with reason
+    ``"attention-mask"`` for other masks and ``"window-covers-grid"`` when the window is the whole grid (stock
+    attention computes the same)."""
 
     uses_steps = False
+    supports_mask = True
 
     def __init__(self, config: NeighborhoodConfig | None = None):
         self.config = config or NeighborhoodConfig()
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
+        scale = info.scale if info is not None else None
         if mask is not None:
-            return self.hand_back("attention-mask")
+            folded = fold_key_padding(q, k, v, mask, scale)
+            if folded is None:
+                return self.hand_back("attention-mask")
+            out = self(*folded[:3], layout, None, dataclasses.replace(info or CallInfo(), scale=folded[3]))
+            return None if out is None else out[..., :-1]
         layout.check(q.shape[-2])
         res = self.config.resolve(layout, info)
         if res.is_dense:
@@ -50,6 +80,6 @@ class NeighborhoodMethod(AttentionMethod):
             log_once(logger, logging.WARNING, "neighborhood: the Triton kernel has no backward, and these inputs "
                      "require grad; those calls run stock attention (backend='tiles' or 'torch' trains through it).")
             return self.hand_back("requires-grad")
-        scale = info.scale if info is not None else None
         return neighborhood_dispatch(q, k, v, layout, res, scale=scale, backend=self.config.backend,
                                      block_size=self.config.block_size)
+

@@ -13,6 +13,7 @@ calls whose window covers the whole grid are handed back to stock attention.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -22,6 +23,7 @@ from ..kernels._cache import BoundedCache
 from ..kernels.window import shift_tables, shifted_window_attention
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
+from .neighborhood import fold_key_padding
 from .window_config import RANDOM_PERIOD, SHIFT_MODES, WindowConfig  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
@@ -32,8 +34,11 @@ _RANDOM_TABLES = BoundedCache(16)
 class WindowMethod(AttentionMethod):
     """Shifted-window attention on ``(B, H, N, D)`` self-attention calls. Stateless (safe to share between threads).
 
-    Hands a call back (returns None) when its attention level is above ``max_level`` or when one window covers the
-    whole grid (window attention would be dense attention)."""
+    A boolean key-padding mask is honoured (padded keys excluded, :func:`~attnplug.methods.neighborhood.
+    fold_key_padding`). Hands a call back (returns None) for other masks, when its attention level is above
+    ``max_level`` or when one window covers the whole grid (window attention would be dense attention)."""
+
+    supports_mask = True
 
     def __init__(self, config: WindowConfig | None = None):
         self.config = config or WindowConfig()
@@ -41,9 +46,13 @@ class WindowMethod(AttentionMethod):
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> ``(B, H, N, D)``, or None to hand the call back
         (reason codes ``attention-mask``, ``level-above-max-level``, ``window-covers-grid``)."""
-        if mask is not None:
-            return self.hand_back("attention-mask")
         info = info or CallInfo()
+        if mask is not None:
+            folded = fold_key_padding(q, k, v, mask, info.scale)
+            if folded is None:
+                return self.hand_back("attention-mask")
+            out = self(*folded[:3], layout, None, dataclasses.replace(info, scale=folded[3]))
+            return None if out is None else out[..., :-1]
         if self.config.max_level is not None and info.level > self.config.max_level:
             return self.hand_back("level-above-max-level")
         plan = self.config.plan(layout)

@@ -1,0 +1,52 @@
+"""Neighbourhood and window attention honour a boolean key-padding mask (HunyuanVideo's and Qwen-Image's padded
+prompts): on the kept tokens, a masked call equals the same method on the sequence with the padded tokens removed."""
+
+import pytest
+import torch
+
+from attnplug.layout import TokenLayout
+from attnplug.methods.base import CallInfo
+from attnplug.methods.neighborhood import NeighborhoodConfig, NeighborhoodMethod
+from attnplug.methods.window import WindowConfig, WindowMethod
+
+GRID, TEXT = (2, 6, 7), 6
+
+
+def _method(name):
+    if name == "neighborhood":
+        return NeighborhoodMethod(NeighborhoodConfig(kernel_size=(3, 3, 3), backend="tiles"))
+    return WindowMethod(WindowConfig(window_size=(2, 3, 4)))
+
+
+@pytest.mark.parametrize("name", ["neighborhood", "window"])
+@pytest.mark.parametrize("text_first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_call_equals_the_call_without_the_padded_keys(name, text_first, dtype):
+    torch.manual_seed(0)
+    layout = TokenLayout(*GRID, text_tokens=TEXT, text_first=text_first)
+    n, d = layout.num_tokens, 40
+    q, k, v = (torch.randn(2, 2, n, d, dtype=dtype) for _ in range(3))
+    keep = torch.ones(2, n, dtype=torch.bool)
+    text = layout.text_slice()
+    keep[0, text.stop - 2:text.stop] = False  # sample 0 pads 2 prompt tokens, sample 1 pads 3
+    keep[1, text.stop - 3:text.stop] = False
+    method = _method(name)
+    info = CallInfo(step=0)
+    out = method(q, k, v, layout, keep[:, None, None, :], info)
+    assert out is not None and out.shape == q.shape
+    for b, padded in ((0, 2), (1, 3)):
+        rows = keep[b]
+        small = TokenLayout(*GRID, text_tokens=TEXT - padded, text_first=text_first)
+        ref = method(q[b:b + 1, :, rows], k[b:b + 1, :, rows], v[b:b + 1, :, rows], small, None, info)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out[b:b + 1, :, rows], ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", ["neighborhood", "window"])
+def test_other_masks_are_handed_back(name):
+    layout = TokenLayout(*GRID, text_tokens=TEXT)
+    q = torch.randn(1, 2, layout.num_tokens, 16)
+    additive = torch.zeros(1, 1, 1, layout.num_tokens)  # a float mask is not a key-padding mask
+    method = _method(name)
+    assert method(q, q, q, layout, additive, CallInfo(step=0)) is None
+    assert method.last_reason() == "attention-mask"
