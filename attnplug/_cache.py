@@ -31,6 +31,10 @@ class BoundedCache:
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo) -> BoundedCache:
+        # A cache holds derived values only: a copied model starts with an empty one (and its own lock).
+        return type(self)(self.max_entries)
+
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The cached value of ``key``, or ``default`` (a plain lookup: traceable)."""
         return self._data.get(key, default)

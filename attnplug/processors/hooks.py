@@ -23,6 +23,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .._logging import log_once
+from .._steps import timestep_of
 from ..config import Schedule
 from ..layout import LayoutState, TokenLayout
 from ..methods.base import AttentionMethod, CallInfo
@@ -181,7 +182,7 @@ class StepTracker:
             self.has_context = False
             return
         self.has_context = True
-        if runtime.state.set_context(step, getattr(context, "num_inference_steps", None), context.name):
+        if runtime.state.steps.set_context(step, getattr(context, "num_inference_steps", None), context.name):
             self.conclude()
             runtime.method.reset()
         runtime.update()
@@ -189,7 +190,7 @@ class StepTracker:
     @torch.compiler.disable
     def _observe_timestep(self, args, kwargs) -> None:
         runtime = self.runtime
-        if runtime.state.observe_timestep(args, kwargs):
+        if runtime.state.steps.observe(timestep_of(args, kwargs)):
             self.conclude()
             runtime.method.reset()
         runtime.update()

@@ -271,7 +271,7 @@ def test_a_failure_midway_through_apply_leaves_nothing_and_apply_works_again(mon
                 raise RuntimeError("boom")
             real(module)
 
-        monkeypatch.setattr("attnplug.plugin.bind_forward", failing)
+        monkeypatch.setattr("attnplug.plugin.install.bind_forward", failing)
     else:
         monkeypatch.setattr(AttentionMethod, "model_hook", lambda self: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
