@@ -13,7 +13,7 @@ only count calls that really ran restricted.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import math
 
@@ -21,9 +21,7 @@ import torch
 
 from .._logging import log_once
 from ..kernels.block_sparse.dispatch import needs_backward
-from ..kernels.neighborhood import (
-    neighborhood_dispatch,
-)
+from ..kernels.neighborhood.dispatch import neighborhood_dispatch, uses_block_sparse
 from ..layout import TokenLayout
 from .base import AttentionMethod, CallInfo
 from .neighborhood_config import NEIGHBORHOOD_BACKENDS, NeighborhoodConfig  # noqa: F401 - re-exported
@@ -66,12 +64,11 @@ class NeighborhoodMethod(AttentionMethod):
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
         scale = info.scale if info is not None else None
+        keep = None
         if mask is not None:
-            folded = fold_key_padding(q, k, v, mask, scale)
-            if folded is None:
+            keep = key_padding(mask, q.shape[0], k.shape[-2])
+            if keep is None:
                 return self.hand_back("attention-mask")
-            out = self(*folded[:3], layout, None, dataclasses.replace(info or CallInfo(), scale=folded[3]))
-            return None if out is None else out[..., :-1]
         layout.check(q.shape[-2])
         res = self.config.resolve(layout, info)
         if res.is_dense:
@@ -80,6 +77,11 @@ class NeighborhoodMethod(AttentionMethod):
             log_once(logger, logging.WARNING, "neighborhood: the Triton kernel has no backward, and these inputs "
                      "require grad; those calls run stock attention (backend='tiles' or 'torch' trains through it).")
             return self.hand_back("requires-grad")
-        return neighborhood_dispatch(q, k, v, layout, res, scale=scale, backend=self.config.backend,
-                                     block_size=self.config.block_size)
-
+        run = functools.partial(neighborhood_dispatch, layout=layout, res=res, backend=self.config.backend,
+                                block_size=self.config.block_size)
+        if keep is None:
+            return run(q, k, v, scale=scale)
+        if uses_block_sparse(self.config.backend, q.device):  # the kernel leaves the padded keys out itself
+            return run(q, k, v, scale=scale, kv_keep=keep.to(k.device))
+        q1, k1, v1, scale1 = fold_key_padding(q, k, v, mask, scale)  # tiles / natten / reference take no mask
+        return run(q1, k1, v1, scale=scale1)[..., :-1]

@@ -53,15 +53,25 @@ def check_backend(backend: str, owner: str = "neighborhood_attention") -> None:
         raise ValueError(f"{owner}: backend must be one of {BACKENDS}, got {backend!r}.")
 
 
+def uses_block_sparse(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` on ``device`` runs the block-sparse kernel (which takes a key-padding ``kv_keep``)."""
+    return backend in ("triton", "torch", "flex") or (backend == "auto" and device.type == "cuda")
+
+
 def neighborhood_dispatch(q, k, v, layout: TokenLayout, res: ResolvedNeighborhood, *, scale: float | None = None,
-                          backend: str = "auto", block_size: int = 64) -> torch.Tensor:
+                          backend: str = "auto", block_size: int = 64, kv_keep: torch.Tensor | None = None
+                          ) -> torch.Tensor:
     """Neighbourhood attention of resolved parameters ``res`` over ``layout``.
 
     ``q``: ``(B, H, N_q, D)`` with ``N_q = layout.num_tokens`` or ``layout.image_tokens`` (grid queries only; the
     layout's text tokens are then extra global keys, text last); ``k, v``: ``(B, H, layout.num_tokens, D)``.
-    Returns ``(B, H, N_q, D)``.
+    ``kv_keep``: optional bool ``(B|1, layout.num_tokens)`` key padding in the layout's order, block-sparse backends
+    only (:func:`uses_block_sparse`). Returns ``(B, H, N_q, D)``.
     """
     check_backend(backend)
+    if kv_keep is not None and not uses_block_sparse(backend, q.device):
+        raise ValueError(f"kv_keep needs a block-sparse backend (triton, torch, flex), got backend={backend!r} on "
+                         f"{q.device.type}.")
     if res.is_dense:
         log_once(logger, logging.DEBUG, f"neighborhood: window covers the grid {layout.grid}; plain SDPA")
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -76,10 +86,11 @@ def neighborhood_dispatch(q, k, v, layout: TokenLayout, res: ResolvedNeighborhoo
     if not grid_only:
         q = layout.to_text_last(q)
     k, v = layout.to_text_last(k), layout.to_text_last(v)
+    keep = {} if kv_keep is None else {"kv_keep": layout.to_text_last(kv_keep, dim=-1)}
     lut = neighborhood_lut(res, q.shape[-2], k.shape[-2], block_size, block_size, q.device)
     if backend == "flex":
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        out = block_sparse_flex(q, k, v, lut, neighborhood=res.mask(), scale=scale)
+        out = block_sparse_flex(q, k, v, lut, neighborhood=res.mask(), scale=scale, **keep)
     else:
-        out = block_sparse_attention(q, k, v, lut, neighborhood=res.mask(), scale=scale, backend=backend)
+        out = block_sparse_attention(q, k, v, lut, neighborhood=res.mask(), scale=scale, backend=backend, **keep)
     return out if grid_only else layout.from_text_last(out)
