@@ -15,7 +15,7 @@ from attnplug.testing_matrix import DENSE_TOL, METHODS, class_keys, run_class
 # Hand-back reasons that are the method's documented behaviour on a tiny grid, not a silent failure.
 EXPECTED_STOCK = {
     "window-covers-grid", "freeswim-full-branch", "level-above-max-level", "temporal-only-layout",
-    "mask-unsupported", "mask-not-key-padding",
+    "mask-unsupported", "mask-not-key-padding", "attention-mask",
 }
 # Temporal attention, or a config without a training size, has no training grid: FreeSwim hands it back.
 UNKNOWN_TRAIN_GRID = {"train-grid-unknown"}
