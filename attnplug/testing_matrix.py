@@ -143,9 +143,9 @@ TEXT_INPUTS = ("encoder_hidden_states", "cap_feats", "text_bth", "encoder_hidden
                "encoder_hidden_states_llama3")
 
 
-def text_rows(key: str) -> tuple[set[int], set[int], tuple[int, int]]:
+def text_rows(key: str, names: tuple[str, ...] = TEXT_INPUTS) -> tuple[set[int], set[int], tuple[int, int]]:
     """Check a family row's text position against the model: the query rows of each self-attention call that
-    change when only the text input changes, against the non-grid rows the layout names.
+    change when only the text input (or the inputs ``names``) changes, against the non-grid rows the layout names.
 
     Returns ``(changed rows, non-grid rows, (call index, n))`` for the first self-attention call with non-grid
     tokens (else the first call). Before any block mixes the streams, a grid token's query depends only on the
@@ -172,7 +172,7 @@ def text_rows(key: str) -> tuple[set[int], set[int], tuple[int, int]]:
     for bump in (0.0, 1.0):
         recorder = Recorder()
         changed = {k: (v + bump if isinstance(v, torch.Tensor) else [x + bump for x in v])
-                   for k, v in inputs.items() if k in TEXT_INPUTS}
+                   for k, v in inputs.items() if k in names}
         attnplug.apply(model, recorder)
         try:
             _forward(model, {**inputs, **changed})

@@ -32,3 +32,11 @@ def test_text_rows_are_non_grid_rows(key):
 def test_separate_text_changes_no_self_attention_row(key):
     changed, non_grid, _ = text_rows(key)
     assert not changed and not non_grid
+
+
+@pytest.mark.parametrize("key", ["WanTransformer3DModel[wan21-i2v]", "WanTransformer3DModel[i2v]"])
+def test_image_to_video_conditioning_stays_out_of_the_grid(key):
+    """Wan I2V: the image condition rides in the latent channels (and, for 2.1, in cross-attention), so
+    self-attention holds only grid tokens and the CLIP image tokens change none of its queries."""
+    changed, non_grid, (_, n) = text_rows(key, names=("encoder_hidden_states_image", "encoder_hidden_states"))
+    assert not changed and not non_grid and n == 3 * 16 * 16
