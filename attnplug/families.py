@@ -145,7 +145,6 @@ FAMILIES: dict[str, FamilySpec] = {
         "ltx2", grid_size_kwargs, exclude_modules=("audio",), train_size=(512, 768), pixels_per_token=32,
         train_frames=121,
     ),
-    "MochiTransformer3DModel": FamilySpec("mochi", grid_video_bcfhw, text_position="last"),
     "UNetSpatioTemporalConditionModel": FamilySpec(
         "svd", grid_unet_bfchw, multiscale=True, temporal_modules=("temporal_transformer_blocks",),
         frames_in_batch=True, train_size=(576, 1024), pixels_per_token=8, train_frames=14,
