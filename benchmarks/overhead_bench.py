@@ -1,48 +1,111 @@
-"""Per-call overhead of attnplug's interception: a tiny denoiser's forward, stock vs attnplug Dense (identical
-maths), interleaved in one process, 1 thread; the difference divided by the attention calls of one forward.
+"""Per-call overhead of attnplug's interception: a tiny denoiser, stock vs attnplug Dense (identical maths),
+interleaved in one process, 1 thread.
 
-    python benchmarks/overhead_bench.py [--repeats 200] [--out benchmarks/results/overhead_cpu.json]
+Three copies of each model run in turn: stock, attnplug Dense (self-attention intercepted, cross-attention stays
+stock) and attnplug with no layer selected (every call stays stock). The idle copy gives the cost of a call that
+stays stock; the Dense copy, less that cost for its stock calls, gives the cost of an intercepted call. Each is the
+median over rounds of the difference to stock within the round. Timed twice: every attention module of one forward
+called with the inputs it got there (the per-call figures), and the whole forward (``forward_*``: the denoiser's
+pre-hook included, spread over its few calls, and much noisier on a loaded machine).
+
+    python benchmarks/overhead_bench.py [--repeats 200] [--label after] [--out benchmarks/results/overhead_cpu.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import attnplug
 from attnplug.report import environment, time_interleaved
+from attnplug.report.timing import median
 from attnplug.testing import tiny_model
 
+#: How each family's processor reaches its attention call.
+ROUTE = {"unet": "function mode", "pixart": "function mode", "wan": "dispatch_attention_fn",
+         "flux": "dispatch_attention_fn"}
 
-def _calls(model, inputs) -> int:
-    n = [0]
-    modules = [m for m in model.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
-    handles = [m.register_forward_pre_hook(lambda *a: n.__setitem__(0, n[0] + 1)) for m in modules]
+
+def _deselect_all(model) -> None:
+    """Keep attnplug on ``model`` with every layer unselected: every call stays stock."""
+    runtime = model.__dict__["_attnplug"].runtime
+    for hook in runtime.hooks:
+        hook.selected = False
+    runtime.update()
+
+
+def _attention_inputs(model, inputs) -> dict[str, tuple]:
+    """The ``(args, kwargs)`` each attention module of ``model`` receives in one forward, by module name."""
+    seen: dict[str, tuple] = {}
+    modules = {n: m for n, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "processor")}
+    handles = [m.register_forward_pre_hook(lambda mod, a, k, n=n: seen.setdefault(n, (a, k)), with_kwargs=True)
+               for n, m in modules.items()]
     with torch.no_grad():
         model(**inputs, return_dict=False)
     for h in handles:
         h.remove()
-    return n[0]
+    return {n: (modules[n], *seen[n]) for n in seen}
+
+
+def _attention_calls(model, calls: dict) -> Callable[[], None]:
+    """One call of every attention module of ``model`` with the inputs ``calls`` recorded (by module name)."""
+    modules = dict(model.named_modules())
+    bound = [(modules[n], a, k) for n, (_, a, k) in calls.items()]
+
+    def run():
+        with torch.no_grad():
+            for module, args, kwargs in bound:
+                module(*args, **kwargs)
+
+    return run
+
+
+def _split(timed: dict, total: int, intercepted: int) -> tuple[float, float, float]:
+    """(dense - stock, cost of a call that stays stock, cost of an intercepted call) in seconds: the median over
+    rounds of the difference to stock within a round (the copies ran back to back), so a load that drifts between
+    rounds cancels out."""
+    d_dense, d_idle = (median([x - y for x, y in zip(timed[k]["seconds"], timed["stock"]["seconds"])])
+                       for k in ("attnplug", "idle"))
+    stay_stock = d_idle / total
+    return d_dense, stay_stock, (d_dense - (total - intercepted) * stay_stock) / intercepted
 
 
 def measure(family: str, repeats: int) -> dict:
     stock, inputs = tiny_model(family, batch=1)
-    patched, _ = tiny_model(family, batch=1)
-    attnplug.apply(patched, attnplug.DenseConfig())
-    calls = _calls(stock, inputs)
+    dense, _ = tiny_model(family, batch=1)
+    idle, _ = tiny_model(family, batch=1)
+    attnplug.apply(dense, attnplug.DenseConfig())
+    attnplug.apply(idle, attnplug.DenseConfig())
+    _deselect_all(idle)
 
     def run(model):
         with torch.no_grad():
             return model(**inputs, return_dict=False)[0]
 
-    timed = time_interleaved({"stock": lambda: run(stock), "attnplug": lambda: run(patched)}, warmup=5,
-                             repeats=repeats)
-    s, a = timed["stock"]["median"], timed["attnplug"]["median"]
-    return {"family": family, "attention_calls": calls, "stock_ms": 1e3 * s, "attnplug_ms": 1e3 * a,
-            "overhead_us_per_call": 1e6 * (a - s) / calls, "ratio": a / s}
+    run(dense)
+    run(idle)  # the grid each copy's attention calls read
+    counts = attnplug.stats(dense)
+    total = counts["self"]["calls"] + counts["cross"]["calls"]
+    intercepted = counts["self"]["method"] + counts["cross"]["method"]
+    calls = _attention_inputs(stock, inputs)
+    models = {"stock": stock, "attnplug": dense, "idle": idle}
+    attention = time_interleaved({k: _attention_calls(m, calls) for k, m in models.items()}, warmup=10,
+                                 repeats=repeats)
+    forward = time_interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, warmup=10, repeats=repeats)
+    _, stay_stock, per_call = _split(attention, total, intercepted)
+    d_forward, stay_forward, per_call_forward = _split(forward, total, intercepted)
+    s, a = forward["stock"]["median"], forward["attnplug"]["median"]
+    return {"family": family, "route": ROUTE.get(family, ""), "attention_calls": total,
+            "intercepted_calls": intercepted, "us_per_intercepted_call": 1e6 * per_call,
+            "us_per_stock_call": 1e6 * stay_stock, "attention_stock_ms": 1e3 * attention["stock"]["median"],
+            "stock_ms": 1e3 * s, "attnplug_ms": 1e3 * a, "forward_overhead_us_per_call": 1e6 * d_forward / total,
+            "forward_us_per_intercepted_call": 1e6 * per_call_forward,
+            "forward_us_per_stock_call": 1e6 * stay_forward, "ratio": a / s}
 
 
 def main() -> None:
@@ -53,12 +116,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "overhead_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()
     rows = [measure(f, args.repeats) for f in args.families.split(",")]
     for r in rows:
-        print(f"{r['family']:8s} {r['attention_calls']:3d} calls  stock {r['stock_ms']:.2f} ms  attnplug "
-              f"{r['attnplug_ms']:.2f} ms  overhead {r['overhead_us_per_call']:.1f} us/call")
+        print(f"{r['family']:8s} {r['intercepted_calls']:2d}/{r['attention_calls']:2d} intercepted: "
+              f"{r['us_per_intercepted_call']:.1f} us/call, stays stock {r['us_per_stock_call']:.1f} us/call; "
+              f"forward {r['stock_ms']:.2f} -> {r['attnplug_ms']:.2f} ms ({r['forward_us_per_intercepted_call']:.1f} "
+              f"/ {r['forward_us_per_stock_call']:.1f} us/call)")
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[args.label] = {"environment": environment(), "rows": rows}
+    env = environment()
+    env["loadavg_before"] = list(load_before)
+    results[args.label] = {"environment": env, "repeats": args.repeats, "rows": rows}
     args.out.write_text(json.dumps(results, indent=1))
 
 

@@ -1,10 +1,12 @@
 """The interception core shared by the module hook (:func:`attnplug.apply`) and the standalone processor.
 
-While a stock diffusers processor runs, a :class:`~attnplug.processors.intercept.SDPAInterceptor` catches its one
-``scaled_dot_product_attention`` call and hands the ``(B, H, N, D)`` tensors to the method. Processors that dispatch
-through diffusers' attention backends are switched to the native backend for that one call (by their own
-``_attention_backend`` attribute, never the process-global backend); anything the method hands back runs on the
-backend the user chose.
+While a stock diffusers processor runs, its one attention call is caught and its ``(B, H, N, D)`` tensors go to the
+method: at the ``dispatch_attention_fn`` or ``F.scaled_dot_product_attention`` name the processor calls
+(:mod:`.route`), else as the ``scaled_dot_product_attention`` call a
+:class:`~attnplug.processors.intercept.SDPAInterceptor` sees. Where the mode catches a dispatching processor (context
+parallelism, compiled graphs) the processor is switched to the native
+backend for that one call (by its own ``_attention_backend`` attribute, never the process-global backend); anything
+the method hands back runs on the backend the user chose.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch.nn.functional as F
 
 from .._logging import log_once
 from ..layout import TokenLayout
-from ..methods.base import AttentionMethod, CallInfo
-from .intercept import SDPAInterceptor
+from ..methods.base import AttentionMethod, CallInfo, MethodWrapper
+from .intercept import ACTIVE, SDPAInterceptor
 from .stats import CallStats
 
 try:  # diffusers >= 0.35: processors of the newer families call dispatch_attention_fn
@@ -101,48 +103,117 @@ def from_canonical(x: torch.Tensor, layout: TokenLayout, world: int) -> torch.Te
     return torch.cat([a, c], dim=3).reshape(b, h, n, d)
 
 
+def intercepts_cross(method: AttentionMethod) -> bool:
+    """Whether ``method`` may replace cross-attention calls: its class overrides
+    :meth:`~attnplug.methods.base.AttentionMethod.cross_attention`; a :class:`MethodWrapper` that only forwards it
+    answers for its ``inner`` method (False without one)."""
+    own = type(method).cross_attention
+    if own is MethodWrapper.cross_attention:
+        return isinstance(method, MethodWrapper) and method.inner is not None and intercepts_cross(method.inner)
+    return own is not AttentionMethod.cross_attention
+
+
 class Interception:
     """Runs attention modules' stock processors with their attention call routed to ``method``.
 
-    ``layout_fn(site, n)`` gives the :class:`TokenLayout` of an ``n``-token self-attention call of ``site``."""
+    ``layout_fn(site, n)`` gives the :class:`TokenLayout` of an ``n``-token self-attention call of ``site``.
+    Eager calls are caught at the name the processor calls where the caller routed it (:mod:`.route`; one Python
+    call), else by one shared :class:`SDPAInterceptor`; while compiling, by a mode traced into the graph. The call's
+    context lives in :data:`~.intercept.ACTIVE` (per thread), so nothing is built per call but a tuple."""
 
     def __init__(self, method: AttentionMethod, stats: CallStats, layout_fn: Callable[[Site, int], TokenLayout]):
         self.method = method
         self.stats = stats
         self.layout_fn = layout_fn
-        self.overrides_cross = type(method).cross_attention is not AttentionMethod.cross_attention
+        self.overrides_cross = intercepts_cross(method)
 
-    def run(self, site: Site, info: CallInfo, processor, call: Callable[[], object]):
-        """Run ``call()`` (the module's stock forward or processor call) with its SDPA call intercepted."""
+    def run(self, site: Site, info: CallInfo, processor, forward: Callable, args: tuple, kwargs: dict,
+            routed: bool = False):
+        """``forward(*args, **kwargs)`` (the module's stock forward or processor call) with its attention call
+        intercepted. ``routed``: the name the processor reaches attention through is routed
+        (:func:`.route.acquire`)."""
+        if torch.compiler.is_compiling():
+            return self._run_traced(site, info, processor, forward, args, kwargs)
+        active = ACTIVE
+        hits = active.hits
+        if routed and getattr(processor, "_parallel_config", None) is None:
+            previous, active.routed = active.routed, (self, site, info)
+            try:
+                out = forward(*args, **kwargs)
+            finally:
+                active.routed = previous
+        else:  # Ulysses gathers the sequence inside the backend: catch the SDPA call it makes there
+            out = self._run_mode(site, info, processor, forward, args, kwargs)
+        if active.hits == hits:
+            self._passthrough(processor)
+        return out
+
+    def _run_mode(self, site, info, processor, forward, args, kwargs):
         world, rank = context_parallel(processor)
-        user_backend = getattr(processor, "_attention_backend", _ABSENT)
-        mode = SDPAInterceptor(lambda **sdpa: self.attend(site, info, user_backend, world, rank, **sdpa))
-        # no write when the processor already resolves to native: a compiled graph would otherwise replay the write
-        # and its undo, and guard on the attribute it leaves behind
-        switch = backend_name(user_backend) not in (None, "native")
+        backend = getattr(processor, "_attention_backend", _ABSENT)
+        switch = backend_name(backend) not in (None, "native")
+        active = ACTIVE
+        previous, active.mode = active.mode, (self, site, info, backend, world, rank)
         if switch:
             processor._attention_backend = AttentionBackendName.NATIVE
         try:
-            with mode:
-                out = call()
+            with _MODE:
+                return forward(*args, **kwargs)
+        finally:
+            active.mode = previous
+            if switch:
+                processor._attention_backend = backend
+
+    def _run_traced(self, site, info, processor, forward, args, kwargs):
+        """The compiled form: a mode built in the trace (dynamo traces a mode entered inside the graph, not one
+        from outside); its Python runs once, at trace time."""
+        world, rank = context_parallel(processor)
+        backend = getattr(processor, "_attention_backend", _ABSENT)
+        calls = [0]
+
+        def handler(**sdpa):
+            calls[0] += 1
+            out = self.attend(site, info, world, rank, **sdpa)
+            return out if out is not None else stock_attention(backend, **sdpa)
+
+        # no write when the processor already resolves to native: a compiled graph would otherwise replay the write
+        # and its undo, and guard on the attribute it leaves behind
+        switch = backend_name(backend) not in (None, "native")
+        if switch:
+            processor._attention_backend = AttentionBackendName.NATIVE
+        try:
+            with SDPAInterceptor(handler):
+                out = forward(*args, **kwargs)
         finally:
             if switch:
-                processor._attention_backend = user_backend
-        if mode.calls == 0:
-            self.stats.passthrough()
-            log_once(
-                logger,
-                logging.WARNING,
-                f"{type(processor).__name__} makes no scaled_dot_product_attention call (e.g. attention "
-                "slicing or xformers), so the method cannot run in the modules that use it; they ran their stock "
-                "attention. Put SDPA processors back (e.g. model.set_attn_processor(AttnProcessor2_0())) to run the "
-                "method.",
-            )
+                processor._attention_backend = backend
+        if calls[0] == 0:
+            self._passthrough(processor)
         return out
 
-    def attend(self, site, info, user_backend, world, rank, query, key, value, attn_mask, dropout_p, is_causal,
-               scale, enable_gqa):
-        """The intercepted SDPA call on ``(B, H, N, D)`` tensors: the method's output, or stock attention."""
+    def _passthrough(self, processor) -> None:
+        self.stats.passthrough()
+        log_once(
+            logger,
+            logging.WARNING,
+            f"{type(processor).__name__} makes no scaled_dot_product_attention call (e.g. attention "
+            "slicing or xformers), so the method cannot run in the modules that use it; they ran their stock "
+            "attention. Put SDPA processors back (e.g. model.set_attn_processor(AttnProcessor2_0())) to run the "
+            "method.",
+        )
+
+    def attend_dispatch(self, call: tuple, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        """A routed ``dispatch_attention_fn`` call on ``(B, N, H, D)`` tensors: the method's output in that layout,
+        or None to run the stock call (counted)."""
+        _, site, info = call
+        out = self.attend(site, info, 1, 0, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                          attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return None if out is None else out.transpose(1, 2)
+
+    def attend(self, site, info, world, rank, query, key, value, attn_mask, dropout_p, is_causal, scale,
+               enable_gqa) -> torch.Tensor | None:
+        """An intercepted attention call on ``(B, H, N, D)`` tensors: the method's output, or None when the call
+        runs stock attention (counted here with its reason)."""
         stats = self.stats
         if site.is_cross or query.shape[-2] != key.shape[-2]:
             if self.overrides_cross and not (dropout_p or is_causal):
@@ -151,8 +222,7 @@ class Interception:
                     stats.record("cross", "method")
                     return out
             stats.record("cross", "stock", "cross-attention")
-            return stock_attention(user_backend, query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                   enable_gqa)
+            return None
         if dropout_p or is_causal or enable_gqa or query.shape[1] != key.shape[1]:
             reason = "dropout-causal-gqa"
         elif attn_mask is not None and not self.method.supports_mask:
@@ -174,7 +244,18 @@ class Interception:
                 return from_canonical(out, layout, world) if world > 1 else out
             reason = self.method.last_reason() or "handed-back"
         stats.record("self", "stock", reason)
-        return stock_attention(user_backend, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return None
+
+
+def _from_mode(**sdpa) -> torch.Tensor:
+    """The shared mode's handler: the SDPA call of the interception running on this thread."""
+    ACTIVE.hits += 1
+    interception, site, info, backend, world, rank = ACTIVE.mode
+    out = interception.attend(site, info, world, rank, **sdpa)
+    return out if out is not None else stock_attention(backend, **sdpa)
+
+
+_MODE = SDPAInterceptor(_from_mode)
 
 
 def stock_attention(backend, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

@@ -27,13 +27,16 @@ from .._steps import timestep_of
 from ..config import Schedule
 from ..layout import LayoutState, TokenLayout
 from ..methods.base import AttentionMethod, CallInfo
+from . import route
 from .core import Interception, Site
+from .guard import CallGuard
 from .stats import CallStats
 
 logger = logging.getLogger(__name__)
 
 ATTENTION_HOOK = "attnplug.attention"
 METHOD_HOOK = "attnplug.method"
+_LAYOUTS = 64  # cached layouts per denoiser: (grid, length, temporal) triples, a handful per image size
 
 
 @dataclass
@@ -51,11 +54,26 @@ class Runtime:
     interception: Interception | None = None
     tracker: StepTracker | None = None
     step_tensor: torch.Tensor | None = None  # state.step on the model's device (CallInfo.step_tensor)
+    layouts: dict = field(default_factory=dict, repr=False)  # (grid, n, temporal) -> TokenLayout, eager calls
 
     def __post_init__(self):
         self.interception = Interception(self.method, self.stats, self.layout)
 
     def layout(self, site: Site, n: int) -> TokenLayout:
+        """The layout of an ``n``-token self-attention call of ``site`` on the current grid (built and validated
+        once per (grid, n, temporal))."""
+        if torch.compiler.is_compiling():  # traced once; a dict the graph reads would be guarded on
+            return self._read_layout(site, n)
+        key = (self.state.grid, n, site.temporal)
+        layout = self.layouts.get(key)
+        if layout is None:
+            layout = self._read_layout(site, n)
+            if len(self.layouts) >= _LAYOUTS:
+                self.layouts.clear()
+            self.layouts[key] = layout
+        return layout
+
+    def _read_layout(self, site: Site, n: int) -> TokenLayout:
         # the module name only in the error: reading it in a compiled graph would specialise the graph per layer
         try:
             return self.state.layout_for(n, "", site.temporal)
@@ -102,9 +120,23 @@ class AttentionHook(ModelHook):
         self.runtime, self.site, self.selected = runtime, site, selected
         self.level, self.train_grid = level, train_grid
         self.active = False
+        self.kind = "cross" if site.is_cross else "self"
         self.reason = "cross-attention" if site.is_cross else "layer-not-selected"
         self.info = CallInfo()
         self.context = _ContextListener(runtime.tracker.on_context)
+        self._processor_cls: type | None = None  # the processor class last seen, and whether its call is routed
+        self._routed = False
+
+    def __getstate__(self):  # a deep copy acquires its own routes (this hook's end at its remove)
+        state = self.__dict__.copy()
+        state["_processor_cls"], state["_routed"] = None, False
+        return state
+
+    def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:  # diffusers' spelling
+        route.release(self)
+        return module
+
+    deinitialize_hook = deinitalize_hook
 
     def refresh(self, state: LayoutState, active_step: bool) -> None:
         site, runtime = self.site, self.runtime
@@ -129,13 +161,28 @@ class AttentionHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         forward = self.fn_ref.original_forward
+        runtime = self.runtime
         if not self.active:
-            self.runtime.stats.record("cross" if self.site.is_cross else "self", "stock", self.reason)
+            runtime.stats.record(self.kind, "stock", self.reason)
             return forward(*args, **kwargs)
         info = self.info
-        if info.latent_grid != self.runtime.state.grid:  # the grid changed since the step began (a new size)
-            info = dataclasses.replace(info, latent_grid=self.runtime.state.grid)
-        return self.runtime.interception.run(self.site, info, module.processor, lambda: forward(*args, **kwargs))
+        processor = module.processor
+        if torch.compiler.is_compiling():
+            if info.latent_grid != runtime.state.grid:
+                info = dataclasses.replace(info, latent_grid=runtime.state.grid)
+            return runtime.interception.run(self.site, info, processor, forward, args, kwargs)
+        if info.latent_grid != runtime.state.grid:  # the grid changed since the step began (a new size)
+            info = self.info = dataclasses.replace(info, latent_grid=runtime.state.grid)
+        return runtime.interception.run(self.site, info, processor, forward, args, kwargs, self._routes(processor))
+
+    def _routes(self, processor) -> bool:
+        """Whether ``processor``'s attention call is caught at the name it calls (:mod:`.route`; decided per
+        class)."""
+        cls = type(processor)
+        if cls is not self._processor_cls:
+            self._routed = route.acquire(cls, self)
+            self._processor_cls = cls
+        return self._routed
 
     def reset_state(self, module):
         self.runtime.tracker.reset()
@@ -165,6 +212,9 @@ class StepTracker:
 
     def __init__(self, runtime: Runtime, model: torch.nn.Module):
         self.runtime = runtime
+        self.guard = CallGuard()
+        # runs also when the forward raises, so a failed call does not hold the model; removed with the tracker
+        model.register_forward_hook(self.release, always_call=True)
         self.has_context = False
         self._last_context = None
         self._owner = id(model)
@@ -196,6 +246,8 @@ class StepTracker:
         runtime.update()
 
     def __call__(self, module, args, kwargs):
+        if not torch.compiler.is_compiling():
+            self.guard.enter(type(module).__name__)
         if id(module) != self._owner:  # a deep copy of the applied model: bind its hooks to its own modules
             self._adopt(module)
         runtime = self.runtime
@@ -219,6 +271,11 @@ class StepTracker:
             if getattr(module, "_diffusers_hook", None) is not None and module is not model:
                 rebuild_forward_chain(module)
         self._owner = id(model)
+
+    def release(self, module, args, output):
+        """Forward hook (always called): the call that entered :attr:`guard` on this thread is over."""
+        if not torch.compiler.is_compiling():
+            self.guard.exit()
 
     def after(self, module, args, output):
         """Forward hook: once the method was due to run and a run is over, warn if it ran on none of it.

@@ -100,5 +100,4 @@ class AttnplugProcessor:
         else:
             head = (encoder_hidden_states, attention_mask)
         given = {k: v for k, v in given.items() if k in accepted and v is not None}
-        return self._interception.run(site, self._info, stock,
-                                      lambda: stock(attn, hidden_states, *head, *args, **given))
+        return self._interception.run(site, self._info, stock, stock, (attn, hidden_states, *head, *args), given)

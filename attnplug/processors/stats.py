@@ -42,11 +42,13 @@ class CallStats:
             for reason in REASONS:
                 self._slot((kind, "reason", reason))
         self._slot(("passthrough",))
+        self._slots: dict[tuple, tuple[int, ...]] = {}  # (kind, outcome, reason) -> the slots record() counts
 
     def __deepcopy__(self, memo):
         copy_ = CallStats.__new__(CallStats)
         copy_._lock = threading.Lock()
         copy_._index = dict(self._index)
+        copy_._slots = dict(self._slots)
         copy_._counts = self._counts.clone()
         copy_._traced = self._traced
         copy_._eager = list(self._eager)
@@ -72,10 +74,16 @@ class CallStats:
 
     def record(self, kind: str, outcome: str, reason: str | None = None) -> None:
         """Count one call of ``kind`` ("self"/"cross") that ran ``outcome`` ("method"/"stock", with ``reason``)."""
-        if reason is None:
-            self._count((kind, "calls"), (kind, outcome))
-        else:
-            self._count((kind, "calls"), (kind, outcome), (kind, "reason", reason))
+        if torch.compiler.is_compiling():
+            self._count(*_keys(kind, outcome, reason))
+            return
+        slots = self._slots.get((kind, outcome, reason))
+        with self._lock:
+            if slots is None:
+                slots = self._slots[(kind, outcome, reason)] = tuple(map(self._slot, _keys(kind, outcome, reason)))
+            eager = self._eager
+            for i in slots:
+                eager[i] += 1
 
     def passthrough(self) -> None:
         """Count a call whose processor made no ``scaled_dot_product_attention`` call (nothing to intercept)."""
@@ -104,6 +112,12 @@ class CallStats:
             }
         out["passthrough"] = value[("passthrough",)]
         return out
+
+
+def _keys(kind: str, outcome: str, reason: str | None) -> tuple:
+    if reason is None:
+        return (kind, "calls"), (kind, outcome)
+    return (kind, "calls"), (kind, outcome), (kind, "reason", reason)
 
 
 def merge_stats(parts: list[dict]) -> dict:

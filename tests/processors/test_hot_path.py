@@ -1,0 +1,109 @@
+"""The per-call path: eager calls are caught at the one name each processor calls (no function mode sees their
+ops), the layout is built once per grid, and remove binds diffusers' own names again."""
+
+import gc
+import importlib
+
+import pytest
+import torch
+
+import attnplug
+from attnplug.layout import LayoutState
+from attnplug.processors import route
+from attnplug.processors.intercept import SDPAInterceptor
+from attnplug.testing import forward, tiny_model
+
+# family -> (module its processor is defined in, the name it reaches attention through)
+ROUTED = {
+    "unet": ("diffusers.models.attention_processor", "F"),
+    "pixart": ("diffusers.models.attention_processor", "F"),
+    "wan": ("diffusers.models.transformers.transformer_wan", "dispatch_attention_fn"),
+    "flux": ("diffusers.models.transformers.transformer_flux", "dispatch_attention_fn"),
+}
+
+
+def _bound(family):
+    module, name = ROUTED[family]
+    return getattr(importlib.import_module(module), name)
+
+
+def _diffusers_own(family):
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    return torch.nn.functional if ROUTED[family][1] == "F" else dispatch_attention_fn
+
+
+@pytest.mark.parametrize("family", list(ROUTED))
+def test_eager_calls_are_caught_without_the_function_mode(family, monkeypatch, tagged):
+    seen = []
+    original = SDPAInterceptor.__torch_function__
+
+    def counted(self, func, types, args=(), kwargs=None):
+        seen.append(func)
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(SDPAInterceptor, "__torch_function__", counted)
+    model, inputs = tiny_model(family)
+    stock = forward(model, inputs)
+    attnplug.apply(model, tagged)
+    out = forward(model, inputs)
+    torch.testing.assert_close(out, stock, atol=1e-5, rtol=1e-5)
+    st = attnplug.stats(model)["self"]
+    assert st["method"] == st["calls"] == len(tagged.calls) > 0
+    assert seen == []  # not one op went through the mode
+    attnplug.remove(model)
+
+
+@pytest.mark.parametrize("family", list(ROUTED))
+def test_remove_binds_the_original_name_again(family):
+    gc.collect()  # models of earlier tests dropped without remove no longer hold the name
+    original = _diffusers_own(family)
+    a, inputs = tiny_model(family)
+    b, _ = tiny_model(family)
+    attnplug.apply(a, "dense")
+    attnplug.apply(b, "dense")
+    forward(a, inputs), forward(b, inputs)
+    assert _bound(family) is not original and ROUTED[family] in route.routed_names()
+    attnplug.remove(a)
+    assert _bound(family) is not original  # b still uses it
+    assert forward(b, inputs).isfinite().all()
+    attnplug.remove(b)
+    assert _bound(family) is original and ROUTED[family] not in route.routed_names()
+
+
+def test_a_stock_model_beside_an_applied_one_runs_stock(tagged):
+    applied, inputs = tiny_model("wan")
+    other, _ = tiny_model("wan", seed=1)
+    expected = forward(other, inputs)
+    attnplug.apply(applied, tagged)
+    forward(applied, inputs)
+    n = len(tagged.calls)
+    torch.testing.assert_close(forward(other, inputs), expected)  # through the router, untouched
+    assert len(tagged.calls) == n
+    attnplug.remove(applied)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_the_layout_is_built_once_per_grid(family, monkeypatch):
+    built = []
+    original = LayoutState.layout_for
+
+    def counted(self, n, *args, **kwargs):
+        built.append(n)
+        return original(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(LayoutState, "layout_for", counted)
+    model, inputs = tiny_model(family)
+    attnplug.apply(model, "dense")
+    for _ in range(3):
+        forward(model, inputs)
+    calls = attnplug.stats(model)["self"]["method"]
+    assert calls == 3 * (calls // 3) > 0
+    assert sorted(built) == sorted(set(built))  # one per sequence length (U-Net levels), not one per call
+    before = len(built)
+    _, bigger = tiny_model(family, height=32, width=32)
+    forward(model, bigger)  # a new grid: its layouts are built, once
+    after = len(built)
+    forward(model, bigger)
+    assert after > before and len(built) == after
+    attnplug.remove(model)
