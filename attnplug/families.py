@@ -88,6 +88,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "CogVideoXTransformer3DModel": FamilySpec(
         "cogvideox", grid_video_bfchw, text_position="first", train_frames=49, rope="cogvideox"
     ),
+    "ConsisIDTransformer3DModel": FamilySpec("consisid", grid_video_bfchw, text_position="first", train_frames=49),
     "HunyuanVideoTransformer3DModel": FamilySpec(
         "hunyuanvideo", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
         train_size=(720, 1280), train_frames=129, rope="hunyuanvideo",

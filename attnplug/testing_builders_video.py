@@ -223,7 +223,16 @@ def motif_video(batch: int):
                        encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_attention_mask=_mask(batch))
 
 
+def consisid(batch: int):
+    model = tiny(diffusers.ConsisIDTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                 out_channels=4, time_embed_dim=4, text_embed_dim=16, sample_width=W, sample_height=H,
+                 sample_frames=F, patch_size=2, temporal_compression_ratio=1, max_text_seq_length=TEXT)
+    return model, dict(hidden_states=torch.randn(batch, F, 4, H, W), timestep=torch.tensor([500] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
 BUILDERS = {
+    "ConsisIDTransformer3DModel": consisid,
     "I2VGenXLUNet": i2vgen_xl,
     "MotifVideoTransformer3DModel": motif_video,
     "AllegroTransformer3DModel": allegro,
