@@ -126,6 +126,7 @@ FAMILIES: dict[str, FamilySpec] = {
         grid_reads_values=True, value_inputs=("encoder_attention_mask",),
     ),
     "Transformer2DModel": FamilySpec("transformer2d", grid_image_4d),
+    "HunyuanDiT2DModel": FamilySpec("hunyuandit", grid_image_4d),
     "UNet2DModel": FamilySpec("unet2d", grid_unet, multiscale=True),
     # video transformers
     "WanVACETransformer3DModel": FamilySpec(

@@ -203,7 +203,24 @@ def prx(batch: int):
                        encoder_hidden_states=torch.randn(batch, TEXT, 16))
 
 
+def hunyuan_dit(batch: int):
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    model = tiny(diffusers.HunyuanDiT2DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                 patch_size=2, sample_size=2 * S, hidden_size=16, cross_attention_dim=16, cross_attention_dim_t5=16,
+                 pooled_projection_dim=8, text_len=TEXT, text_len_t5=TEXT)
+    rope = get_2d_rotary_pos_embed(8, ((0, 0), (S, S)), (S, S))
+    return model, dict(
+        hidden_states=_image_4d(batch), timestep=torch.tensor([500.0] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), text_embedding_mask=_mask(batch).float(),
+        encoder_hidden_states_t5=torch.randn(batch, TEXT, 16), text_embedding_mask_t5=_mask(batch).float(),
+        image_meta_size=torch.tensor([[2 * S * 8, 2 * S * 8, 2 * S * 8, 2 * S * 8, 0, 0]] * batch).float(),
+        style=torch.zeros(batch, dtype=torch.long), image_rotary_emb=rope,
+    )
+
+
 BUILDERS = {
+    "HunyuanDiT2DModel": hunyuan_dit,
     "PRXTransformer2DModel": prx,
     "AuraFlowTransformer2DModel": auraflow,
     "BriaTransformer2DModel": bria,
