@@ -126,12 +126,15 @@ FAMILIES: dict[str, FamilySpec] = {
         grid_reads_values=True, value_inputs=("encoder_attention_mask",),
     ),
     "Transformer2DModel": FamilySpec("transformer2d", grid_image_4d),
+    "DreamLiteTransformer2DModel": FamilySpec("dreamlite-transformer", grid_image_4d),
     "HunyuanDiT2DModel": FamilySpec("hunyuandit", grid_image_4d),
     "UNet2DModel": FamilySpec("unet2d", grid_unet, multiscale=True),
     # video transformers
     "WanVACETransformer3DModel": FamilySpec(
         "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
     ),
+    "AnyFlowTransformer3DModel": FamilySpec("anyflow", grid_video_bfchw, train_size=(480, 832), train_frames=81),
+    "JoyImageEditTransformer3DModel": FamilySpec("joyimage-edit", grid_video_bcfhw, text_position="last"),
     "SkyReelsV2Transformer3DModel": FamilySpec(
         "skyreels-v2", grid_video_bcfhw, train_size=(544, 960), train_frames=97
     ),

@@ -219,7 +219,14 @@ def hunyuan_dit(batch: int):
     )
 
 
+def dreamlite_transformer(batch: int):
+    model = tiny(diffusers.DreamLiteTransformer2DModel, num_attention_heads=2, attention_head_dim=8, in_channels=16,
+                 norm_num_groups=8, cross_attention_dim=16)
+    return model, dict(hidden_states=torch.randn(batch, 16, S, S), encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
 BUILDERS = {
+    "DreamLiteTransformer2DModel": dreamlite_transformer,
     "HunyuanDiT2DModel": hunyuan_dit,
     "PRXTransformer2DModel": prx,
     "AuraFlowTransformer2DModel": auraflow,

@@ -231,7 +231,26 @@ def consisid(batch: int):
                        encoder_hidden_states=torch.randn(batch, TEXT, 16))
 
 
+def anyflow(batch: int):
+    model = tiny(diffusers.AnyFlowTransformer3DModel, in_channels=4, out_channels=4, patch_size=(1, 2, 2),
+                 num_attention_heads=2, attention_head_dim=12, text_dim=16, freq_dim=32, ffn_dim=32,
+                 rope_max_seq_len=32)
+    inputs = _wan_inputs(batch, 4, r_timestep=torch.full((batch, F), 250.0))
+    inputs["timestep"] = torch.full((batch, F), 500.0)  # one timestep per latent frame
+    inputs["hidden_states"] = inputs["hidden_states"].transpose(1, 2)  # AnyFlow takes (B, F, C, H, W)
+    return model, inputs
+
+
+def joyimage_edit(batch: int):
+    model = tiny(diffusers.JoyImageEditTransformer3DModel, patch_size=[1, 2, 2], in_channels=4, hidden_size=32,
+                 num_attention_heads=2, text_dim=16, rope_dim_list=[4, 6, 6])
+    return model, dict(hidden_states=torch.randn(batch, 4, F, H, W), timestep=torch.tensor([500.0] * batch),
+                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
 BUILDERS = {
+    "AnyFlowTransformer3DModel": anyflow,
+    "JoyImageEditTransformer3DModel": joyimage_edit,
     "ConsisIDTransformer3DModel": consisid,
     "I2VGenXLUNet": i2vgen_xl,
     "MotifVideoTransformer3DModel": motif_video,
