@@ -13,7 +13,7 @@ from attnplug.testing import FAMILY_NAMES, forward, tiny_model
 
 def _count_attention_calls(model, inputs) -> tuple[int, int]:
     """(self-attention calls, cross-attention calls) of one forward, counted on the stock model."""
-    from attnplug.layout import family_of
+    from attnplug.families import family_of
     from attnplug.plugin import is_cross_attention_module
 
     calls = {"self": 0, "cross": 0}
