@@ -4,11 +4,12 @@ interleaved in one process, 1 thread.
 Three copies of each model run in turn: stock, attnplug Dense (self-attention intercepted, cross-attention stays
 stock) and attnplug with no layer selected (every call stays stock). The idle copy gives the cost of a call that
 stays stock; the Dense copy, less that cost for its stock calls, gives the cost of an intercepted call. Each is the
-median over rounds of the difference to stock within the round. Timed twice: every attention module of one forward
-called with the inputs it got there (the per-call figures), and the whole forward (``forward_*``: the denoiser's
-pre-hook included, spread over its few calls, and much noisier on a loaded machine).
+median over rounds of the difference to stock within the round, in CPU time of the benchmark's thread (``wall_*``:
+the same in wall-clock time, which other processes' time slices inflate on a shared machine). Timed twice: every
+attention module of one forward called with the inputs it got there, ``--inner`` times per sample (the per-call
+figures), and the whole forward (``forward_*``: the denoiser's pre-hook included, spread over its few calls).
 
-    python benchmarks/overhead_bench.py [--repeats 200] [--label after] [--out benchmarks/results/overhead_cpu.json]
+    python benchmarks/overhead_bench.py [--repeats 300] [--label after] [--out benchmarks/results/overhead_cpu.json]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,30 +54,48 @@ def _attention_inputs(model, inputs) -> dict[str, tuple]:
     return {n: (modules[n], *seen[n]) for n in seen}
 
 
-def _attention_calls(model, calls: dict) -> Callable[[], None]:
-    """One call of every attention module of ``model`` with the inputs ``calls`` recorded (by module name)."""
+def _attention_calls(model, calls: dict, inner: int) -> Callable[[], None]:
+    """``inner`` calls of every attention module of ``model`` with the inputs ``calls`` recorded (by module name)."""
     modules = dict(model.named_modules())
     bound = [(modules[n], a, k) for n, (_, a, k) in calls.items()]
 
     def run():
         with torch.no_grad():
-            for module, args, kwargs in bound:
-                module(*args, **kwargs)
+            for _ in range(inner):
+                for module, args, kwargs in bound:
+                    module(*args, **kwargs)
 
     return run
 
 
-def _split(timed: dict, total: int, intercepted: int) -> tuple[float, float, float]:
+def _split(seconds: dict[str, list[float]], total: int, intercepted: int) -> tuple[float, float, float]:
     """(dense - stock, cost of a call that stays stock, cost of an intercepted call) in seconds: the median over
     rounds of the difference to stock within a round (the copies ran back to back), so a load that drifts between
     rounds cancels out."""
-    d_dense, d_idle = (median([x - y for x, y in zip(timed[k]["seconds"], timed["stock"]["seconds"])])
-                       for k in ("attnplug", "idle"))
+    d_dense, d_idle = (median([x - y for x, y in zip(seconds[k], seconds["stock"])]) for k in ("attnplug", "idle"))
     stay_stock = d_idle / total
     return d_dense, stay_stock, (d_dense - (total - intercepted) * stay_stock) / intercepted
 
 
-def measure(family: str, repeats: int) -> dict:
+def _timed(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, dict[str, list[float]]]:
+    """``time_interleaved`` over ``fns``, plus each call's CPU time on this thread (what other processes' time
+    slices on a shared machine do not inflate), by name, in round order."""
+    warmup = 10
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+
+    def measured(name, fn):
+        def run():
+            start = time.thread_time()
+            fn()
+            cpu[name].append(time.thread_time() - start)
+
+        return run
+
+    wall = time_interleaved({k: measured(k, fn) for k, fn in fns.items()}, warmup=warmup, repeats=repeats)
+    return wall, {k: v[warmup:] for k, v in cpu.items()}
+
+
+def measure(family: str, repeats: int, inner: int) -> dict:
     stock, inputs = tiny_model(family, batch=1)
     dense, _ = tiny_model(family, batch=1)
     idle, _ = tiny_model(family, batch=1)
@@ -94,16 +114,19 @@ def measure(family: str, repeats: int) -> dict:
     intercepted = counts["self"]["method"] + counts["cross"]["method"]
     calls = _attention_inputs(stock, inputs)
     models = {"stock": stock, "attnplug": dense, "idle": idle}
-    attention = time_interleaved({k: _attention_calls(m, calls) for k, m in models.items()}, warmup=10,
-                                 repeats=repeats)
-    forward = time_interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, warmup=10, repeats=repeats)
-    _, stay_stock, per_call = _split(attention, total, intercepted)
-    d_forward, stay_forward, per_call_forward = _split(forward, total, intercepted)
+    wall, cpu = _timed({k: _attention_calls(m, calls, inner) for k, m in models.items()}, repeats)
+    _, stay, per_call = (x / inner for x in _split(cpu, total, intercepted))
+    _, stay_wall, per_call_wall = (x / inner for x in _split({k: v["seconds"] for k, v in wall.items()}, total,
+                                                             intercepted))
+    forward, forward_cpu = _timed({k: (lambda m=m: run(m)) for k, m in models.items()}, repeats)
+    d_forward, stay_forward, per_call_forward = _split(forward_cpu, total, intercepted)
     s, a = forward["stock"]["median"], forward["attnplug"]["median"]
     return {"family": family, "route": ROUTE.get(family, ""), "attention_calls": total,
             "intercepted_calls": intercepted, "us_per_intercepted_call": 1e6 * per_call,
-            "us_per_stock_call": 1e6 * stay_stock, "attention_stock_ms": 1e3 * attention["stock"]["median"],
-            "stock_ms": 1e3 * s, "attnplug_ms": 1e3 * a, "forward_overhead_us_per_call": 1e6 * d_forward / total,
+            "us_per_stock_call": 1e6 * stay,
+            "wall_us_per_intercepted_call": 1e6 * per_call_wall, "wall_us_per_stock_call": 1e6 * stay_wall,
+            "attention_stock_ms": 1e3 * wall["stock"]["median"] / inner, "stock_ms": 1e3 * s, "attnplug_ms": 1e3 * a,
+            "forward_overhead_us_per_call": 1e6 * d_forward / total,
             "forward_us_per_intercepted_call": 1e6 * per_call_forward,
             "forward_us_per_stock_call": 1e6 * stay_forward, "ratio": a / s}
 
@@ -111,13 +134,14 @@ def measure(family: str, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--inner", type=int, default=5, help="attention rounds per timed sample")
     parser.add_argument("--families", default="unet,pixart,wan,flux")
     parser.add_argument("--label", default=attnplug.__version__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "overhead_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()
-    rows = [measure(f, args.repeats) for f in args.families.split(",")]
+    rows = [measure(f, args.repeats, args.inner) for f in args.families.split(",")]
     for r in rows:
         print(f"{r['family']:8s} {r['intercepted_calls']:2d}/{r['attention_calls']:2d} intercepted: "
               f"{r['us_per_intercepted_call']:.1f} us/call, stays stock {r['us_per_stock_call']:.1f} us/call; "
@@ -126,7 +150,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     env = environment()
     env["loadavg_before"] = list(load_before)
-    results[args.label] = {"environment": env, "repeats": args.repeats, "rows": rows}
+    results[args.label] = {"environment": env, "repeats": args.repeats, "inner": args.inner, "rows": rows}
     args.out.write_text(json.dumps(results, indent=1))
 
 
