@@ -111,6 +111,7 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "AuraFlowTransformer2DModel": FamilySpec("auraflow", grid_image_4d, text_position="first"),  # + registers
     "BriaTransformer2DModel": FamilySpec("bria", text_position="first", train_size=(1024, 1024), **_IDS),
+    "BriaFiboTransformer2DModel": FamilySpec("bria-fibo", text_position="first", train_size=(1024, 1024), **_IDS),
     "LongCatImageTransformer2DModel": FamilySpec(
         "longcat-image", text_position="first", train_size=(1024, 1024), **_IDS
     ),

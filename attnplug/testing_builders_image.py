@@ -225,7 +225,16 @@ def dreamlite_transformer(batch: int):
     return model, dict(hidden_states=torch.randn(batch, 16, S, S), encoder_hidden_states=torch.randn(batch, TEXT, 16))
 
 
+def bria_fibo(batch: int):
+    model, inputs = _flux_like(diffusers.BriaFiboTransformer2DModel, batch, pooled=True, pooled_projection_dim=16,
+                               text_encoder_dim=16)
+    n_layers = len(model.caption_projection)
+    inputs["text_encoder_layers"] = [torch.randn(batch, TEXT, 16) for _ in range(n_layers)]
+    return model, inputs
+
+
 BUILDERS = {
+    "BriaFiboTransformer2DModel": bria_fibo,
     "DreamLiteTransformer2DModel": dreamlite_transformer,
     "HunyuanDiT2DModel": hunyuan_dit,
     "PRXTransformer2DModel": prx,
