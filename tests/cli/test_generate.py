@@ -250,7 +250,7 @@ def test_missing_pipeline_extension_is_a_clear_error(tmp_path, capsys, monkeypat
     import attnplug.pipelines
 
     monkeypatch.delattr(attnplug.pipelines, "long_video", raising=False)
-    monkeypatch.setitem(sys.modules, "attnplug.pipelines._long_video.api", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "attnplug.pipelines._long_video", None)  # as if not installed
     assert main(["generate", "x", "--model", "shapes-video", "--long-video", "--frames", "16",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -136,7 +136,7 @@ def test_methods_listing(capsys):
     assert main(["methods", "sparse_video", "-v"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("sparse_video:") and "-o rectify=" in out and "'none'" in out
-    assert "agent:" not in out and "schedule" not in out
+    assert "agent:" not in out and "default schedule: every step after a dense warm-up" in out
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "agent:" in out and "--warmup-steps" in out

@@ -230,7 +230,7 @@ def test_rectification_terms_match_formula():
         want = sum((probs[0, h, i, j] * vp[0, h, j] for j in js), torch.zeros(3))
         assert torch.allclose(c[0, h, i], want, atol=1e-6)
     out = torch.randn(1, 2, 10, 3)
-    rect = apply_rectification(out, r, c, 3)
+    rect = apply_rectification(out.clone(), r, c, 3)  # in place on its argument
     assert torch.allclose(rect[0, 1, 7], out[0, 1, 7] * r[0, 1, 2] + c[0, 1, 2], atol=1e-6)
 
 
