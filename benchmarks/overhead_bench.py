@@ -8,6 +8,7 @@ median over rounds of the difference to stock within the round, in CPU time of t
 the same in wall-clock time, which other processes' time slices inflate on a shared machine). Timed twice: every
 attention module of one forward called with the inputs it got there, ``--inner`` times per sample (the per-call
 figures), and the whole forward (``forward_*``: the denoiser's pre-hook included, spread over its few calls).
+``us_stock_hook_path``: the hook's own Python on a call that stays stock, timed with the module's forward a no-op.
 
     python benchmarks/overhead_bench.py [--repeats 300] [--label after] [--out benchmarks/results/overhead_cpu.json]
 """
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,6 +97,22 @@ def _timed(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, di
     return wall, {k: v[warmup:] for k, v in cpu.items()}
 
 
+def _stock_hook_path(model, calls: dict) -> float:
+    """Seconds the attention hook adds to a call that stays stock, its module's own forward replaced by a no-op
+    (timeit, best of 5): the Python of the hook alone, free of the tensor work's noise."""
+    name, (_, args, kwargs) = next(iter(calls.items()))
+    module = dict(model.named_modules())[name]
+    hook = module._diffusers_hook.hooks["attnplug.attention"]
+    real, hook.fn_ref.original_forward = hook.fn_ref.original_forward, (lambda *a, **k: None)
+    n = 20000
+    try:
+        hooked = min(timeit.repeat(lambda: module.forward(*args, **kwargs), number=n, repeat=5))
+        bare = min(timeit.repeat(lambda: hook.fn_ref.original_forward(*args, **kwargs), number=n, repeat=5))
+    finally:
+        hook.fn_ref.original_forward = real
+    return (hooked - bare) / n
+
+
 def measure(family: str, repeats: int, inner: int) -> dict:
     stock, inputs = tiny_model(family, batch=1)
     dense, _ = tiny_model(family, batch=1)
@@ -118,12 +136,13 @@ def measure(family: str, repeats: int, inner: int) -> dict:
     _, stay, per_call = (x / inner for x in _split(cpu, total, intercepted))
     _, stay_wall, per_call_wall = (x / inner for x in _split({k: v["seconds"] for k, v in wall.items()}, total,
                                                              intercepted))
+    hook_path = _stock_hook_path(idle, calls)
     forward, forward_cpu = _timed({k: (lambda m=m: run(m)) for k, m in models.items()}, repeats)
     d_forward, stay_forward, per_call_forward = _split(forward_cpu, total, intercepted)
     s, a = forward["stock"]["median"], forward["attnplug"]["median"]
     return {"family": family, "route": ROUTE.get(family, ""), "attention_calls": total,
             "intercepted_calls": intercepted, "us_per_intercepted_call": 1e6 * per_call,
-            "us_per_stock_call": 1e6 * stay,
+            "us_per_stock_call": 1e6 * stay, "us_stock_hook_path": 1e6 * hook_path,
             "wall_us_per_intercepted_call": 1e6 * per_call_wall, "wall_us_per_stock_call": 1e6 * stay_wall,
             "attention_stock_ms": 1e3 * wall["stock"]["median"] / inner, "stock_ms": 1e3 * s, "attnplug_ms": 1e3 * a,
             "forward_overhead_us_per_call": 1e6 * d_forward / total,
@@ -144,7 +163,8 @@ def main() -> None:
     rows = [measure(f, args.repeats, args.inner) for f in args.families.split(",")]
     for r in rows:
         print(f"{r['family']:8s} {r['intercepted_calls']:2d}/{r['attention_calls']:2d} intercepted: "
-              f"{r['us_per_intercepted_call']:.1f} us/call, stays stock {r['us_per_stock_call']:.1f} us/call; "
+              f"{r['us_per_intercepted_call']:.1f} us/call, stays stock {r['us_per_stock_call']:.1f} us/call "
+              f"(hook path {r['us_stock_hook_path']:.2f}); "
               f"forward {r['stock_ms']:.2f} -> {r['attnplug_ms']:.2f} ms ({r['forward_us_per_intercepted_call']:.1f} "
               f"/ {r['forward_us_per_stock_call']:.1f} us/call)")
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
