@@ -14,11 +14,21 @@ MODELS_DIR = Path(__file__).resolve().parent
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _in_training(folder: Path) -> bool:
+    """Whether the folder's training log says its run has not finished (its weights are a checkpoint)."""
+    log = folder / "train_log.json"
+    try:
+        return log.is_file() and json.loads(log.read_text()).get("finished") is False
+    except (OSError, ValueError):
+        return False
+
+
 def available_models() -> list[str]:
-    """Names of the embedded models shipped with the package (folders holding ``config.json`` and weights)."""
+    """Names of the embedded models shipped with the package (folders holding ``config.json`` and weights). A model
+    whose training has not finished is left out (it still loads by name, for evaluation and resumed training)."""
     return sorted(
         p.name for p in MODELS_DIR.iterdir()
-        if p.is_dir() and (p / "config.json").is_file() and (p / WEIGHTS_FILE).is_file()
+        if p.is_dir() and (p / "config.json").is_file() and (p / WEIGHTS_FILE).is_file() and not _in_training(p)
     )
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from attnplug.models import available_models, load_pipeline
 from attnplug.models.loader import MODELS_DIR
 
-NAMES = ["shapes-dit", "shapes-unet", "shapes-video", "shapes-video-v2"]
+NAMES = ["shapes-dit", "shapes-unet", "shapes-video"]
+IN_TRAINING = ["shapes-video-v2"]  # loads by name, not offered until its training log says finished
 
 
 def test_import_is_lazy():
@@ -29,7 +30,7 @@ def test_import_is_lazy():
 
 
 def test_available_models_and_size_budget():
-    assert available_models() == NAMES
+    assert available_models() == NAMES and not set(IN_TRAINING) & set(available_models())
     shipped = [p for p in MODELS_DIR.rglob("*")
                if p.is_file() and "__pycache__" not in p.parts and p.name != "train_state.safetensors"]
     total = sum(p.stat().st_size for p in shipped)
