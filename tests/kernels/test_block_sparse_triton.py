@@ -197,7 +197,7 @@ def test_kv_keep_with_threshold_skips_like_the_reference():
 def test_kv_keep_is_checked():
     q, k, v = qkv(2, 1, 32, 16)
     lut = BlockLUT.full(32, 32, 16, 16)
-    with pytest.raises(ValueError, match=r"kv_keep must be a bool tensor of shape \(2 or 1, 32\)"):
+    with pytest.raises(ValueError, match=r"kv_keep must be a bool tensor of shape \(1 or 2, 32\)"):
         _kernel(q, k, v, lut, kv_keep=torch.ones(3, 32, dtype=torch.bool))
     with pytest.raises(ValueError, match="kv_keep must be a bool tensor"):
         _kernel(q, k, v, lut, kv_keep=torch.ones(2, 32))

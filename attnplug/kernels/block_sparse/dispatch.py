@@ -18,7 +18,7 @@ from ..._logging import log_once
 from .._cache import BoundedCache
 from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
 from .masks import NeighborhoodMask
-from .reference import block_sparse_reference
+from .reference import block_sparse_reference, check_kv_keep
 from .torch import block_sparse_torch
 
 __all__ = ["BACKENDS", "block_sparse_attention", "choose_backend", "needs_backward"]
@@ -107,20 +107,6 @@ def choose_backend(backend: str, q: Tensor) -> tuple[str, str]:
     return backend, "forced"
 
 
-def _check_kv_keep(kv_keep: Tensor | None, q: Tensor, n_k: int) -> None:
-    if kv_keep is None:
-        return
-    if not isinstance(kv_keep, Tensor) or kv_keep.dtype != torch.bool:
-        what = kv_keep.dtype if isinstance(kv_keep, Tensor) else type(kv_keep).__name__
-        raise TypeError(f"kv_keep must be a bool tensor (B|1, N_k) or None, got {what}.")
-    if kv_keep.dim() != 2 or kv_keep.shape[0] not in (1, q.shape[0]) or kv_keep.shape[1] != n_k:
-        raise ValueError(
-            f"kv_keep must have shape (1 or {q.shape[0]}, {n_k}) (batch, keys), got {tuple(kv_keep.shape)}."
-        )
-    if kv_keep.device != q.device:
-        raise ValueError(f"kv_keep is on {kv_keep.device} but q is on {q.device}; put them on one device.")
-
-
 def needs_backward(*tensors: Tensor) -> bool:
     """Whether autograd would record a call on these tensors (grad mode on and one of them requires grad)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
@@ -181,7 +167,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
         scale = 1.0 / math.sqrt(dim)
     elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}.")
-    _check_kv_keep(kv_keep, q, n_k)
+    check_kv_keep(kv_keep, q.shape[0], n_k, q.device)
     name, reason = choose_backend(backend, q)
     _log_once(name, reason)
     if name == "flex" and threshold is not None:

@@ -31,6 +31,7 @@ from torch import Tensor
 from .arch_configs import arch_of, kernel_config
 from .lut import BlockLUT
 from .masks import NeighborhoodMask
+from .reference import check_kv_keep
 
 __all__ = [
     "GRID_YZ_LIMIT",
@@ -307,20 +308,6 @@ def _broadcast_strides(x: Tensor, lead: int) -> list[int]:
     return [0 if i < lead and x.shape[i] == 1 else s for i, s in enumerate(x.stride())]
 
 
-def _check_keep(kv_keep: Tensor, batch: int, n_k: int, device: torch.device) -> None:
-    """ValueError unless ``kv_keep`` is a bool ``(B|1, N_k)`` tensor on ``device`` (shape checks only, no sync)."""
-    if not isinstance(kv_keep, Tensor):
-        raise ValueError(f"kv_keep must be a bool tensor (B|1, N_k) or None, got {type(kv_keep).__name__}.")
-    if kv_keep.dtype != torch.bool or kv_keep.dim() != 2 or kv_keep.shape[0] not in (1, batch) \
-            or kv_keep.shape[1] != n_k:
-        raise ValueError(
-            f"kv_keep must be a bool tensor of shape ({batch} or 1, {n_k}) (batch, keys), got {kv_keep.dtype} "
-            f"{tuple(kv_keep.shape)}."
-        )
-    if kv_keep.device != device:
-        raise ValueError(f"kv_keep must be on {device} like q, got {kv_keep.device}.")
-
-
 def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv_keep: Tensor | None, block_m: int,
             block_n: int, na: list[int], scale: float, threshold: float | None) -> tuple[Tensor, Tensor]:
     batch, heads, n_q, dim = q.shape
@@ -333,7 +320,7 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv
     out = torch.empty_like(q)
     skip = torch.empty(batch, heads, m_lut, dtype=torch.int32, device=q.device)
     if kv_keep is not None:
-        _check_keep(kv_keep, batch, n_k, q.device)
+        check_kv_keep(kv_keep, batch, n_k, q.device)
         keep, keep_strides = kv_keep.view(torch.uint8), _broadcast_strides(kv_keep, 1)
     else:
         keep, keep_strides = counts, [0, 0]  # never read (HAS_KEEP=False)
