@@ -1,7 +1,6 @@
 """The per-call path: eager calls are caught at the one name each processor calls (no function mode sees their
 ops), the layout is built once per grid, and remove binds diffusers' own names again."""
 
-import gc
 import importlib
 
 import pytest
@@ -9,7 +8,6 @@ import torch
 
 import attnplug
 from attnplug.layout import LayoutState
-from attnplug.processors import route
 from attnplug.processors.intercept import SDPAInterceptor
 from attnplug.testing import forward, tiny_model
 
@@ -54,21 +52,40 @@ def test_eager_calls_are_caught_without_the_function_mode(family, monkeypatch, t
     attnplug.remove(model)
 
 
+_REMOVE_SCRIPT = """
+import importlib, sys
+import torch
+import attnplug
+from attnplug.processors import route
+from attnplug.testing import forward, tiny_model
+family, module, name = sys.argv[1:4]
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+original = torch.nn.functional if name == "F" else dispatch_attention_fn
+bound = lambda: getattr(importlib.import_module(module), name)
+a, inputs = tiny_model(family)
+b, _ = tiny_model(family)
+attnplug.apply(a, "dense")
+attnplug.apply(b, "dense")
+forward(a, inputs), forward(b, inputs)
+assert bound() is not original and (module, name) in route.routed_names(), "not routed"
+attnplug.remove(a)
+assert bound() is not original, "unrouted while b still uses it"
+assert forward(b, inputs).isfinite().all()
+attnplug.remove(b)
+assert bound() is original and (module, name) not in route.routed_names(), "not bound back"
+"""
+
+
 @pytest.mark.parametrize("family", list(ROUTED))
 def test_remove_binds_the_original_name_again(family):
-    gc.collect()  # models of earlier tests dropped without remove no longer hold the name
-    original = _diffusers_own(family)
-    a, inputs = tiny_model(family)
-    b, _ = tiny_model(family)
-    attnplug.apply(a, "dense")
-    attnplug.apply(b, "dense")
-    forward(a, inputs), forward(b, inputs)
-    assert _bound(family) is not original and ROUTED[family] in route.routed_names()
-    attnplug.remove(a)
-    assert _bound(family) is not original  # b still uses it
-    assert forward(b, inputs).isfinite().all()
-    attnplug.remove(b)
-    assert _bound(family) is original and ROUTED[family] not in route.routed_names()
+    """In a fresh interpreter: models left applied by other tests in this process would hold the routes."""
+    import subprocess
+    import sys
+
+    module, name = ROUTED[family]
+    done = subprocess.run([sys.executable, "-c", _REMOVE_SCRIPT, family, module, name], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_stock_model_beside_an_applied_one_runs_stock(tagged):
