@@ -108,7 +108,9 @@ def test_natten_refuses_per_token_windows():
 
 
 def test_natten_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(na_backend, "_IMPORT", ["ModuleNotFoundError: No module named 'natten'"])
+    from attnplug import _optional
+
+    monkeypatch.setitem(_optional._TRIED, "natten", "ModuleNotFoundError: No module named 'natten'")
     layout = TokenLayout(1, 5, 5)
     q, k, v = _inputs(layout)
     with pytest.raises(ValueError, match="backend='natten' needs the natten package.*No module named"):

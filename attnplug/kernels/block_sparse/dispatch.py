@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..._logging import log_once
+from ..._optional import optional_import
 from .._cache import BoundedCache
 from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
 from .masks import NeighborhoodMask
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "triton", "flex", "torch", "reference")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LUT_CACHE = BoundedCache(32)
-_TRITON_IMPORT: list[str | None] = []  # [] = not tried yet; [None] = imports; [message] = why not
 
 
 def _log_once(backend: str, reason: str) -> None:
@@ -40,16 +40,9 @@ def _interpreting() -> bool:
 
 
 def _triton_import_error() -> str | None:
-    """Why triton does not import (None if it does); tried once per process (a plain memo, not ``lru_cache``:
-    dynamo traces through it)."""
-    if not _TRITON_IMPORT:
-        try:
-            import triton  # noqa: F401
-        except Exception as exc:  # pragma: no cover - depends on the install
-            _TRITON_IMPORT.append(f"{type(exc).__name__}: {exc}")
-        else:
-            _TRITON_IMPORT.append(None)
-    return _TRITON_IMPORT[0]
+    """Why triton does not import (None if it does); tried once per process."""
+    found = optional_import("triton")
+    return found if isinstance(found, str) else None
 
 
 def _validate_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..._logging import log_once
+from ..._optional import optional_import
 from ...layout import TokenLayout
 from ..merge import merge_attentions
 from .params import ResolvedNeighborhood
@@ -35,19 +36,10 @@ __all__ = ["natten_attention", "natten_unavailable_reason"]
 
 logger = logging.getLogger(__name__)
 
-_IMPORT: list = []  # [] = not tried; [module] or [error message]
-
 
 def _natten():
     """The ``natten`` module or the import error message (tried once per process)."""
-    if not _IMPORT:
-        try:
-            import natten
-        except Exception as exc:  # pragma: no cover - depends on the install
-            _IMPORT.append(f"{type(exc).__name__}: {exc}")
-        else:
-            _IMPORT.append(natten)
-    return _IMPORT[0]
+    return optional_import("natten")
 
 
 def natten_unavailable_reason() -> str | None:
