@@ -57,6 +57,8 @@ class Plan:
         covers_all: the pattern visits every token pair, so the call is plain attention.
         details: what the report shows about the plan (tile, window, widths...).
         candidates: sub-plans a pattern chooses from per call (``heads``: ``{"spatial": Plan, "temporal": Plan}``).
+        tables: device tensors a dynamic pattern indexes per call (``heads``: the candidates' orders, tables and
+            densities stacked along a leading kind dimension, and the seeded row order it samples from).
     """
 
     layout: TokenLayout
@@ -70,6 +72,7 @@ class Plan:
     covers_all: bool = False
     details: dict = field(default_factory=dict)
     candidates: dict[str, Plan] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

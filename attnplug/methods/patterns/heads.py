@@ -141,7 +141,7 @@ class HeadsPattern(ConfiguredPattern):
 
     def plan(self, layout: TokenLayout, device) -> Plan:
         """One candidate :class:`Plan` per kind (order, band mask and LUT on ``device``), widths from the density,
-        and the stacked tables the calls index (``details["stacked"]``)."""
+        and the stacked tables the calls index (``Plan.tables``)."""
         from ...kernels import BlockLUT
 
         cfg = self.config
@@ -168,13 +168,12 @@ class HeadsPattern(ConfiguredPattern):
             "rows": torch.randperm(layout.image_tokens, generator=torch.Generator().manual_seed(cfg.seed)).to(device),
         }
         widths = tuple(candidates[kind].details["width"] for kind in _KINDS)
-        return Plan(layout=layout, block=block, details={"widths": widths}, candidates=candidates,
-                    lut=stacked)
+        return Plan(layout=layout, block=block, details={"widths": widths}, candidates=candidates, tables=stacked)
 
     def sampled_rows(self, plan: Plan, info: CallInfo) -> Tensor:
         """``(S,)`` query rows profiled in this call: a window of the plan's seeded row permutation that moves with
         the layer and the step (deterministic given ``seed``; no generator per call)."""
-        rows = plan.lut["rows"]
+        rows = plan.tables["rows"]
         n_img = rows.numel()
         count = min(self.config.num_sampled_rows, n_img)
         offsets = torch.arange(count, device=rows.device) + info.layer_index * 7919
@@ -192,7 +191,7 @@ class HeadsPattern(ConfiguredPattern):
 
         cfg, scale, block = self.config, info.scale, plan.block
         kinds = [plan.candidates[kind] for kind in _KINDS]
-        st = plan.lut
+        st = plan.tables
         rows = self.sampled_rows(plan, info)
         token_masks = [block_token_mask(kd.mask, kd.inv, block, rows) for kd in kinds]
         if keep is not None:

@@ -213,7 +213,7 @@ class TopkPattern(ConfiguredPattern):
         g = first_global_block(n_img, n, block)  # query blocks from g on hold text: dense rows
         budget = math.ceil(cfg.density * m)
         width = min(m, max(budget, 1 + (m - g)))
-        log_sizes = torch.log(ksizes.clamp(min=0))
+        log_sizes = torch.log(ksizes)  # a block with no kept key gets -inf: weight 0
         b, h = q.shape[:2]
         ranked = torch.empty(b, h, g, width, dtype=torch.int32, device=q.device)  # the LUT, filled in place
         counts = torch.full((b, h, g), width, dtype=torch.int32, device=q.device)
