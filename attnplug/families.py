@@ -66,6 +66,25 @@ def _wan_variant(config) -> dict:
     return {}
 
 
+def _without(name: str, what: str) -> Callable:
+    """Wrap a grid reader so that it refuses a call where the keyword input ``name`` is given: the model then packs
+    ``what`` into its joint sequence on the other side of the grid from the text, which one layout cannot hold."""
+
+    def wrap(reader: Callable) -> Callable:
+        def grid(model, args, kwargs):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"{type(model).__name__} was called with `{name}`: it packs {what}, so the non-grid tokens sit "
+                    "on both sides of the grid, which attnplug's token layout (text on one side) cannot describe."
+                )
+            return reader(model, args, kwargs)
+
+        grid.__doc__ = reader.__doc__
+        return grid
+
+    return wrap
+
+
 _IDS = dict(grid=grid_position_ids, grid_reads_values=True, value_inputs=("img_ids",))
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -116,6 +135,17 @@ FAMILIES: dict[str, FamilySpec] = {
         "longcat-image", text_position="first", train_size=(1024, 1024), **_IDS
     ),
     "OvisImageTransformer2DModel": FamilySpec("ovis-image", text_position="first", train_size=(1024, 1024), **_IDS),
+    # Flux 3: the text and reference-image mode blocks never see the generated grid; joint blocks are [text, image]
+    # (reference images, when given, are appended after the image: refused by the reader)
+    "Flux3Transformer2DModel": FamilySpec(
+        "flux3", text_position="first", exclude_modules=("txt_mode_blocks", "mode_blocks.image_cond"),
+        grid=_without("image_cond_hidden_states", "reference-image tokens after the image tokens")(grid_position_ids),
+        grid_reads_values=True, value_inputs=("img_ids",),
+    ),
+    # HiDream-I1: [image, (padding up to max_resolution for non-square latents), text]; no attention mask
+    "HiDreamImageTransformer2DModel": FamilySpec(
+        "hidream-image", grid_image_4d, text_position="last", train_size=(1024, 1024),
+    ),
     "CogView3PlusTransformer2DModel": FamilySpec("cogview3plus", grid_image_4d, text_position="first"),
     "CogView4Transformer2DModel": FamilySpec("cogview4", grid_image_4d, text_position="first"),
     "HunyuanImageTransformer2DModel": FamilySpec(

@@ -71,9 +71,10 @@ def excluded_classes() -> dict[str, str]:
 
 def _builders() -> dict[str, Callable]:
     from .testing_builders_image import BUILDERS as image
+    from .testing_builders_joint import BUILDERS as joint
     from .testing_builders_video import BUILDERS as video
 
-    return {**image, **video}
+    return {**image, **joint, **video}
 
 
 def has_builder(name: str) -> bool:

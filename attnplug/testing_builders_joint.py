@@ -1,0 +1,41 @@
+"""Tiny builders for the newer joint-attention image denoisers: ``builder(batch) -> (model, inputs)``, keyword
+inputs shaped as each pipeline passes them. Latents give a 16 x 16 token grid; 7 text tokens."""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+
+from .testing_builders_image import TEXT, S, _ids
+from .testing_families import tiny
+
+
+def flux3(batch: int):
+    """Flux 3: per-mode blocks (text, image), then joint blocks over [text, image]; ids ``(t, h, w, l)``."""
+    model = tiny(diffusers.Flux3Transformer2DModel, in_channels=16, cond_in_channels=16, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=16, timestep_channels=16, axes_dims_rope=(4, 4, 4, 4))
+    txt_ids = torch.zeros(TEXT, 4)
+    txt_ids[:, 3] = torch.arange(TEXT)
+    return model, dict(
+        hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        timestep=torch.tensor([0.5] * batch), img_ids=_ids(S, S, axes=4), txt_ids=txt_ids,
+    )
+
+
+def hidream(batch: int):
+    """HiDream-I1: square latents ``(B, C, H, W)``, T5 and per-block Llama-3 layers as text (image first)."""
+    model = tiny(diffusers.HiDreamImageTransformer2DModel, patch_size=2, in_channels=4, out_channels=4,
+                 attention_head_dim=16, num_attention_heads=2, caption_channels=[16, 8], text_emb_dim=8,
+                 num_routed_experts=2, num_activated_experts=1, axes_dims_rope=(4, 6, 6), max_resolution=(64, 64),
+                 llama_layers=[0, 1])
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), timesteps=torch.tensor([500] * batch),
+        encoder_hidden_states_t5=torch.randn(batch, TEXT, 16),
+        encoder_hidden_states_llama3=torch.randn(2, batch, TEXT, 8), pooled_embeds=torch.randn(batch, 8),
+    )
+
+
+BUILDERS = {
+    "Flux3Transformer2DModel": flux3,
+    "HiDreamImageTransformer2DModel": hidream,
+}
