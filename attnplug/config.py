@@ -24,11 +24,15 @@ def help_field(
     choices: Sequence[Any] | None = None,
     min: float | None = None,  # noqa: A002
     max: float | None = None,  # noqa: A002
+    min_open: bool = False,
+    max_open: bool = False,
     **kwargs,
 ) -> Any:
-    """A dataclass field whose metadata (``help``, ``choices``, ``min``, ``max``) drives validation
-    (:func:`validate_fields`), the CLI options and the UI form."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
+    """A dataclass field whose metadata (``help``, ``choices``, ``min``, ``max``, and ``min_open``/``max_open`` for
+    an open end) drives validation (:func:`validate_fields`), the CLI options and the UI form: the accepted range is
+    stated here only, never in the help text."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
+                "min_open": min_open, "max_open": max_open}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
@@ -45,6 +49,25 @@ class FieldSpec:
     choices: tuple[Any, ...] | None = None
     min: float | None = None
     max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a range is set at either end."""
+        return self.min is not None or self.max is not None
+
+    def accepts(self, value: float) -> bool:
+        """Whether the number ``value`` lies in the field's range."""
+        if self.min is not None and (value <= self.min if self.min_open else value < self.min):
+            return False
+        return self.max is None or (value < self.max if self.max_open else value <= self.max)
+
+    def range_text(self) -> str:
+        """The range in interval notation, e.g. ``(0, 1]`` or ``[1, inf)``."""
+        lo = "(-inf" if self.min is None else f"{'(' if self.min_open else '['}{self.min}"
+        hi = "inf)" if self.max is None else f"{self.max}{')' if self.max_open else ']'}"
+        return f"{lo}, {hi}"
 
 
 def field_specs(cls_or_config) -> list[FieldSpec]:
@@ -67,6 +90,8 @@ def field_specs(cls_or_config) -> list[FieldSpec]:
                 choices=meta.get("choices"),
                 min=meta.get("min"),
                 max=meta.get("max"),
+                min_open=bool(meta.get("min_open", False)),
+                max_open=bool(meta.get("max_open", False)),
             )
         )
     return specs
@@ -83,16 +108,14 @@ def validate_fields(config) -> None:
             raise ValueError(
                 f"{owner}.{spec.name} must be one of {', '.join(repr(c) for c in spec.choices)}, got {value!r}."
             )
-        if spec.min is None and spec.max is None:
+        if not spec.bounded:
             continue
         items = value if isinstance(value, tuple) else (value,)
         for item in items:
             if item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
                 continue
-            if (spec.min is not None and item < spec.min) or (spec.max is not None and item > spec.max):
-                lo = "-inf" if spec.min is None else spec.min
-                hi = "inf" if spec.max is None else spec.max
-                raise ValueError(f"{owner}.{spec.name} must be in [{lo}, {hi}], got {value!r}.")
+            if not spec.accepts(item):
+                raise ValueError(f"{owner}.{spec.name} must be in {spec.range_text()}, got {value!r}.")
 
 
 _REGISTRY: dict[str, type[MethodConfig]] = {}

@@ -109,7 +109,7 @@ def configs(args, patterns, densities, tile=None, block=None):
             if name == "topk-all":
                 kw.update(rectify="all")
             if pattern == "tiles":
-                kw.update(stride=tuple(args.stride))
+                kw.update(stride_tiles=tuple(args.stride))
             else:
                 kw.update(block_size=block)
             if pattern == "threshold":
@@ -151,7 +151,7 @@ def bench_random(args, save) -> dict:
                                  warmup=0, repeats=args.repeats)
         row = dict(
             pattern=label, density_target=cfg.density, config={k: v for k, v in cfg.describe().items() if k in (
-                "pattern", "density", "tile", "stride", "block_size", "window", "threshold", "rectify")},
+                "pattern", "density", "tile", "stride_tiles", "block_size", "window_tiles", "threshold", "rectify")},
             density=rep["density"], effective_density=rep["effective_density"], plans=rep["plans"],
             dense_seconds=times["dense"]["seconds"], sparse_seconds=times["sparse"]["seconds"],
             speedup_vs_dense=times["dense"]["median"] / times["sparse"]["median"],

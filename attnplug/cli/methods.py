@@ -9,9 +9,6 @@ import re
 from .errors import UserError
 from .options import EXTENSIONS, did_you_mean, method_configs
 
-#: a range the help text already states, e.g. "in (0, 1]" (then the metadata's range is not printed again)
-_STATED_RANGE = re.compile(r"\bin [\[(][^\])]*[\])]")
-
 
 def first_sentence(doc: str | None) -> str:
     """The first sentence of a docstring's first paragraph, whole even where it spans lines."""
@@ -24,8 +21,8 @@ def first_sentence(doc: str | None) -> str:
 def _accepted(spec) -> str:
     if spec.choices:
         return f"; one of {', '.join(map(str, spec.choices))}"
-    if (spec.min is not None or spec.max is not None) and not _STATED_RANGE.search(spec.help or ""):
-        return f"; in [{'-inf' if spec.min is None else spec.min}, {'inf' if spec.max is None else spec.max}]"
+    if spec.bounded:
+        return f"; in {spec.range_text()}"
     return ""
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from .._args import as_tuple
-from ..config import MethodConfig, Schedule, help_field
+from ..config import MethodConfig, Schedule, field_specs, help_field
 
 if TYPE_CHECKING:
     from .sparse_video import SparseVideoMethod
@@ -22,22 +22,14 @@ PATTERN_NAMES = ("tiles", "heads", "topk", "threshold")
 DEFAULT_THRESHOLD = 8.0
 
 
-def _number(name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
-    """``ValueError`` unless ``value`` is a real number in ``(low, high]`` (``(low, high)`` with ``high_open``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low < value
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        rng = f"({low}, {high})" if high_open else f"({low}, {high}]"
-        raise ValueError(f"{OWNER}.{name} must be a number in {rng}, got {value!r}.")
-
-
 @dataclass(frozen=True)
 class SparseVideoConfig(MethodConfig):
     """Block-sparse attention for video DiTs (sliding tiles, spatial/temporal heads, rectified top-k, threshold).
 
-    Grid arguments (``tile``, ``window``, ``stride``) follow the package rule (:mod:`attnplug._args`): an int or a
-    2-tuple is spatial ``(height, width)``, a 3-tuple is ``(frames, height, width)``. The frames entry then defaults
-    to 1 token for ``tile``, the whole frame range for ``window`` and 1 tile for ``stride``.
+    Grid arguments (``tile`` in tokens, ``window_tiles`` and ``stride_tiles`` in tiles) follow the package rule
+    (:mod:`attnplug._args`): an int or a 2-tuple is spatial ``(height, width)``, a 3-tuple is ``(frames, height,
+    width)``. The frames entry then defaults to 1 token for ``tile``, the whole frame range for ``window_tiles`` and
+    1 tile for ``stride_tiles``.
     """
 
     name: ClassVar[str] = "sparse_video"
@@ -49,7 +41,8 @@ class SparseVideoConfig(MethodConfig):
         choices=PATTERN_NAMES,
     )
     density: float = help_field(
-        0.25, "Target fraction of (query, key) image pairs attended, in (0, 1]; 1 = dense attention.", min=0, max=1
+        0.25, "Target fraction of (query, key) image pairs attended; 1 = dense attention.", min=0, max=1,
+        min_open=True,
     )
     block_size: int = help_field(
         64, "Tokens per block for 'heads', 'topk' and 'threshold' ('tiles' uses the tile).", min=1
@@ -57,10 +50,10 @@ class SparseVideoConfig(MethodConfig):
     tile: int | tuple[int, ...] = help_field(
         (4, 4, 4), "Tile in tokens: one kernel block. An int or (height, width) keeps one frame per tile.", min=1
     )
-    window: int | tuple[int | None, ...] | None = help_field(
+    window_tiles: int | tuple[int | None, ...] | None = help_field(
         None, "'tiles': window in tiles (None entries: the whole dimension); None = chosen from `density`.", min=1
     )
-    stride: int | tuple[int, ...] = help_field(
+    stride_tiles: int | tuple[int, ...] = help_field(
         (1, 1, 1),
         "'tiles': GNA-style stride in tiles: query tiles of a stride group share their leader's window (NATTEN's "
         "rule); clipped to the window.",
@@ -75,8 +68,8 @@ class SparseVideoConfig(MethodConfig):
     )
     num_sampled_rows: int = help_field(64, "'heads': query rows sampled per call to choose each head's mask.", min=1)
     topk_mass: float | None = help_field(
-        None, "'topk': keep blocks until this cumulative pooled mass (in (0, 1]), at most the density budget.",
-        min=0, max=1,
+        None, "'topk': keep blocks until this cumulative pooled mass, at most the density budget.",
+        min=0, max=1, min_open=True,
     )
     rectify: str = help_field(
         "gapr",
@@ -89,9 +82,9 @@ class SparseVideoConfig(MethodConfig):
     )
     threshold: float | None = help_field(
         None,
-        f"In-kernel skipping threshold in natural-log units (> 0) on top of any pattern; None = off ('threshold' "
+        f"In-kernel skipping threshold in natural-log units on top of any pattern; None = off ('threshold' "
         f"pattern: {DEFAULT_THRESHOLD}).",
-        min=0,
+        min=0, max=math.inf, min_open=True, max_open=True,
     )
     seed: int = help_field(0, "Seed of the row sampling of 'heads' (results are deterministic given it).", min=0)
     backend: str = help_field(
@@ -103,15 +96,17 @@ class SparseVideoConfig(MethodConfig):
 
     def __post_init__(self):
         object.__setattr__(self, "tile", as_tuple(self.tile, 3, "tile", OWNER, spatial=2, fill=1, minimum=1))
-        object.__setattr__(self, "stride", as_tuple(self.stride, 3, "stride", OWNER, spatial=2, fill=1, minimum=1))
-        if self.window is not None:
-            window = as_tuple(self.window, 3, "window", OWNER, spatial=2, fill=None, allow_none=True, minimum=1)
-            object.__setattr__(self, "window", window)
-        _number("density", self.density, 0, 1)
-        if self.topk_mass is not None:
-            _number("topk_mass", self.topk_mass, 0, 1)
-        if self.threshold is not None:
-            _number("threshold", self.threshold, 0, math.inf, high_open=True)
+        stride = as_tuple(self.stride_tiles, 3, "stride_tiles", OWNER, spatial=2, fill=1, minimum=1)
+        object.__setattr__(self, "stride_tiles", stride)
+        if self.window_tiles is not None:
+            window = as_tuple(self.window_tiles, 3, "window_tiles", OWNER, spatial=2, fill=None, allow_none=True,
+                              minimum=1)
+            object.__setattr__(self, "window_tiles", window)
+        for spec in field_specs(type(self)):
+            value = getattr(self, spec.name)
+            if spec.name in ("density", "topk_mass", "threshold") and value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{OWNER}.{spec.name} must be a number in {spec.range_text()}, got {value!r}.")
         if self.backend == "flex" and (self.threshold is not None or self.pattern == "threshold"):
             raise ValueError(f"{OWNER}.backend='flex' cannot skip blocks by threshold (pattern={self.pattern!r}, "
                              f"threshold={self.threshold!r}); use backend='triton' or 'torch', or no threshold.")

@@ -32,7 +32,8 @@ class WindowConfig(MethodConfig):
 
     name: ClassVar[str] = "window"
     window_fraction: float | tuple = help_field(
-        0.5, "Window side as a fraction of the grid side, in (0, 1] (0.5 = 2 x 2 windows, HiDiffusion's default)."
+        0.5, "Window side as a fraction of the grid side (0.5 = 2 x 2 windows, HiDiffusion's default).", min=0,
+        max=1, min_open=True,
     )
     window_size: int | tuple | None = help_field(
         None, "Window size in tokens (overrides window_fraction); windows that don't divide the grid are padded.",

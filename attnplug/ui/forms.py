@@ -88,10 +88,8 @@ class FormField:
             raw = int(raw)
         else:
             raw = float(raw)
-        lo, hi = spec.min, spec.max
-        if (lo is not None and raw < lo) or (hi is not None and raw > hi):
-            bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-            raise ValueError(f"{name}={raw!r} is out of range: accepted {bounds}.")
+        if not spec.accepts(raw):
+            raise ValueError(f"{name}={raw!r} is out of range: accepted {spec.range_text()}.")
         return raw
 
     def _literal(self, text: str):

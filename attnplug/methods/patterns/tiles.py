@@ -225,11 +225,11 @@ class TilesPattern(ConfiguredPattern):
         tile = self.tile_for(layout.grid)
         slots = self.slots_for(layout.grid, device)
         src, pos, keep, tiles = padded_tile_order(layout.grid, tile, slots, n - n_img)
-        if cfg.window is not None:  # None entries: the whole dimension
-            window = tuple(t if w is None else min(w, t) for w, t in zip(cfg.window, tiles))
+        if cfg.window_tiles is not None:  # None entries: the whole dimension
+            window = tuple(t if w is None else min(w, t) for w, t in zip(cfg.window_tiles, tiles))
         else:
             window = tile_window_for_density(tiles, cfg.density, tile)
-        stride = tuple(min(s, w) for s, w in zip(cfg.stride, window))
+        stride = tuple(min(s, w) for s, w in zip(cfg.stride_tiles, window))
         n_p = src.numel()
         t = math.prod(tiles)
         m = math.ceil(n_p / slots)
@@ -250,7 +250,7 @@ class TilesPattern(ConfiguredPattern):
             layout=layout, block=slots, perm=None if identity else src.to(device),
             inv=None if identity else pos.to(device), keep=keep[None].to(device) if padded else None,
             lut=lut.to(device), mask=mask, density=density, covers_all=all(w >= x for w, x in zip(window, tiles)),
-            details={"tile": tile, "window": window, "stride": stride, "tiles": tiles, "slots": slots,
+            details={"tile": tile, "window_tiles": window, "stride_tiles": stride, "tiles": tiles, "slots": slots,
                      "padded_positions": n_p - n},
         )
 
