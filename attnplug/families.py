@@ -30,6 +30,8 @@ from .layout_reader import (
     grid_unet_bfchw,
     grid_video_bcfhw,
     grid_video_bfchw,
+    grid_video_bthwc,
+    grid_video_bthwc_tail,
 )
 
 TextPosition = Literal["none", "first", "last"]
@@ -46,6 +48,7 @@ class FamilySpec:
     name: str
     grid: Callable[[Any, tuple, dict], tuple[int, int, int]]
     text_position: TextPosition = "none"
+    non_grid: str = "text"  # what the non-grid tokens of self-attention are ("text", or conditioning frames)
     multiscale: bool = False  # U-Net: attention at every downsampling level (ceil-halved grids)
     temporal_modules: tuple[str, ...] = ()  # name fragments of attention modules that attend over frames only
     frames_in_batch: bool = False  # spatial attention sees one frame at a time (frames folded into the batch)
@@ -196,6 +199,17 @@ FAMILIES: dict[str, FamilySpec] = {
         temporal_modules=("temp_attentions", "transformer_in", "image_latents_temporal_encoder"),
     ),
     "MotifVideoTransformer3DModel": FamilySpec("motif-video", grid_video_bcfhw, text_position="last"),
+    # Kandinsky 5: the text encoder blocks never see the video; video self-attention holds only grid tokens
+    "Kandinsky5Transformer3DModel": FamilySpec(
+        "kandinsky5", grid_video_bthwc, exclude_modules=("text_transformer_blocks",),
+    ),
+    # Kandinsky 6: as Kandinsky 5, plus the audio stream and the audio <-> video attentions; an image-to-video
+    # reference frame sits after the grid frames (conditioning tokens last)
+    "Kandinsky6Transformer3DModel": FamilySpec(
+        "kandinsky6", grid_video_bthwc_tail, text_position="last", non_grid="reference frame",
+        exclude_modules=("text_transformer_blocks", "audio_dec_block", "va_cross_attention", "av_cross_attention"),
+        grid_reads_values=True, value_inputs=("visual_token_type_ids",),
+    ),
     "CosmosTransformer3DModel": FamilySpec("cosmos", grid_video_bcfhw, train_size=(704, 1280), train_frames=121),
 }
 

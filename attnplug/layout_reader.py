@@ -160,3 +160,38 @@ def grid_unet_bfchw(model, args, kwargs) -> tuple[int, int, int]:
     """U-Net video latents in ``(B, F, C, H, W)`` order (Stable Video Diffusion), one token per latent pixel."""
     x = _tensor_arg(args, kwargs, ("sample",), model)
     return (x.shape[1] if x.ndim == 5 else 1, x.shape[-2], x.shape[-1])
+
+
+def grid_video_bthwc(model, args, kwargs) -> tuple[int, int, int]:
+    """Channels-last video latents ``(B, T, H, W, C)`` (Kandinsky 5 / 6) patchified by the config's ``patch_size``
+    ``(t, h, w)``. Kandinsky 5's NABLA sparse attention (``sparse_params``) reorders the tokens into 8 x 8 tiles and
+    masks them with its own block mask, so such a call is refused."""
+    if kwargs.get("sparse_params") is not None:
+        raise ValueError(
+            f"{type(model).__name__} was called with `sparse_params`: its NABLA attention reorders the tokens into "
+            "8 x 8 tiles under its own sparse block mask, so the sequence is not in token-grid order and already "
+            "sparse. Run the model with attention_type='regular' (sparse_params=None) to use attnplug."
+        )
+    x = _tensor_arg(args, kwargs, ("hidden_states",), model)
+    pt, ph, pw = _patch(model.config)
+    return (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
+
+
+def grid_video_bthwc_tail(model, args, kwargs) -> tuple[int, int, int]:
+    """:func:`grid_video_bthwc` for Kandinsky 6, whose image-to-video pipeline appends the clean reference frame as
+    the last latent frame, marked by a non-zero ``visual_token_type_ids`` ``(B, T)`` entry. Those trailing frames are
+    conditioning tokens after the grid, not grid frames; marked frames anywhere else are refused. Reads the ids'
+    values (once per ids tensor)."""
+    f, h, w = grid_video_bthwc(model, args, kwargs)
+    types = kwargs.get("visual_token_type_ids")
+    if not isinstance(types, torch.Tensor):
+        return (f, h, w)
+    marked = (types.reshape(types.shape[0], -1) != 0).any(dim=0).tolist()  # one read of the values
+    tail = len(marked) - next((i + 1 for i in range(len(marked) - 1, -1, -1) if not marked[i]), 0)
+    if any(marked[: len(marked) - tail]) or (tail and _patch(model.config)[0] != 1):
+        raise ValueError(
+            f"{type(model).__name__} was called with conditioning frames (non-zero `visual_token_type_ids`) at "
+            f"frames {[i for i, m in enumerate(marked) if m]} of {len(marked)}: only trailing frames with a temporal "
+            "patch of 1 can be kept out of the token grid, so attnplug does not guess which tokens are grid tokens."
+        )
+    return (f - tail, h, w)

@@ -73,8 +73,9 @@ def _builders() -> dict[str, Callable]:
     from .testing_builders_image import BUILDERS as image
     from .testing_builders_joint import BUILDERS as joint
     from .testing_builders_video import BUILDERS as video
+    from .testing_builders_video2 import BUILDERS as video2
 
-    return {**image, **joint, **video}
+    return {**image, **joint, **video, **video2}
 
 
 def has_builder(name: str) -> bool:

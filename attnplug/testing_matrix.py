@@ -8,6 +8,7 @@ else: a bug). Used by ``tests/families/`` and ``scripts/families_matrix.py`` (wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -151,6 +152,15 @@ def text_rows(key: str, names: tuple[str, ...] = TEXT_INPUTS) -> tuple[set[int],
     tokens (else the first call). Before any block mixes the streams, a grid token's query depends only on the
     latents (and timestep), so a grid row that changes means the layout put text in the grid.
     """
+    def bump(inputs: dict) -> dict:
+        return {k: (v + 1.0 if isinstance(v, torch.Tensor) else [x + 1.0 for x in v])
+                for k, v in inputs.items() if k in names}
+
+    return changed_rows(key, bump)
+
+
+def changed_rows(key: str, change: Callable[[dict], dict]) -> tuple[set[int], set[int], tuple[int, int]]:
+    """:func:`text_rows` for any change of the inputs: ``change(inputs)`` returns the inputs to replace."""
     import attnplug
 
     from .methods.dense import DenseMethod
@@ -169,10 +179,8 @@ def text_rows(key: str, names: tuple[str, ...] = TEXT_INPUTS) -> tuple[set[int],
 
     model, inputs = tiny_denoiser(key)
     runs = []
-    for bump in (0.0, 1.0):
+    for changed in ({}, change(inputs)):
         recorder = Recorder()
-        changed = {k: (v + bump if isinstance(v, torch.Tensor) else [x + bump for x in v])
-                   for k, v in inputs.items() if k in names}
         attnplug.apply(model, recorder)
         try:
             _forward(model, {**inputs, **changed})

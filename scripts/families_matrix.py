@@ -27,6 +27,8 @@ def _row_facts(key: str) -> tuple[str, str]:
     if spec is None:
         return "", ""
     text = {"none": "separate", "first": "joint, text first", "last": "joint, image first"}[spec.text_position]
+    if spec.non_grid != "text":
+        text = f"separate; {spec.non_grid} {'first' if spec.text_position == 'first' else 'last'}"
     return spec.name, text
 
 

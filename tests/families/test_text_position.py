@@ -7,10 +7,11 @@ import pytest
 
 from attnplug.families import FAMILIES, REFUSED
 from attnplug.testing_families import has_builder
-from attnplug.testing_matrix import class_keys, text_rows
+from attnplug.testing_matrix import changed_rows, class_keys, text_rows
 
 JOINT = [k for k in class_keys() if has_builder(k) and k.split("[")[0] in FAMILIES
-         and k.split("[")[0] not in REFUSED and FAMILIES[k.split("[")[0]].text_position != "none"]
+         and k.split("[")[0] not in REFUSED and FAMILIES[k.split("[")[0]].text_position != "none"
+         and FAMILIES[k.split("[")[0]].non_grid == "text"]
 SEPARATE = ["WanTransformer3DModel", "PixArtTransformer2DModel", "LTXVideoTransformer3DModel"]
 
 
@@ -40,3 +41,16 @@ def test_image_to_video_conditioning_stays_out_of_the_grid(key):
     self-attention holds only grid tokens and the CLIP image tokens change none of its queries."""
     changed, non_grid, (_, n) = text_rows(key, names=("encoder_hidden_states_image", "encoder_hidden_states"))
     assert not changed and not non_grid and n == 3 * 16 * 16
+
+
+def test_kandinsky6_reference_frame_rows_are_non_grid_rows():
+    """Kandinsky 6 image-to-video appends the clean reference frame after the generated frames: changing only that
+    frame changes exactly the last non-grid rows of the first video self-attention call, never a grid row."""
+    def new_reference(inputs):
+        x = inputs["hidden_states"].clone()
+        x[:, -1] += 1.0
+        return {"hidden_states": x}
+
+    changed, non_grid, (_, n) = changed_rows("Kandinsky6Transformer3DModel[i2v]", new_reference)
+    assert n == 4 * 16 * 16 and non_grid == set(range(3 * 16 * 16, n))
+    assert changed == non_grid

@@ -1,0 +1,66 @@
+"""Tiny builders for the newer video denoisers: ``builder(batch) -> (model, inputs)``, keyword inputs shaped as each
+pipeline passes them. Latents give a 3 x 16 x 16 token grid; 7 text tokens. Keys with a ``[variant]`` suffix are
+other inputs of the same class (Kandinsky 6 image-to-video: a reference frame appended after the frames)."""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+
+from .testing_builders_video import TEXT, F, H, W
+from .testing_families import tiny
+
+
+def _kandinsky_rope(frames: int) -> list[torch.Tensor]:
+    return [torch.arange(frames), torch.arange(H // 2), torch.arange(W // 2)]
+
+
+def kandinsky5(batch: int):
+    """Kandinsky 5 T2V: channels-last latents ``(B, T, H, W, C)``, text encoder blocks, video self-attention."""
+    model = tiny(diffusers.Kandinsky5Transformer3DModel, in_visual_dim=4, out_visual_dim=4, in_text_dim=16,
+                 in_text_dim2=8, time_dim=16, model_dim=32, ff_dim=32, axes_dims=(4, 6, 6), visual_cond=True)
+    return model, dict(
+        hidden_states=torch.randn(batch, F, H, W, 9), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        timestep=torch.tensor([500.0] * batch), pooled_projections=torch.randn(batch, 8),
+        visual_rope_pos=_kandinsky_rope(F), text_rope_pos=torch.arange(TEXT),
+    )
+
+
+def _kandinsky6_model():
+    return tiny(diffusers.Kandinsky6Transformer3DModel, in_visual_dim=4, out_visual_dim=4, in_text_dim=16,
+                in_text_dim2=8, time_dim=16, model_dim=32, ff_dim=32, axes_dims=(4, 6, 6), visual_cond=True,
+                in_audio_dim=4, out_audio_dim=4, text_token_padding=True, ca_rope=True, cross_gates=True,
+                fix_modulation=True, visual_token_type_num_embeddings=2)
+
+
+def _kandinsky6_inputs(batch: int, frames: int) -> dict:
+    mask = torch.ones(batch, TEXT, dtype=torch.bool)
+    mask[:, TEXT - 2:] = False
+    return dict(
+        hidden_states=torch.randn(batch, frames, H, W, 9), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        pooled_projections=torch.randn(batch, 8), timestep=torch.tensor([500.0] * batch),
+        audio_hidden_states=torch.randn(batch, 5, 4), encoder_attention_mask=mask,
+    )
+
+
+def kandinsky6(batch: int):
+    """Kandinsky 6 text-to-video-and-audio: video and audio streams, a padded prompt."""
+    return _kandinsky6_model(), _kandinsky6_inputs(batch, F)
+
+
+def kandinsky6_i2v(batch: int):
+    """Kandinsky 6 image-to-video: the clean reference frame appended as a last frame of token type 1 that reuses
+    the first frame's rotary position."""
+    inputs = _kandinsky6_inputs(batch, F + 1)
+    types = torch.zeros(batch, F + 1, dtype=torch.long)
+    types[:, -1] = 1
+    rope = _kandinsky_rope(F)
+    rope[0] = torch.cat([rope[0], torch.zeros(1, dtype=torch.long)])
+    return _kandinsky6_model(), dict(inputs, visual_token_type_ids=types, visual_rope_pos=tuple(rope))
+
+
+BUILDERS = {
+    "Kandinsky5Transformer3DModel": kandinsky5,
+    "Kandinsky6Transformer3DModel": kandinsky6,
+    "Kandinsky6Transformer3DModel[i2v]": kandinsky6_i2v,
+}
