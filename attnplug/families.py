@@ -29,6 +29,7 @@ from .layout_reader import (
     grid_unet,
     grid_unet_bfchw,
     grid_video_bcfhw,
+    grid_video_bcfhw_posed,
     grid_video_bfchw,
     grid_video_bthwc,
     grid_video_bthwc_tail,
@@ -210,6 +211,12 @@ FAMILIES: dict[str, FamilySpec] = {
         exclude_modules=("text_transformer_blocks", "audio_dec_block", "va_cross_attention", "av_cross_attention"),
         grid_reads_values=True, value_inputs=("visual_token_type_ids",),
     ),
+    # Wan Animate: [reference-character frame, generated frames] in one self-attention; the face adapter attends
+    # from each frame to motion tokens
+    "WanAnimateTransformer3DModel": FamilySpec(
+        "wan-animate", grid_video_bcfhw_posed, text_position="first", non_grid="reference frame",
+        exclude_modules=("face_adapter",), train_size=(720, 1280), train_frames=77,
+    ),
     "CosmosTransformer3DModel": FamilySpec("cosmos", grid_video_bcfhw, train_size=(704, 1280), train_frames=121),
 }
 
@@ -237,6 +244,17 @@ REFUSED: dict[str, str] = {
     "PRXTransformer2DModel": (
         "its image queries attend to text and image keys in one call (more keys than queries), which is "
         "cross-attention to attnplug: it has no self-attention call over the token grid."
+    ),
+    "QwenImage21Transformer2DModel": (
+        "its attention is block-causal over the vision-language sequence (text interleaved with condition images, "
+        "the target image last): the target image's queries attend to the text and condition-image prefix and to "
+        "themselves in one call with more keys than queries (QwenImage21AttnProcessor, and every KV-cached step), "
+        "or in one flex_attention call under a block-causal BlockMask (QwenImage21FlexAttnProcessor); neither is a "
+        "self-attention call over the token grid that attnplug's methods can replace."
+    ),
+    "Kandinsky6SRTransformer3DModel": (
+        "it always runs NABLA sparse attention: the tokens are reordered into 8 x 8 spatial tiles under its own "
+        "sliding-tile block mask, so its sequence is not in token-grid order and its attention is already sparse."
     ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "

@@ -195,3 +195,19 @@ def grid_video_bthwc_tail(model, args, kwargs) -> tuple[int, int, int]:
             "patch of 1 can be kept out of the token grid, so attnplug does not guess which tokens are grid tokens."
         )
     return (f - tail, h, w)
+
+
+def grid_video_bcfhw_posed(model, args, kwargs) -> tuple[int, int, int]:
+    """Wan Animate: latents ``(B, C, 1 + T, H, W)`` whose first frame is the reference-character image and whose
+    other ``T`` frames are generated (they receive ``pose_hidden_states`` ``(B, C, T, H, W)``). The grid is the
+    generated frames; the reference frame's tokens are conditioning tokens before them."""
+    x = _tensor_arg(args, kwargs, ("hidden_states",), model)
+    pose = kwargs.get("pose_hidden_states")
+    pt, ph, pw = _patch(model.config)
+    if not isinstance(pose, torch.Tensor) or pt != 1 or pose.shape[2] + 1 != x.shape[2]:
+        raise ValueError(
+            f"{type(model).__name__} was called without `pose_hidden_states` of one frame fewer than the latents "
+            f"(latent frames {x.shape[2]}, temporal patch {pt}): the reference frame before the generated frames "
+            "cannot be told apart, so attnplug does not read a token grid."
+        )
+    return (pose.shape[2], x.shape[3] // ph, x.shape[4] // pw)

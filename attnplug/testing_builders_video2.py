@@ -59,8 +59,27 @@ def kandinsky6_i2v(batch: int):
     return _kandinsky6_model(), dict(inputs, visual_token_type_ids=types, visual_rope_pos=tuple(rope))
 
 
+
+
+def wan_animate(batch: int):
+    """Wan 2.2 Animate: the reference-character latent frame first, then the generated frames (which get the pose
+    latents); noisy latents, conditioning latents and a 4-channel mask concatenated along channels."""
+    model = tiny(diffusers.WanAnimateTransformer3DModel, patch_size=(1, 2, 2), num_attention_heads=2,
+                 attention_head_dim=12, in_channels=12, latent_channels=4, out_channels=4, text_dim=16, freq_dim=32,
+                 ffn_dim=32, image_dim=8, rope_max_seq_len=32, motion_encoder_channel_sizes={"4": 8, "8": 8, "16": 8},
+                 motion_encoder_size=16, motion_style_dim=8, motion_dim=4, motion_encoder_dim=8,
+                 face_encoder_hidden_dim=8, face_encoder_num_heads=2, inject_face_latents_blocks=1,
+                 motion_encoder_batch_size=4)
+    return model, dict(
+        hidden_states=torch.randn(batch, 12, F + 1, H, W), timestep=torch.tensor([500] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_hidden_states_image=torch.randn(batch, 5, 8),
+        pose_hidden_states=torch.randn(batch, 4, F, H, W), face_pixel_values=torch.randn(batch, 3, 4 * F - 3, 16, 16),
+    )
+
+
 BUILDERS = {
     "Kandinsky5Transformer3DModel": kandinsky5,
     "Kandinsky6Transformer3DModel": kandinsky6,
     "Kandinsky6Transformer3DModel[i2v]": kandinsky6_i2v,
+    "WanAnimateTransformer3DModel": wan_animate,
 }

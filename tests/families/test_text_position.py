@@ -43,14 +43,19 @@ def test_image_to_video_conditioning_stays_out_of_the_grid(key):
     assert not changed and not non_grid and n == 3 * 16 * 16
 
 
-def test_kandinsky6_reference_frame_rows_are_non_grid_rows():
-    """Kandinsky 6 image-to-video appends the clean reference frame after the generated frames: changing only that
-    frame changes exactly the last non-grid rows of the first video self-attention call, never a grid row."""
+@pytest.mark.parametrize("key, frame_axis, frame, non_grid", [
+    ("Kandinsky6Transformer3DModel[i2v]", 1, -1, range(3 * 256, 4 * 256)),  # (B, T, H, W, C): reference last
+    ("WanAnimateTransformer3DModel", 2, 0, range(0, 256)),  # (B, C, T, H, W): reference character first
+])
+def test_reference_frame_rows_are_non_grid_rows(key, frame_axis, frame, non_grid):
+    """Models that carry a clean reference frame in the latent frames (Kandinsky 6 image-to-video after the
+    generated frames, Wan Animate's character before them): changing only that frame changes exactly the non-grid
+    rows of the first self-attention call, never a grid row."""
     def new_reference(inputs):
         x = inputs["hidden_states"].clone()
-        x[:, -1] += 1.0
+        x.select(frame_axis, frame).add_(1.0)
         return {"hidden_states": x}
 
-    changed, non_grid, (_, n) = changed_rows("Kandinsky6Transformer3DModel[i2v]", new_reference)
-    assert n == 4 * 16 * 16 and non_grid == set(range(3 * 16 * 16, n))
-    assert changed == non_grid
+    changed, rows, (_, n) = changed_rows(key, new_reference)
+    assert n == 4 * 256 and rows == set(non_grid)
+    assert changed == rows
