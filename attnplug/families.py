@@ -160,6 +160,8 @@ FAMILIES: dict[str, FamilySpec] = {
         "lumina2", grid_image_4d_equal_captions, text_position="first", exclude_modules=("context_refiner",),
         grid_reads_values=True, value_inputs=("encoder_attention_mask",),
     ),
+    # Lumina-Next: image-only self-attention; the text enters through a gated cross-attention
+    "LuminaNextDiT2DModel": FamilySpec("lumina-next", grid_image_4d),
     "Transformer2DModel": FamilySpec("transformer2d", grid_image_4d),
     "DreamLiteTransformer2DModel": FamilySpec("dreamlite-transformer", grid_image_4d),
     "HunyuanDiT2DModel": FamilySpec("hunyuandit", grid_image_4d),

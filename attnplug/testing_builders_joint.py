@@ -6,7 +6,7 @@ from __future__ import annotations
 import diffusers
 import torch
 
-from .testing_builders_image import TEXT, S, _ids
+from .testing_builders_image import TEXT, S, _ids, _mask
 from .testing_families import tiny
 
 
@@ -35,7 +35,23 @@ def hidream(batch: int):
     )
 
 
+def lumina_next(batch: int):
+    """Lumina-Next: ``(B, C, H, W)`` latents, image-only self-attention (an all-ones patch mask expanded to
+    ``(B, heads, N, N)``), text through a gated cross-attention; proportional attention as the pipeline sets it."""
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    model = tiny(diffusers.LuminaNextDiT2DModel, sample_size=2 * S, patch_size=2, in_channels=4, hidden_size=32,
+                 num_attention_heads=2, num_kv_heads=2, multiple_of=16, cross_attention_dim=16)
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), timestep=torch.tensor([0.5] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_mask=_mask(batch),
+        image_rotary_emb=get_2d_rotary_pos_embed_lumina(16, 64, 64),
+        cross_attention_kwargs={"base_sequence_length": S * S},
+    )
+
+
 BUILDERS = {
     "Flux3Transformer2DModel": flux3,
     "HiDreamImageTransformer2DModel": hidream,
+    "LuminaNextDiT2DModel": lumina_next,
 }

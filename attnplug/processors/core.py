@@ -238,13 +238,24 @@ class Interception:
                 info = dataclasses.replace(info, head_offset=rank * query.shape[1])
                 q, k, v = (to_canonical(x, layout, world) for x in (query, key, value))
             self.method.last_reason()  # drop a code a previous call left on this thread
-            out = self.method(q, k, v, layout, attn_mask, info)
+            out = self.method(q, k, v, layout, broadcast_key_rows(attn_mask), info)
             if out is not None:
                 stats.record("self", "method")
                 return from_canonical(out, layout, world) if world > 1 else out
             reason = self.method.last_reason() or "handed-back"
         stats.record("self", "stock", reason)
         return None
+
+
+def broadcast_key_rows(mask):
+    """A 4-D mask ``(B, 1|H, Nq, Nk)`` that is one key row broadcast over the query rows and heads (stride 0 along
+    them, as ``expand`` makes it: Lumina-Next's key-padding mask) as that row, ``(B, 1, 1, Nk)``; any other mask
+    unchanged. Decided from shape and strides only, so a materialised mask (HunyuanVideo 1.5's ``(B, 1, N, N)``,
+    which also masks padded query rows) is never reduced."""
+    if (isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[2] > 1 and mask.stride(2) == 0
+            and (mask.shape[1] == 1 or mask.stride(1) == 0)):
+        return mask[:, :1, :1]
+    return mask
 
 
 def _from_mode(**sdpa) -> torch.Tensor:

@@ -51,3 +51,49 @@ def test_other_masks_are_handed_back(name):
     method = _method(name)
     assert method(q, q, q, layout, additive, CallInfo(step=0)) is None
     assert method.last_reason() == "attention-mask"
+
+
+def _keep(batch: int, n: int) -> torch.Tensor:
+    keep = torch.ones(batch, n, dtype=torch.bool)
+    keep[0, -2:] = False
+    keep[1, -3:] = False
+    return keep
+
+
+@pytest.mark.parametrize("name", ["neighborhood", "window"])
+def test_a_key_row_expanded_over_queries_and_heads_runs_as_key_padding(name):
+    """Lumina-Next expands its (B, N) key mask to (B, heads, N, N): the method sees the one key row, and its output
+    equals the same method given the (B, 1, 1, N) key-padding mask."""
+    from attnplug.processors.core import broadcast_key_rows
+
+    torch.manual_seed(0)
+    layout = TokenLayout(*GRID, text_tokens=TEXT)
+    n = layout.num_tokens
+    q, k, v = (torch.randn(2, 2, n, 16) for _ in range(3))
+    keep = _keep(2, n)
+    expanded = keep.view(2, 1, 1, n).expand(-1, 2, n, -1)
+    reduced = broadcast_key_rows(expanded)
+    assert reduced.shape == (2, 1, 1, n) and torch.equal(reduced[:, 0, 0], keep)
+    method, info = _method(name), CallInfo(step=0)
+    out = method(q, k, v, layout, reduced, info)
+    assert out is not None
+    torch.testing.assert_close(out, method(q, k, v, layout, keep[:, None, None, :], info))
+
+
+def test_a_query_and_key_padding_mask_is_not_reduced_and_is_handed_back():
+    """HunyuanVideo 1.5's (B, 1, N, N) mask is keep[i] & keep[j]: padded query rows are fully masked (stock SDPA
+    returns zeros there), so it is not a key-padding mask; a materialised mask with equal rows is not reduced either
+    (decided from strides, never from values). Both reach the method unchanged, which hands them back."""
+    from attnplug.processors.core import broadcast_key_rows
+
+    layout = TokenLayout(*GRID, text_tokens=TEXT)
+    n = layout.num_tokens
+    keep = _keep(2, n)
+    rows = keep.view(2, 1, 1, n).repeat(1, 1, n, 1)
+    outer = rows & rows.transpose(2, 3)
+    q = torch.randn(2, 2, n, 16)
+    for mask in (outer, rows):
+        assert broadcast_key_rows(mask) is mask
+        method = _method("neighborhood")
+        assert method(q, q, q, layout, broadcast_key_rows(mask), CallInfo(step=0)) is None
+        assert method.last_reason() == "attention-mask"
