@@ -178,11 +178,11 @@ def test_long_video_and_riflex_leave_nothing_behind(tmp_path):
 
     pipe = tiny_pipeline("wan", str(tmp_path))
     pipe.set_progress_bar_config(disable=True)
-    apply_riflex(pipe.transformer, 2, 5)
+    apply_riflex(pipe.transformer, 2, 8)  # 8 frames exceed the intrinsic period (2 pi): RIFLEx hooks RoPE
     assert _left_behind(pipe.transformer) != []
     remove_riflex(pipe.transformer)
     assert _left_behind(pipe.transformer) == []
-    config = LongVideoConfig(train_frames=5, rope="riflex", temporal_windows=True, window=5, stride=1,
+    config = LongVideoConfig(train_frames=5, rope="riflex", temporal_windows=True, window_frames=5, stride_frames=1,
                              global_steps=0)
     long_video(pipe, "red circle", num_frames=17, height=16, width=16, num_inference_steps=2, output_type="pt",
                generator=torch.Generator().manual_seed(0), config=config)

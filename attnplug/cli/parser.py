@@ -94,7 +94,7 @@ def _outputs(p: argparse.ArgumentParser, out: str) -> None:
                      help="a HiResConfig field (repeatable), e.g. strength=0.5 (default: the pipeline's recipe)")
     ext.add_argument("--long-video", action="store_true", help="generate through attnplug.pipelines.long_video")
     ext.add_argument("--long-video-option", type=parse_option, action="append", default=[], metavar="FIELD=VALUE",
-                     help="a LongVideoConfig field (repeatable), e.g. window=8 (default: the family's recipe)")
+                     help="a LongVideoConfig field (repeatable), e.g. window_frames=8 (default: the family's recipe)")
     p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4", help="mp4 = H.264 yuv420p")
     p.add_argument("--fps", type=int, default=8, help="frames per second of the videos")
     p.add_argument("--out", default=out, help="output folder, relative to the current folder (rerun to resume)")

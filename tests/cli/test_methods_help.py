@@ -37,7 +37,7 @@ def test_one_range_per_field():
 
 
 @pytest.mark.parametrize(("name", "flag", "field"), [("hires", "--hires-option", "strength"),
-                                                     ("long_video", "--long-video-option", "window")])
+                                                     ("long_video", "--long-video-option", "window_frames")])
 def test_hires_and_long_video_options_are_listed(listing, name, flag, field):
     assert f"attnplug methods {name}" in listing
     r = run_cli("methods", name)

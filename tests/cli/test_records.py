@@ -32,11 +32,11 @@ def test_hires_option_is_in_the_command_and_the_record(cli, tmp_path):
 def test_long_video_option_is_in_the_command_and_the_record(cli, tmp_path):
     out = tmp_path / "lv"
     r = cli("generate", "red circle moving right", "--model", "shapes-video", "--long-video", "--frames", "12",
-            "--steps", "1", "--long-video-option", "window=8", "--out", out, "--no-progress", timeout=600)
+            "--steps", "1", "--long-video-option", "window_frames=8", "--out", out, "--no-progress", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     record = _one_record(out)
-    assert "--long-video-option window=8" in record["command"]
-    assert record["long_video_config"]["window"] == 8 and record["plan"]["window"] >= 1
+    assert "--long-video-option window_frames=8" in record["command"]
+    assert record["long_video_config"]["window_frames"] == 8 and record["plan"]["window"] >= 1
     refused = cli("generate", "red circle moving right", "--model", "shapes-video", "--long-video", "--frames", "12",
-                  "--steps", "2", "--long-video-option", "window=8", "--out", out)
+                  "--steps", "2", "--long-video-option", "window_frames=8", "--out", out)
     assert refused.returncode == 2 and "call.steps: 1 -> 2" in refused.stderr, refused.stderr

@@ -35,7 +35,7 @@ from .attention import TemporalWindowMethod
 from .config import GLOBAL_STEPS, POSITION_SCALE, TRAIN_FRAMES, LongVideoConfig, LongVideoPlan
 from .damping import FrameDampingMethod
 from .noise import rescheduled_noise
-from .rope import apply_riflex, remove_riflex, supported_families
+from .rope import RiflexPlan, apply_riflex, remove_riflex, riflex_plan, supported_families
 from .vstar import TemporalBandMethod
 
 logger = logging.getLogger(__name__)
@@ -104,16 +104,12 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     ext = lat / train_latent
     scale = config.position_scale if config.position_scale is not None else max(1.0, POSITION_SCALE * ext)
     window_latent = (
-        latent_frames(config.window, r) if config.window is not None else min(lat, train_latent)
+        latent_frames(config.window_frames, r) if config.window_frames is not None else min(lat, train_latent)
     )
-    stride_latent = latent_frames(config.stride, r) if config.stride is not None else max(1, window_latent // 2)
-    rope = config.rope
-    if rope == "auto":
-        rope = "riflex" if dit and ext > 1 else "none"
-    if rope != "none" and not dit:
-        if config.rope != "auto":
-            apply_riflex(model, 1, 1)  # raises NotImplementedError naming the family
-        rope = "none"
+    stride_latent = (
+        latent_frames(config.stride_frames, r) if config.stride_frames is not None else max(1, window_latent // 2)
+    )
+    rope, rope_plan, rope_note = _resolve_rope(model, config, dit, ext, train_latent, lat, scale)
     damping = bool(config.damping)
     if damping and (family == "animatediff" or not dit):
         raise ValueError(f"LongVideoConfig.damping applies to video DiTs with temporal RoPE; the model is {family}.")
@@ -138,14 +134,46 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     if vstar and family != "animatediff":
         raise ValueError(f"LongVideoConfig.vstar applies to AnimateDiff motion modules; the model is {family}.")
     if stride_latent > window_latent:
-        raise ValueError(f"LongVideoConfig.stride ({config.stride}) must not exceed the window ({config.window}).")
+        raise ValueError(
+            f"LongVideoConfig.stride_frames={config.stride_frames} ({stride_latent} latent frames) must not exceed "
+            f"the window ({window_latent} latent frames, window_frames={config.window_frames}); accepted: "
+            f"stride_frames <= window_frames."
+        )
     return LongVideoPlan(
         family=family, num_frames=num_frames, latent_frames=lat, train_latent=train_latent,
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
         global_steps=(GLOBAL_STEPS if windows else 0) if config.global_steps is None else config.global_steps,
         damping=damping, damping_factor=float(config.damping_factor),
+        riflex_component=None if rope_plan is None else rope_plan.index,
+        riflex_period=None if rope_plan is None else round(rope_plan.period, 3),
+        riflex_lowered=rope != "none" and rope_plan is not None and rope_plan.lowered,
+        riflex_source="" if rope_plan is None else rope_plan.source, rope_note=rope_note,
     )
+
+
+def _resolve_rope(model, config: LongVideoConfig, dit: bool, ext: float, train_latent: int, lat: int,
+                  scale: float) -> tuple[str, RiflexPlan | None, str]:
+    """``(rope, plan, note)``: the RoPE mode the call installs (``"none"`` when RoPE stays stock, also when the
+    plan would change no frequency), the :class:`RiflexPlan` (None without temporal RoPE) and why."""
+    rope = config.rope
+    if rope == "auto":
+        rope = "riflex" if dit and ext > 1 else "none"
+    if not dit and rope == "none":
+        return "none", None, "RoPE stays stock: the model has no temporal RoPE that attnplug rescales"
+    mode = rope if rope != "none" else "riflex"
+    try:
+        plan = riflex_plan(model, train_latent, lat, config.riflex_margin, scale, mode)
+    except NotImplementedError as exc:
+        if rope != "none" and config.rope != "auto":
+            raise  # names the family
+        return "none", None, f"RoPE stays stock: {exc}"
+    if rope == "none":
+        why = "rope='none'" if config.rope == "none" else "the video is not longer than the training length"
+        return "none", plan, f"RoPE stays stock ({why})"
+    if not plan.changes_rope and plan.family != "ltx":  # LTX recomputes the plan for each call's scale
+        return "none", plan, plan.describe()
+    return rope, plan, plan.describe()
 
 
 # ---------------------------------------------------------------------------------------------- latents
@@ -232,9 +260,47 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 window=window, stride=min(plan.stride, window), weighting=config.weighting,
                 global_heads=config.global_heads, inner=inner,
             )
+            _warn_if_no_windowed_step(pipe, plan, config, kwargs)
             stack.callback(remove, pipe)
             apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
         return pipe(prompt, num_frames=num_frames, **kwargs)
+
+
+def _num_steps(pipe, kwargs: dict) -> int | None:
+    """The denoising steps the call will run: ``timesteps=`` / ``sigmas=`` / ``num_inference_steps=``, else the
+    pipeline's default; None when unknown."""
+    for name in ("timesteps", "sigmas"):
+        if kwargs.get(name) is not None:
+            return len(kwargs[name])
+    n = kwargs.get("num_inference_steps")
+    if n is None:
+        try:
+            n = _call_default(pipe, "num_inference_steps")
+        except ValueError:
+            return None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _dense_steps(global_steps: int | float, n: int) -> int:
+    """Steps ``Schedule(warmup_steps=global_steps)`` keeps dense out of ``n`` (a fraction is rounded, like the
+    Schedule does)."""
+    return round(global_steps * n) if isinstance(global_steps, float) else int(global_steps)
+
+
+def _warn_if_no_windowed_step(pipe, plan: LongVideoPlan, config: LongVideoConfig, kwargs: dict) -> None:
+    """Warn (once per call, with the numbers) when ``global_steps`` keeps every denoising step dense, so the temporal
+    windows (or the sparse pattern) never run. The recipe is not changed: the dense steps are what was asked for."""
+    g, n = plan.global_steps, _num_steps(pipe, kwargs)
+    if not g or n is None or n < 1 or _dense_steps(g, n) < n:
+        return
+    what = ("temporal windows" if config.sparse is None else "temporal windows and the sparse pattern inside them"
+            ) if plan.temporal_windows else "sparse pattern"
+    need = next((m for m in range(n + 1, 100 * n + 2) if _dense_steps(g, m) < m), None)
+    fix = f"num_inference_steps >= {need}" if need else "more steps"
+    rounded = f" (round({g} x {n}) = {_dense_steps(g, n)})" if isinstance(g, float) else ""
+    log_once(logger, logging.WARNING,
+             f"long_video: global_steps={g!r} keeps {_dense_steps(g, n)} of the {n} denoising steps dense{rounded}, "
+             f"so the {what} never run; give {fix}, or a smaller LongVideoConfig.global_steps.")
 
 
 # ---------------------------------------------------------------------------------------------- AnimateDiff

@@ -68,7 +68,10 @@ def temporal_window_attention(
     Image queries of window ``w`` attend to the image keys of ``w``'s frames (and all text keys); each frame's output
     is the ``weighting``-weighted mean over the windows that contain it. Text queries attend to all keys. Returns
     ``(B, H, N, D)``. ``attend(q, k, v, layout)`` (default: SDPA) computes one window's attention on its
-    ``TokenLayout(window, height, width, text_tokens)`` (text keys last), e.g. a sparse video method.
+    ``TokenLayout(window, height, width, text_tokens, text_first=False)``, e.g. a sparse video method: queries and keys
+    are the window's image tokens followed by every text token, ``(B, H, w * h * w + T, D)``, so a joint-attention
+    window is a complete self-attention call; only its image rows are used (text queries get the dense global
+    output). ``attend`` returning None runs SDPA on that window.
     """
     layout.check(q.shape[-2])
     f, hw = layout.frames, layout.height * layout.width
@@ -89,7 +92,8 @@ def temporal_window_attention(
         out = None
         if attend is not None:
             sub = TokenLayout(w, layout.height, layout.width, layout.text_tokens, text_first=False)
-            out = attend(qi[:, :, sl], kw, vw, sub)
+            qw = torch.cat([qi[:, :, sl], qt], dim=2) if layout.text_tokens else qi[:, :, sl]
+            out = attend(qw, kw, vw, sub)
         if out is None:
             out = F.scaled_dot_product_attention(qi[:, :, sl], kw, vw, scale=scale)
         else:
@@ -111,9 +115,10 @@ class TemporalWindowMethod(MethodWrapper):
         stride: frames between window starts (``window // 2`` = FreeNoise's half-window overlap).
         weighting: ``"pyramid"`` or ``"flat"`` fusion weights.
         global_heads: heads (global index ``info.head_offset + h``) that attend densely over the whole video.
-        inner: a method run on each window instead of SDPA (e.g. ``SparseVideoConfig(...).build()``); its output
-            for the window's image queries is used; a hand-back (None) runs SDPA on that window and is counted by
-            reason in :meth:`report`. ``inner`` is prepared on the window's grid before the first step.
+        inner: a method run on each window instead of SDPA (e.g. ``SparseVideoConfig(...).build()``), on the
+            window's image tokens plus every text token of joint attention (text last); its output for the window's
+            image queries is used; a hand-back (None) runs SDPA on that window and is counted by reason in
+            :meth:`report`. ``inner`` is prepared on the window's layout before the first step.
 
     Calls whose video has at most ``window`` frames (or that are not video) run ``inner`` on the whole video, or
     are handed back to dense attention without one. Dense first steps come from the Schedule it is applied with.
@@ -128,6 +133,7 @@ class TemporalWindowMethod(MethodWrapper):
             raise ValueError(f"TemporalWindowMethod: global_heads must be >= 0, got {global_heads!r}.")
         self.window, self.stride, self.weighting, self.global_heads = window, stride, weighting, global_heads
         self.calls = {"window": 0, "short": 0, "whole": 0}
+        self.inner_windows = {"given": 0, "ran": 0}
         self.inner_hand_backs: Counter = Counter()
 
     def __repr__(self) -> str:
@@ -135,8 +141,9 @@ class TemporalWindowMethod(MethodWrapper):
                 f"global_heads={self.global_heads}, inner={self.inner!r})")
 
     def _window_layout(self, layout: TokenLayout) -> TokenLayout:
-        """The image grid ``inner`` sees: one window of ``layout``'s frames (all of them for a short video)."""
-        return TokenLayout(min(self.window, layout.frames), layout.height, layout.width)
+        """The layout ``inner`` sees in a window: one window of ``layout``'s frames, then its text tokens."""
+        return TokenLayout(min(self.window, layout.frames), layout.height, layout.width, layout.text_tokens,
+                           text_first=False)
 
     def prepare(self, layout: TokenLayout, info: CallInfo | None = None, device="cpu") -> None:
         super().prepare(layout if layout.frames <= self.window else self._window_layout(layout), info, device)
@@ -168,26 +175,32 @@ class TemporalWindowMethod(MethodWrapper):
         """``attend(q, k, v, sub)`` for :func:`temporal_window_attention`: ``inner`` on one window, or None (SDPA on
         that window), the inner's hand-back reason counted."""
         def attend(qw, kw, vw, sub):
-            if kw.shape[-2] != qw.shape[-2]:  # text keys (joint attention): the inner method needs N keys = N queries
-                self.inner_hand_backs["text-keys-in-window"] += 1
-                return None
             self.last_reason()
-            out = self.inner(qw, kw, vw, TokenLayout(sub.frames, sub.height, sub.width), None, info)
+            self.inner_windows["given"] += 1
+            out = self.inner(qw, kw, vw, sub, None, info)
             if out is None:
                 self.inner_hand_backs[self.last_reason() or "handed-back"] += 1
+            else:
+                self.inner_windows["ran"] += 1
             return out
 
         return attend
 
     def reset(self) -> None:
         self.calls = dict.fromkeys(self.calls, 0)
+        self.inner_windows = dict.fromkeys(self.inner_windows, 0)
         self.inner_hand_backs.clear()
         super().reset()
 
     def report(self) -> dict:
-        """The inner method's report, plus this method's calls by kind (``windows: window / short / whole``) and the
-        windows the inner method handed back, by reason."""
+        """The inner method's report, plus this method's calls by kind (``windows: window`` windowed calls,
+        ``short`` handed back as no longer than a window, ``whole`` given whole to ``inner``) and, with ``inner``,
+        the windows given to it (``windows: inner windows``), those it ran (``windows: inner ran``) and those it
+        handed back, by reason (``windows: inner handed back (<reason>)``, run as SDPA)."""
         out = dict(super().report())
         out.update({f"windows: {kind}": n for kind, n in self.calls.items()})
+        if self.inner is not None:
+            out["windows: inner windows"] = self.inner_windows["given"]
+            out["windows: inner ran"] = self.inner_windows["ran"]
         out.update({f"windows: inner handed back ({reason})": n for reason, n in self.inner_hand_backs.items()})
         return out

@@ -30,10 +30,12 @@ class LongVideoConfig(PipelineConfig):
     temporal_windows: bool | None = help_field(
         None, "Self-attention in sliding training-length frame windows with fused overlaps (None = family default)."
     )
-    window: int | None = help_field(
-        None, "Window length in video frames (None = the training length).", min=1
+    window_frames: int | None = help_field(
+        None, "Temporal window length in video frames (None = the training length).", min=1
     )
-    stride: int | None = help_field(None, "Frames between window starts (None = half the window).", min=1)
+    stride_frames: int | None = help_field(
+        None, "Video frames between temporal window starts (None = half the window).", min=1
+    )
     weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
     global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
     global_steps: int | float | None = help_field(
@@ -43,7 +45,8 @@ class LongVideoConfig(PipelineConfig):
     rope: str = help_field(
         "auto",
         "Temporal RoPE rescaling for video DiTs: 'riflex' (divide positions by `position_scale`, then lower the "
-        "intrinsic frequency if the video still spans more than the training length), 'by_part' (interpolate "
+        "intrinsic frequency, the family's published RIFLEx k, if the video still spans more than its period), "
+        "'by_part' (interpolate "
         "the long-period components by `position_scale`, keep the short ones), 'none', or 'auto' (family default: "
         "'riflex' on RoPE families).",
         choices=ROPE_CHOICES,
@@ -84,7 +87,11 @@ class LongVideoConfig(PipelineConfig):
 
 @dataclass(frozen=True)
 class LongVideoPlan:
-    """A :class:`LongVideoConfig` resolved for one pipeline and frame count (all counts in latent frames)."""
+    """A :class:`LongVideoConfig` resolved for one pipeline and frame count (``num_frames`` in video frames, every
+    other count in latent frames). ``riflex_component`` is the temporal RoPE component RIFLEx lowers (0-based; None
+    without temporal RoPE), ``riflex_period`` its stock period, ``riflex_lowered`` whether this video lowers it,
+    ``riflex_source`` where the component comes from (the published k or the rule) and ``rope_note`` one sentence on
+    what happens to RoPE and why (also when it stays stock)."""
 
     family: str
     num_frames: int
@@ -101,6 +108,11 @@ class LongVideoPlan:
     global_steps: int | float = 0
     damping: bool = False
     damping_factor: float = 0.9
+    riflex_component: int | None = None
+    riflex_period: float | None = None
+    riflex_lowered: bool = False
+    riflex_source: str = ""
+    rope_note: str = ""
 
     @property
     def extension(self) -> float:

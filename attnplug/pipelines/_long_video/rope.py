@@ -1,9 +1,11 @@
 """RoPE length extrapolation for video DiTs: RIFLEx (Zhao et al., ICML 2025, arXiv 2502.15894).
 
-Each temporal RoPE component ``j`` rotates by ``omega_j * p`` at latent frame ``p``, with period
-``N_j = 2 pi / omega_j``. RIFLEx finds the *intrinsic* component, the one whose period is closest to the training
-length ``L`` (``argmin_j |N_j - L|``), and lowers its frequency to ``margin * 2 pi / L_test`` so that over the
-extended length ``L_test`` it stays within one period (no repetition); all other components are kept.
+Each temporal RoPE component ``j`` rotates by ``omega_j * p`` at RoPE position ``p`` (the latent frame, divided by
+the temporal patch size), with period ``N_j = 2 pi / omega_j``. RIFLEx lowers one *intrinsic* component ``k`` (the
+published one for the family, else the shortest period not below the training length ``L``: :mod:`.riflex_k`) to
+``margin * 2 pi / L_test``, so that over the extended length ``L_test`` it stays within one period (no repetition),
+and only when ``L_test > N_k`` (as the authors' code does): a video within that period keeps RoPE stock. All other
+components are kept.
 
 Applied by a diffusers :class:`~diffusers.hooks.ModelHook` on the model's rotary-embedding module, which rewrites
 the temporal columns of the ``(cos, sin)`` it returns; :func:`remove_riflex` takes the hook off (the module's output
@@ -23,54 +25,17 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import ModelHook
 
 from ..._hook_registry import register_hook, unregister_everywhere
+from ..._logging import log_once
+from .riflex import RiflexPlan, plan_for_frequencies, riflex_frequency  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
 HOOK_NAME = "attnplug_riflex"
-
-
-def intrinsic_component(periods: list[float], train_frames: int) -> int:
-    """Index of the component whose period (in latent frames) is closest to ``train_frames``."""
-    return min(range(len(periods)), key=lambda j: abs(periods[j] - train_frames))
-
-
-def riflex_frequency(omega: float, test_frames: int, margin: float) -> float:
-    """The lowered intrinsic frequency: ``margin * 2 pi / test_frames``, never above the original ``omega``."""
-    return min(omega, margin * 2 * math.pi / test_frames)
-
-
-@dataclass(frozen=True)
-class RiflexPlan:
-    """What the hook changes: the temporal RoPE frequencies per latent frame, ``omegas`` -> ``new_omegas``.
-    ``index`` is the intrinsic component; ``position_scale`` divides every temporal position first (1 = none)."""
-
-    family: str
-    index: int
-    omegas: tuple[float, ...]
-    new_omegas: tuple[float, ...]
-    train_frames: int
-    test_frames: int
-    position_scale: float = 1.0
-    margin: float = 0.9
-    mode: str = "riflex"
-
-    @property
-    def omega(self) -> float:
-        return self.omegas[self.index]
-
-    @property
-    def new_omega(self) -> float:
-        return self.new_omegas[self.index]
-
-    @property
-    def period(self) -> float:
-        return 2 * math.pi / self.omega
 
 
 def _rope_freqs(dim: int, theta: float) -> list[float]:
@@ -122,8 +87,12 @@ class _Adapter:
         raise NotImplementedError
 
     def components(self, model: torch.nn.Module, target: torch.nn.Module) -> list[float]:
-        """Temporal RoPE frequencies per latent frame."""
+        """Temporal RoPE frequencies per RoPE position."""
         raise NotImplementedError
+
+    def temporal_patch(self, model: torch.nn.Module, target: torch.nn.Module) -> int:
+        """Latent frames per RoPE position (the temporal patch size)."""
+        return 1
 
     def pre_forward(self, hook: _RiflexHook, module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
@@ -147,6 +116,9 @@ class _WanAdapter(_Adapter):
     def components(self, model, target):
         return _rope_freqs(target.t_dim, 10000.0)
 
+    def temporal_patch(self, model, target):
+        return int(target.patch_size[0])
+
     def latent_frames(self, module, x):
         return x.shape[2] // module.patch_size[0]
 
@@ -159,6 +131,9 @@ class _HunyuanAdapter(_Adapter):
 
     def components(self, model, target):
         return _rope_freqs(target.rope_dim[0], float(target.theta))
+
+    def temporal_patch(self, model, target):
+        return int(target.patch_size_t)
 
     def latent_frames(self, module, x):
         return x.shape[2] // module.patch_size_t
@@ -179,6 +154,9 @@ class _CogVideoXAdapter(_Adapter):
 
     def components(self, model, target):
         return _rope_freqs(model.config.attention_head_dim // 4, 10000.0)
+
+    def temporal_patch(self, model, target):
+        return int(model.config.patch_size_t or 1)
 
     def pre_forward(self, hook, module, args, kwargs):
         emb = kwargs.get("image_rotary_emb")
@@ -241,6 +219,8 @@ class _LTXAdapter(_Adapter):
         base = hook.plan
         plan = plan_for_frequencies(self.family, self._frequencies(module, a), base.train_frames, base.test_frames,
                                     base.margin, base.position_scale, base.mode)
+        if not plan.changes_rope:
+            return output
         cos, sin = (t.clone() for t in output)
         c = c.to(cos.device).expand(cos.shape[0], -1)
         pad = module.dim % 6
@@ -294,13 +274,16 @@ def riflex_plan(
     position_scale: float = 1.0,
     mode: str = "riflex",
 ) -> RiflexPlan:
-    """The :class:`RiflexPlan` for ``model`` (``train_frames`` / ``test_frames`` in latent frames).
+    """The :class:`RiflexPlan` for ``model`` (``train_frames`` / ``test_frames`` in latent frames, turned into RoPE
+    positions by the model's temporal patch size).
 
     ``mode="riflex"``: every temporal frequency is divided by ``position_scale = s`` (position interpolation; 1 =
-    none), so the video spans ``test_frames / s`` training-frame units, and the intrinsic component is lowered for
-    that span (RIFLEx). ``mode="by_part"``: components whose period is shorter than ``train_frames`` (seen through
-    whole cycles in training) are kept and only the longer-period ones are divided by ``s`` (YaRN's by-part
-    interpolation, arXiv 2309.00071, on the temporal axis).
+    none), so the video spans ``test_frames / s`` positions in RoPE phase; if that exceeds the period of the
+    intrinsic component (:func:`.riflex_k.intrinsic_component`: the family's published k, else the shortest period
+    not below the training length), that component is lowered for the span (RIFLEx), else it is kept.
+    ``mode="by_part"``: components whose period is shorter than ``train_frames`` (seen through whole cycles in
+    training) are kept and only the longer-period ones are divided by ``s`` (YaRN's by-part interpolation, arXiv
+    2309.00071, on the temporal axis).
     """
     if not isinstance(train_frames, int) or not isinstance(test_frames, int) or min(train_frames, test_frames) < 1:
         raise ValueError(f"train_frames ({train_frames!r}) and test_frames ({test_frames!r}) must be ints >= 1.")
@@ -312,25 +295,9 @@ def riflex_plan(
         raise ValueError(f"mode must be one of {ROPE_MODES}, got {mode!r}.")
     adapter = _adapter_for(model)
     target = adapter.find(model)
-    return plan_for_frequencies(adapter.family, adapter.components(model, target), train_frames, test_frames, margin,
-                                position_scale, mode)
-
-
-def plan_for_frequencies(family: str, omegas, train_frames: int, test_frames: int, margin: float = 0.9,
-                         position_scale: float = 1.0, mode: str = "riflex") -> RiflexPlan:
-    """The :class:`RiflexPlan` for temporal RoPE frequencies ``omegas`` (radians per latent frame); see
-    :func:`riflex_plan`."""
-    omegas = tuple(float(w) for w in omegas)
-    periods = [2 * math.pi / w for w in omegas]
-    k = intrinsic_component(periods, train_frames)
-    if mode == "by_part":
-        scaled = [w if n < train_frames else w / position_scale for w, n in zip(omegas, periods)]
-    else:
-        scaled = [w / position_scale for w in omegas]
-        span = test_frames / position_scale
-        if span > train_frames:
-            scaled[k] = riflex_frequency(omegas[k], span, margin) / position_scale
-    return RiflexPlan(family, k, omegas, tuple(scaled), train_frames, test_frames, position_scale, margin, mode)
+    pt = max(1, adapter.temporal_patch(model, target))
+    return plan_for_frequencies(adapter.family, adapter.components(model, target), -(-train_frames // pt),
+                                -(-test_frames // pt), margin, position_scale, mode)
 
 
 def apply_riflex(
@@ -342,11 +309,16 @@ def apply_riflex(
     mode: str = "riflex",
 ) -> RiflexPlan:
     """Hook ``model``'s rotary embedding with RIFLEx for ``test_frames`` latent frames (see :func:`riflex_plan`);
-    returns the plan. ``NotImplementedError`` naming the family when it has no temporal rotary embedding to hook."""
+    returns the plan. A plan that changes no frequency installs nothing (RoPE stays stock; logged once), except on
+    LTX, whose plan is recomputed for each call's scale. ``NotImplementedError`` naming the family when it has no
+    temporal rotary embedding to hook."""
     plan = riflex_plan(model, train_frames, test_frames, margin, position_scale, mode)
     adapter = _adapter_for(model)
     target = adapter.find(model)
     remove_riflex(model)
+    if not plan.changes_rope and adapter.family != "ltx":
+        log_once(logger, logging.INFO, f"RIFLEx on {plan.family}: {plan.describe()}; no hook installed")
+        return plan
     hook = _RiflexHook(adapter, plan)
     register_hook(target, hook, HOOK_NAME)
     logger.debug("RIFLEx on %s: component %d, omega %.4g -> %.4g", plan.family, plan.index, plan.omega,
