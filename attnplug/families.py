@@ -23,6 +23,7 @@ from .layout_reader import (
     grid_image_4d,
     grid_image_4d_equal_captions,
     grid_img_shapes,
+    grid_joint_position_ids,
     grid_latent_list,
     grid_position_ids,
     grid_size_kwargs,
@@ -146,6 +147,11 @@ FAMILIES: dict[str, FamilySpec] = {
         grid=_without("image_cond_hidden_states", "reference-image tokens after the image tokens")(grid_position_ids),
         grid_reads_values=True, value_inputs=("img_ids",),
     ),
+    # Krea 2: [text, image], position ids over the whole sequence; the text fusion blocks see only text
+    "Krea2Transformer2DModel": FamilySpec(
+        "krea2", grid_joint_position_ids, text_position="first", exclude_modules=("text_fusion",),
+        grid_reads_values=True, value_inputs=("position_ids",),
+    ),
     # HiDream-I1: [image, (padding up to max_resolution for non-square latents), text]; no attention mask
     "HiDreamImageTransformer2DModel": FamilySpec(
         "hidream-image", grid_image_4d, text_position="last", train_size=(1024, 1024),
@@ -257,6 +263,12 @@ REFUSED: dict[str, str] = {
     "Kandinsky6SRTransformer3DModel": (
         "it always runs NABLA sparse attention: the tokens are reordered into 8 x 8 spatial tiles under its own "
         "sliding-tile block mask, so its sequence is not in token-grid order and its attention is already sparse."
+    ),
+    "WanAnimate2Transformer3DModel": (
+        "its generation pass packs the generated tokens into a buffer sized for the whole video and attends to them "
+        "and to the reference stream's cached keys in one flex_attention call under its own BlockMask (more keys "
+        "than queries), and its reference pass attends over the reference tokens only: neither is a self-attention "
+        "call over the generated token grid."
     ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "

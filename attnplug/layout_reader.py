@@ -77,14 +77,32 @@ def grid_position_ids(model, args, kwargs) -> tuple[int, int, int]:
     if not isinstance(ids, torch.Tensor):
         raise ValueError(f"{type(model).__name__} was called without `img_ids`; cannot read the token grid.")
     flat = ids.reshape(-1, ids.shape[-1])
-    n = ids.shape[-2]
-    axes = flat[:n, :3] if flat.shape[-1] >= 4 else flat[:n, 1:3]
+    return _grid_from_ids(model, flat[: ids.shape[-2]], "img_ids")
+
+
+def grid_joint_position_ids(model, args, kwargs) -> tuple[int, int, int]:
+    """Packed latents ``(B, N, C)`` with ``position_ids`` ``(L, 3)`` for the whole joint sequence, text first
+    (Krea 2): the image's ids are the last ``N`` rows, axes 1, 2 (row, column), read as :func:`grid_position_ids`."""
+    ids = kwargs.get("position_ids")
+    x = _tensor_arg(args, kwargs, ("hidden_states",), model)
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[0] < x.shape[1]:
+        raise ValueError(
+            f"{type(model).__name__} was called without `position_ids` (L, 3) covering its {x.shape[1]} image "
+            "tokens; cannot read the token grid."
+        )
+    return _grid_from_ids(model, ids[ids.shape[0] - x.shape[1]:], "position_ids")
+
+
+def _grid_from_ids(model, ids: torch.Tensor, name: str) -> tuple[int, int, int]:
+    """The grid spanned by position ids ``(N, A)`` of the ``N`` image tokens (see :func:`grid_position_ids`)."""
+    n = ids.shape[0]
+    axes = ids[:, :3] if ids.shape[-1] >= 4 else ids[:, 1:3]
     lo, hi = torch.stack([axes.amin(dim=0), axes.amax(dim=0)]).tolist()  # one read of the values
     sides = tuple(int(b) - int(a) + 1 for a, b in zip(lo, hi))
     grid = sides if len(sides) == 3 else (1, *sides)
     if grid[0] * grid[1] * grid[2] != n:
         raise ValueError(
-            f"{type(model).__name__}: the position ids `img_ids` span the grid {grid} ({grid[0] * grid[1] * grid[2]} "
+            f"{type(model).__name__}: the position ids `{name}` span the grid {grid} ({grid[0] * grid[1] * grid[2]} "
             f"positions) but describe {n} tokens, so the tokens are not one latent grid (reference images or "
             "conditioning tokens packed in); attnplug does not guess which are grid tokens."
         )

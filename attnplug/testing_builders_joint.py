@@ -50,8 +50,23 @@ def lumina_next(batch: int):
     )
 
 
+def krea2(batch: int):
+    """Krea 2: stacked text-encoder layers fused by its own text blocks, then [text, image] with position ids over the
+    whole sequence and a padded prompt (key-padding mask)."""
+    model = tiny(diffusers.Krea2Transformer2DModel, in_channels=16, attention_head_dim=16, num_attention_heads=2,
+                 num_key_value_heads=1, intermediate_size=32, timestep_embed_dim=16, text_hidden_dim=16,
+                 text_num_attention_heads=2, text_num_key_value_heads=2, text_intermediate_size=32,
+                 axes_dims_rope=(4, 6, 6))
+    ids = torch.cat([torch.zeros(TEXT, 3), _ids(S, S)])
+    return model, dict(
+        hidden_states=torch.randn(batch, S * S, 16), encoder_hidden_states=torch.randn(batch, TEXT, 1, 16),
+        timestep=torch.tensor([0.5] * batch), position_ids=ids, encoder_attention_mask=_mask(batch).bool(),
+    )
+
+
 BUILDERS = {
     "Flux3Transformer2DModel": flux3,
     "HiDreamImageTransformer2DModel": hidream,
     "LuminaNextDiT2DModel": lumina_next,
+    "Krea2Transformer2DModel": krea2,
 }
