@@ -150,6 +150,19 @@ def save_strip(pipe, frames: int, steps: int, path: Path, n: int = 3, every: int
     Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(path)
 
 
+def merge(old: dict, new: dict, variants: set[str]) -> dict:
+    """``old`` with the rows of ``variants`` (and stock, which every run repeats) taken from ``new``; each row's time
+    ratio stays relative to the stock of the run that measured it. ``reruns`` lists the partial runs."""
+    rerun = {(r["frames"], r["variant"]) for r in new["rows"] if r["variant"] in variants}
+    rows = [r for r in old["rows"] if (r["frames"], r["variant"]) not in rerun]
+    rows += [r for r in new["rows"] if (r["frames"], r["variant"]) in rerun]
+    order = {name: i for i, name in enumerate(["stock", *VARIANTS])}
+    rows.sort(key=lambda r: (r["frames"], order.get(r["variant"], len(order))))
+    reruns = [*old.get("reruns", []), {"variants": sorted(variants), "torch_threads": new["torch_threads"],
+                                       "loadavg": new["loadavg"]}]
+    return {**old, "rows": rows, "reruns": reruns}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=24)
@@ -158,7 +171,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_video.json")
     ap.add_argument("--strip-only", action="store_true", help="only redraw the frame strip")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated variants to run (each with stock), of: {', '.join(VARIANTS)}")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the rows of the variants run in an existing --out (the others are kept)")
     args = ap.parse_args()
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        ap.error(f"--variants={args.variants!r}: unknown {unknown or 'none given'}; accepted: {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("shapes-video")
     pipe.set_progress_bar_config(disable=True)
@@ -168,10 +189,12 @@ def main() -> None:
         return
     rows = run_frames(pipe, TRAIN_FRAMES, args.prompts, args.steps, {"stock": None})
     for frames in args.frames:
-        rows += run_frames(pipe, frames, args.prompts, args.steps, {"stock": None, **VARIANTS})
+        rows += run_frames(pipe, frames, args.prompts, args.steps, {"stock": None, **{v: VARIANTS[v] for v in chosen}})
     animatediff = animatediff_rows(2)
     result = {"model": "shapes-video", "train_frames": TRAIN_FRAMES, "prompts": args.prompts, "steps": args.steps,
               "torch_threads": args.threads, "loadavg": os.getloadavg(), "rows": rows, "animatediff": animatediff}
+    if args.merge and args.out.exists():
+        result = merge(json.loads(args.out.read_text()), result, set(chosen))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print("| frames | variant | persistent | steady (>= 0.2 px/frame) | steady path (>= 1.4 px) | median speed "
           "| time vs stock |\n|---|---|---|---|---|---|---|")
