@@ -152,6 +152,8 @@ FAMILIES: dict[str, FamilySpec] = {
         "krea2", grid_joint_position_ids, text_position="first", exclude_modules=("text_fusion",),
         grid_reads_values=True, value_inputs=("position_ids",),
     ),
+    # ERNIE-Image: [image, text] (sequence-first inside the blocks), padded text masked as keys
+    "ErnieImageTransformer2DModel": FamilySpec("ernie-image", grid_image_4d, text_position="last"),
     # HiDream-I1: [image, (padding up to max_resolution for non-square latents), text]; no attention mask
     "HiDreamImageTransformer2DModel": FamilySpec(
         "hidream-image", grid_image_4d, text_position="last", train_size=(1024, 1024),
@@ -269,6 +271,11 @@ REFUSED: dict[str, str] = {
         "and to the reference stream's cached keys in one flex_attention call under its own BlockMask (more keys "
         "than queries), and its reference pass attends over the reference tokens only: neither is a self-attention "
         "call over the generated token grid."
+    ),
+    "DreamLiteUNetModel": (
+        "its pipeline concatenates the conditioning image latents beside the generated latents along the width on "
+        "every call, so each token row holds generated and conditioning tokens: not one latent grid with "
+        "conditioning tokens on one side."
     ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "

@@ -64,9 +64,20 @@ def krea2(batch: int):
     )
 
 
+def ernie_image(batch: int):
+    """ERNIE-Image: ``(B, C, H, W)`` latents, then [image, text], the padded text masked as keys (``text_lens``)."""
+    model = tiny(diffusers.ErnieImageTransformer2DModel, hidden_size=32, num_attention_heads=2, ffn_hidden_size=32,
+                 in_channels=4, out_channels=4, patch_size=2, text_in_dim=16, rope_axes_dim=(4, 6, 6))
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), timestep=torch.tensor([500.0] * batch),
+        text_bth=torch.randn(batch, TEXT, 16), text_lens=torch.tensor([TEXT - 2 - i % 2 for i in range(batch)]),
+    )
+
+
 BUILDERS = {
     "Flux3Transformer2DModel": flux3,
     "HiDreamImageTransformer2DModel": hidream,
     "LuminaNextDiT2DModel": lumina_next,
     "Krea2Transformer2DModel": krea2,
+    "ErnieImageTransformer2DModel": ernie_image,
 }
