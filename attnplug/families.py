@@ -154,6 +154,9 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     # ERNIE-Image: [image, text] (sequence-first inside the blocks), padded text masked as keys
     "ErnieImageTransformer2DModel": FamilySpec("ernie-image", grid_image_4d, text_position="last"),
+    # GLM-Image: [glyph text, image]; an image-editing run attends to cached condition-image keys as well (more keys
+    # than queries: cross-attention to attnplug, run stock)
+    "GlmImageTransformer2DModel": FamilySpec("glm-image", grid_image_4d, text_position="first"),
     # HiDream-I1: [image, (padding up to max_resolution for non-square latents), text]; no attention mask
     "HiDreamImageTransformer2DModel": FamilySpec(
         "hidream-image", grid_image_4d, text_position="last", train_size=(1024, 1024),

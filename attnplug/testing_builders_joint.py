@@ -74,10 +74,24 @@ def ernie_image(batch: int):
     )
 
 
+def glm_image(batch: int):
+    """GLM-Image text-to-image: [glyph text, image], the autoregressive prior's tokens added to the image tokens."""
+    model = tiny(diffusers.GlmImageTransformer2DModel, patch_size=2, in_channels=4, out_channels=4,
+                 attention_head_dim=16, num_attention_heads=2, text_embed_dim=16, time_embed_dim=16, condition_dim=4,
+                 prior_vq_quantizer_codebook_size=32)
+    size = torch.tensor([[2 * S * 8, 2 * S * 8]] * batch, dtype=torch.float32)
+    return model, dict(
+        hidden_states=torch.randn(batch, 4, 2 * S, 2 * S), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+        prior_token_id=torch.randint(0, 32, (batch, S * S)), prior_token_drop=torch.zeros(batch, S * S).bool(),
+        timestep=torch.tensor([500.0] * batch), target_size=size, crop_coords=torch.zeros(batch, 2),
+    )
+
+
 BUILDERS = {
     "Flux3Transformer2DModel": flux3,
     "HiDreamImageTransformer2DModel": hidream,
     "LuminaNextDiT2DModel": lumina_next,
     "Krea2Transformer2DModel": krea2,
     "ErnieImageTransformer2DModel": ernie_image,
+    "GlmImageTransformer2DModel": glm_image,
 }
