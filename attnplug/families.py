@@ -20,6 +20,7 @@ import torch
 from .layout_reader import (
     _halvings,
     _patch,
+    grid_first_shape,
     grid_image_4d,
     grid_image_4d_equal_captions,
     grid_img_shapes,
@@ -183,6 +184,8 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "AnyFlowTransformer3DModel": FamilySpec("anyflow", grid_video_bfchw, train_size=(480, 832), train_frames=81),
     "JoyImageEditTransformer3DModel": FamilySpec("joyimage-edit", grid_video_bcfhw, text_position="last"),
+    # JoyImage Edit Plus: [generated image, reference images, padding, text]: everything after the grid is non-grid
+    "JoyImageEditPlusTransformer3DModel": FamilySpec("joyimage-edit-plus", grid_first_shape, text_position="last"),
     "SkyReelsV2Transformer3DModel": FamilySpec(
         "skyreels-v2", grid_video_bcfhw, train_size=(544, 960), train_frames=97
     ),
@@ -279,6 +282,11 @@ REFUSED: dict[str, str] = {
         "its pipeline concatenates the conditioning image latents beside the generated latents along the width on "
         "every call, so each token row holds generated and conditioning tokens: not one latent grid with "
         "conditioning tokens on one side."
+    ),
+    "Ideogram4Transformer2DModel": (
+        "its one packed sequence marks text and image tokens per position (`indicator` values) and attends under a "
+        "(B, 1, L, L) block-diagonal segment mask built on every call, so where the grid tokens sit is known only "
+        "from tensor values and every self-attention call carries a full attention mask."
     ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "

@@ -229,3 +229,19 @@ def grid_video_bcfhw_posed(model, args, kwargs) -> tuple[int, int, int]:
             "cannot be told apart, so attnplug does not read a token grid."
         )
     return (pose.shape[2], x.shape[3] // ph, x.shape[4] // pw)
+
+
+def grid_first_shape(model, args, kwargs) -> tuple[int, int, int]:
+    """Padded patch sequences with ``shape_list``: per sample a list of ``(frames, height, width)`` token grids, the
+    generated image first and reference images after it (JoyImage Edit Plus). The grid is the first entry, which
+    must be the same for every sample; the references, the padding and the text come after it."""
+    shapes = kwargs.get("shape_list")
+    if not isinstance(shapes, (list, tuple)) or not shapes or not all(s for s in shapes):
+        raise ValueError(f"{type(model).__name__} was called without `shape_list`; cannot read the token grid.")
+    firsts = {tuple(int(v) for v in sample[0]) for sample in shapes}
+    if len(firsts) != 1:
+        raise ValueError(
+            f"{type(model).__name__} was called with generated images of different sizes {sorted(firsts)} in one "
+            "batch, so the grid tokens do not line up; run one size per batch."
+        )
+    return firsts.pop()

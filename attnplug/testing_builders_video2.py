@@ -77,9 +77,25 @@ def wan_animate(batch: int):
     )
 
 
+def joyimage_edit_plus(batch: int):
+    """JoyImage Edit Plus: per sample the target patches, then one reference image's (a different size), padded to
+    one length, ``(B, N, C, pt, ph, pw)``; a padded prompt."""
+    shapes = [[(1, 16, 16), (1, 8, 12)] for _ in range(batch)]
+    n = 16 * 16 + 8 * 12 + 4  # 4 padding patches
+    mask = torch.ones(batch, TEXT)
+    mask[:, TEXT - 2:] = 0
+    model = tiny(diffusers.JoyImageEditPlusTransformer3DModel, patch_size=[1, 2, 2], in_channels=4, hidden_size=32,
+                 num_attention_heads=2, text_dim=16, rope_dim_list=[4, 6, 6])
+    return model, dict(
+        hidden_states=torch.randn(batch, n, 4, 1, 2, 2), timestep=torch.tensor([500.0] * batch),
+        encoder_hidden_states=torch.randn(batch, TEXT, 16), encoder_hidden_states_mask=mask, shape_list=shapes,
+    )
+
+
 BUILDERS = {
     "Kandinsky5Transformer3DModel": kandinsky5,
     "Kandinsky6Transformer3DModel": kandinsky6,
     "Kandinsky6Transformer3DModel[i2v]": kandinsky6_i2v,
     "WanAnimateTransformer3DModel": wan_animate,
+    "JoyImageEditPlusTransformer3DModel": joyimage_edit_plus,
 }

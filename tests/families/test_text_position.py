@@ -59,3 +59,15 @@ def test_reference_frame_rows_are_non_grid_rows(key, frame_axis, frame, non_grid
     changed, rows, (_, n) = changed_rows(key, new_reference)
     assert n == 4 * 256 and rows == set(non_grid)
     assert changed == rows
+
+
+def test_joyimage_edit_plus_reference_images_are_non_grid_rows():
+    """JoyImage Edit Plus packs the generated image first, then the reference images: changing only a reference
+    image's patches changes only non-grid rows (after the 16 x 16 grid) of the first self-attention call."""
+    def new_reference(inputs):
+        x = inputs["hidden_states"].clone()
+        x[:, 256:352] += 1.0
+        return {"hidden_states": x}
+
+    changed, non_grid, _ = changed_rows("JoyImageEditPlusTransformer3DModel", new_reference)
+    assert changed and changed <= non_grid and min(non_grid) == 256
