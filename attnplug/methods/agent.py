@@ -37,10 +37,13 @@ import torch.nn.functional as F
 from .._logging import log_once
 from ..kernels.agent import agent_attention
 from ..layout import TokenLayout
+from ..reasons import register
 from .agent_config import AGENT_SOURCES, UNEVEN_RULES, AgentConfig  # noqa: F401 - re-exported
 from .base import AttentionMethod, CallInfo
 
 logger = logging.getLogger(__name__)
+register("temporal-only-layout", "a temporal-only layout (one token per frame) has no spatial grid to pool "
+         "agents from")
 
 # ----------------------------------------------------------------------------------------------------
 # Agent grids and agent formation

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..layout import TokenLayout
+from ..reasons import is_registered
 
 if TYPE_CHECKING:
     from diffusers.hooks import ModelHook
@@ -59,11 +60,15 @@ class AttentionMethod:
     def hand_back(self, reason: str) -> None:
         """Hand the current call back to stock attention, saying why: ``return self.hand_back("window-covers-grid")``.
 
-        ``reason`` is a short stable code (kebab-case, like the core's own), a key of
+        ``reason`` is a short stable code registered in :mod:`attnplug.reasons` (``reasons.register(code, meaning)``
+        at the method module's import; an unregistered code is a ``ValueError``), a key of
         ``attnplug.stats(x)["self"]["reasons"]``. It is recorded for the calling thread only (concurrent generations on
         other threads keep their own) and read once by the interception core through :meth:`last_reason`. Returns
         ``None``, the hand-back value.
         """
+        if not is_registered(reason):
+            raise ValueError(f"{type(self).__name__}.hand_back: reason {reason!r} is not registered; register it with "
+                             f"attnplug.reasons.register({reason!r}, meaning) where the method is defined.")
         _HAND_BACK.reason = reason
         return None
 

@@ -51,11 +51,14 @@ from .._cache import BoundedCache
 from .._logging import log_once
 from .._steps import DenoisingSteps, timestep_of, timestep_position
 from ..layout import TokenLayout
+from ..reasons import register
 from .base import AttentionMethod, CallInfo
 from .freeswim_config import FreeSwimConfig  # noqa: F401 - re-exported
 from .neighborhood import NeighborhoodConfig, NeighborhoodMethod
 
 logger = logging.getLogger(__name__)
+register("train-grid-unknown", "the model's training grid is unknown, so the window cannot be sized")
+register("freeswim-full-branch", "FreeSwim's full-attention branch: self-attention stays stock on purpose")
 
 #: Guidance passes per step with their own cross-attention cache; further passes of one step share the last slot.
 MAX_PASSES = 4
@@ -135,11 +138,11 @@ class FreeSwimMethod(AttentionMethod):
                      "stays stock; give FreeSwimConfig(train_grid=(height, width)) in tokens.")
             return self.hand_back("train-grid-unknown")
         window = window_for(train, layout.grid)
-        if st.branch == "full":
-            st.would_window += window is not None
+        if st.branch == "full" and window is not None:
+            st.would_window += 1
             st.counts["self: full branch (stock)"] += 1
             return self.hand_back("freeswim-full-branch")
-        if window is None:
+        if window is None:  # at or below the training size; in the full branch too, so the reason says why
             st.counts["self: window covers the grid (stock)"] += 1
             log_once(logger, logging.INFO, f"FreeSwim: the training-size window covers the token grid {layout.grid} "
                      f"(training grid {train[1:]} at this level), so that call runs stock attention.")

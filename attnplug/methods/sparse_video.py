@@ -19,12 +19,14 @@ from torch import Tensor
 from .._logging import log_once
 from ..kernels.block_sparse.dispatch import needs_backward
 from ..layout import TokenLayout
+from ..reasons import register
 from .base import AttentionMethod, CallInfo
 from .patterns import PATTERNS, CallSummary, PlanCache, key_padding
 from .patterns.base import Plan, check_kernel_blocks, with_scale
 from .sparse_video_config import DEFAULT_WARMUP_STEPS, OWNER, SparseVideoConfig  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
+register("density-1", "density 1: the pattern would attend every pair, so stock attention runs")
 
 class SparseVideoMethod(AttentionMethod):
     """Block-sparse video attention built from a :class:`SparseVideoConfig`.

@@ -79,7 +79,7 @@ def stats(target) -> dict:
 
     ``{"self": {"calls", "method", "stock", "reasons": {code: n}}, "cross": {...}, "passthrough": n,
     "method_report": {...}}`` — ``method`` counts calls the method computed, ``stock`` calls that ran stock attention
-    with the reason code of each (see :data:`attnplug.processors.stats.REASONS`; methods add their own), and
+    with the reason code of each (see :func:`attnplug.reasons.registered`, which methods extend), and
     ``passthrough`` calls whose processor made no attention call to intercept. Standalone
     :class:`AttnplugProcessor`\\ s are counted too. Empty when nothing is applied."""
     denoisers, _ = resolve_denoisers(target)

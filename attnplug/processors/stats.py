@@ -11,15 +11,11 @@ import threading
 
 import torch
 
-#: Reason codes for a call that ran stock attention instead of the method.
-REASONS = {
-    "cross-attention": "cross-attention call (the method replaces self-attention only)",
-    "layer-not-selected": "the schedule does not select this layer",
-    "outside-schedule": "the denoising step is outside the schedule",
-    "dropout-causal-gqa": "a dropout, causal or grouped-query call, which methods do not take",
-    "mask-unsupported": "the call has an attention mask and the method takes none",
-    "handed-back": "the method handed the call back without a reason",
-}
+from ..reasons import CORE
+
+#: Reason codes for a call that ran stock attention instead of the method: the interception core's codes (methods
+#: register theirs in :mod:`attnplug.reasons`, the one registry).
+REASONS = CORE
 KINDS = ("self", "cross")
 
 

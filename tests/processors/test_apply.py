@@ -7,7 +7,12 @@ import pytest
 import torch
 
 import attnplug
+from attnplug.reasons import register
 from attnplug.testing import forward, tiny_model
+
+# the codes this file's own methods hand back with (a method registers its codes where it is defined)
+register("grid-too-small", "test method: the grid is too small")
+register("stale", "test method: a code left on the thread by an earlier call")
 
 
 def test_unsupported_targets_and_configs_are_named():
