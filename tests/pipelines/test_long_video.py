@@ -17,6 +17,7 @@ from attnplug.pipelines._long_video.attention import frame_weights, temporal_win
 from attnplug.pipelines._long_video.noise import rescheduled_noise
 from attnplug.pipelines._long_video.rope import apply_riflex, remove_riflex, riflex_plan
 from attnplug.pipelines._long_video.vstar import TemporalBandMethod, band_bias
+from attnplug.reasons import register
 from attnplug.testing import forward, tiny_model
 
 
@@ -335,6 +336,9 @@ def test_a_bad_sparse_config_fails_before_the_first_step(shapes):
         handle.remove()
     assert done == []  # not one denoiser call ran (step 0 is dense, the windows start at step 1)
     assert attnplug.method_of(shapes) is None
+
+
+register("inner-says-no", "test method: the inner method hands every call back")
 
 
 class _HandsBack(AttentionMethod):

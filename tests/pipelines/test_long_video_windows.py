@@ -80,6 +80,48 @@ def test_inner_hand_backs_in_windows_are_counted_by_reason():
     assert report["windows: inner handed back (window-covers-grid)"] == 3
 
 
+def test_windows_honour_a_key_padding_mask_against_a_masked_dense_reference():
+    from attnplug.layout import TokenLayout
+    from attnplug.pipelines._long_video.attention import frame_weights, temporal_window_attention, window_starts
+
+    torch.manual_seed(0)
+    frames, hw, text = 5, 4, 3
+    layout = TokenLayout(frames, 2, 2, text_tokens=text)  # text last
+    n = layout.num_tokens
+    q, k, v = (torch.randn(2, 2, n, 8) for _ in range(3))
+    keep = torch.ones(2, n, dtype=torch.bool)
+    keep[0, -2:] = False  # the first prompt has 2 padded text tokens
+    out = temporal_window_attention(q, k, v, layout, window=2, stride=1, keep=keep)
+    acc, total, w = torch.zeros(2, 2, frames * hw, 8), torch.zeros(frames * hw, 1), frame_weights(2, "pyramid")
+    for s in window_starts(frames, 2, 1):
+        visible = torch.zeros(n, dtype=torch.bool)
+        visible[s * hw:(s + 2) * hw] = True
+        visible[frames * hw:] = True
+        mask = (visible[None, :] & keep)[:, None, None, :]  # window keys and text keys, less the padding
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, :, :frames * hw]
+        wt = torch.zeros(frames * hw, 1)
+        wt[s * hw:(s + 2) * hw, 0] = w.repeat_interleave(hw)
+        acc, total = acc + wt * ref, total + wt
+    torch.testing.assert_close(out[:, :, :frames * hw], acc / total, atol=2e-6, rtol=1e-5)
+    text_ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])[:, :, frames * hw:]
+    torch.testing.assert_close(out[:, :, frames * hw:], text_ref)
+    unmasked = temporal_window_attention(q, k, v, layout, window=2, stride=1)
+    assert not torch.allclose(out[0], unmasked[0]) and torch.allclose(out[1], unmasked[1])
+
+
+def test_windows_and_a_sparse_pattern_run_on_hunyuanvideo_whose_calls_carry_a_mask():
+    model, inputs = tiny_model("hunyuanvideo", frames=4, batch=1)  # padded prompt: a key-padding mask on every call
+    sparse = attnplug.SparseVideoConfig(pattern="tiles", density=0.25, tile=(1, 4, 4))
+    with attnplug.applied(model, TemporalWindowMethod(window=2, stride=1, inner=sparse.build()),
+                          schedule=attnplug.Schedule()):
+        out = forward(model, inputs)
+        stats = attnplug.stats(model)
+    assert stats["self"]["method"] == stats["self"]["calls"] > 0 and not stats["self"]["reasons"]
+    report = stats["method_report"]
+    assert report["windows: inner ran"] == report["windows: inner windows"] == 3 * stats["self"]["method"]
+    assert torch.isfinite(out).all()
+
+
 @pytest.fixture(scope="module")
 def shapes():
     from attnplug.models import load_pipeline

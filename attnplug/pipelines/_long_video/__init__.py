@@ -1,7 +1,7 @@
 """Training-free long video (see :mod:`.api`): the recipe (:mod:`.config`), the entry point and its plan
 (:mod:`.api`), and one module per technique: noise re-scheduling (:mod:`.noise`), temporal windows
-(:mod:`.attention`), attention damping (:mod:`.damping`), temporal RoPE rescaling (:mod:`.rope`), VSTAR
-(:mod:`.vstar`)."""
+(:mod:`.attention`), attention damping (:mod:`.damping`), temporal RoPE rescaling (:mod:`.rope`; RIFLEx's plan and
+its published components in :mod:`.riflex`), VSTAR (:mod:`.vstar`)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ The global path keeps the video one scene: ``global_heads`` heads (by global hea
 whole video; dense first denoising steps (layout and motion are decided in the first steps) come from the
 :class:`~attnplug.Schedule` the method is applied with (``warmup_steps``).
 Text tokens of joint attention stay global: text queries attend to every key, image queries to their window plus
-all text keys.
+all text keys. A key-padding mask (padded prompt tokens) hides its keys everywhere.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ...layout import TokenLayout
 from ...methods.base import AttentionMethod, CallInfo, MethodWrapper
+from ...methods.patterns.base import key_padding
 
 WEIGHTINGS = ("pyramid", "flat")
 
@@ -62,12 +63,15 @@ def temporal_window_attention(
     weighting: str = "pyramid",
     scale: float | None = None,
     attend=None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Window-fused temporal attention on ``q, k, v`` of shape ``(B, H, N, D)`` with ``N = layout.num_tokens``.
 
     Image queries of window ``w`` attend to the image keys of ``w``'s frames (and all text keys); each frame's output
-    is the ``weighting``-weighted mean over the windows that contain it. Text queries attend to all keys. Returns
-    ``(B, H, N, D)``. ``attend(q, k, v, layout)`` (default: SDPA) computes one window's attention on its
+    is the ``weighting``-weighted mean over the windows that contain it. Text queries attend to all keys. ``keep``
+    ``(B, N)`` bool (a key-padding mask in call order, e.g. HunyuanVideo's padded prompt) hides the keys it marks
+    False from every query. Returns ``(B, H, N, D)``. ``attend(q, k, v, layout, mask)`` (default: SDPA) computes one
+    window's attention, ``mask`` its keys' ``(B, 1, 1, n)`` bool key-padding mask or None, on its
     ``TokenLayout(window, height, width, text_tokens, text_first=False)``, e.g. a sparse video method: queries and keys
     are the window's image tokens followed by every text token, ``(B, H, w * h * w + T, D)``, so a joint-attention
     window is a complete self-attention call; only its image rows are used (text queries get the dense global
@@ -78,6 +82,7 @@ def temporal_window_attention(
     qi, qt = layout.split(q)
     ki, kt = layout.split(k)
     vi, vt = layout.split(v)
+    keep_i, keep_t = layout.split(keep, dim=-1) if keep is not None else (None, None)
     starts = window_starts(f, window, stride)
     w = min(window, f)
     weights = frame_weights(w, weighting).to(device=q.device, dtype=torch.float32)
@@ -89,13 +94,16 @@ def temporal_window_attention(
         kw, vw = ki[:, :, sl], vi[:, :, sl]
         if layout.text_tokens:
             kw, vw = torch.cat([kw, kt], dim=2), torch.cat([vw, vt], dim=2)
+        km = None
+        if keep is not None:
+            km = torch.cat([keep_i[:, sl], keep_t], dim=-1)[:, None, None, :]  # (B, 1, 1, keys of the window)
         out = None
         if attend is not None:
             sub = TokenLayout(w, layout.height, layout.width, layout.text_tokens, text_first=False)
             qw = torch.cat([qi[:, :, sl], qt], dim=2) if layout.text_tokens else qi[:, :, sl]
-            out = attend(qw, kw, vw, sub)
+            out = attend(qw, kw, vw, sub, km)
         if out is None:
-            out = F.scaled_dot_product_attention(qi[:, :, sl], kw, vw, scale=scale)
+            out = F.scaled_dot_product_attention(qi[:, :, sl], kw, vw, attn_mask=km, scale=scale)
         else:
             out = out[:, :, : w * hw]
         acc[:, :, sl] += per_token * out.float()
@@ -103,7 +111,8 @@ def temporal_window_attention(
     image = (acc / total.repeat_interleave(hw).view(1, 1, -1, 1)).to(q.dtype)
     if not layout.text_tokens:
         return image
-    text = F.scaled_dot_product_attention(qt, k, v, scale=scale)
+    text = F.scaled_dot_product_attention(qt, k, v, attn_mask=None if keep is None else keep[:, None, None, :],
+                                          scale=scale)
     return layout.merge(image, text)
 
 
@@ -122,7 +131,11 @@ class TemporalWindowMethod(MethodWrapper):
 
     Calls whose video has at most ``window`` frames (or that are not video) run ``inner`` on the whole video, or
     are handed back to dense attention without one. Dense first steps come from the Schedule it is applied with.
+    A boolean key-padding attention mask (HunyuanVideo's padded prompt) is honoured in every window, the global heads
+    and the text queries; any other mask is handed back (``mask-not-key-padding``).
     """
+
+    wrapper_supports_mask = True
 
     def __init__(self, window: int, stride: int, weighting: str = "pyramid", global_heads: int = 0,
                  inner: AttentionMethod | None = None):
@@ -155,29 +168,35 @@ class TemporalWindowMethod(MethodWrapper):
                 return self.hand_back("window-covers-video")
             self.calls["whole"] += 1  # one window covers the video: the inner method runs on all of it
             return self.inner(q, k, v, layout, mask, info)
+        keep = None
+        if mask is not None:
+            keep = key_padding(mask, q.shape[0], q.shape[-2])
+            if keep is None:
+                return self.hand_back("mask-not-key-padding")
         info = info or CallInfo()
         self.calls["window"] += 1
         attend = None if self.inner is None else self._inner_attend(info)
         g = max(0, min(self.global_heads - info.head_offset, q.shape[1]))
         if g == 0:
             return temporal_window_attention(
-                q, k, v, layout, self.window, self.stride, self.weighting, info.scale, attend
+                q, k, v, layout, self.window, self.stride, self.weighting, info.scale, attend, keep
             )
-        dense = F.scaled_dot_product_attention(q[:, :g], k[:, :g], v[:, :g], scale=info.scale)
+        dense_mask = None if keep is None else keep[:, None, None, :]
+        dense = F.scaled_dot_product_attention(q[:, :g], k[:, :g], v[:, :g], attn_mask=dense_mask, scale=info.scale)
         if g == q.shape[1]:
             return dense
         local = temporal_window_attention(
-            q[:, g:], k[:, g:], v[:, g:], layout, self.window, self.stride, self.weighting, info.scale, attend
+            q[:, g:], k[:, g:], v[:, g:], layout, self.window, self.stride, self.weighting, info.scale, attend, keep
         )
         return torch.cat([dense, local], dim=1)
 
     def _inner_attend(self, info: CallInfo):
-        """``attend(q, k, v, sub)`` for :func:`temporal_window_attention`: ``inner`` on one window, or None (SDPA on
-        that window), the inner's hand-back reason counted."""
-        def attend(qw, kw, vw, sub):
+        """``attend(q, k, v, sub, mask)`` for :func:`temporal_window_attention`: ``inner`` on one window, or None
+        (SDPA on that window), the inner's hand-back reason counted."""
+        def attend(qw, kw, vw, sub, mask):
             self.last_reason()
             self.inner_windows["given"] += 1
-            out = self.inner(qw, kw, vw, sub, None, info)
+            out = self.inner(qw, kw, vw, sub, mask, info)
             if out is None:
                 self.inner_hand_backs[self.last_reason() or "handed-back"] += 1
             else:
