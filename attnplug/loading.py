@@ -217,10 +217,19 @@ def load(model: str, *, device: str = "cpu", dtype=None, use_safetensors: bool |
     return pipe
 
 
+def denoisers_of(pipe) -> list:
+    """Every denoiser module of ``pipe`` (``transformer``, ``transformer_2``, ``unet``, ...), found the way
+    :func:`attnplug.apply` finds them (:func:`attnplug.plugin.resolve_denoisers`); ``[]`` when it has none."""
+    from .plugin import resolve_denoisers
+
+    try:
+        found, _ = resolve_denoisers(pipe)
+    except TypeError:
+        return []
+    return [module for _, module in found]
+
+
 def denoiser_of(pipe):
-    """The denoiser module of ``pipe`` (``unet`` or ``transformer``), or None."""
-    for name in ("transformer", "unet"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            return module
-    return None
+    """The first denoiser module of ``pipe`` (:func:`denoisers_of`), or None."""
+    found = denoisers_of(pipe)
+    return found[0] if found else None

@@ -98,6 +98,30 @@ def test_one_denoiser_discovery():
     finders = [p.relative_to(PACKAGE).as_posix() for p in _sources()
                if {"transformer_2", "unet_2"} & _string_constants(p)]
     assert finders == ["plugin/denoisers.py"], finders
+    # nothing else looks a denoiser up by its component name (the UI, the reports and loading use loading.denoisers_of)
+    lookups = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith(("testing", "models/")) or rel == "plugin/denoisers.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr")
+                    and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in ("unet", "transformer", "transformer_2", "unet_2")):
+                lookups.append(f"{rel}:{node.lineno}")
+    assert lookups == [], lookups
+
+
+def test_loading_finds_every_expert_of_a_two_expert_pipeline():
+    from types import SimpleNamespace
+
+    from attnplug.loading import denoiser_of, denoisers_of
+
+    pipe = SimpleNamespace(transformer=tiny_model("wan")[0], transformer_2=tiny_model("wan")[0],
+                           vae=torch.nn.Linear(1, 1))
+    assert [id(m) for m in denoisers_of(pipe)] == [id(pipe.transformer), id(pipe.transformer_2)]
+    assert denoiser_of(pipe) is pipe.transformer
+    assert denoisers_of(object()) == [] and denoiser_of(object()) is None
 
 
 def test_one_hook_registry_helper():

@@ -34,7 +34,7 @@ class StepProgress:
 
     def __init__(self, pipe, total: int, report: Callable[[int, int], None], done: int = 0):
         self.pipe, self.total, self.report, self.done = pipe, total, report, done
-        self._handle = None
+        self._handles = []
 
     def _tick(self):
         self.done += 1
@@ -47,15 +47,16 @@ class StepProgress:
                 return callback_kwargs
 
             return {"callback_on_step_end": on_step_end}
-        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
-        if denoiser is not None:
-            self._handle = denoiser.register_forward_pre_hook(lambda *_: self._tick())
+        from ..loading import denoisers_of
+
+        # every expert of a two-expert pipeline ticks (each denoising step calls one of them)
+        self._handles = [d.register_forward_pre_hook(lambda *_: self._tick()) for d in denoisers_of(self.pipe)]
         return {}
 
     def close(self):
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
 
 @dataclass
