@@ -17,14 +17,15 @@ OWNER = "SparseVideoConfig"
 DEFAULT_WARMUP_STEPS = 0.1  # a fraction of the steps: Sparse VideoGen 2 keeps 10 % dense (5 of 50)
 #: The patterns of :mod:`attnplug.methods.patterns` (``PATTERNS``; a test keeps the two equal), named here so the
 #: config needs no torch.
-PATTERN_NAMES = ("tiles", "heads", "topk", "threshold")
+PATTERN_NAMES = ("tiles", "heads", "topk", "threshold", "long")
 #: The ``threshold`` pattern's default skipping threshold (``patterns.threshold.DEFAULT_THRESHOLD``).
 DEFAULT_THRESHOLD = 8.0
 
 
 @dataclass(frozen=True)
 class SparseVideoConfig(MethodConfig):
-    """Block-sparse attention for video DiTs (sliding tiles, spatial/temporal heads, rectified top-k, threshold).
+    """Block-sparse attention for video DiTs (sliding tiles, spatial/temporal heads, rectified top-k, threshold, long
+    video windows with anchor frames).
 
     Grid arguments (``tile`` in tokens, ``window_tiles`` and ``stride_tiles`` in tiles) follow the package rule
     (:mod:`attnplug._args`): an int or a 2-tuple is spatial ``(height, width)``, a 3-tuple is ``(frames, height,
@@ -37,7 +38,8 @@ class SparseVideoConfig(MethodConfig):
     pattern: str = help_field(
         "tiles",
         "Block pattern: 'tiles' (3D sliding tile attention), 'heads' (spatial/temporal heads chosen online), 'topk' "
-        "(pooled-score block selection with rectification) or 'threshold' (all blocks, in-kernel skipping).",
+        "(pooled-score block selection with rectification), 'threshold' (all blocks, in-kernel skipping) or 'long' "
+        "(a temporal window around every query frame plus anchor frames, for videos longer than the training length).",
         choices=PATTERN_NAMES,
     )
     density: float = help_field(
@@ -48,7 +50,8 @@ class SparseVideoConfig(MethodConfig):
         64, "Tokens per block for 'heads', 'topk' and 'threshold' ('tiles' uses the tile).", min=1
     )
     tile: int | tuple[int, ...] = help_field(
-        (4, 4, 4), "Tile in tokens: one kernel block. An int or (height, width) keeps one frame per tile.", min=1
+        (4, 4, 4), "Tile in tokens: one kernel block. An int or (height, width) keeps one frame per tile. 'long' "
+        "does not use it (one block per latent frame).", min=1
     )
     window_tiles: int | tuple[int | None, ...] | None = help_field(
         None, "'tiles': window in tiles (None entries: the whole dimension); None = chosen from `density`.", min=1
@@ -65,6 +68,18 @@ class SparseVideoConfig(MethodConfig):
         "are never attended; exact STA with the requested tile), 'shrink' each entry to the largest divisor of its "
         "grid dimension no larger than it (logged at WARNING), or 'error'.",
         choices=("pad", "shrink", "error"),
+    )
+    window_frames: int | None = help_field(
+        None, "'long': temporal window in latent frames around every query frame; None = the training length "
+        "(`train_latent_frames`), or else the window whose density is closest to `density`.", min=1
+    )
+    train_latent_frames: int | None = help_field(
+        None, "'long': the model's training length in latent frames (Wan 2.1: 21), the default window; None = "
+        "unknown.", min=1
+    )
+    anchor_frames: int = help_field(
+        2, "'long': global anchor frames every query attends besides its window: the first latent frame (a sink) "
+        "and evenly spaced ones over the whole video.", min=0
     )
     num_sampled_rows: int = help_field(64, "'heads': query rows sampled per call to choose each head's mask.", min=1)
     topk_mass: float | None = help_field(
@@ -110,10 +125,17 @@ class SparseVideoConfig(MethodConfig):
         if self.backend == "flex" and (self.threshold is not None or self.pattern == "threshold"):
             raise ValueError(f"{OWNER}.backend='flex' cannot skip blocks by threshold (pattern={self.pattern!r}, "
                              f"threshold={self.threshold!r}); use backend='triton' or 'torch', or no threshold.")
-        for name in ("block_size", "num_sampled_rows", "seed"):
+        if self.pattern == "long" and self.threshold is not None:
+            raise ValueError(f"{OWNER}.threshold={self.threshold!r} does not apply to pattern='long' (its blocks are "
+                             "whole frames, which threshold skipping cannot use); use threshold=None.")
+        for name in ("block_size", "num_sampled_rows", "seed", "anchor_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{OWNER}.{name} must be an int, got {value!r}.")
+        for name in ("window_frames", "train_latent_frames"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{OWNER}.{name} must be an int (latent frames) or None, got {value!r}.")
         super().__post_init__()
 
     @property
