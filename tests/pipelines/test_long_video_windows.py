@@ -148,7 +148,10 @@ def test_a_run_with_no_windowed_step_warns_once_with_the_numbers(shapes, caplog)
 def test_window_and_stride_are_named_in_frames(shapes):
     plan = long_video_plan(shapes, 32, LongVideoConfig(window_frames=6, stride_frames=2))
     assert (plan.window, plan.stride) == (6, 2)
-    with pytest.raises(TypeError, match="window"):
+    with pytest.raises(TypeError, match=r"LongVideoConfig\(window=6\): the field is now 'window_frames'"):
         LongVideoConfig(window=6)
+    with pytest.raises(TypeError, match=r"give LongVideoConfig\(stride_frames=2\)"):
+        LongVideoConfig(stride=2)
+    assert LongVideoConfig(window_frames=6).replace(stride_frames=2).stride_frames == 2
     with pytest.raises(ValueError, match=r"stride_frames=8 .*window_frames=6"):
         long_video_plan(shapes, 32, LongVideoConfig(window_frames=6, stride_frames=8))

@@ -16,6 +16,8 @@ ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
 # beyond that; beyond 2x, training-length windows in the last quarter of the steps (the first three quarters dense).
 POSITION_SCALE = 0.75
+#: Former field names -> the fields that replaced them (refused with the new name).
+RENAMED = {"window": "window_frames", "stride": "stride_frames"}
 GLOBAL_STEPS = 0.75
 
 
@@ -73,6 +75,13 @@ class LongVideoConfig(PipelineConfig):
     sparse: SparseVideoConfig | None = help_field(
         None, "A sparse video pattern run inside each temporal window (attnplug.SparseVideoConfig), or None."
     )
+
+    def __new__(cls, *args, **kwargs):
+        for old, new in RENAMED.items():  # a clear error for the names before the unit was in them
+            if old in kwargs:
+                raise TypeError(f"LongVideoConfig({old}={kwargs[old]!r}): the field is now {new!r} (video frames); "
+                                f"give LongVideoConfig({new}={kwargs[old]!r}) (docs/migration.md).")
+        return super().__new__(cls)
 
     def __post_init__(self):
         super().__post_init__()
