@@ -25,15 +25,15 @@ def _hunyuanvideo():
     ).eval()
 
 
-def _cogvideox_5b():
+def _cogvideox_5b(rotary: bool = True):
     """THUDM/CogVideoX-5b's rotary part: head dim 64 (temporal RoPE dim 16, theta 10000), rotary on, 49 frames at 4x
-    temporal compression, patch 2 (one head, one layer)."""
+    temporal compression, patch 2 (one head, one layer). ``rotary=False``: CogVideoX-2b's (no RoPE)."""
     from diffusers import CogVideoXTransformer3DModel
 
     return CogVideoXTransformer3DModel(
         num_attention_heads=1, attention_head_dim=64, in_channels=4, out_channels=4, time_embed_dim=8,
         text_embed_dim=16, num_layers=1, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=4, use_rotary_positional_embeddings=True,
+        temporal_compression_ratio=4, max_text_seq_length=4, use_rotary_positional_embeddings=rotary,
     ).eval()
 
 
@@ -141,6 +141,15 @@ def test_a_video_within_the_period_keeps_rope_stock_and_the_plan_says_so():
     # within component 5's period: positions are interpolated and RIFLEx keeps the component
     default = long_video_plan(pipe, 4 * 84 + 1)
     assert default.rope == "riflex" and not default.riflex_lowered and "keeps component 5" in default.rope_note
+
+
+def test_a_model_without_temporal_rope_keeps_it_stock_by_default_and_refuses_riflex_by_name():
+    pipe = _Pipe(_cogvideox_5b(rotary=False))  # CogVideoX-2b: no rotary embeddings
+    plan = long_video_plan(pipe, 4 * 48 + 1)
+    assert plan.rope == "none" and plan.riflex_component is None
+    assert plan.rope_note.startswith("RoPE stays stock") and "use_rotary_positional_embeddings" in plan.rope_note
+    with pytest.raises(NotImplementedError, match="CogVideoX"):
+        long_video_plan(pipe, 4 * 48 + 1, LongVideoConfig(rope="riflex"))
 
 
 def test_frame_counts_the_vae_cannot_take_are_refused_with_the_valid_ones():
