@@ -178,6 +178,8 @@ FAMILIES: dict[str, FamilySpec] = {
     "DreamLiteTransformer2DModel": FamilySpec("dreamlite-transformer", grid_image_4d),
     "HunyuanDiT2DModel": FamilySpec("hunyuandit", grid_image_4d),
     "UNet2DModel": FamilySpec("unet2d", grid_unet, multiscale=True),
+    # aMUSEd: VQ token ids (B, H, W); self-attention only in the transformer layers, after an optional 2x downsample
+    "UVit2DModel": FamilySpec("amused", grid_unet, multiscale=True),
     # video transformers
     "WanVACETransformer3DModel": FamilySpec(
         "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
@@ -287,6 +289,16 @@ REFUSED: dict[str, str] = {
         "its one packed sequence marks text and image tokens per position (`indicator` values) and attends under a "
         "(B, 1, L, L) block-diagonal segment mask built on every call, so where the grid tokens sit is known only "
         "from tensor values and every self-attention call carries a full attention mask."
+    ),
+    "Kandinsky3UNet": (
+        "every attention module of its Kandinsky3AttentionBlocks, the image self-attention included, is built with a "
+        "context dimension, so diffusers marks all of them is_cross_attention=True and attnplug cannot tell its "
+        "self-attention modules from its cross-attention ones."
+    ),
+    "StableCascadeUNet": (
+        "its image queries attend to the image tokens and the CLIP conditioning tokens in one call (keys = "
+        "[image, conditioning], more keys than queries), which is cross-attention to attnplug: it has no "
+        "self-attention call over the token grid."
     ),
     "MochiTransformer3DModel": (
         "its attention modules (MochiAttention) have no settable processor, so attnplug's hooks cannot run its "

@@ -49,8 +49,9 @@ def grid_image_4d(model, args, kwargs) -> tuple[int, int, int]:
 
 
 def grid_unet(model, args, kwargs) -> tuple[int, int, int]:
-    """U-Net latents ``(B, C, H, W)`` or ``(B, C, F, H, W)``, one token per latent pixel at the finest level."""
-    x = _tensor_arg(args, kwargs, ("sample", "hidden_states"), model)
+    """U-Net latents ``(B, C, H, W)`` or ``(B, C, F, H, W)``, one token per latent pixel at the finest level (or
+    aMUSEd's token ids ``(B, H, W)``)."""
+    x = _tensor_arg(args, kwargs, ("sample", "hidden_states", "input_ids"), model)
     frames = x.shape[2] if x.ndim == 5 else 1
     return (frames, x.shape[-2], x.shape[-1])
 

@@ -87,6 +87,19 @@ def glm_image(batch: int):
     )
 
 
+def amused(batch: int):
+    """aMUSEd (UVit2D): masked VQ token ids ``(B, H, W)`` passed positionally, downsampled 2x before the transformer
+    layers (their self-attention sees a 16 x 16 grid); the U-ViT blocks attend to the text only."""
+    model = tiny(diffusers.UVit2DModel, hidden_size=32, cond_embed_dim=16, micro_cond_encode_dim=4,
+                 micro_cond_embed_dim=20, encoder_hidden_size=16, vocab_size=40, codebook_size=32, in_channels=16,
+                 block_out_channels=16, downsample=True, upsample=True, block_num_heads=2, num_attention_heads=2,
+                 intermediate_size=32, sample_size=2 * S)
+    return model, dict(
+        input_ids=torch.randint(0, 40, (batch, 2 * S, 2 * S)), micro_conds=torch.randn(batch, 5),
+        pooled_text_emb=torch.randn(batch, 16), encoder_hidden_states=torch.randn(batch, TEXT, 16),
+    )
+
+
 BUILDERS = {
     "Flux3Transformer2DModel": flux3,
     "HiDreamImageTransformer2DModel": hidream,
@@ -94,4 +107,5 @@ BUILDERS = {
     "Krea2Transformer2DModel": krea2,
     "ErnieImageTransformer2DModel": ernie_image,
     "GlmImageTransformer2DModel": glm_image,
+    "UVit2DModel": amused,
 }

@@ -49,8 +49,11 @@ def class_keys() -> list[str]:
 
 
 def _forward(model, inputs) -> torch.Tensor:
+    import inspect
+
+    plain = "return_dict" not in inspect.signature(model.forward).parameters  # e.g. UVit2D returns a tensor
     with torch.no_grad():
-        out = model(**inputs, return_dict=False)[0]
+        out = model(**inputs) if plain else model(**inputs, return_dict=False)[0]
     return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
 
 
