@@ -42,7 +42,8 @@ class LongVideoConfig(PipelineConfig):
     global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
     global_steps: int | float | None = help_field(
         None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
-        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows run, else 0).", min=0
+        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows run, else 0); when they "
+        "cover every step of a call, long_video warns that the windows never run.", min=0
     )
     rope: str = help_field(
         "auto",
@@ -73,7 +74,8 @@ class LongVideoConfig(PipelineConfig):
         None, "Training length in video frames (None = from the model config or the family table).", min=1
     )
     sparse: SparseVideoConfig | None = help_field(
-        None, "A sparse video pattern run inside each temporal window (attnplug.SparseVideoConfig), or None."
+        None, "A sparse video pattern run inside each temporal window, on the window's image tokens and every text "
+        "token of joint attention (attnplug.SparseVideoConfig), or None."
     )
 
     def __new__(cls, *args, **kwargs):
