@@ -21,7 +21,7 @@ from sync_counter import SyncCounter, use_fake_block_sparse_kernel  # noqa: E402
 
 CALLS = 4  # denoiser calls: the first builds everything, the other three are counted
 FAMILIES = ("wan", "hunyuanvideo")  # Wan passes its step index; HunyuanVideo a key-padding mask on every call
-PATTERNS = ("tiles", "heads", "topk", "threshold")
+PATTERNS = ("tiles", "heads", "topk", "threshold", "long")
 
 
 @pytest.fixture
