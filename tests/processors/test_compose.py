@@ -204,7 +204,7 @@ def test_attention_slicing_is_refused_at_apply_and_warned_once_after(caplog, tag
         forward(model, inputs)
         forward(model, inputs)
     warnings = [r for r in caplog.records if "makes no scaled_dot_product_attention call" in r.getMessage()]
-    assert len(warnings) <= 1  # once per processor class, not once per module
+    assert len(warnings) == 1  # once per processor class, not once per module
     assert attnplug.stats(model)["passthrough"] == 7 * 2 and not tagged.calls  # the 7 self-attention calls
 
 
