@@ -124,3 +124,46 @@ def test_the_layout_is_built_once_per_grid(family, monkeypatch):
     forward(model, bigger)
     assert after > before and len(built) == after
     attnplug.remove(model)
+
+
+_CYCLES_SCRIPT = """
+import gc, random
+import attnplug
+from attnplug.processors.intercept import SDPAInterceptor
+from attnplug.testing import forward, tiny_model
+seen = []
+original = SDPAInterceptor.__torch_function__
+def counted(self, func, types, args=(), kwargs=None):
+    seen.append(func)
+    return original(self, func, types, args, kwargs)
+SDPAInterceptor.__torch_function__ = counted
+rng, live, mode_calls, checked = random.Random(0), [], 0, 0
+for _ in range(16):
+    op = rng.random()
+    if op < 0.55 or not live:
+        family = rng.choice(["unet", "pixart", "wan", "flux"])
+        model, inputs = tiny_model(family)
+        attnplug.apply(model, "dense")
+        live.append((model, inputs))
+    elif op < 0.8:
+        attnplug.remove(live.pop(rng.randrange(len(live)))[0])
+    else:
+        live.pop(rng.randrange(len(live)))  # dropped without remove
+        gc.collect()
+    for model, inputs in live:
+        seen.clear()
+        forward(model, inputs)
+        mode_calls += len(seen)
+        checked += 1
+assert mode_calls == 0 and checked > 16, (mode_calls, checked)
+"""
+
+
+def test_routing_stays_active_across_apply_remove_and_dropped_models():
+    """A long-lived process (a UI server, a notebook): models applied, removed and dropped without remove in any
+    order; every eager call of every applied model is still caught at its routed name, never by the function mode."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CYCLES_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
