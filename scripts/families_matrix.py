@@ -69,7 +69,8 @@ def markdown(results: list[ClassResult]) -> str:
         f"video running), {len(refused)} refused or partial, each with its reason.",
         "",
         "Cells: ✔ the method computed every self-attention call (or the count shown), `stock: reason (n)` it "
-        "handed the calls back (e.g. the window covers the tiny grid), ✘ refused with a message, — not built.",
+        "handed the calls back (e.g. the window covers the tiny grid), ✘ refused with a message, FAILS an error "
+        "(listed under Method failures), — not built.",
         "",
         "| class | family | text in self-attention | dense | " + " | ".join(METHODS) + " | status |",
         "|---" * (len(METHODS) + 5) + "|",
@@ -84,6 +85,10 @@ def markdown(results: list[ClassResult]) -> str:
         detail = next((o.detail for o in [r.dense, *r.methods.values()] if o.status in ("refused", "fails")), "")
         if detail:
             lines.append(f"- `{r.key}`: {detail}")
+    failures = [(r.key, m, o.detail) for r in results for m, o in r.methods.items() if o.status == "fails"]
+    if failures:
+        lines += ["", "## Method failures", ""]
+        lines += [f"- `{key}`, {method}: {detail}" for key, method, detail in failures]
     lines += ["", "## Classes that are not image/video denoisers", ""]
     lines += [f"- `{name}`: {reason}" for name, reason in sorted(excluded_classes().items())]
     return "\n".join(lines) + "\n"
