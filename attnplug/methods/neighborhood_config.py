@@ -31,11 +31,12 @@ class NeighborhoodConfig(MethodConfig):
 
     name: ClassVar[str] = "neighborhood"
     kernel_size: int | tuple = help_field(
-        (13, 13), "Window size: int or (height, width) (frames unrestricted), or (frames, height, width); odd unless "
-        "causal; None in a tuple = unrestricted dimension.", min=1,
+        (13, 13), "Window size in tokens (NATTEN's name): int or (height, width) (frames unrestricted), or (frames, "
+        "height, width); odd unless causal; None in a tuple = unrestricted dimension.", min=1,
     )
     stride: int | tuple = help_field(
-        1, "GNA stride like kernel_size: 1 = sliding window, = kernel_size = blocked windows, in between = strided.",
+        1, "GNA stride in tokens like kernel_size: 1 = sliding window, = kernel_size = blocked windows, in between = "
+        "strided.",
         min=1,
     )
     dilation: int | tuple = help_field(1, "Dilation like kernel_size (a query sees keys of its residue class).", min=1)
