@@ -32,8 +32,8 @@ class AgentConfig(MethodConfig):
         min=1,
     )
     pool_stride: int | tuple[int, int] = help_field(
-        4, "When agents is None: one agent per cell of this many tokens (a stride in tokens), an int (both sides) or (rows, cols) "
-        "(AgentSD: 4).", min=1,
+        4, "When agents is None: one agent per cell of this many tokens (a stride in tokens), an int (both sides) or "
+        "(rows, cols) (AgentSD: 4).", min=1,
     )
     frame_stride: int = help_field(
         1, "Video: frames pooled into one agent group (1 = per-frame agents; >1 = 3D pooling over frames).", min=1
