@@ -47,6 +47,13 @@ class HiResConfig(PipelineConfig):
         "number, or one per stage (the last repeats). "
         "Default (0.4, 0.3).", min=0.05, max=1.0,
     )
+    start_sigma: float | tuple | None = help_field(
+        None, "Coarse-to-fine on flow-matching pipelines whose schedule shift grows with the resolution (Flux; SD3 "
+        "with dynamic shifting): the noise level sigma each refinement stage starts from, one number or one per "
+        "stage (the last repeats). There a fraction of the steps means a higher noise level at a larger size (Flux "
+        "2048x2048: strength 0.4 starts at sigma 0.94). None = the sigma `strength` reaches at the training size.",
+        min=0, max=1, min_open=True, max_open=True,
+    )
     max_stage_scale: float = help_field(
         2.0, "Coarse-to-fine: largest upscale of one stage; larger targets go through intermediate sizes.",
         min=1.01, max=16.0,
@@ -91,6 +98,11 @@ class HiResConfig(PipelineConfig):
             if not st or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.05 <= x <= 1 for x in st):
                 raise ValueError(f"HiResConfig.strength entries must be in [0.05, 1], got {self.strength!r}.")
             object.__setattr__(self, "strength", tuple(float(x) for x in st))
+        if isinstance(self.start_sigma, (tuple, list)):
+            ss = tuple(self.start_sigma)
+            if not ss or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1 for x in ss):
+                raise ValueError(f"HiResConfig.start_sigma entries must be in (0, 1), got {self.start_sigma!r}.")
+            object.__setattr__(self, "start_sigma", tuple(float(x) for x in ss))
         if self.train_size_px is not None:
             ts = tuple(self.train_size_px)
             if len(ts) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in ts):

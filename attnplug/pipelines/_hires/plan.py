@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .config import DEFAULT_STRENGTH, HiResConfig
 from .family import Family, detect_family
+from .schedule import shifts_with_resolution, train_size_sigma
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,22 @@ class HiResPlan:
     raunet_factors: tuple[tuple[int, int], ...] = ()
     raunet_switch: tuple[float, ...] = ()
     strengths: tuple[float, ...] = DEFAULT_STRENGTH
+    # per refinement stage: the noise level it starts from (pipelines whose shift grows with size), else None
+    start_sigmas: tuple[float | None, ...] = ()
+
+    def describe(self) -> dict:
+        """The resolved recipe as plain values: family, method, stage sizes, and per refinement stage the re-noise
+        ``strength`` or ``start_sigma`` that decides where it starts."""
+        out = {"family": self.family.name, "method": self.method, "sizes": [list(s) for s in self.sizes],
+               "scale": [round(x, 3) for x in self.scale]}
+        if self.method == "hidiffusion":
+            out.update(raunet_factors=[list(f) for f in self.raunet_factors], raunet_switch=list(self.raunet_switch))
+            return out
+        out["stages"] = [{"size": list(size), "strength": st, "start_sigma": sg, "starts_by": "sigma" if sg is not None
+                          else "strength"}
+                         for size, st, sg in zip(self.sizes[1:], self.strengths,
+                                                 self.start_sigmas or (None,) * len(self.strengths))]
+        return out
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -103,6 +120,26 @@ def plan(pipe, height: int, width: int, config: HiResConfig | None = None) -> Hi
     strength = strength if isinstance(strength, tuple) else (strength,)
     sizes = _stage_sizes(family, height, width, config.max_stage_scale)
     n = len(sizes) - 1
-    return HiResPlan(family, method, sizes, strengths=tuple(strength[min(i, len(strength) - 1)] for i in range(n)))
+    strengths = tuple(strength[min(i, len(strength) - 1)] for i in range(n))
+    return HiResPlan(family, method, sizes, strengths=strengths,
+                     start_sigmas=_start_sigmas(pipe, family, config, strengths))
+
+
+def _start_sigmas(pipe, family: Family, config: HiResConfig, strengths: tuple[float, ...]) -> tuple:
+    """Per refinement stage, the noise level it starts from on a pipeline whose shift grows with the size
+    (``config.start_sigma``, else what the stage's strength reaches at the training size); ``()`` elsewhere."""
+    if not shifts_with_resolution(family, pipe):
+        if config.start_sigma is not None:
+            raise ValueError(
+                f"HiResConfig.start_sigma={config.start_sigma!r} applies to flow-matching pipelines whose schedule "
+                f"shift grows with the image size (flux; sd3 with dynamic shifting); {family.name} starts each "
+                f"refinement by `strength`."
+            )
+        return ()
+    given = config.start_sigma
+    if given is None:
+        return tuple(train_size_sigma(family, pipe, st) for st in strengths)
+    given = given if isinstance(given, tuple) else (given,)
+    return tuple(float(given[min(i, len(given) - 1)]) for i in range(len(strengths)))
 
 

@@ -92,10 +92,11 @@ def run_coarse_to_fine(pipe, prompt, p: HiResPlan, config: HiResConfig, kwargs: 
             x = upsample(x, (h1 // family.vae_factor, w1 // family.vae_factor), config.upsample_mode,
                                 config.lowpass if config.lowpass is not None else DEFAULT_LOWPASS)
             strength = p.strengths[i - 1]
-            x, t0 = renoise(family, pipe, x, steps, strength, generator)
+            sigma = p.start_sigmas[i - 1] if p.start_sigmas else None
+            x, t0 = renoise(family, pipe, x, steps, strength, generator, start_sigma=sigma)
             stage_kw = stage_kwargs(family, kwargs, final=final)
             stage_kw["latents"] = pipeline_latents(family, pipe, x)
-            with refine_schedule(pipe, strength, t0), _stage_attention(pipe, refine_method):
+            with refine_schedule(pipe, strength, t0, start_sigma=sigma), _stage_attention(pipe, refine_method):
                 out = pipe(prompt, height=h1, width=w1, **stage_kw)
             h, w = h1, w1
             bar.update(1)

@@ -61,17 +61,46 @@ def start_index(steps: int, strength: float) -> int:
     return steps - min(steps, max(1, round(steps * strength)))
 
 
+def sigma_start_index(sigmas: torch.Tensor, steps: int, start_sigma: float) -> int:
+    """First of ``steps`` steps whose noise level ``sigmas[i]`` is at most ``start_sigma`` (the last step when none
+    is: at least one step runs)."""
+    below = (sigmas[:steps] <= start_sigma).nonzero()
+    return min(int(below[0]) if len(below) else steps - 1, steps - 1)
+
+
+def _first_step(sched, steps: int, strength: float, start_sigma: float | None) -> int:
+    if start_sigma is None:
+        return start_index(steps, strength)
+    return sigma_start_index(sched.sigmas, steps, start_sigma)
+
+
+def shifts_with_resolution(family: Family, pipe) -> bool:
+    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux; SD3 with dynamic shifting), so a
+    fraction of the steps is a different noise level at each size and refinement starts from a sigma instead."""
+    return family.name == "flux" or (family.name == "sd3" and bool(
+        pipe.scheduler.config.get("use_dynamic_shifting", None)))
+
+
+def train_size_sigma(family: Family, pipe, strength: float, resolution: int = 1000) -> float:
+    """The noise level at which re-noising to ``strength`` starts on a ``resolution``-step schedule at the family's
+    training size: the default start sigma of :func:`shifts_with_resolution` pipelines."""
+    sched = copy.deepcopy(pipe.scheduler)
+    h, w = (s // family.vae_factor for s in family.train_size)
+    sched.set_timesteps(**_schedule_kwargs(family, pipe, resolution, (h, w), "cpu"))
+    return float(sched.sigmas[start_index(resolution, strength)])
+
+
 def renoise(family: Family, pipe, x0: torch.Tensor, steps: int, strength: float,
-            generator) -> tuple[torch.Tensor, float]:
+            generator, start_sigma: float | None = None) -> tuple[torch.Tensor, float]:
     """Noise the clean latent ``x0`` to the first timestep of the truncated schedule (see :func:`refine_schedule`),
     divided by the scheduler's ``init_noise_sigma`` (the pipeline multiplies it back). Returns the latents and that
-    timestep."""
+    timestep. ``start_sigma``: start at the first step at or below this noise level instead of at ``strength``."""
     from diffusers.utils.torch_utils import randn_tensor
 
     sched = copy.deepcopy(pipe.scheduler)
     latent_hw = tuple(x0.shape[-2:])
     sched.set_timesteps(**_schedule_kwargs(family, pipe, steps, latent_hw, x0.device))
-    _truncate(sched, start_index(steps, strength))
+    _truncate(sched, _first_step(sched, steps, strength, start_sigma))
     t0 = sched.timesteps[:1].to(x0.device)
     noise = randn_tensor(tuple(x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
     if hasattr(sched, "scale_noise"):
@@ -82,9 +111,11 @@ def renoise(family: Family, pipe, x0: torch.Tensor, steps: int, strength: float,
 
 
 @contextlib.contextmanager
-def refine_schedule(pipe, strength: float, first_timestep: float | None = None) -> Iterator[None]:
-    """While active, ``pipe`` runs only the last ``strength`` part of its schedule: its scheduler is a copy whose
-    ``set_timesteps`` slices the schedule after building it. The user's scheduler is put back on exit.
+def refine_schedule(pipe, strength: float, first_timestep: float | None = None,
+                    start_sigma: float | None = None) -> Iterator[None]:
+    """While active, ``pipe`` runs only the last ``strength`` part of its schedule (from the first step at or below
+    ``start_sigma`` when given): its scheduler is a copy whose ``set_timesteps`` slices the schedule after building
+    it. The user's scheduler is put back on exit.
     ``first_timestep``: the timestep the latents were noised for (:func:`renoise`); a pipeline that builds a different
     schedule raises instead of denoising from the wrong noise level."""
     original = pipe.scheduler
@@ -95,7 +126,7 @@ def refine_schedule(pipe, strength: float, first_timestep: float | None = None) 
     def set_timesteps(*args, **kwargs):
         build(*args, **kwargs)
         steps = len(sched.timesteps) // int(getattr(sched, "order", 1) or 1)
-        _truncate(sched, start_index(steps, strength))
+        _truncate(sched, _first_step(sched, steps, strength, start_sigma))
         t0 = float(sched.timesteps[0])
         if first_timestep is not None and abs(t0 - first_timestep) > 1e-3 * max(1.0, abs(first_timestep)):
             raise RuntimeError(
