@@ -47,7 +47,8 @@ class SparseVideoConfig(MethodConfig):
         min_open=True,
     )
     block_size: int = help_field(
-        64, "Tokens per block for 'heads', 'topk' and 'threshold' ('tiles' uses the tile).", min=1
+        64, "Tokens per block for 'heads', 'topk' and 'threshold' ('tiles' uses the tile); 'long': the unit its "
+        "frame blocks are padded to on the GPU kernels.", min=1
     )
     tile: int | tuple[int, ...] = help_field(
         (4, 4, 4), "Tile in tokens: one kernel block. An int or (height, width) keeps one frame per tile. 'long' "

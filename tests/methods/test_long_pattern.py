@@ -137,6 +137,17 @@ def test_flagship_4x_plan():
     assert plan.density == pytest.approx(long_frame_mask(84, 21, 2).double().mean().item())
     assert 0.26 < plan.density < 0.28
     assert frame_slots(390, True) == 448 and frame_slots(16, True) == 16 and frame_slots(4, True) == 16
+    assert frame_slots(390, True, 32) == 416 and frame_slots(390, False, 32) == 390
+
+
+def test_gpu_frame_padding_unit_is_block_size(monkeypatch):
+    monkeypatch.setattr(LongPattern, "_device_kernel", lambda self, device: True)
+    layout = TokenLayout(84, 15, 26)
+    for block_size, slots in ((64, 448), (32, 416)):
+        plan = SparseVideoConfig(pattern="long", train_latent_frames=21, block_size=block_size).build()._plan(
+            layout, "cpu")
+        assert plan.block == slots and plan.details["padded_positions"] == 84 * (slots - 390)
+        assert plan.keep is not None and int(plan.keep.sum()) == layout.num_tokens
 
 
 @pytest.mark.parametrize(

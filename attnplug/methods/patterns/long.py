@@ -13,10 +13,10 @@ frames, query frame ``f`` attends the key frames
 
 Planned on the tile-major order of ``tiles`` with one tile per frame (``tile = (1, height, width)``): each latent
 frame is one kernel block of ``slots`` positions (its ``height x width`` tokens; on the GPU kernels rounded up to a
-multiple of 64, or of a smaller power of two >= 16 for small frames (:func:`frame_slots`), padded like
-``tile_fit="pad"``: empty positions are never attended, the kernel's ``kv_keep``), so the block mask is exactly the
-frame mask above and every block is full or empty. All query blocks of a frame have the same LUT row, and a row is
-one contiguous range of key blocks (the window) plus a few more (anchors, text).
+multiple of ``block_size``, default 64, or of a smaller power of two >= 16 for small frames (:func:`frame_slots`),
+padded like ``tile_fit="pad"``: empty positions are never attended, the kernel's ``kv_keep``), so the block mask is
+exactly the frame mask above and every block is full or empty. All query blocks of a frame have the same LUT row,
+and a row is one contiguous range of key blocks (the window) plus a few more (anchors, text).
 
 On the CPU the block-sparse torch path runs this plan as one job per query frame (the clamped frames at either end
 of the video share one): SDPA over the window's key frames, the anchor frames and the text, in key chunks merged
@@ -79,12 +79,13 @@ def long_window_for_density(frames: int, anchors: int, density: float) -> int:
     return best
 
 
-def frame_slots(frame_tokens: int, device_kernel: bool) -> int:
+def frame_slots(frame_tokens: int, device_kernel: bool, unit: int = 64) -> int:
     """Positions per frame block: the frame's tokens on the CPU path; for the GPU kernels rounded up to a multiple
-    of ``min(64, next power of two >= max(16, frame_tokens))`` (their tiles are power-of-two divisors of a block)."""
+    of ``min(unit, next power of two >= max(16, frame_tokens))`` (the kernels' tiles are power-of-two divisors of a
+    block: a larger unit runs larger tiles, a smaller one pads less)."""
     if not device_kernel:
         return frame_tokens
-    unit = min(64, 1 << (max(16, frame_tokens) - 1).bit_length())
+    unit = min(unit, 1 << (max(16, frame_tokens) - 1).bit_length())
     return unit * math.ceil(frame_tokens / unit)
 
 
@@ -111,8 +112,9 @@ class LongPattern(ConfiguredPattern):
         return choose_backend(self.config.backend, torch.empty(0, device=device))[0] in ("triton", "flex")
 
     def block_for(self, grid: tuple[int, int, int], device="cpu") -> int:
-        """Tokens per kernel block on ``grid``: one frame's slots."""
-        return frame_slots(grid[1] * grid[2], self._device_kernel(device))
+        """Tokens per kernel block on ``grid``: one frame's slots (padded to a multiple of ``block_size`` on the GPU
+        kernels)."""
+        return frame_slots(grid[1] * grid[2], self._device_kernel(device), self.config.block_size)
 
     def plan(self, layout: TokenLayout, device) -> Plan:
         """Frame-block order (padded per frame on the GPU kernels), the ``(M, M)`` block mask (text global) and
