@@ -22,6 +22,6 @@ def test_quick_run_writes_speedup_density_and_distance(tmp_path):
     assert data["token_grid"] == [16, 4, 6] and data["extension"] == 4.0
     assert data["plan"]["window_frames"] == 4 and data["plan"]["window_source"] == "train_latent_frames"
     assert 0.3 < data["density"] < 0.4 and data["sparse_calls"] == 1 and data["handed_back"] == {}
-    assert data["speedup"] > 0 and 0 < data["rel_l2_vs_dense"] < 0.1
+    assert data["speedup"] > 0 and data["self_attention_speedup"] > 0 and 0 < data["rel_l2_vs_dense"] < 0.1
     for name in ("dense", "long"):
         assert 0 < data["breakdown"][name]["self_attention_share"] < 1
