@@ -5,6 +5,11 @@ The step comes from diffusers' ``CacheContext`` when the pipeline sets one with 
 (``model.cache_context("cond", step_index=i, ...)``; its name is the guidance pass), else from the denoiser call's
 timestep, read once per call: a higher timestep than the last starts a new run, a lower one is the next step and the
 same one is another pass of the same step (the unconditional guidance call, or a second-order scheduler's corrector).
+Families whose pipeline passes a rising timestep (Lumina's ``1 - t / 1000``, ``FamilySpec.timestep_rises``) are
+followed the other way round. The timestep is the denoiser's forward parameter named in :data:`TIMESTEP_NAMES`
+(diffusers' names for it: ``timestep``, HiDream-I1's ``timesteps``, Z-Image's ``t``), by keyword or position
+(:func:`timestep_input`). A denoiser without one (aMUSEd's ``UVit2DModel``) counts every call as the next step (its
+pipelines make one call per step) and starts a new run after as many calls as its pipeline's scheduler has steps.
 """
 
 from __future__ import annotations
@@ -18,22 +23,52 @@ import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-__all__ = ["DenoisingSteps", "StepHook", "scheduler_steps", "timestep_of", "timestep_position"]
+__all__ = ["TIMESTEP_NAMES", "DenoisingSteps", "StepHook", "TimestepInput", "scheduler_steps", "timestep_input",
+           "timestep_of"]
 
 
-def timestep_position(forward: Callable) -> int | None:
-    """Index of the ``timestep`` parameter among ``forward``'s positional parameters (None when it has none)."""
+#: The forward parameter names diffusers' denoisers take their timestep in, in order of preference.
+TIMESTEP_NAMES = ("timestep", "timesteps", "t")
+
+
+@dataclass(frozen=True)
+class TimestepInput:
+    """Where a denoiser takes its timestep: the forward parameter ``name`` (None when it takes none), its index among
+    the positional arguments of a call (None when keyword-only), and whether its pipeline passes a timestep that
+    rises over a run (``FamilySpec.timestep_rises``)."""
+
+    name: str | None = "timestep"
+    position: int | None = 1
+    rises: bool = False
+
+    def read(self, args: tuple, kwargs: dict) -> float | None:
+        """The call's timestep (:func:`timestep_of`), None when it has none."""
+        return None if self.name is None else timestep_of(args, kwargs, self.name, self.position)
+
+
+def timestep_input(model: torch.nn.Module) -> TimestepInput:
+    """The :class:`TimestepInput` of ``model``: the parameter of its class's ``forward`` (the class's, so hooks that
+    rewrite the instance's ``forward`` do not hide it) with the first name of :data:`TIMESTEP_NAMES` it has, and the
+    direction its family's row in :mod:`attnplug.families` gives (falling for a class without a row)."""
+    from .families import family_of
+
     try:
-        names = list(inspect.signature(forward).parameters)
+        names = list(inspect.signature(type(model).forward).parameters)[1:]  # without self
     except (TypeError, ValueError):
-        return None
-    return names.index("timestep") if "timestep" in names else None
+        names = []
+    try:
+        rises = family_of(model).timestep_rises
+    except TypeError:
+        rises = False
+    name = next((n for n in TIMESTEP_NAMES if n in names), None)
+    return TimestepInput(name, names.index(name) if name is not None else None, rises)
 
 
-def timestep_of(args: tuple, kwargs: dict, position: int | None = 1) -> float | None:
+def timestep_of(args: tuple, kwargs: dict, name: str = "timestep", position: int | None = 1) -> float | None:
     """The timestep of a denoiser call ``forward(*args, **kwargs)`` as a float (the first entry of a per-sample
-    tensor), or None when the call has none. A tensor costs one host copy: read it once per denoiser call."""
-    t = kwargs.get("timestep")
+    tensor), from the keyword ``name`` or the positional argument ``position``; None when the call has none. A
+    tensor costs one host copy: read it once per denoiser call."""
+    t = kwargs.get(name)
     if t is None and position is not None and len(args) > position:
         t = args[position]
     if isinstance(t, torch.Tensor):
@@ -65,7 +100,7 @@ def scheduler_steps(pipe) -> Callable[[], int | None] | None:
 class DenoisingSteps:
     """The position in the denoising loop: ``step`` (-1 before the first call), ``num_steps`` (None when unknown),
     ``guidance`` (the ``CacheContext`` name, None without one) and ``pass_index`` (0 for the first denoiser call of a
-    step, 1 for the next, ...)."""
+    step, 1 for the next, ...). ``rises``: the observed timesteps rise over a run (:class:`TimestepInput`)."""
 
     step: int = -1
     num_steps: int | None = None
@@ -73,15 +108,19 @@ class DenoisingSteps:
     pass_index: int = 0
     last_timestep: float | None = None
     num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
+    rises: bool = False
 
     def observe(self, timestep: float | None) -> bool:
-        """Follow a denoiser call with ``timestep`` (:func:`timestep_of`; None = unknown, a new step); True when a
-        new run starts (step 0)."""
+        """Follow a denoiser call with ``timestep`` (:func:`timestep_of`); True when a new run starts (step 0).
+
+        None (a model without a timestep) is the next step, one call per step: a run ends after the number of steps
+        ``num_steps_fn`` gives (the pipeline's scheduler), and never when that is unknown."""
         last, new_run = self.last_timestep, False
         if timestep is None:
-            self.step, self.pass_index = self.step + 1, 0
-            new_run = self.step == 0
-        elif last is None or timestep > last:
+            n = self.num_steps_fn() if self.num_steps_fn is not None else None
+            self.step = 0 if n is not None and self.step + 1 >= n else self.step + 1
+            self.pass_index, new_run = 0, self.step == 0
+        elif last is None or (timestep < last if self.rises else timestep > last):
             self.step, self.pass_index, new_run = 0, 0, True  # a new run starts at the highest noise level
         elif timestep != last:
             self.step, self.pass_index = self.step + 1, 0
@@ -134,11 +173,12 @@ class StepHook(ModelHook):
         super().__init__()
         self.steps, self.on_new_run = steps, on_new_run
         self.context = ContextListener(self._on_context)
-        self._position: int | None = 1
+        self.timestep = TimestepInput()
         self._from_context = False
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._position = timestep_position(module.forward)
+        self.timestep = timestep_input(module)
+        self.steps.rises = self.timestep.rises
         return module
 
     def _on_context(self, context) -> None:
@@ -153,7 +193,7 @@ class StepHook(ModelHook):
             self.on_new_run()
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        if not self._from_context and self.steps.observe(timestep_of(args, kwargs, self._position)):
+        if not self._from_context and self.steps.observe(self.timestep.read(args, kwargs)):
             self._new_run()
         return args, kwargs
 

@@ -37,7 +37,7 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     denoisers, pipe = resolve_denoisers(target)
     sched = resolve_schedule(config, schedule, layers, steps)
     is_default = schedule is None and layers is None and steps is None
-    plans = [plan_installation(model, build_method(config), sched) for _, model in denoisers]
+    plans = [plan_installation(model, build_method(config), sched, pipe) for _, model in denoisers]
     for _, model in denoisers:
         remove(model)
     try:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .._hook_registry import register_hook, registry, unregister_hook
-from .._steps import DenoisingSteps, scheduler_steps
+from .._logging import log_once
+from .._steps import TIMESTEP_NAMES, DenoisingSteps, scheduler_steps, timestep_input
 from ..config import Schedule
 from ..families import family_of, latent_level, training_grid
 from ..layout import LayoutState
@@ -43,8 +44,9 @@ class _Installation:
     num_layers: int
 
 
-def plan_installation(model: torch.nn.Module, method: AttentionMethod, sched: Schedule) -> _Installation:
+def plan_installation(model: torch.nn.Module, method: AttentionMethod, sched: Schedule, pipe=None) -> _Installation:
     family = family_of(model)
+    _check_steps_known(model, sched, pipe)
     modules = attention_modules(model)
     if not modules:
         raise TypeError(f"{type(model).__name__} has no diffusers attention modules to patch.")
@@ -80,13 +82,33 @@ def plan_installation(model: torch.nn.Module, method: AttentionMethod, sched: Sc
     return _Installation(model, method, sites, len(self_names))
 
 
+def _check_steps_known(model: torch.nn.Module, sched: Schedule, pipe) -> None:
+    """A denoiser that takes no timestep is followed one call per step, a run being as many calls as its pipeline's
+    scheduler has steps. Without such a pipeline: ``ValueError`` for a schedule that counts steps (it could never
+    follow a run), else one log line that every call is the next step of one run."""
+    if timestep_input(model).name is not None or scheduler_steps(pipe) is not None:
+        return
+    name = type(model).__name__
+    if not (sched.warmup_steps or sched.until_step is not None):
+        log_once(logger, logging.INFO, f"{name} takes no timestep and no pipeline gives its number of steps: every "
+                 "call counts as the next step of one run (apply attnplug to its pipeline to follow its runs).")
+        return
+    raise ValueError(
+        f"{name} takes no timestep (its forward has no {' / '.join(TIMESTEP_NAMES)} parameter), so attnplug cannot "
+        "tell which denoising step a call is or where a run starts, and the schedule counts steps "
+        f"(warmup_steps={sched.warmup_steps!r}, until_step={sched.until_step!r}; the method's default schedule when "
+        "none is given). Apply it to its pipeline (whose scheduler names the steps: one call per step), or pass "
+        "schedule=attnplug.Schedule() to run the method at every step."
+    )
+
+
 def install(plan: _Installation, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
     """Register ``plan``'s hooks on its denoiser. Each one is recorded in the denoiser's ``Applied`` as soon as it is
     registered, so :func:`uninstall` can take off a partial installation."""
     model, method = plan.model, plan.method
     family = family_of(model)
     uses_steps = bool(sched.warmup_steps or sched.until_step is not None or method.uses_steps)
-    state = LayoutState(family, steps=DenoisingSteps(num_steps_fn=scheduler_steps(pipe)))
+    state = LayoutState(family, steps=DenoisingSteps(num_steps_fn=scheduler_steps(pipe), rises=family.timestep_rises))
     runtime = Runtime(method=method, schedule=sched, state=state,
                       num_layers=plan.num_layers, uses_steps=uses_steps, default_schedule=default_schedule)
     runtime.tracker = StepTracker(runtime, model)

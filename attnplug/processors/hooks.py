@@ -7,7 +7,8 @@
   attention hooks as one bool, so a compiled graph specialises on nothing but that bool.
 
 The step comes from diffusers' ``CacheContext`` (``model.cache_context("cond", step_index=..., ...)``, set by the
-pipelines) when present, else from the timestep (a repeated timestep is another pass of the same step).
+pipelines) when present, else from the timestep (a repeated timestep is another pass of the same step; the input and
+its direction per family: :func:`attnplug._steps.timestep_input`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .._logging import log_once
-from .._steps import timestep_of
+from .._steps import timestep_input
 from ..config import Schedule
 from ..layout import LayoutState, TokenLayout
 from ..methods.base import AttentionMethod, CallInfo
@@ -212,6 +213,7 @@ class StepTracker:
 
     def __init__(self, runtime: Runtime, model: torch.nn.Module):
         self.runtime = runtime
+        self.timestep = timestep_input(model)  # where the model takes its timestep (none: each call is a step)
         self.guard = CallGuard()
         # runs also when the forward raises, so a failed call does not hold the model; removed with the tracker
         model.register_forward_hook(self.release, always_call=True)
@@ -240,7 +242,7 @@ class StepTracker:
     @torch.compiler.disable
     def _observe_timestep(self, args, kwargs) -> None:
         runtime = self.runtime
-        if runtime.state.steps.observe(timestep_of(args, kwargs)):
+        if runtime.state.steps.observe(self.timestep.read(args, kwargs)):
             self.conclude()
             runtime.method.reset()
         runtime.update()
