@@ -49,7 +49,7 @@ from diffusers.hooks import ModelHook
 
 from .._cache import BoundedCache
 from .._logging import log_once
-from .._steps import DenoisingSteps, timestep_of, timestep_position
+from .._steps import DenoisingSteps, TimestepInput, timestep_input
 from ..layout import TokenLayout
 from ..reasons import register
 from .base import AttentionMethod, CallInfo
@@ -243,14 +243,16 @@ class FreeSwimHook(ModelHook):
         self.method = method
         self.steps = DenoisingSteps()
         self._own_steps = True
-        self._timestep_position: int | None = None
+        self._timestep = TimestepInput()
 
     def bind_steps(self, steps: DenoisingSteps) -> None:
         """Read ``steps`` (kept current by whoever owns it) instead of following the timestep here."""
         self.steps, self._own_steps = steps, False
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._timestep_position = timestep_position(module.forward)
+        self._timestep = timestep_input(module)
+        if self._own_steps:
+            self.steps.rises = self._timestep.rises
         self.method._hooked += 1
         return module
 
@@ -266,6 +268,6 @@ class FreeSwimHook(ModelHook):
         return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        if self._own_steps and self.steps.observe(timestep_of(args, kwargs, self._timestep_position)):
+        if self._own_steps and self.steps.observe(self._timestep.read(args, kwargs)):
             self.method.reset()
         return self.method.run(self.fn_ref.original_forward, self.steps, args, kwargs)
