@@ -74,6 +74,15 @@ def window_for(train_grid: tuple, grid: tuple[int, int, int]) -> tuple[int | Non
     return window
 
 
+def key_mask_4d(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """A prompt mask as SDPA takes it: a 2-D ``(B, Nk)`` mask (boolean or additive) for ``q (B, H, Nq, D)`` and
+    ``k (B, H, Nk, D)`` becomes ``(B, 1, 1, Nk)``, as diffusers' native attention backend reshapes it before SDPA
+    (Kandinsky 6 hands ``dispatch_attention_fn`` its ``(B, N_text)`` mask); any other mask unchanged."""
+    if mask is not None and mask.dim() == 2 and mask.shape[0] == q.shape[0] and mask.shape[1] == k.shape[-2]:
+        return mask[:, None, None, :]
+    return mask
+
+
 @dataclass
 class _RunState:
     """Everything FreeSwim remembers during a run (cleared by :meth:`FreeSwimMethod.reset`)."""
@@ -155,7 +164,8 @@ class FreeSwimMethod(AttentionMethod):
 
     # -- cross-attention ---------------------------------------------------------------------------------------
     def cross_attention(self, q, k, v, mask, info: CallInfo) -> torch.Tensor | None:
-        """The cross-attention hook: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``, SDPA ``mask`` -> output or None.
+        """The cross-attention hook: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``, ``mask`` (as the processor passed it:
+        SDPA's forms, or a 2-D ``(B, Nk)`` prompt mask, see :func:`key_mask_4d`) -> output or None.
 
         Full branch: stock cross-attention, cached for (guidance pass, layer, call within the layer). Windowed branch:
         the cached output of the same call (None, i.e. the stock call, when there is none or its shape differs).
@@ -167,7 +177,7 @@ class FreeSwimMethod(AttentionMethod):
         st.calls_in_layer[info.layer_name] = ordinal + 1
         key = (st.pass_index, info.layer_name, ordinal)
         if st.branch == "full":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=info.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask_4d(mask, q, k), scale=info.scale)
             st.cache[key] = out.detach()
             st.cross_seen += 1
             st.counts["cross: cached by the full branch"] += 1

@@ -21,12 +21,6 @@ EXPECTED_STOCK = {
 UNKNOWN_TRAIN_GRID = {"train-grid-unknown"}
 # Many attention calls per forward on CPU: in the slow run.
 SLOW = {"UNetMotionModel", "UNet2DConditionModel", "WanVACETransformer3DModel"}
-# A method that fails on a class for a cause outside the family tables, checked to still fail the same way.
-BLOCKED = {
-    # FreeSwim's cross-attention override hands diffusers' 2-D (B, N_text) prompt mask to SDPA unchanged, which
-    # diffusers' native backend would first reshape to (B, 1, 1, N_text).
-    ("Kandinsky6Transformer3DModel", "freeswim"): "must match the size of tensor b",
-}
 # Rows that are supported (dense exact, neighbourhood and window or sparse video running) and must stay so.
 SUPPORTED = {
     "AllegroTransformer3DModel", "AnyFlowTransformer3DModel", "AuraFlowTransformer2DModel",
@@ -73,9 +67,6 @@ def test_class_runs_or_is_refused(key):
     expected = EXPECTED_STOCK | (UNKNOWN_TRAIN_GRID if no_grid else set())
     for name in METHODS:
         outcome = result.methods[name]
-        if (cls_name, name) in BLOCKED:
-            assert outcome.status == "fails" and BLOCKED[cls_name, name] in outcome.detail, outcome.detail
-            continue
         assert outcome.status in ("runs", "stock", "refused"), f"{name}: {outcome.detail}"
         if "stock: " in outcome.detail:
             reasons = {part.split(" (")[0] for part in outcome.detail.split("stock: ")[1].split(", ")}

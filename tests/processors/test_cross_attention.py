@@ -1,5 +1,7 @@
 """Whether cross-attention calls are intercepted is asked of the method: a wrapper answers for its inner method."""
 
+import pytest
+import torch
 import torch.nn.functional as F
 
 import attnplug
@@ -77,3 +79,27 @@ def test_a_wrapper_of_a_cross_attention_method_intercepts_it(monkeypatch):
     assert inner.cross_calls == 2 and attnplug.stats(model)["cross"]["method"] == 2
     assert sorted(calls) == [False, False, True, True]
     attnplug.remove(model)
+
+
+@pytest.mark.parametrize("form", ["bool", "additive"])
+def test_freeswim_reads_a_2d_prompt_mask_as_diffusers_native_backend_does(form):
+    """Kandinsky 6 hands dispatch_attention_fn a (B, N_text) mask, which diffusers' native backend reshapes to
+    (B, 1, 1, N_text) before SDPA: FreeSwim's full branch caches exactly that output."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    from attnplug.methods.base import CallInfo
+    from attnplug.methods.freeswim import FreeSwimMethod
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 12, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    mask = keep if form == "bool" else torch.zeros(2, 5).masked_fill(~keep, float("-inf"))
+    method = FreeSwimMethod()
+    method._state.branch = "full"
+    out = method.cross_attention(q, k, v, mask, CallInfo(layer_name="blocks.0.cross_attention"))
+    stock = dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                  backend=AttentionBackendName.NATIVE).transpose(1, 2)
+    assert torch.equal(out, stock)
+    method._state.branch = "window"  # the windowed branch returns the cached output of the same call
+    method._state.calls_in_layer.clear()
+    assert torch.equal(method.cross_attention(q, k, v, mask, CallInfo(layer_name="blocks.0.cross_attention")), out)
