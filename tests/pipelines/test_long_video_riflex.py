@@ -143,6 +143,22 @@ def test_a_video_within_the_period_keeps_rope_stock_and_the_plan_says_so():
     assert default.rope == "riflex" and not default.riflex_lowered and "keeps component 5" in default.rope_note
 
 
+def test_periods_count_rope_positions_on_a_temporal_patch_of_two():
+    """CogVideoX 1.5 (patch_size_t 2): RoPE advances once per two latent frames, so 21 training latent frames are 11
+    positions and 41 test latent frames 21, beyond component 1's period (19.9 positions)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=1, attention_head_dim=64, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=16, num_layers=1, sample_width=170, sample_height=96, sample_frames=81, patch_size=2,
+        patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=4, use_rotary_positional_embeddings=True,
+    ).eval()
+    plan = riflex_plan(model, 21, 41)
+    assert (plan.train_frames, plan.test_frames, plan.index) == (11, 21, 1)
+    assert plan.lowered and plan.new_omega == pytest.approx(0.9 * 2 * math.pi / 21)
+    assert not riflex_plan(model, 21, 37).lowered  # ceil(37 / 2) = 19 positions: within the period
+
+
 def test_a_model_without_temporal_rope_keeps_it_stock_by_default_and_refuses_riflex_by_name():
     pipe = _Pipe(_cogvideox_5b(rotary=False))  # CogVideoX-2b: no rotary embeddings
     plan = long_video_plan(pipe, 4 * 48 + 1)
