@@ -40,6 +40,7 @@ from .layout_reader import (
 )
 
 TextPosition = Literal["none", "first", "last"]
+MaskForm = Literal["outer-key-padding"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ class FamilySpec:
     sequence sit relative to the grid tokens; ``train_size`` is the training size in pixels ``(height, width)`` and
     ``train_frames`` the training length in video frames, where the family publishes them. ``timestep_rises``: the
     family's pipeline passes the flow time ``1 - t / 1000`` (rising from 0 to 1 over a run) instead of the falling
-    timestep, so the step tracker (:mod:`attnplug._steps`) starts a run at a lower timestep, not a higher one."""
+    timestep, so the step tracker (:mod:`attnplug._steps`) starts a run at a lower timestep, not a higher one.
+    ``mask_form="outer-key-padding"``: the processor masks its joint self-attention with a ``(B, 1, N, N)`` mask
+    ``keep[i] & keep[j]`` (padded prompt tokens masked as keys and as queries), which the interception core runs as
+    the ``(B, 1, 1, N)`` key mask (:mod:`attnplug.processors.mask_forms`)."""
 
     name: str
     grid: Callable[[Any, tuple, dict], tuple[int, int, int]]
@@ -68,6 +72,7 @@ class FamilySpec:
     rope: str | None = None  # the long-video rotary adapter (attnplug.pipelines._long_video_rope)
     variant: Callable[[Any], dict] | None = None  # config -> fields that differ for this checkpoint
     timestep_rises: bool = False  # the pipeline passes a timestep that grows over a run (1 - t / 1000: Lumina)
+    mask_form: MaskForm | None = None  # a self-attention mask the core reduces (attnplug.processors.mask_forms)
 
 
 def _wan_variant(config) -> dict:
@@ -201,7 +206,7 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "HunyuanVideo15Transformer3DModel": FamilySpec(
         "hunyuanvideo15", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
-        train_size=(720, 1280), train_frames=121,
+        train_size=(720, 1280), train_frames=121, mask_form="outer-key-padding",
     ),
     # LTX-2: the audio stream's self-attention and the audio <-> video attentions never see the video grid
     "LTX2VideoTransformer3DModel": FamilySpec(

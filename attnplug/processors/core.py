@@ -23,6 +23,7 @@ from .._logging import log_once
 from ..layout import TokenLayout
 from ..methods.base import AttentionMethod, CallInfo, MethodWrapper
 from .intercept import ACTIVE, SDPAInterceptor
+from .mask_forms import fill_masked_rows, is_outer_shaped, outer_key_padding
 from .stats import CallStats
 
 try:  # diffusers >= 0.35: processors of the newer families call dispatch_attention_fn
@@ -116,15 +117,18 @@ def intercepts_cross(method: AttentionMethod) -> bool:
 class Interception:
     """Runs attention modules' stock processors with their attention call routed to ``method``.
 
-    ``layout_fn(site, n)`` gives the :class:`TokenLayout` of an ``n``-token self-attention call of ``site``.
+    ``layout_fn(site, n)`` gives the :class:`TokenLayout` of an ``n``-token self-attention call of ``site``;
+    ``mask_form`` the family's declared self-attention mask form (:mod:`.mask_forms`), run as a key mask.
     Eager calls are caught at the name the processor calls where the caller routed it (:mod:`.route`; one Python
     call), else by one shared :class:`SDPAInterceptor`; while compiling, by a mode traced into the graph. The call's
     context lives in :data:`~.intercept.ACTIVE` (per thread), so nothing is built per call but a tuple."""
 
-    def __init__(self, method: AttentionMethod, stats: CallStats, layout_fn: Callable[[Site, int], TokenLayout]):
+    def __init__(self, method: AttentionMethod, stats: CallStats, layout_fn: Callable[[Site, int], TokenLayout],
+                 mask_form: str | None = None):
         self.method = method
         self.stats = stats
         self.layout_fn = layout_fn
+        self.mask_form = mask_form  # the family's self-attention mask form (FamilySpec.mask_form), None for none
         self.overrides_cross = intercepts_cross(method)
 
     def run(self, site: Site, info: CallInfo, processor, forward: Callable, args: tuple, kwargs: dict,
@@ -231,6 +235,15 @@ class Interception:
                      "calls with a mask run stock attention.")
         else:
             layout = self.layout_fn(site, query.shape[-2])
+            mask, kept_rows = broadcast_key_rows(attn_mask), None
+            if self.mask_form == "outer-key-padding" and is_outer_shaped(attn_mask, query):
+                reduced = outer_key_padding(attn_mask, layout) if world == 1 else None
+                if reduced is None:
+                    log_once(logger, logging.WARNING, "a (B, 1, N, N) self-attention mask that is not the family's "
+                             "keep[i] & keep[j] padding mask (or one under context parallelism) runs stock attention.")
+                    stats.record("self", "stock", "mask-unsupported")
+                    return None
+                mask, kept_rows = reduced
             if scale is not None and info.scale != scale:
                 info = dataclasses.replace(info, scale=scale)
             q, k, v = query, key, value
@@ -238,9 +251,11 @@ class Interception:
                 info = dataclasses.replace(info, head_offset=rank * query.shape[1])
                 q, k, v = (to_canonical(x, layout, world) for x in (query, key, value))
             self.method.last_reason()  # drop a code a previous call left on this thread
-            out = self.method(q, k, v, layout, broadcast_key_rows(attn_mask), info)
+            out = self.method(q, k, v, layout, mask, info)
             if out is not None:
                 stats.record("self", "method")
+                if kept_rows is not None:
+                    out = fill_masked_rows(out, query, key, value, attn_mask, kept_rows, layout, scale)
                 return from_canonical(out, layout, world) if world > 1 else out
             reason = self.method.last_reason() or "handed-back"
         stats.record("self", "stock", reason)
@@ -250,8 +265,8 @@ class Interception:
 def broadcast_key_rows(mask):
     """A 4-D mask ``(B, 1|H, Nq, Nk)`` that is one key row broadcast over the query rows and heads (stride 0 along
     them, as ``expand`` makes it: Lumina-Next's key-padding mask) as that row, ``(B, 1, 1, Nk)``; any other mask
-    unchanged. Decided from shape and strides only, so a materialised mask (HunyuanVideo 1.5's ``(B, 1, N, N)``,
-    which also masks padded query rows) is never reduced."""
+    unchanged. Decided from shape and strides only, so a materialised mask is never reduced here (HunyuanVideo 1.5's
+    ``(B, 1, N, N)``, which also masks padded query rows, is its family's declared form: :mod:`.mask_forms`)."""
     if (isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[2] > 1 and mask.stride(2) == 0
             and (mask.shape[1] == 1 or mask.stride(1) == 0)):
         return mask[:, :1, :1]

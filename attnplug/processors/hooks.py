@@ -58,7 +58,7 @@ class Runtime:
     layouts: dict = field(default_factory=dict, repr=False)  # (grid, n, temporal) -> TokenLayout, eager calls
 
     def __post_init__(self):
-        self.interception = Interception(self.method, self.stats, self.layout)
+        self.interception = Interception(self.method, self.stats, self.layout, self.state.family.mask_form)
 
     def layout(self, site: Site, n: int) -> TokenLayout:
         """The layout of an ``n``-token self-attention call of ``site`` on the current grid (built and validated

@@ -83,7 +83,8 @@ def test_a_key_row_expanded_over_queries_and_heads_runs_as_key_padding(name):
 def test_a_query_and_key_padding_mask_is_not_reduced_and_is_handed_back():
     """HunyuanVideo 1.5's (B, 1, N, N) mask is keep[i] & keep[j]: padded query rows are fully masked (stock SDPA
     returns zeros there), so it is not a key-padding mask; a materialised mask with equal rows is not reduced either
-    (decided from strides, never from values). Both reach the method unchanged, which hands them back."""
+    (decided from strides, never from values). Both reach the method unchanged, which hands them back (the interception
+    core runs the first as a key mask where the family declares it: tests/processors/test_mask_forms.py)."""
     from attnplug.processors.core import broadcast_key_rows
 
     layout = TokenLayout(*GRID, text_tokens=TEXT)
