@@ -119,9 +119,16 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
             f"temporal_windows={config.temporal_windows!r} or sparse={config.sparse!r}; set damping=False, or "
             "temporal_windows=False and sparse=None."
         )
+    long_sparse = config.sparse is not None and config.sparse.pattern == "long"
+    if long_sparse and config.temporal_windows:
+        raise ValueError(
+            "LongVideoConfig(sparse=SparseVideoConfig(pattern='long')) is itself a training-length window around "
+            "every frame, over the whole video; it does not run inside temporal_windows=True: leave temporal_windows "
+            "unset (or False), or choose another pattern for inside the windows."
+        )
     windows = config.temporal_windows
     if windows is None:
-        windows = family != "ltx" and ext > 2 and not damping
+        windows = family != "ltx" and ext > 2 and not damping and not long_sparse
     if windows and window_latent >= lat:
         if config.temporal_windows:
             log_once(logger, logging.INFO, f"long_video: the temporal window ({window_latent} latent frames) covers "
@@ -144,7 +151,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
         global_steps=(GLOBAL_STEPS if windows else 0) if config.global_steps is None else config.global_steps,
-        damping=damping, damping_factor=float(config.damping_factor),
+        damping=damping, damping_factor=float(config.damping_factor), long_sparse=long_sparse,
         riflex_component=None if rope_plan is None else rope_plan.index,
         riflex_period=None if rope_plan is None else round(rope_plan.period, 3),
         riflex_lowered=rope != "none" and rope_plan is not None and rope_plan.lowered,
@@ -253,6 +260,13 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
         if plan.damping:
             stack.callback(remove, pipe)
             apply(pipe, FrameDampingMethod(plan.train_latent, plan.damping_factor), schedule=Schedule())
+        elif plan.long_sparse:  # over the whole video, the training length its window unless the config says
+            sparse = config.sparse
+            if sparse.train_latent_frames is None and sparse.window_frames is None:
+                sparse = dataclasses.replace(sparse, train_latent_frames=plan.train_latent)
+            _warn_if_no_windowed_step(pipe, plan, config, kwargs)
+            stack.callback(remove, pipe)
+            apply(pipe, sparse, schedule=Schedule(warmup_steps=plan.global_steps))
         elif plan.temporal_windows or config.sparse is not None:
             inner = config.sparse.build() if config.sparse is not None else None
             window = plan.window if plan.temporal_windows else plan.latent_frames

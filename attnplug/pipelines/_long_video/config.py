@@ -74,8 +74,10 @@ class LongVideoConfig(PipelineConfig):
         None, "Training length in video frames (None = from the model config or the family table).", min=1
     )
     sparse: SparseVideoConfig | None = help_field(
-        None, "A sparse video pattern run inside each temporal window, on the window's image tokens and every text "
-        "token of joint attention (attnplug.SparseVideoConfig), or None."
+        None, "A sparse video pattern (attnplug.SparseVideoConfig) run inside each temporal window, on the window's "
+        "image tokens and every text token of joint attention; the 'long' pattern instead runs over the whole video "
+        "from the first step (a training-length window of frames around every frame plus anchor frames, so the "
+        "temporal windows stay off); or None."
     )
 
     def __new__(cls, *args, **kwargs):
@@ -119,6 +121,7 @@ class LongVideoPlan:
     global_steps: int | float = 0
     damping: bool = False
     damping_factor: float = 0.9
+    long_sparse: bool = False  # the 'long' sparse pattern over the whole video (instead of temporal windows)
     riflex_component: int | None = None
     riflex_period: float | None = None
     riflex_lowered: bool = False

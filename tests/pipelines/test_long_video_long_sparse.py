@@ -1,0 +1,77 @@
+"""``LongVideoConfig(sparse=SparseVideoConfig(pattern="long"))``: the long-video sparse pattern over the whole video
+from the first step (no temporal windows), composed with RIFLEx, and undone exactly."""
+
+import pytest
+import torch
+
+import attnplug
+from attnplug.pipelines import LongVideoConfig, long_video
+from attnplug.pipelines._long_video.api import resolve_config
+from attnplug.testing import tiny_pipeline
+
+LONG = attnplug.SparseVideoConfig(pattern="long", anchor_frames=1, backend="torch")
+ARGS = dict(num_frames=17, height=16, width=16, num_inference_steps=2, output_type="pt")
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory):
+    pipe = tiny_pipeline("wan", str(tmp_path_factory.mktemp("wan")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _frames(out):
+    return out.frames if hasattr(out, "frames") else out[0]
+
+
+def test_the_plan_runs_the_long_pattern_instead_of_the_windows(wan):
+    plan = resolve_config(wan, 17, LongVideoConfig(train_frames=5, sparse=LONG))
+    assert plan.long_sparse and not plan.temporal_windows and plan.global_steps == 0
+    with pytest.raises(ValueError, match=r"pattern='long'.*temporal_windows=True"):
+        resolve_config(wan, 17, LongVideoConfig(train_frames=5, sparse=LONG, temporal_windows=True))
+    with pytest.raises(ValueError, match="damping"):
+        resolve_config(wan, 17, LongVideoConfig(train_frames=5, sparse=LONG, damping=True))
+
+
+def test_long_video_with_the_long_pattern_equals_the_pattern_applied_by_hand(wan):
+    """With RoPE and noise left stock, long_video's run is the pattern applied on every step with the training
+    length as its window, and the denoiser is stock afterwards."""
+    config = LongVideoConfig(train_frames=5, sparse=LONG, rope="none", noise_rescheduling=False)
+    reports = []
+
+    def on_step(p, i, t, kw):
+        reports.append(attnplug.stats(p.transformer)["method_report"])
+        return kw
+
+    out = _frames(long_video(wan, "red circle", config=config, generator=torch.Generator().manual_seed(0),
+                             callback_on_step_end=on_step, **ARGS))
+    assert attnplug.method_of(wan.transformer) is None
+    assert reports and reports[-1]["sparse_calls"] > 0 and not reports[-1].get("handed_back")
+    by_hand = attnplug.SparseVideoConfig(pattern="long", anchor_frames=1, backend="torch", train_latent_frames=2)
+    with attnplug.applied(wan, by_hand, schedule=attnplug.Schedule()):
+        ref = _frames(wan("red circle", generator=torch.Generator().manual_seed(0), **ARGS))
+    stock = _frames(wan("red circle", generator=torch.Generator().manual_seed(0), **ARGS))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert (out - stock).abs().max() > 1e-5  # the pattern changed the attention
+
+
+def test_the_long_pattern_composes_with_riflex_and_leaves_nothing_behind(wan):
+    from attnplug.pipelines._long_video.rope import HOOK_NAME
+
+    seen = []
+
+    def on_step(p, i, t, kw):
+        hook = getattr(p.transformer.rope, "_diffusers_hook", None)
+        seen.append((hook is not None and hook.get_hook(HOOK_NAME) is not None,
+                     type(attnplug.method_of(p.transformer)).__name__))
+        return kw
+
+    config = LongVideoConfig(train_frames=5, sparse=LONG, rope="riflex", position_scale=1.0)
+    args = {**ARGS, "num_frames": 33}  # 9 latent frames: beyond the period of the tiny model's RIFLEx component
+    assert resolve_config(wan, 33, config).rope == "riflex"
+    long_video(wan, "red circle", config=config, generator=torch.Generator().manual_seed(0),
+               callback_on_step_end=on_step, **args)
+    assert seen and all(s == (True, "SparseVideoMethod") for s in seen)
+    assert attnplug.method_of(wan.transformer) is None
+    registry = getattr(wan.transformer.rope, "_diffusers_hook", None)
+    assert (registry is None or not registry.hooks) and "forward" not in wan.transformer.rope.__dict__
