@@ -185,7 +185,6 @@ FAMILIES: dict[str, FamilySpec] = {
     # Lumina-Next: image-only self-attention; the text enters through a gated cross-attention
     "LuminaNextDiT2DModel": FamilySpec("lumina-next", grid_image_4d, timestep_rises=True),
     "Transformer2DModel": FamilySpec("transformer2d", grid_image_4d),
-    "DreamLiteTransformer2DModel": FamilySpec("dreamlite-transformer", grid_image_4d),
     "HunyuanDiT2DModel": FamilySpec("hunyuandit", grid_image_4d),
     "UNet2DModel": FamilySpec("unet2d", grid_unet, multiscale=True),
     # aMUSEd: VQ token ids (B, H, W); self-attention only in the transformer layers, after an optional 2x downsample

@@ -50,6 +50,11 @@ REFUSED: dict[str, str] = {
         "every call, so each token row holds generated and conditioning tokens: not one latent grid with "
         "conditioning tokens on one side."
     ),
+    "DreamLiteTransformer2DModel": (
+        "it is a sub-block of DreamLiteUNetModel (the transformer inside its down, mid and up blocks), never a "
+        "pipeline's denoiser on its own, and that U-Net is refused: its pipeline concatenates the conditioning image "
+        "latents beside the generated latents along the width, so this block's tokens are not one latent grid either."
+    ),
     "Ideogram4Transformer2DModel": (
         "its one packed sequence marks text and image tokens per position (`indicator` values) and attends under a "
         "(B, 1, L, L) block-diagonal segment mask built on every call, so where the grid tokens sit is known only "

@@ -27,7 +27,7 @@ SUPPORTED = {
     "BriaFiboTransformer2DModel", "BriaTransformer2DModel", "ChromaTransformer2DModel",
     "ChronoEditTransformer3DModel", "CogVideoXTransformer3DModel", "CogView3PlusTransformer2DModel",
     "CogView4Transformer2DModel", "ConsisIDTransformer3DModel", "CosmosTransformer3DModel", "DiTTransformer2DModel",
-    "DreamLiteTransformer2DModel", "EasyAnimateTransformer3DModel", "ErnieImageTransformer2DModel",
+    "EasyAnimateTransformer3DModel", "ErnieImageTransformer2DModel",
     "Flux2Transformer2DModel", "Flux3Transformer2DModel", "FluxTransformer2DModel", "GlmImageTransformer2DModel",
     "HiDreamImageTransformer2DModel", "HunyuanDiT2DModel", "HunyuanImageTransformer2DModel",
     "HunyuanVideo15Transformer3DModel", "HunyuanVideoTransformer3DModel", "I2VGenXLUNet",
@@ -85,3 +85,9 @@ def test_class_without_a_row_is_refused_at_apply_naming_it(key):
 
 def test_dense_tolerance_is_the_acceptance_one():
     assert DENSE_TOL == 1e-5
+
+
+def test_the_dreamlite_transformer_is_refused_as_a_sub_block_of_the_refused_unet():
+    model, _ = tiny_denoiser("DreamLiteTransformer2DModel")
+    with pytest.raises(TypeError, match=r"DreamLiteTransformer2DModel: it is a sub-block of DreamLiteUNetModel"):
+        attnplug.apply(model)
