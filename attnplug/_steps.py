@@ -53,15 +53,20 @@ def timestep_input(model: torch.nn.Module) -> TimestepInput:
     from .families import family_of
 
     try:
-        names = list(inspect.signature(type(model).forward).parameters)[1:]  # without self
+        params = list(inspect.signature(type(model).forward).parameters.values())[1:]  # without self
     except (TypeError, ValueError):
-        names = []
+        params = []
     try:
         rises = family_of(model).timestep_rises
     except TypeError:
         rises = False
+    names = [p.name for p in params]
     name = next((n for n in TIMESTEP_NAMES if n in names), None)
-    return TimestepInput(name, names.index(name) if name is not None else None, rises)
+    if name is None:
+        return TimestepInput(None, None, rises)
+    index = names.index(name)
+    positional = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params[: index + 1])
+    return TimestepInput(name, index if positional else None, rises)
 
 
 def timestep_of(args: tuple, kwargs: dict, name: str = "timestep", position: int | None = 1) -> float | None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import attnplug
-from attnplug._steps import TIMESTEP_NAMES, timestep_input
+from attnplug._steps import TIMESTEP_NAMES, TimestepInput, timestep_input
 from attnplug.families import FAMILIES
 from attnplug.methods.dense import DenseMethod
 from attnplug.testing_families import denoiser_classes, tiny_denoiser
@@ -126,3 +126,14 @@ def test_a_model_without_a_timestep_refuses_a_schedule_in_steps_without_a_pipeli
         assert _steps_per_call(model, inputs, [{}] * 4, recorder) == [0, 1, 2, 3]
     finally:
         attnplug.remove(model)
+
+
+def test_the_timestep_input_has_its_name_position_and_direction():
+    """Z-Image's pipeline passes ``t`` positionally (``transformer(latents, timestep, prompt_embeds)``)."""
+    expected = {"ZImageTransformer2DModel": TimestepInput("t", 1, True),
+                "HiDreamImageTransformer2DModel": TimestepInput("timesteps", 1, False),
+                "UVit2DModel": TimestepInput(None, None, False)}
+    for key, reader in expected.items():
+        assert timestep_input(tiny_denoiser(key)[0]) == reader, key
+    assert reader.read((None, torch.tensor([0.25])), {}) is None
+    assert expected["ZImageTransformer2DModel"].read(([], torch.tensor([0.25, 0.25])), {}) == 0.25
