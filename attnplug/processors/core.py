@@ -237,10 +237,13 @@ class Interception:
             layout = self.layout_fn(site, query.shape[-2])
             mask, kept_rows = broadcast_key_rows(attn_mask), None
             if self.mask_form == "outer-key-padding" and is_outer_shaped(attn_mask, query):
-                reduced = outer_key_padding(attn_mask, layout) if world == 1 else None
+                # the form is read from the mask's values: not inside a compiled graph, nor on a gathered sequence
+                eager = world == 1 and not torch.compiler.is_compiling()
+                reduced = outer_key_padding(attn_mask, layout) if eager else None
                 if reduced is None:
                     log_once(logger, logging.WARNING, "a (B, 1, N, N) self-attention mask that is not the family's "
-                             "keep[i] & keep[j] padding mask (or one under context parallelism) runs stock attention.")
+                             "keep[i] & keep[j] padding mask, or one in a compiled graph or under context "
+                             "parallelism (where its values are not read), runs stock attention.")
                     stats.record("self", "stock", "mask-unsupported")
                     return None
                 mask, kept_rows = reduced

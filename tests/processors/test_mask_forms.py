@@ -151,3 +151,21 @@ def test_the_form_check_is_the_one_host_read_of_a_call():
     assert out is not None and st["method"] == 1
     sites = sync.sites()
     assert sum(sites.values()) == 1 and all("mask_forms.py" in site for site in sites), sites
+
+
+def test_in_a_compiled_graph_the_mask_is_handed_back():
+    """The form is read from the mask's values, which a compiled graph does not do: those calls run stock."""
+    model, inputs = _padded_inputs()
+    stock = _forward(model, inputs)
+    attnplug.apply(model, attnplug.NeighborhoodConfig(kernel_size=3))
+    try:
+        _forward(model, inputs)  # eager: the grid and the method's tables
+        attnplug.reset_stats(model)
+        model.compile_repeated_blocks(fullgraph=True, backend="eager")
+        out = _forward(model, inputs)
+        st = attnplug.stats(model)["self"]
+    finally:
+        attnplug.remove(model)
+        torch._dynamo.reset()
+    assert st["reasons"].get("mask-unsupported", 0) > 0 and st["method"] == 0, st
+    torch.testing.assert_close(out, stock, atol=1e-5, rtol=1e-5)
