@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "attnplug"
 LAYERS = {
     # bottom level: helpers without attnplug imports, the hand-back reasons, the layout and what it reads
     "_args": 0, "_cache": 0, "_hook_registry": 0, "_lazy": 0, "_logging": 0, "_memory": 0, "_optional": 0,
-    "_steps": 0, "reasons": 0, "layout_reader": 0, "families": 0, "layout": 0,
+    "_steps": 0, "reasons": 0, "layout_reader": 0, "families_refused": 0, "families": 0, "layout": 0,
     "config": 1, "kernels": 2, "methods": 3, "processors": 4, "plugin": 5,
     "testing": 5, "testing_families": 5, "testing_builders_image": 5, "testing_builders_joint": 5,
     "testing_builders_video": 5, "testing_builders_video2": 5, "testing_matrix": 5,
