@@ -21,6 +21,8 @@ DENSE_TOL = 1e-5
 class Outcome:
     status: str  # "runs", "stock", "refused", "fails", "no-builder"
     detail: str = ""
+    # a computed method's captured calls against its own reference (attnplug.testing_reference); "" = not checked
+    reference: str = ""
 
 
 @dataclass
@@ -98,11 +100,17 @@ def dense_outcome(model, inputs, stock: torch.Tensor) -> Outcome:
 
 
 def method_outcome(model, inputs, name: str, stock: torch.Tensor) -> Outcome:
-    """``name``'s default config on every layer and step: runs, hands back (reasons), is refused or fails."""
+    """``name``'s default config on every layer and step: runs, hands back (reasons), is refused or fails. The first
+    :data:`~attnplug.testing_reference.CAPTURES` calls it computes are checked against its own reference (a
+    mismatch fails)."""
     import attnplug
 
+    from .config import config_from_options
+    from .testing_reference import CallRecorder, check_calls
+
     try:
-        attnplug.apply(model, name, schedule=attnplug.Schedule())
+        recorder = CallRecorder(config_from_options(name).build())
+        attnplug.apply(model, recorder, schedule=attnplug.Schedule())
     except (TypeError, ValueError) as e:
         return Outcome("refused", str(e))
     try:
@@ -116,11 +124,16 @@ def method_outcome(model, inputs, name: str, stock: torch.Tensor) -> Outcome:
         attnplug.remove(model)
     if not torch.isfinite(out).all():
         return Outcome("fails", "non-finite output")
+    reference = ""
+    if method > 0:
+        ok, reference = check_calls(name, recorder)
+        if not ok:
+            return Outcome("fails", f"{method}/{calls} calls; a captured call {reference}", reference)
     if method == calls > 0:
-        return Outcome("runs", f"{method}/{calls} calls")
+        return Outcome("runs", f"{method}/{calls} calls", reference)
     why = ", ".join(f"{k} ({v})" for k, v in sorted(reasons.items()))
     status = "runs" if method > 0 else "stock"
-    return Outcome(status, f"{method}/{calls} calls; stock: {why}")
+    return Outcome(status, f"{method}/{calls} calls; stock: {why}", reference)
 
 
 def run_class(key: str, methods: tuple[str, ...] = METHODS) -> ClassResult:

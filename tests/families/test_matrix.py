@@ -1,6 +1,7 @@
 """Every image/video denoiser class of the installed diffusers: Dense through attnplug equals stock within 1e-5 and
 remove() is bit-identical; each method's defaults run on the self-attention calls, hand them back with a stated
-reason, or are refused with a message naming the class; a class without a family row is refused at apply."""
+reason, or are refused with a message naming the class; the calls a method computed equal the method's own
+reference on the captured q/k/v; a class without a family row is refused at apply."""
 
 import logging
 
@@ -11,6 +12,7 @@ import attnplug
 from attnplug.families import family_of, training_grid
 from attnplug.testing_families import denoiser_classes, has_builder, tiny_denoiser
 from attnplug.testing_matrix import DENSE_TOL, METHODS, class_keys, run_class
+from attnplug.testing_reference import CAPTURES, TOLERANCES, CallRecorder, check_calls
 
 # Hand-back reasons that are the method's documented behaviour on a tiny grid, not a silent failure.
 EXPECTED_STOCK = {
@@ -69,6 +71,8 @@ def test_class_runs_or_is_refused(key):
     for name in METHODS:
         outcome = result.methods[name]
         assert outcome.status in ("runs", "stock", "refused"), f"{name}: {outcome.detail}"
+        if outcome.status == "runs":  # its captured calls equal its own reference within the stated tolerance
+            assert outcome.reference.startswith(f"{CAPTURES} calls within"), f"{name}: {outcome.reference}"
         if "stock: " in outcome.detail:
             reasons = {part.split(" (")[0] for part in outcome.detail.split("stock: ")[1].split(", ")}
             assert reasons <= expected, f"{name}: {outcome.detail}"
@@ -91,3 +95,33 @@ def test_the_dreamlite_transformer_is_refused_as_a_sub_block_of_the_refused_unet
     model, _ = tiny_denoiser("DreamLiteTransformer2DModel")
     with pytest.raises(TypeError, match=r"DreamLiteTransformer2DModel: it is a sub-block of DreamLiteUNetModel"):
         attnplug.apply(model)
+
+
+def test_every_method_has_a_stated_tolerance_within_fp32_accuracy():
+    assert set(TOLERANCES) == set(METHODS)
+    assert all(atol <= 1e-4 and rtol <= 1e-4 for atol, rtol in TOLERANCES.values())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_call_that_is_not_the_method_fails_the_reference_check(name):
+    """Dense attention passed off as each method's output (on a grid where each method restricts something) is
+    caught: the reference check can fail."""
+    from attnplug.config import config_from_options
+    from attnplug.layout import TokenLayout
+    from attnplug.methods.base import CallInfo
+    from attnplug.testing_reference import Captured
+
+    torch.manual_seed(0)
+    layout = TokenLayout(2, 14, 14, text_tokens=3)
+    q, k, v = (torch.randn(1, 2, layout.num_tokens, 16) for _ in range(3))
+    options = {"freeswim": {"train_grid": (4, 4)}}.get(name, {})
+    recorder = CallRecorder(config_from_options(name, options).build())
+    info = CallInfo(step=0, scale=0.25)
+    out = recorder(q, k, v, layout, None, info)
+    assert out is not None
+    ok, text = check_calls(name, recorder)
+    assert ok, text
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)
+    recorder.calls = [Captured(q, k, v, layout, None, info, dense)]
+    ok, text = check_calls(name, recorder)
+    assert not ok and "differs from its reference" in text
