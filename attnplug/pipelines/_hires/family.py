@@ -21,9 +21,12 @@ PIPELINE_FAMILIES = {
     "PixArtAlphaPipeline": "pixart",
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
+    "ChromaPipeline": "chroma",
     "WanPipeline": "wan",
 }
 UNET_FAMILIES = ("shapes-unet", "sd", "sdxl")
+#: families whose pipelines pack the latent in 2 x 2 patches (``_pack_latents`` / ``_unpack_latents``)
+PACKED_2X2 = ("flux", "chroma")
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def detect_family(pipe, train_size: tuple[int, int] | None = None) -> Family:
     cfg = denoiser.config
     if name in UNET_FAMILIES:
         input_multiple = 2 ** sum(1 for b in denoiser.down_blocks if getattr(b, "downsamplers", None))
-    elif name == "flux":
+    elif name in PACKED_2X2:
         input_multiple = 2  # 2 x 2 packing of the latent
     elif name == "wan":
         input_multiple = int(cfg.patch_size[1])

@@ -1,6 +1,6 @@
 """Latent I/O of the coarse-to-fine stages: a stage's result as a spatial latent ``(B, C, h, w)`` (``(B, C, F, h,
-w)`` for Wan), upsampling it, and turning it back into the ``latents=`` argument of the pipeline (Flux packs its
-latents)."""
+w)`` for Wan), upsampling it, and turning it back into the ``latents=`` argument of the pipeline (Flux and Chroma
+pack their latents)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .family import Family
+from .family import PACKED_2X2, Family
 
 
 def stage_kwargs(family: Family, kwargs: dict, final: bool) -> dict:
@@ -34,14 +34,14 @@ def result_latents(family: Family, pipe, result, height: int, width: int) -> tor
     if family.name == "wan":
         return result.frames
     x = result.images
-    if family.name == "flux":
+    if family.name in PACKED_2X2:
         x = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
     return x
 
 
 def pipeline_latents(family: Family, pipe, x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`result_latents`: the ``latents=`` argument for a spatial latent ``x``."""
-    if family.name == "flux":
+    if family.name in PACKED_2X2:
         b, c, h, w = x.shape
         return pipe._pack_latents(x, b, c, h, w)
     return x

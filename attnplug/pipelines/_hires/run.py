@@ -15,6 +15,7 @@ from .attention import hidiffusion_attention, refine_attention
 from .config import DEFAULT_LOWPASS, HiResConfig
 from .family import signature_default
 from .latents import pipeline_latents, result_latents, stage_kwargs, upsample
+from .masks import drop_text_padding
 from .plan import HiResPlan
 from .schedule import refine_schedule, renoise
 
@@ -96,7 +97,8 @@ def run_coarse_to_fine(pipe, prompt, p: HiResPlan, config: HiResConfig, kwargs: 
             x, t0 = renoise(family, pipe, x, steps, strength, generator, start_sigma=sigma)
             stage_kw = stage_kwargs(family, kwargs, final=final)
             stage_kw["latents"] = pipeline_latents(family, pipe, x)
-            with refine_schedule(pipe, strength, t0, start_sigma=sigma), _stage_attention(pipe, refine_method):
+            with (refine_schedule(pipe, strength, t0, start_sigma=sigma), _stage_attention(pipe, refine_method),
+                  drop_text_padding(family, family.denoiser(pipe))):
                 out = pipe(prompt, height=h1, width=w1, **stage_kw)
             h, w = h1, w1
             bar.update(1)

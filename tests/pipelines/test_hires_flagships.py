@@ -1,0 +1,168 @@
+"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, ...): the target shape, the
+attention method reaching every refinement call, the refinement starting where the plan says, a stock denoiser
+afterwards."""
+
+import numpy as np
+import pytest
+import torch
+
+import attnplug
+from attnplug.pipelines import HiResConfig, hires
+from attnplug.pipelines._hires import plan
+
+CFG = HiResConfig(progress=False, train_size_px=(16, 16))
+PROMPT = "a red circle"
+
+
+def _tiny_vae():
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, shift_factor=0.0,
+    ).eval()
+
+
+def _tiny_t5():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=514, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                   pad_token_id=513, eos_token_id=513, decoder_start_token_id=513)).eval()
+
+
+def _chroma(tmp_path):
+    import diffusers
+
+    from attnplug.testing import tiny_tokenizer
+    from attnplug.testing_builders_image import chroma
+
+    transformer, _ = chroma(1)
+    return diffusers.ChromaPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=_tiny_vae(),
+        text_encoder=_tiny_t5(), tokenizer=tiny_tokenizer(str(tmp_path)), transformer=transformer.eval())
+
+
+BUILDERS = {"chroma": _chroma}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def tiny(request, tmp_path_factory):
+    torch.manual_seed(0)
+    pipe = BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, pipe
+
+
+def _kwargs(name, steps=3):
+    return dict(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np",
+                max_sequence_length=24)  # the prompt is padded
+
+
+def _run(pipe, name, config, size=32, **extra):
+    return hires(pipe, PROMPT, height=size, width=size, config=config, **{**_kwargs(name), **extra}).images
+
+
+def test_target_shape_and_the_refinement_attention(tiny):
+    """The target shape; with the method set to Dense the result equals hi-res with stock attention, and the default
+    local attention changes the image beyond float noise (it is not silently dense)."""
+    name, pipe = tiny
+    out = _run(pipe, name, CFG)
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+    stock = _run(pipe, name, CFG.replace(local_attention="dense"))
+    dense_method = _run(pipe, name, CFG.replace(attention=attnplug.DenseConfig()))
+    np.testing.assert_allclose(dense_method, stock, atol=1e-5, rtol=0)
+    noise = np.abs(dense_method - stock).max()
+    assert np.abs(out - stock).max() > max(10 * noise, 1e-6)
+
+
+def _expected_first_sigma(name, pipe, size, steps, start_sigma):
+    """The first sigma of the target-size schedule at or below ``start_sigma``, built as the pipeline builds it."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    seq = (size // pipe.vae_scale_factor // 2) ** 2
+    c = sched.config
+    mu = calculate_shift(seq, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    sigmas = sched.sigmas[:steps]
+    return float(sigmas[(sigmas <= start_sigma).nonzero()[0]])
+
+
+def test_the_refinement_starts_where_the_plan_says(tiny):
+    name, pipe = tiny
+    steps = 8
+    p = plan(pipe, 32, 32, CFG)
+    assert p.describe()["stages"][0]["starts_by"] == "sigma" and 0 < p.start_sigmas[0] < 1
+    seen = []  # (token count, timestep) of every denoiser call
+
+    def hook(module, args, kwargs):
+        seen.append((kwargs["hidden_states"].shape[1], float(kwargs["timestep"].flatten()[0])))
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        _run(pipe, name, CFG, num_inference_steps=steps, guidance_scale=1.0)  # one denoiser call per step
+    finally:
+        handle.remove()
+    coarse = [t for n, t in seen if n == 4 * 4]
+    fine = [t for n, t in seen if n == 8 * 8]
+    assert len(coarse) == steps and 0 < len(fine) < steps
+    expected = _expected_first_sigma(name, pipe, 32, steps, p.start_sigmas[0])
+    assert fine[0] == pytest.approx(expected, abs=1e-5)  # the pipeline passes the timestep as sigma
+    assert expected <= p.start_sigmas[0]
+
+
+def test_dropping_the_text_padding_is_exact(tiny):
+    """The refinement's denoiser calls without the padded text tokens give the image tokens of the padded call."""
+    from attnplug.pipelines._hires.family import detect_family
+    from attnplug.pipelines._hires.masks import drop_text_padding
+
+    name, pipe = tiny
+    torch.manual_seed(4)
+    text, image = 12, 16
+    mask = torch.ones(2, text + image, dtype=torch.bool)
+    mask[0, 6:text] = False  # prompt 0 keeps 6 tokens, prompt 1 keeps 9: positions 9.. are cut, 6..8 stay masked
+    mask[1, 9:text] = False
+    inputs = dict(hidden_states=torch.randn(2, image, 16), encoder_hidden_states=torch.randn(2, text, 16),
+                  timestep=torch.tensor([0.5, 0.5]), img_ids=torch.zeros(image, 3), txt_ids=torch.zeros(text, 3),
+                  attention_mask=mask)
+    seen = []
+
+    def probe(module, args, kwargs):
+        seen.append((kwargs["encoder_hidden_states"].shape[1], kwargs["attention_mask"] is None))
+
+    with torch.no_grad():
+        ref = pipe.transformer(**inputs, return_dict=False)[0]
+        with drop_text_padding(detect_family(pipe, (16, 16)), pipe.transformer):
+            handle = pipe.transformer.register_forward_pre_hook(probe, with_kwargs=True)  # runs after the cut
+            try:
+                cut = pipe.transformer(**inputs, return_dict=False)[0]
+                inputs["attention_mask"] = mask.clone().fill_(True)
+                inputs["attention_mask"][:, 9:text] = False
+                pipe.transformer(**inputs, return_dict=False)
+            finally:
+                handle.remove()
+    assert seen == [(9, False), (9, True)]  # cut to the kept positions; no mask once nothing is padded
+    torch.testing.assert_close(cut, ref, atol=1e-5, rtol=0)
+
+
+def _fingerprint(model):
+    from attnplug.testing_builders_image import chroma
+
+    torch.manual_seed(3)
+    _, inputs = chroma(1)
+    with torch.no_grad():
+        out = model(**inputs, return_dict=False)[0].clone()
+    leftovers = [n for n, m in model.named_modules()
+                 if "_attnplug" in m.__dict__ or "forward" in m.__dict__ or m._forward_pre_hooks or m._forward_hooks]
+    processors = {n: type(m.processor) for n, m in model.named_modules() if hasattr(m, "processor")}
+    return out, leftovers, processors
+
+
+def test_the_denoiser_is_stock_afterwards(tiny):
+    name, pipe = tiny
+    scheduler = pipe.scheduler
+    ref = _fingerprint(pipe.transformer)
+    _run(pipe, name, CFG)
+    after = _fingerprint(pipe.transformer)
+    assert torch.equal(after[0], ref[0]) and after[1] == [] and after[2] == ref[2]
+    assert pipe.scheduler is scheduler
