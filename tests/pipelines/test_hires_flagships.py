@@ -1,4 +1,4 @@
-"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, ...): the target shape, the
+"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, Qwen-Image): the target shape, the
 attention method reaching every refinement call, the refinement starting where the plan says, a stock denoiser
 afterwards."""
 
@@ -10,7 +10,7 @@ import attnplug
 from attnplug.pipelines import HiResConfig, hires
 from attnplug.pipelines._hires import plan
 
-CFG = HiResConfig(progress=False, train_size_px=(16, 16))
+CFG = HiResConfig(progress=False)
 PROMPT = "a red circle"
 
 
@@ -37,45 +37,73 @@ def _chroma(tmp_path):
     from attnplug.testing_builders_image import chroma
 
     transformer, _ = chroma(1)
-    return diffusers.ChromaPipeline(
+    pipe = diffusers.ChromaPipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=_tiny_vae(),
         text_encoder=_tiny_t5(), tokenizer=tiny_tokenizer(str(tmp_path)), transformer=transformer.eval())
+    return pipe, dict(prompt=PROMPT, max_sequence_length=24)  # the prompt is padded
 
 
-BUILDERS = {"chroma": _chroma}
+def _qwen_image(tmp_path):
+    """Qwen-Image with its video-shaped VAE; the prompt as embeddings (its text encoder is a Qwen2.5-VL)."""
+    import diffusers
+
+    from attnplug.testing_builders_image import qwen_image
+
+    transformer, _ = qwen_image(1)
+    vae = diffusers.AutoencoderKLQwenImage(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    pipe = diffusers.QwenImagePipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae, text_encoder=None,
+        tokenizer=None, transformer=transformer.eval())
+    g = torch.Generator().manual_seed(5)
+    mask = torch.ones(1, 9, dtype=torch.long)
+    mask[:, 6:] = 0  # padded text, as the pipeline pads a batch of prompts
+    return pipe, dict(prompt=None, prompt_embeds=torch.randn(1, 9, 16, generator=g), prompt_embeds_mask=mask,
+                      true_cfg_scale=1.0)
+
+
+#: name -> (builder of the tiny pipeline and its prompt arguments, tiny transformer builder of testing_builders_image)
+#: and the training size in pixels the test gives it (a 4 x 4 token grid; the VAEs differ in factor)
+BUILDERS = {"chroma": (_chroma, "chroma", 16), "qwen-image": (_qwen_image, "qwen_image", 64)}
+#: pipeline arguments for one denoiser call per step
+NO_CFG = {"chroma": {"guidance_scale": 1.0}, "qwen-image": {}}
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
 def tiny(request, tmp_path_factory):
     torch.manual_seed(0)
-    pipe = BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
+    pipe, prompt = BUILDERS[request.param][0](tmp_path_factory.mktemp(request.param))
     pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe
+    return request.param, pipe, prompt
 
 
-def _kwargs(name, steps=3):
-    return dict(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np",
-                max_sequence_length=24)  # the prompt is padded
+def _train(tiny) -> int:
+    return BUILDERS[tiny[0]][2]
 
 
-def _run(pipe, name, config, size=32, **extra):
-    return hires(pipe, PROMPT, height=size, width=size, config=config, **{**_kwargs(name), **extra}).images
+def _run(tiny, config, **extra):
+    """Hi-res at twice the test's training size."""
+    _, pipe, prompt = tiny
+    size = 2 * _train(tiny)
+    kwargs = dict(num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    config = config.replace(train_size_px=(_train(tiny), _train(tiny)))
+    return hires(pipe, height=size, width=size, config=config, **{**prompt, **kwargs, **extra}).images
 
 
 def test_target_shape_and_the_refinement_attention(tiny):
     """The target shape; with the method set to Dense the result equals hi-res with stock attention, and the default
     local attention changes the image beyond float noise (it is not silently dense)."""
-    name, pipe = tiny
-    out = _run(pipe, name, CFG)
-    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
-    stock = _run(pipe, name, CFG.replace(local_attention="dense"))
-    dense_method = _run(pipe, name, CFG.replace(attention=attnplug.DenseConfig()))
+    out = _run(tiny, CFG)
+    size = 2 * _train(tiny)
+    assert out.shape == (1, size, size, 3) and np.isfinite(out).all()
+    stock = _run(tiny, CFG.replace(local_attention="dense"))
+    dense_method = _run(tiny, CFG.replace(attention=attnplug.DenseConfig()))
     np.testing.assert_allclose(dense_method, stock, atol=1e-5, rtol=0)
     noise = np.abs(dense_method - stock).max()
     assert np.abs(out - stock).max() > max(10 * noise, 1e-6)
 
 
-def _expected_first_sigma(name, pipe, size, steps, start_sigma):
+def _expected_first_sigma(pipe, size, steps, start_sigma):
     """The first sigma of the target-size schedule at or below ``start_sigma``, built as the pipeline builds it."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
@@ -89,9 +117,9 @@ def _expected_first_sigma(name, pipe, size, steps, start_sigma):
 
 
 def test_the_refinement_starts_where_the_plan_says(tiny):
-    name, pipe = tiny
-    steps = 8
-    p = plan(pipe, 32, 32, CFG)
+    name, pipe, _ = tiny
+    steps, train = 8, _train(tiny)
+    p = plan(pipe, 2 * train, 2 * train, CFG.replace(train_size_px=(train, train)))
     assert p.describe()["stages"][0]["starts_by"] == "sigma" and 0 < p.start_sigmas[0] < 1
     seen = []  # (token count, timestep) of every denoiser call
 
@@ -100,23 +128,27 @@ def test_the_refinement_starts_where_the_plan_says(tiny):
 
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        _run(pipe, name, CFG, num_inference_steps=steps, guidance_scale=1.0)  # one denoiser call per step
+        _run(tiny, CFG, num_inference_steps=steps, **NO_CFG[name])
     finally:
         handle.remove()
-    coarse = [t for n, t in seen if n == 4 * 4]
-    fine = [t for n, t in seen if n == 8 * 8]
+    tokens = (train // pipe.vae_scale_factor // 2) ** 2  # 2 x 2 packed latent tokens at the training size
+    coarse = [t for n, t in seen if n == tokens]
+    fine = [t for n, t in seen if n == 4 * tokens]
     assert len(coarse) == steps and 0 < len(fine) < steps
-    expected = _expected_first_sigma(name, pipe, 32, steps, p.start_sigmas[0])
+    expected = _expected_first_sigma(pipe, 2 * train, steps, p.start_sigmas[0])
     assert fine[0] == pytest.approx(expected, abs=1e-5)  # the pipeline passes the timestep as sigma
     assert expected <= p.start_sigmas[0]
 
 
 def test_dropping_the_text_padding_is_exact(tiny):
-    """The refinement's denoiser calls without the padded text tokens give the image tokens of the padded call."""
+    """Chroma: the refinement's denoiser calls without the padded text tokens give the image tokens of the padded
+    call."""
     from attnplug.pipelines._hires.family import detect_family
     from attnplug.pipelines._hires.masks import drop_text_padding
 
-    name, pipe = tiny
+    name, pipe, _ = tiny
+    if name != "chroma":
+        pytest.skip("only Chroma passes a square text-padding mask (Qwen-Image's is a key-padding mask)")
     torch.manual_seed(4)
     text, image = 12, 16
     mask = torch.ones(2, text + image, dtype=torch.bool)
@@ -145,11 +177,27 @@ def test_dropping_the_text_padding_is_exact(tiny):
     torch.testing.assert_close(cut, ref, atol=1e-5, rtol=0)
 
 
-def _fingerprint(model):
-    from attnplug.testing_builders_image import chroma
+def test_the_training_size_and_the_size_multiple(tiny):
+    """Chroma's training size is its pipeline's default (128 latent pixels: 1024 with its 8x VAE); Qwen-Image's is
+    the registry's 1328 x 1328 (its pipeline defaults to 1024 x 1024). Sides must be multiples of the VAE factor x
+    the 2 x 2 packing."""
+    from attnplug.pipelines._hires.family import detect_family
+
+    name, pipe, _ = tiny
+    family = detect_family(pipe)
+    chroma_default = 128 * pipe.vae_scale_factor  # the tiny VAE's factor is 2
+    assert family.train_size == {"chroma": (chroma_default,) * 2, "qwen-image": (1328, 1328)}[name]
+    multiple = pipe.vae_scale_factor * 2
+    assert family.pixel_multiple == multiple
+    with pytest.raises(ValueError, match=rf"height={2 * _train(tiny) + 2} is not a multiple of {multiple}"):
+        plan(pipe, 2 * _train(tiny) + 2, 2 * _train(tiny), CFG.replace(train_size_px=(_train(tiny),) * 2))
+
+
+def _fingerprint(name, model):
+    import attnplug.testing_builders_image as builders
 
     torch.manual_seed(3)
-    _, inputs = chroma(1)
+    _, inputs = getattr(builders, BUILDERS[name][1])(1)
     with torch.no_grad():
         out = model(**inputs, return_dict=False)[0].clone()
     leftovers = [n for n, m in model.named_modules()
@@ -159,10 +207,10 @@ def _fingerprint(model):
 
 
 def test_the_denoiser_is_stock_afterwards(tiny):
-    name, pipe = tiny
+    name, pipe, _ = tiny
     scheduler = pipe.scheduler
-    ref = _fingerprint(pipe.transformer)
-    _run(pipe, name, CFG)
-    after = _fingerprint(pipe.transformer)
+    ref = _fingerprint(name, pipe.transformer)
+    _run(tiny, CFG)
+    after = _fingerprint(name, pipe.transformer)
     assert torch.equal(after[0], ref[0]) and after[1] == [] and after[2] == ref[2]
     assert pipe.scheduler is scheduler

@@ -22,11 +22,14 @@ PIPELINE_FAMILIES = {
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
     "ChromaPipeline": "chroma",
+    "QwenImagePipeline": "qwen-image",
     "WanPipeline": "wan",
 }
 UNET_FAMILIES = ("shapes-unet", "sd", "sdxl")
 #: families whose pipelines pack the latent in 2 x 2 patches (``_pack_latents`` / ``_unpack_latents``)
-PACKED_2X2 = ("flux", "chroma")
+PACKED_2X2 = ("flux", "chroma", "qwen-image")
+#: families whose pipeline's default size is not the training size: that comes from attnplug's family registry
+REGISTRY_TRAIN_SIZE = ("qwen-image",)
 
 
 @dataclass(frozen=True)
@@ -119,5 +122,12 @@ def detect_family(pipe, train_size: tuple[int, int] | None = None) -> Family:
         input_multiple = int(cfg.patch_size[1])
     else:
         input_multiple = int(cfg.patch_size)
-    size = tuple(train_size) if train_size is not None else _train_size(pipe, name, denoiser, vae_factor)
+    if train_size is not None:
+        size = tuple(train_size)
+    elif name in REGISTRY_TRAIN_SIZE:
+        from ...families import family_of
+
+        size = family_of(denoiser).train_size  # Qwen-Image: 1328 x 1328, its pipeline defaults to 1024 x 1024
+    else:
+        size = _train_size(pipe, name, denoiser, vae_factor)
     return Family(name, attr, vae_factor, input_multiple, (int(size[0]), int(size[1])))

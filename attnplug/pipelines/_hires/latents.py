@@ -1,6 +1,6 @@
 """Latent I/O of the coarse-to-fine stages: a stage's result as a spatial latent ``(B, C, h, w)`` (``(B, C, F, h,
-w)`` for Wan), upsampling it, and turning it back into the ``latents=`` argument of the pipeline (Flux and Chroma
-pack their latents)."""
+w)`` for Wan and Qwen-Image, whose VAE latents have one frame), upsampling it, and turning it back into the
+``latents=`` argument of the pipeline (Flux, Chroma and Qwen-Image pack their latents in 2 x 2 patches)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def stage_kwargs(family: Family, kwargs: dict, final: bool) -> dict:
 
 def result_latents(family: Family, pipe, result, height: int, width: int) -> torch.Tensor:
     """A stage's output (``output_type`` latent, or ``"pt"`` for the embedded models) as a spatial latent
-    ``(B, C, h, w)`` (Wan: ``(B, C, F, h, w)``) in the space the pipeline's ``latents=`` argument takes."""
+    ``(B, C, h, w)`` (Wan: ``(B, C, F, h, w)``; Qwen-Image: ``(B, C, 1, h, w)``) in the space the pipeline's
+    ``latents=`` argument takes."""
     if family.embedded:
         return result.images * 2 - 1  # [0, 1] images -> the model's [-1, 1] pixel space
     if family.name == "wan":
@@ -40,9 +41,10 @@ def result_latents(family: Family, pipe, result, height: int, width: int) -> tor
 
 
 def pipeline_latents(family: Family, pipe, x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`result_latents`: the ``latents=`` argument for a spatial latent ``x``."""
+    """Inverse of :func:`result_latents`: the ``latents=`` argument for a spatial latent ``x``; the 2 x 2 packed
+    families take ``(B, h w / 4, 4 C)``."""
     if family.name in PACKED_2X2:
-        b, c, h, w = x.shape
+        b, c, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]  # Qwen-Image: (B, C, 1, h, w)
         return pipe._pack_latents(x, b, c, h, w)
     return x
 

@@ -132,7 +132,8 @@ def _start_sigmas(pipe, family: Family, config: HiResConfig, strengths: tuple[fl
         if config.start_sigma is not None:
             raise ValueError(
                 f"HiResConfig.start_sigma={config.start_sigma!r} applies to flow-matching pipelines whose schedule "
-                f"shift grows with the image size (flux; sd3 with dynamic shifting); {family.name} starts each "
+                f"shift grows with the image size (flux, chroma, qwen-image; sd3 with dynamic shifting); "
+                f"{family.name} starts each "
                 f"refinement by `strength`."
             )
         return ()

@@ -15,18 +15,21 @@ import torch
 
 from .family import Family
 
+#: families whose pipeline shifts the schedule by ``mu = calculate_shift(h w / 4)`` of the 2 x 2 packed latent
+PACKED_SHIFT = ("flux", "chroma", "qwen-image")
+
 
 def _schedule_kwargs(family: Family, pipe, steps: int, latent_hw: tuple[int, int], device) -> dict:
     """The arguments the family's pipeline gives ``scheduler.set_timesteps`` for ``steps`` steps at this size."""
     sched = pipe.scheduler
-    if family.name in ("flux", "chroma"):
+    if family.name in PACKED_SHIFT:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
         mu = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
                              sched.config.get("max_image_seq_len", 4096), sched.config.get("base_shift", 0.5),
                              sched.config.get("max_shift", 1.15))
-        # Chroma always passes its sigmas; Flux drops them for schedulers with `use_flow_sigmas`
+        # Chroma and Qwen-Image always pass their sigmas; Flux drops them for schedulers with `use_flow_sigmas`
         flow_sigmas = family.name == "flux" and sched.config.get("use_flow_sigmas", False)
         sigmas = None if flow_sigmas else np.linspace(1.0, 1 / steps, steps)
         if sigmas is None:
@@ -77,10 +80,10 @@ def _first_step(sched, steps: int, strength: float, start_sigma: float | None) -
 
 
 def shifts_with_resolution(family: Family, pipe) -> bool:
-    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux, Chroma; SD3 with dynamic
-    shifting), so a fraction of the steps is a different noise level at each size and refinement starts from a
+    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux, Chroma, Qwen-Image; SD3 with
+    dynamic shifting), so a fraction of the steps is a different noise level at each size and refinement starts from a
     sigma instead."""
-    return family.name in ("flux", "chroma") or (family.name == "sd3" and bool(
+    return family.name in PACKED_SHIFT or (family.name == "sd3" and bool(
         pipe.scheduler.config.get("use_dynamic_shifting", None)))
 
 
