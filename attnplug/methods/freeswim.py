@@ -16,6 +16,8 @@ levels); otherwise ``CallInfo.train_grid``, which the layout layer fills from th
 The window is that grid rounded up to odd (``2 * (n // 2) + 1``). A call whose window covers its whole token grid (at
 or below the training resolution) is handed back to stock attention (reason ``window-covers-grid``), and so is a call
 whose training grid is unknown (``train-grid-unknown``, with a warning).
+A boolean key-padding mask ``(B|1, 1, 1, N)`` (HunyuanVideo's padded prompt) excludes the padded keys from the
+window, as in neighbourhood attention; any other mask hands the call back (``attention-mask``).
 
 How it fits attnplug. A method sees one module's ``(q, k, v)``; the dual path needs two things beyond that:
 
@@ -55,6 +57,7 @@ from ..reasons import register
 from .base import AttentionMethod, CallInfo
 from .freeswim_config import FreeSwimConfig  # noqa: F401 - re-exported
 from .neighborhood import NeighborhoodConfig, NeighborhoodMethod
+from .patterns.base import key_padding
 
 logger = logging.getLogger(__name__)
 register("train-grid-unknown", "the model's training grid is unknown, so the window cannot be sized")
@@ -107,6 +110,9 @@ class FreeSwimMethod(AttentionMethod):
     One denoising run at a time per method instance: the run state (branch, caches, counters) lives in one
     :class:`_RunState`, cleared by :meth:`reset`."""
 
+    #: Boolean key-padding masks are honoured (padded keys excluded, see :meth:`__call__`); other masks handed back.
+    supports_mask = True
+
     def __init__(self, config: FreeSwimConfig | None = None):
         self.config = config or FreeSwimConfig()
         self._state = _RunState()
@@ -135,8 +141,12 @@ class FreeSwimMethod(AttentionMethod):
         )
 
     def __call__(self, q, k, v, layout: TokenLayout, mask=None, info: CallInfo | None = None):
-        """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> windowed output, or None to hand the call back."""
-        if mask is not None:
+        """``q, k, v (B, H, N, D)`` laid out as ``layout`` -> windowed output, or None to hand the call back.
+
+        A boolean key-padding ``mask (B|1, 1, 1, N)`` (HunyuanVideo's padded prompt) is honoured as neighbourhood
+        attention honours it: the padded keys are excluded, every other key is unchanged. Any other mask is handed
+        back (``attention-mask``)."""
+        if mask is not None and key_padding(mask, q.shape[0], k.shape[-2]) is None:
             return self.hand_back("attention-mask")
         info = info or CallInfo()
         st = self._state
@@ -160,7 +170,7 @@ class FreeSwimMethod(AttentionMethod):
             log_once(logger, logging.WARNING, "FreeSwim: only the windowed self-attention is active; use "
                      "attnplug.apply(...) for the full-branch cross-attention override.")
         st.counts["self: windowed"] += 1
-        return self._window_method(window)(q, k, v, layout, None, info)
+        return self._window_method(window)(q, k, v, layout, mask, info)
 
     # -- cross-attention ---------------------------------------------------------------------------------------
     def cross_attention(self, q, k, v, mask, info: CallInfo) -> torch.Tensor | None:

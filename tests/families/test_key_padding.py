@@ -1,11 +1,13 @@
-"""Neighbourhood and window attention honour a boolean key-padding mask (HunyuanVideo's and Qwen-Image's padded
-prompts): on the kept tokens, a masked call equals the same method on the sequence with the padded tokens removed."""
+"""Neighbourhood, window and FreeSwim attention honour a boolean key-padding mask (HunyuanVideo's and Qwen-Image's
+padded prompts): on the kept tokens, a masked call equals the same method on the sequence with the padded tokens
+removed."""
 
 import pytest
 import torch
 
 from attnplug.layout import TokenLayout
 from attnplug.methods.base import CallInfo
+from attnplug.methods.freeswim import FreeSwimConfig, FreeSwimMethod
 from attnplug.methods.neighborhood import NeighborhoodConfig, NeighborhoodMethod
 from attnplug.methods.window import WindowConfig, WindowMethod
 
@@ -13,13 +15,15 @@ GRID, TEXT = (2, 6, 7), 6
 
 
 def _method(name):
+    if name == "freeswim":  # the windowed branch: a (3, 3) training grid gives a 3 x 3 window on the 6 x 7 grid
+        return FreeSwimMethod(FreeSwimConfig(train_grid=(3, 3), override_cross_attention=False))
     if name.startswith("neighborhood"):  # tiles folds the padding into the keys; torch (block-sparse) uses kv_keep
         backend = name.partition("-")[2] or "tiles"
         return NeighborhoodMethod(NeighborhoodConfig(kernel_size=(3, 3, 3), backend=backend))
     return WindowMethod(WindowConfig(window_size=(2, 3, 4)))
 
 
-@pytest.mark.parametrize("name", ["neighborhood", "neighborhood-torch", "window"])
+@pytest.mark.parametrize("name", ["neighborhood", "neighborhood-torch", "window", "freeswim"])
 @pytest.mark.parametrize("text_first", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_masked_call_equals_the_call_without_the_padded_keys(name, text_first, dtype):
@@ -43,7 +47,7 @@ def test_masked_call_equals_the_call_without_the_padded_keys(name, text_first, d
         torch.testing.assert_close(out[b:b + 1, :, rows], ref, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("name", ["neighborhood", "window"])
+@pytest.mark.parametrize("name", ["neighborhood", "window", "freeswim"])
 def test_other_masks_are_handed_back(name):
     layout = TokenLayout(*GRID, text_tokens=TEXT)
     q = torch.randn(1, 2, layout.num_tokens, 16)
