@@ -16,6 +16,7 @@ import diffusers
 from attnplug.families import FAMILIES, REFUSED
 from attnplug.testing_families import excluded_classes
 from attnplug.testing_matrix import METHODS, ClassResult, class_keys, run_class
+from attnplug.testing_reference import CAPTURES, TOLERANCES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README_START, README_END = "<!-- families:start -->", "<!-- families:end -->"
@@ -38,6 +39,14 @@ def _cell(outcome) -> str:
     if outcome.status == "runs" and "stock: " in outcome.detail:
         return "✔ " + outcome.detail.split(";")[0]
     return MARK[outcome.status]
+
+
+def _reference(r: ClassResult) -> str:
+    """``✔ n`` when the ``n`` methods that computed calls each matched their reference, ``FAILS`` on a mismatch."""
+    if any(o.status == "fails" and o.reference for o in r.methods.values()):
+        return "FAILS"
+    checked = sum(1 for o in r.methods.values() if o.reference)
+    return f"✔ {checked}" if checked else "—"
 
 
 def _status(r: ClassResult) -> str:
@@ -68,18 +77,30 @@ def markdown(results: list[ClassResult]) -> str:
         f"**{len(supported)} of {len(results)} rows supported** (dense exact, neighbourhood and window or sparse "
         f"video running), {len(refused)} refused or partial, each with its reason.",
         "",
+        f"**{sum(_reference(r).startswith('✔') for r in results)} rows** have their method calls checked against "
+        f"each method's own reference: the first {CAPTURES} calls each method computed are captured (q, k, v, layout, "
+        "mask, call info, output) and recomputed in float64 by the method's exact reference (neighbourhood: the "
+        "NATTEN-semantics mask; window: the shifted-window mask; sparse video: its plan's token mask; agent: the "
+        "agent-attention reference; FreeSwim: the neighbourhood mask of its window; a key-padding mask excludes its "
+        "keys), within |out − ref| ≤ atol + rtol·|ref|: "
+        + ", ".join(f"{m} {a:.0e} + {r:.0e}" for m, (a, r) in TOLERANCES.items())
+        + ". Column *reference*: ✔ n = the n methods that computed calls all matched, — none computed, FAILS a "
+        "mismatch. FreeSwim's window is the training grid, which covers every tiny grid (`window-covers-grid`); "
+        "`tests/families/test_freeswim_grids.py` runs its defaults at 2× the training grid and checks its calls the "
+        "same way.",
+        "",
         "Cells: ✔ the method computed every self-attention call (or the count shown), `stock: reason (n)` it "
         "handed the calls back (e.g. the window covers the tiny grid), ✘ refused with a message, FAILS an error "
         "(listed under Method failures), — not built.",
         "",
-        "| class | family | text in self-attention | dense | " + " | ".join(METHODS) + " | status |",
-        "|---" * (len(METHODS) + 5) + "|",
+        "| class | family | text in self-attention | dense | " + " | ".join(METHODS) + " | reference | status |",
+        "|---" * (len(METHODS) + 6) + "|",
     ]
     for r in results:
         family, text = _row_facts(r.key)
         cells = [_cell(r.methods[m]) if m in r.methods else MARK[r.dense.status] for m in METHODS]
         lines.append(f"| `{r.key}` | {family} | {text} | {MARK[r.dense.status]} | " + " | ".join(cells)
-                     + f" | {_status(r)} |")
+                     + f" | {_reference(r)} | {_status(r)} |")
     lines += ["", "## Refusal messages", ""]
     for r in refused:
         detail = next((o.detail for o in [r.dense, *r.methods.values()] if o.status in ("refused", "fails")), "")
