@@ -1,4 +1,5 @@
-"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, Qwen-Image): the target shape, the
+"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, Qwen-Image,
+Flux 2): the target shape, the
 attention method reaching every refinement call, the refinement starting where the plan says, a stock denoiser
 afterwards."""
 
@@ -62,11 +63,32 @@ def _qwen_image(tmp_path):
                       true_cfg_scale=1.0)
 
 
+def _flux2(tmp_path):
+    """Flux 2 with a tiny VAE whose batch norm has non-trivial statistics; the prompt as embeddings (its text
+    encoder is a Mistral 3)."""
+    import diffusers
+
+    from attnplug.testing_builders_image import flux2
+
+    transformer, _ = flux2(1)
+    vae = diffusers.AutoencoderKLFlux2(
+        block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    g = torch.Generator().manual_seed(6)
+    vae.bn.running_mean.copy_(torch.randn(16, generator=g))
+    vae.bn.running_var.copy_(torch.rand(16, generator=g) + 0.5)
+    pipe = diffusers.Flux2Pipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae, text_encoder=None,
+        tokenizer=None, transformer=transformer.eval())
+    return pipe, dict(prompt=None, prompt_embeds=torch.randn(1, 6, 16, generator=g))
+
+
 #: name -> (builder of the tiny pipeline and its prompt arguments, tiny transformer builder of testing_builders_image)
 #: and the training size in pixels the test gives it (a 4 x 4 token grid; the VAEs differ in factor)
-BUILDERS = {"chroma": (_chroma, "chroma", 16), "qwen-image": (_qwen_image, "qwen_image", 64)}
+BUILDERS = {"chroma": (_chroma, "chroma", 16), "qwen-image": (_qwen_image, "qwen_image", 64),
+            "flux2": (_flux2, "flux2", 16)}
 #: pipeline arguments for one denoiser call per step
-NO_CFG = {"chroma": {"guidance_scale": 1.0}, "qwen-image": {}}
+NO_CFG = {"chroma": {"guidance_scale": 1.0}, "qwen-image": {}, "flux2": {}}
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
@@ -103,14 +125,18 @@ def test_target_shape_and_the_refinement_attention(tiny):
     assert np.abs(out - stock).max() > max(10 * noise, 1e-6)
 
 
-def _expected_first_sigma(pipe, size, steps, start_sigma):
+def _expected_first_sigma(name, pipe, size, steps, start_sigma):
     """The first sigma of the target-size schedule at or below ``start_sigma``, built as the pipeline builds it."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
     sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
     seq = (size // pipe.vae_scale_factor // 2) ** 2
     c = sched.config
-    mu = calculate_shift(seq, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    if name == "flux2":
+        mu = compute_empirical_mu(seq, steps)
+    else:
+        mu = calculate_shift(seq, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     sigmas = sched.sigmas[:steps]
     return float(sigmas[(sigmas <= start_sigma).nonzero()[0]])
@@ -119,7 +145,7 @@ def _expected_first_sigma(pipe, size, steps, start_sigma):
 def test_the_refinement_starts_where_the_plan_says(tiny):
     name, pipe, _ = tiny
     steps, train = 8, _train(tiny)
-    p = plan(pipe, 2 * train, 2 * train, CFG.replace(train_size_px=(train, train)))
+    p = plan(pipe, 2 * train, 2 * train, CFG.replace(train_size_px=(train, train)), steps=steps)
     assert p.describe()["stages"][0]["starts_by"] == "sigma" and 0 < p.start_sigmas[0] < 1
     seen = []  # (token count, timestep) of every denoiser call
 
@@ -135,7 +161,7 @@ def test_the_refinement_starts_where_the_plan_says(tiny):
     coarse = [t for n, t in seen if n == tokens]
     fine = [t for n, t in seen if n == 4 * tokens]
     assert len(coarse) == steps and 0 < len(fine) < steps
-    expected = _expected_first_sigma(pipe, 2 * train, steps, p.start_sigmas[0])
+    expected = _expected_first_sigma(name, pipe, 2 * train, steps, p.start_sigmas[0])
     assert fine[0] == pytest.approx(expected, abs=1e-5)  # the pipeline passes the timestep as sigma
     assert expected <= p.start_sigmas[0]
 
@@ -178,7 +204,8 @@ def test_dropping_the_text_padding_is_exact(tiny):
 
 
 def test_the_training_size_and_the_size_multiple(tiny):
-    """Chroma's training size is its pipeline's default (128 latent pixels: 1024 with its 8x VAE); Qwen-Image's is
+    """Chroma's and Flux 2's training size is their pipeline's default (128 latent pixels: 1024 with their 8x VAE);
+    Qwen-Image's is
     the registry's 1328 x 1328 (its pipeline defaults to 1024 x 1024). Sides must be multiples of the VAE factor x
     the 2 x 2 packing."""
     from attnplug.pipelines._hires.family import detect_family
@@ -186,11 +213,40 @@ def test_the_training_size_and_the_size_multiple(tiny):
     name, pipe, _ = tiny
     family = detect_family(pipe)
     chroma_default = 128 * pipe.vae_scale_factor  # the tiny VAE's factor is 2
-    assert family.train_size == {"chroma": (chroma_default,) * 2, "qwen-image": (1328, 1328)}[name]
+    expected = {"chroma": (chroma_default,) * 2, "qwen-image": (1328, 1328), "flux2": (chroma_default,) * 2}[name]
+    assert family.train_size == expected
     multiple = pipe.vae_scale_factor * 2
     assert family.pixel_multiple == multiple
     with pytest.raises(ValueError, match=rf"height={2 * _train(tiny) + 2} is not a multiple of {multiple}"):
         plan(pipe, 2 * _train(tiny) + 2, 2 * _train(tiny), CFG.replace(train_size_px=(_train(tiny),) * 2))
+
+
+def test_flux2_latents_round_trip_and_upsample_in_the_vae_space(tiny):
+    """Flux 2: packed tokens -> spatial latent -> the patchified ``latents=`` argument loses nothing, and upsampling
+    undoes the per-patch-position batch norm first (a constant VAE latent stays constant)."""
+    from types import SimpleNamespace
+
+    from attnplug.pipelines._hires.family import detect_family
+    from attnplug.pipelines._hires.latents import pipeline_latents, result_latents, upsample_latents
+
+    name, pipe, _ = tiny
+    if name != "flux2":
+        pytest.skip("Flux 2 only: it takes patchified latents normalised per patch position")
+    family = detect_family(pipe, (16, 16))
+    g = torch.Generator().manual_seed(7)
+    patches = torch.randn(1, 16, 4, 4, generator=g)  # (B, 4 C, h / 2, w / 2) at 16 px with the tiny 2x VAE
+    tokens = pipe._pack_latents(patches)
+    x = result_latents(family, pipe, SimpleNamespace(images=tokens), 16, 16)
+    assert x.shape == (1, 4, 8, 8)
+    torch.testing.assert_close(pipeline_latents(family, pipe, x), patches, rtol=0, atol=0)
+    bn = pipe.vae.bn
+    mean, std = bn.running_mean.view(1, -1, 1, 1), torch.sqrt(bn.running_var.view(1, -1, 1, 1) + 1e-4)
+    value = torch.randn(1, 4, 1, 1, generator=g)  # one value per VAE channel
+    constant = value.expand(1, 4, 8, 8).contiguous()
+    normalised = pipe._unpatchify_latents((pipe._patchify_latents(constant) - mean) / std)
+    up = upsample_latents(family, pipe, normalised, (16, 16), "bicubic", 0.5)
+    expected = pipe._unpatchify_latents((pipe._patchify_latents(value.expand(1, 4, 16, 16).contiguous()) - mean) / std)
+    torch.testing.assert_close(up, expected, rtol=0, atol=1e-5)
 
 
 def _fingerprint(name, model):

@@ -23,6 +23,7 @@ PIPELINE_FAMILIES = {
     "FluxPipeline": "flux",
     "ChromaPipeline": "chroma",
     "QwenImagePipeline": "qwen-image",
+    "Flux2Pipeline": "flux2",
     "WanPipeline": "wan",
 }
 UNET_FAMILIES = ("shapes-unet", "sd", "sdxl")
@@ -116,8 +117,8 @@ def detect_family(pipe, train_size: tuple[int, int] | None = None) -> Family:
     cfg = denoiser.config
     if name in UNET_FAMILIES:
         input_multiple = 2 ** sum(1 for b in denoiser.down_blocks if getattr(b, "downsamplers", None))
-    elif name in PACKED_2X2:
-        input_multiple = 2  # 2 x 2 packing of the latent
+    elif name in PACKED_2X2 or name == "flux2":
+        input_multiple = 2  # 2 x 2 packing (Flux 2: patchifying) of the latent
     elif name == "wan":
         input_multiple = int(cfg.patch_size[1])
     else:

@@ -1,6 +1,7 @@
 """Latent I/O of the coarse-to-fine stages: a stage's result as a spatial latent ``(B, C, h, w)`` (``(B, C, F, h,
 w)`` for Wan and Qwen-Image, whose VAE latents have one frame), upsampling it, and turning it back into the
-``latents=`` argument of the pipeline (Flux, Chroma and Qwen-Image pack their latents in 2 x 2 patches)."""
+``latents=`` argument of the pipeline (Flux, Chroma and Qwen-Image pack their latents in 2 x 2 patches; Flux 2
+takes them patchified, normalised per patch position)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def result_latents(family: Family, pipe, result, height: int, width: int) -> tor
     x = result.images
     if family.name in PACKED_2X2:
         x = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+    elif family.name == "flux2":  # tokens (B, h w / 4, 4 C) in row order -> patches (B, 4 C, h / 2, w / 2)
+        h2, w2 = height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2
+        x = pipe._unpatchify_latents(x.permute(0, 2, 1).reshape(x.shape[0], x.shape[2], h2, w2))
     return x
 
 
@@ -46,7 +50,31 @@ def pipeline_latents(family: Family, pipe, x: torch.Tensor) -> torch.Tensor:
     if family.name in PACKED_2X2:
         b, c, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]  # Qwen-Image: (B, C, 1, h, w)
         return pipe._pack_latents(x, b, c, h, w)
+    if family.name == "flux2":  # Flux 2 takes the patchified latent (B, 4 C, h / 2, w / 2) and packs it itself
+        return pipe._patchify_latents(x)
     return x
+
+
+def _flux2_bn(pipe, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std ``(1, 4 C, 1, 1)`` of the Flux 2 VAE's batch norm over the patchified latent."""
+    bn = pipe.vae.bn
+    mean = bn.running_mean.view(1, -1, 1, 1).to(x.device, x.dtype)
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(x.device, x.dtype)
+    return mean, std
+
+
+def upsample_latents(family: Family, pipe, x: torch.Tensor, size: tuple[int, int], mode: str,
+                     lowpass: float = 0.0) -> torch.Tensor:
+    """:func:`upsample` of a stage's spatial latent ``x`` to ``size``. Flux 2's model latent is normalised per
+    patch position (a batch norm over the 2 x 2 patchified channels): it is upsampled in the VAE's own latent space
+    (normalisation undone, then redone at the new size), so neighbouring pixels with different statistics do not
+    blend."""
+    if family.name != "flux2":
+        return upsample(x, size, mode, lowpass)
+    mean, std = _flux2_bn(pipe, x)
+    vae_latent = pipe._unpatchify_latents(pipe._patchify_latents(x) * std + mean)
+    y = pipe._patchify_latents(upsample(vae_latent, size, mode, lowpass))
+    return pipe._unpatchify_latents((y - mean) / std)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:

@@ -86,8 +86,9 @@ def _stage_sizes(family: Family, height: int, width: int, max_scale: float) -> t
     return tuple(out)
 
 
-def plan(pipe, height: int, width: int, config: HiResConfig | None = None) -> HiResPlan:
+def plan(pipe, height: int, width: int, config: HiResConfig | None = None, steps: int | None = None) -> HiResPlan:
     """Resolve ``config`` for ``pipe`` at ``height x width``: family, method, stage sizes, RAU-Net schedule.
+    ``steps``: the call's ``num_inference_steps`` (Flux 2's schedule shift, hence its start sigmas, depends on it).
     ``ValueError`` for a scale below 1 or a size the model cannot take; ``TypeError`` for an unsupported pipeline."""
     config = config if config is not None else HiResConfig()
     if not isinstance(config, HiResConfig):
@@ -122,24 +123,24 @@ def plan(pipe, height: int, width: int, config: HiResConfig | None = None) -> Hi
     n = len(sizes) - 1
     strengths = tuple(strength[min(i, len(strength) - 1)] for i in range(n))
     return HiResPlan(family, method, sizes, strengths=strengths,
-                     start_sigmas=_start_sigmas(pipe, family, config, strengths))
+                     start_sigmas=_start_sigmas(pipe, family, config, strengths, steps))
 
 
-def _start_sigmas(pipe, family: Family, config: HiResConfig, strengths: tuple[float, ...]) -> tuple:
+def _start_sigmas(pipe, family: Family, config: HiResConfig, strengths: tuple[float, ...],
+                  steps: int | None = None) -> tuple:
     """Per refinement stage, the noise level it starts from on a pipeline whose shift grows with the size
     (``config.start_sigma``, else what the stage's strength reaches at the training size); ``()`` elsewhere."""
     if not shifts_with_resolution(family, pipe):
         if config.start_sigma is not None:
             raise ValueError(
                 f"HiResConfig.start_sigma={config.start_sigma!r} applies to flow-matching pipelines whose schedule "
-                f"shift grows with the image size (flux, chroma, qwen-image; sd3 with dynamic shifting); "
-                f"{family.name} starts each "
-                f"refinement by `strength`."
+                f"shift grows with the image size (flux, chroma, qwen-image, flux2; sd3 with dynamic "
+                f"shifting); {family.name} starts each refinement by `strength`."
             )
         return ()
     given = config.start_sigma
     if given is None:
-        return tuple(train_size_sigma(family, pipe, st) for st in strengths)
+        return tuple(train_size_sigma(family, pipe, st, steps=steps) for st in strengths)
     given = given if isinstance(given, tuple) else (given,)
     return tuple(float(given[min(i, len(given) - 1)]) for i in range(len(strengths)))
 

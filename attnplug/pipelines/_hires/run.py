@@ -14,7 +14,7 @@ from . import raunet as rau
 from .attention import hidiffusion_attention, refine_attention
 from .config import DEFAULT_LOWPASS, HiResConfig
 from .family import signature_default
-from .latents import pipeline_latents, result_latents, stage_kwargs, upsample
+from .latents import pipeline_latents, result_latents, stage_kwargs, upsample_latents
 from .masks import drop_text_padding
 from .plan import HiResPlan
 from .schedule import refine_schedule, renoise
@@ -90,8 +90,9 @@ def run_coarse_to_fine(pipe, prompt, p: HiResPlan, config: HiResConfig, kwargs: 
         for i, (h1, w1) in enumerate(p.sizes[1:], start=1):
             final = i == len(p.sizes) - 1
             x = result_latents(family, pipe, out, h, w)
-            x = upsample(x, (h1 // family.vae_factor, w1 // family.vae_factor), config.upsample_mode,
-                                config.lowpass if config.lowpass is not None else DEFAULT_LOWPASS)
+            lowpass = config.lowpass if config.lowpass is not None else DEFAULT_LOWPASS
+            x = upsample_latents(family, pipe, x, (h1 // family.vae_factor, w1 // family.vae_factor),
+                                 config.upsample_mode, lowpass)
             strength = p.strengths[i - 1]
             sigma = p.start_sigmas[i - 1] if p.start_sigmas else None
             x, t0 = renoise(family, pipe, x, steps, strength, generator, start_sigma=sigma)

@@ -13,15 +13,24 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .family import Family
+from .family import Family, signature_default
 
 #: families whose pipeline shifts the schedule by ``mu = calculate_shift(h w / 4)`` of the 2 x 2 packed latent
 PACKED_SHIFT = ("flux", "chroma", "qwen-image")
 
 
-def _schedule_kwargs(family: Family, pipe, steps: int, latent_hw: tuple[int, int], device) -> dict:
-    """The arguments the family's pipeline gives ``scheduler.set_timesteps`` for ``steps`` steps at this size."""
+def _schedule_kwargs(family: Family, pipe, steps: int, latent_hw: tuple[int, int], device,
+                     mu_steps: int | None = None) -> dict:
+    """The arguments the family's pipeline gives ``scheduler.set_timesteps`` for ``steps`` steps at this size.
+    ``mu_steps``: the step count Flux 2's shift is computed for (default ``steps``; its shift depends on both)."""
     sched = pipe.scheduler
+    if family.name == "flux2":
+        from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+        mu = compute_empirical_mu((latent_hw[0] // 2) * (latent_hw[1] // 2), mu_steps or steps)
+        if sched.config.get("use_flow_sigmas", False):
+            return {"num_inference_steps": steps, "device": device, "mu": mu}
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "device": device, "mu": mu}
     if family.name in PACKED_SHIFT:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
@@ -80,19 +89,26 @@ def _first_step(sched, steps: int, strength: float, start_sigma: float | None) -
 
 
 def shifts_with_resolution(family: Family, pipe) -> bool:
-    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux, Chroma, Qwen-Image; SD3 with
-    dynamic shifting), so a fraction of the steps is a different noise level at each size and refinement starts from a
-    sigma instead."""
-    return family.name in PACKED_SHIFT or (family.name == "sd3" and bool(
+    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux, Chroma, Qwen-Image, Flux 2;
+    SD3 with dynamic shifting), so a fraction of the steps is a different noise level at each size and refinement
+    starts from a sigma instead."""
+    return family.name in PACKED_SHIFT or family.name == "flux2" or (family.name == "sd3" and bool(
         pipe.scheduler.config.get("use_dynamic_shifting", None)))
 
 
-def train_size_sigma(family: Family, pipe, strength: float, resolution: int = 1000) -> float:
+def train_size_sigma(family: Family, pipe, strength: float, resolution: int = 1000, steps: int | None = None) -> float:
     """The noise level at which re-noising to ``strength`` starts on a ``resolution``-step schedule at the family's
-    training size: the default start sigma of :func:`shifts_with_resolution` pipelines."""
+    training size: the default start sigma of :func:`shifts_with_resolution` pipelines. ``steps``: the call's step
+    count, which Flux 2's shift depends on (default: the pipeline's default ``num_inference_steps``)."""
     sched = copy.deepcopy(pipe.scheduler)
     h, w = (s // family.vae_factor for s in family.train_size)
-    sched.set_timesteps(**_schedule_kwargs(family, pipe, resolution, (h, w), "cpu"))
+    mu_steps = None
+    if family.name == "flux2":
+        mu_steps = steps if steps is not None else signature_default(pipe, "num_inference_steps")
+        if mu_steps is None:
+            raise ValueError(f"Give num_inference_steps: {type(pipe).__name__} has no default for it and its "
+                             "schedule shift depends on it.")
+    sched.set_timesteps(**_schedule_kwargs(family, pipe, resolution, (h, w), "cpu", mu_steps=mu_steps))
     return float(sched.sigmas[start_index(resolution, strength)])
 
 
