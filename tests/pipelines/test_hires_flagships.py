@@ -1,5 +1,5 @@
 """Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, Qwen-Image,
-Flux 2): the target shape, the
+Flux 2, Z-Image): the target shape, the
 attention method reaching every refinement call, the refinement starting where the plan says, a stock denoiser
 afterwards."""
 
@@ -83,12 +83,27 @@ def _flux2(tmp_path):
     return pipe, dict(prompt=None, prompt_embeds=torch.randn(1, 6, 16, generator=g))
 
 
+def _z_image(tmp_path):
+    """Z-Image; the prompt as embeddings (its text encoder is a Qwen 3), with a negative one for its CFG."""
+    import diffusers
+
+    from attnplug.testing_builders_image import z_image
+
+    transformer, _ = z_image(1)
+    pipe = diffusers.ZImagePipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=_tiny_vae(),
+        text_encoder=None, tokenizer=None, transformer=transformer.eval())
+    g = torch.Generator().manual_seed(8)
+    return pipe, dict(prompt=None, prompt_embeds=[torch.randn(5, 16, generator=g)],
+                      negative_prompt_embeds=[torch.randn(3, 16, generator=g)])
+
+
 #: name -> (builder of the tiny pipeline and its prompt arguments, tiny transformer builder of testing_builders_image)
 #: and the training size in pixels the test gives it (a 4 x 4 token grid; the VAEs differ in factor)
 BUILDERS = {"chroma": (_chroma, "chroma", 16), "qwen-image": (_qwen_image, "qwen_image", 64),
-            "flux2": (_flux2, "flux2", 16)}
+            "flux2": (_flux2, "flux2", 16), "z-image": (_z_image, "z_image", 16)}
 #: pipeline arguments for one denoiser call per step
-NO_CFG = {"chroma": {"guidance_scale": 1.0}, "qwen-image": {}, "flux2": {}}
+NO_CFG = {"chroma": {"guidance_scale": 1.0}, "qwen-image": {}, "flux2": {}, "z-image": {"guidance_scale": 0.0}}
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
@@ -133,11 +148,16 @@ def _expected_first_sigma(name, pipe, size, steps, start_sigma):
     sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
     seq = (size // pipe.vae_scale_factor // 2) ** 2
     c = sched.config
+    sigmas = np.linspace(1.0, 1 / steps, steps)
     if name == "flux2":
         mu = compute_empirical_mu(seq, steps)
     else:
         mu = calculate_shift(seq, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
-    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    if name == "z-image":
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
+
+        sigmas = get_default_z_image_sigmas(steps)
+    sched.set_timesteps(sigmas=sigmas, mu=mu)
     sigmas = sched.sigmas[:steps]
     return float(sigmas[(sigmas <= start_sigma).nonzero()[0]])
 
@@ -147,10 +167,13 @@ def test_the_refinement_starts_where_the_plan_says(tiny):
     steps, train = 8, _train(tiny)
     p = plan(pipe, 2 * train, 2 * train, CFG.replace(train_size_px=(train, train)), steps=steps)
     assert p.describe()["stages"][0]["starts_by"] == "sigma" and 0 < p.start_sigmas[0] < 1
-    seen = []  # (token count, timestep) of every denoiser call
+    seen = []  # (token count, sigma) of every denoiser call
 
     def hook(module, args, kwargs):
-        seen.append((kwargs["hidden_states"].shape[1], float(kwargs["timestep"].flatten()[0])))
+        if name == "z-image":  # a list of (C, 1, h, w) latents and 1 - sigma, positionally
+            seen.append((args[0][0].shape[-2] * args[0][0].shape[-1] // 4, 1 - float(args[1].flatten()[0])))
+        else:  # 2 x 2 packed tokens and sigma
+            seen.append((kwargs["hidden_states"].shape[1], float(kwargs["timestep"].flatten()[0])))
 
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -162,7 +185,7 @@ def test_the_refinement_starts_where_the_plan_says(tiny):
     fine = [t for n, t in seen if n == 4 * tokens]
     assert len(coarse) == steps and 0 < len(fine) < steps
     expected = _expected_first_sigma(name, pipe, 2 * train, steps, p.start_sigmas[0])
-    assert fine[0] == pytest.approx(expected, abs=1e-5)  # the pipeline passes the timestep as sigma
+    assert fine[0] == pytest.approx(expected, abs=1e-5)
     assert expected <= p.start_sigmas[0]
 
 
@@ -205,15 +228,15 @@ def test_dropping_the_text_padding_is_exact(tiny):
 
 def test_the_training_size_and_the_size_multiple(tiny):
     """Chroma's and Flux 2's training size is their pipeline's default (128 latent pixels: 1024 with their 8x VAE);
-    Qwen-Image's is
-    the registry's 1328 x 1328 (its pipeline defaults to 1024 x 1024). Sides must be multiples of the VAE factor x
-    the 2 x 2 packing."""
+    Qwen-Image's is the registry's 1328 x 1328 (its pipeline defaults to 1024 x 1024), Z-Image's the registry's
+    1024 x 1024. Sides must be multiples of the VAE factor x the 2 x 2 packing."""
     from attnplug.pipelines._hires.family import detect_family
 
     name, pipe, _ = tiny
     family = detect_family(pipe)
     chroma_default = 128 * pipe.vae_scale_factor  # the tiny VAE's factor is 2
-    expected = {"chroma": (chroma_default,) * 2, "qwen-image": (1328, 1328), "flux2": (chroma_default,) * 2}[name]
+    expected = {"chroma": (chroma_default,) * 2, "qwen-image": (1328, 1328), "flux2": (chroma_default,) * 2,
+                "z-image": (1024, 1024)}[name]
     assert family.train_size == expected
     multiple = pipe.vae_scale_factor * 2
     assert family.pixel_multiple == multiple
@@ -255,7 +278,8 @@ def _fingerprint(name, model):
     torch.manual_seed(3)
     _, inputs = getattr(builders, BUILDERS[name][1])(1)
     with torch.no_grad():
-        out = model(**inputs, return_dict=False)[0].clone()
+        out = model(**inputs, return_dict=False)[0]
+        out = torch.stack(out) if isinstance(out, list) else out.clone()  # Z-Image returns a list per sample
     leftovers = [n for n, m in model.named_modules()
                  if "_attnplug" in m.__dict__ or "forward" in m.__dict__ or m._forward_pre_hooks or m._forward_hooks]
     processors = {n: type(m.processor) for n, m in model.named_modules() if hasattr(m, "processor")}

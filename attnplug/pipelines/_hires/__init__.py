@@ -9,11 +9,11 @@ the object duplication plain sampling gives there, and faster than plain samplin
   the late steps run the vanilla U-Net for detail (``raunet_switch``). *MSW-MSA*: the highest-resolution attention
   blocks attend inside shifted windows of the training size whose shift changes with the step
   (:class:`attnplug.WindowConfig` through :func:`attnplug.apply`). Module hooks only; at scale 1 the U-Net is stock.
-- **DiTs** (PixArt, SD3, Flux, Chroma, Qwen-Image, Flux 2, the embedded ``shapes-dit``; Wan for single
-  frames): coarse-to-fine. Generate at the training size, upsample the latent, re-noise it (to ``strength`` of the
-  schedule, or to a noise level where the schedule's shift grows with the size) and denoise the rest of the schedule
-  at the target size with attention windows of the training receptive field (FreeSwim / DemoFusion route), through
-  intermediate sizes of at most ``max_stage_scale`` (4x = 2x then 4x).
+- **DiTs** (PixArt, SD3, Flux, Chroma, Qwen-Image, Flux 2, Z-Image, the embedded ``shapes-dit``; Wan for
+  single frames): coarse-to-fine. Generate at the training size, upsample the latent, re-noise it (to ``strength``
+  of the schedule, or to a noise level where the schedule's shift grows with the size) and denoise the rest of the
+  schedule at the target size with attention windows of the training receptive field (FreeSwim / DemoFusion route),
+  through intermediate sizes of at most ``max_stage_scale`` (4x = 2x then 4x).
 
 The pipeline's own ``__call__`` runs every stage; the denoiser is stock again after the call, also when it raises.
 """
@@ -37,9 +37,9 @@ def hires(pipe, prompt=None, *, height: int, width: int, config: HiResConfig | N
         pipe: a supported diffusers pipeline (see :func:`attnplug.pipelines._hires.family.supported_pipelines`):
             ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``PixArtAlphaPipeline``/``Sigma``,
             ``StableDiffusion3Pipeline``, ``FluxPipeline``, ``ChromaPipeline``, ``QwenImagePipeline``,
-            ``Flux2Pipeline``, ``WanPipeline`` (single frames) or the embedded ``shapes-unet`` / ``shapes-dit``.
-            Flux, Chroma, Qwen-Image, Flux 2 (and SD3 with dynamic shifting) start each refinement at a noise level
-            (``HiResConfig.start_sigma``), the others at a fraction of the steps.
+            ``Flux2Pipeline``, ``ZImagePipeline``, ``WanPipeline`` (single frames) or the embedded ``shapes-unet`` /
+            ``shapes-dit``. Flux, Chroma, Qwen-Image, Flux 2, Z-Image (and SD3 with dynamic shifting) start each
+            refinement at a noise level (``HiResConfig.start_sigma``), the others at a fraction of the steps.
         prompt: as for ``pipe(...)``.
         height, width: target size in pixels (at least the training size; multiples the model accepts).
         config: the recipe (default: :class:`HiResConfig` with per-family defaults).

@@ -49,10 +49,10 @@ class HiResConfig(PipelineConfig):
     )
     start_sigma: float | tuple | None = help_field(
         None, "Coarse-to-fine on flow-matching pipelines whose schedule shift grows with the resolution (Flux, "
-        "Chroma, Qwen-Image, Flux 2; SD3 with dynamic shifting): the noise level sigma each refinement stage starts "
-        "from, one number or one per stage (the last repeats). There a fraction of the steps means a higher noise "
-        "level at a larger size (Flux 2048x2048: strength 0.4 starts at sigma 0.94). None = the sigma `strength` "
-        "reaches at the training size.",
+        "Chroma, Qwen-Image, Flux 2, Z-Image; SD3 with dynamic shifting): the noise level sigma each refinement "
+        "stage starts from, one number or one per stage (the last repeats). There a fraction of the steps means a "
+        "higher noise level at a larger size (Flux 2048x2048: strength 0.4 starts at sigma 0.94). None = the sigma "
+        "`strength` reaches at the training size.",
         min=0, max=1, min_open=True, max_open=True,
     )
     max_stage_scale: float = help_field(

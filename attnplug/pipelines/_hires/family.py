@@ -24,13 +24,14 @@ PIPELINE_FAMILIES = {
     "ChromaPipeline": "chroma",
     "QwenImagePipeline": "qwen-image",
     "Flux2Pipeline": "flux2",
+    "ZImagePipeline": "z-image",
     "WanPipeline": "wan",
 }
 UNET_FAMILIES = ("shapes-unet", "sd", "sdxl")
 #: families whose pipelines pack the latent in 2 x 2 patches (``_pack_latents`` / ``_unpack_latents``)
 PACKED_2X2 = ("flux", "chroma", "qwen-image")
 #: families whose pipeline's default size is not the training size: that comes from attnplug's family registry
-REGISTRY_TRAIN_SIZE = ("qwen-image",)
+REGISTRY_TRAIN_SIZE = ("qwen-image", "z-image")
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ def detect_family(pipe, train_size: tuple[int, int] | None = None) -> Family:
     cfg = denoiser.config
     if name in UNET_FAMILIES:
         input_multiple = 2 ** sum(1 for b in denoiser.down_blocks if getattr(b, "downsamplers", None))
-    elif name in PACKED_2X2 or name == "flux2":
-        input_multiple = 2  # 2 x 2 packing (Flux 2: patchifying) of the latent
+    elif name in PACKED_2X2 or name in ("flux2", "z-image"):
+        input_multiple = 2  # 2 x 2 packing (Flux 2: patchifying; Z-Image: its transformer's patches) of the latent
     elif name == "wan":
         input_multiple = int(cfg.patch_size[1])
     else:
@@ -128,7 +129,8 @@ def detect_family(pipe, train_size: tuple[int, int] | None = None) -> Family:
     elif name in REGISTRY_TRAIN_SIZE:
         from ...families import family_of
 
-        size = family_of(denoiser).train_size  # Qwen-Image: 1328 x 1328, its pipeline defaults to 1024 x 1024
+        # Qwen-Image: 1328 x 1328 (its pipeline defaults to 1024 x 1024); Z-Image's pipeline states no default
+        size = family_of(denoiser).train_size
     else:
         size = _train_size(pipe, name, denoiser, vae_factor)
     return Family(name, attr, vae_factor, input_multiple, (int(size[0]), int(size[1])))

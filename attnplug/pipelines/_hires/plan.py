@@ -134,7 +134,7 @@ def _start_sigmas(pipe, family: Family, config: HiResConfig, strengths: tuple[fl
         if config.start_sigma is not None:
             raise ValueError(
                 f"HiResConfig.start_sigma={config.start_sigma!r} applies to flow-matching pipelines whose schedule "
-                f"shift grows with the image size (flux, chroma, qwen-image, flux2; sd3 with dynamic "
+                f"shift grows with the image size (flux, chroma, qwen-image, flux2, z-image; sd3 with dynamic "
                 f"shifting); {family.name} starts each refinement by `strength`."
             )
         return ()

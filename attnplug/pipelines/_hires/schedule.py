@@ -15,8 +15,9 @@ import torch
 
 from .family import Family, signature_default
 
-#: families whose pipeline shifts the schedule by ``mu = calculate_shift(h w / 4)`` of the 2 x 2 packed latent
-PACKED_SHIFT = ("flux", "chroma", "qwen-image")
+#: families whose pipeline shifts the schedule by ``mu = calculate_shift(h w / 4)``, the token count of the latent
+#: in 2 x 2 patches, and passes the sigmas ``linspace(1, 1 / steps, steps)``
+PACKED_SHIFT = ("flux", "chroma", "qwen-image", "z-image")
 
 
 def _schedule_kwargs(family: Family, pipe, steps: int, latent_hw: tuple[int, int], device,
@@ -38,9 +39,11 @@ def _schedule_kwargs(family: Family, pipe, steps: int, latent_hw: tuple[int, int
         mu = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
                              sched.config.get("max_image_seq_len", 4096), sched.config.get("base_shift", 0.5),
                              sched.config.get("max_shift", 1.15))
-        # Chroma and Qwen-Image always pass their sigmas; Flux drops them for schedulers with `use_flow_sigmas`
+        # Chroma, Qwen-Image and Z-Image always pass their sigmas; Flux drops them for `use_flow_sigmas` schedulers
         flow_sigmas = family.name == "flux" and sched.config.get("use_flow_sigmas", False)
         sigmas = None if flow_sigmas else np.linspace(1.0, 1 / steps, steps)
+        if family.name == "z-image":  # its float32 linspace, as the pipeline builds it
+            sigmas = torch.linspace(1.0, 1 / steps, steps).tolist()
         if sigmas is None:
             return {"num_inference_steps": steps, "device": device, "mu": mu}
         return {"sigmas": sigmas, "device": device, "mu": mu}
@@ -89,9 +92,9 @@ def _first_step(sched, steps: int, strength: float, start_sigma: float | None) -
 
 
 def shifts_with_resolution(family: Family, pipe) -> bool:
-    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux, Chroma, Qwen-Image, Flux 2;
-    SD3 with dynamic shifting), so a fraction of the steps is a different noise level at each size and refinement
-    starts from a sigma instead."""
+    """Whether ``pipe``'s flow-matching schedule is shifted by the image size (Flux, Chroma, Qwen-Image, Flux 2,
+    Z-Image; SD3 with dynamic shifting), so a fraction of the steps is a different noise level at each size and
+    refinement starts from a sigma instead."""
     return family.name in PACKED_SHIFT or family.name == "flux2" or (family.name == "sd3" and bool(
         pipe.scheduler.config.get("use_dynamic_shifting", None)))
 
