@@ -7,7 +7,8 @@ independently of the method's kernels, in float64:
 - ``neighborhood``: softmax over the NATTEN-semantics mask of :func:`~attnplug.kernels.neighborhood.neighborhood_mask`
   with the call's resolved kernel, stride, dilation and causality;
 - ``freeswim``: the same, with FreeSwim's window (the call's training grid rounded up to odd);
-- ``window``: softmax over :func:`~attnplug.kernels.window.window_mask_reference` at the call's shift;
+- ``window``: softmax over the mask of :func:`~attnplug.kernels.window.window_mask_reference` at the call's shift
+  (:func:`window_mask`, the same definition vectorised);
 - ``sparse_video``: softmax over the token mask of the call's static plan (its block mask read through the plan's
   token order), in text-last order;
 - ``agent``: :func:`~attnplug.kernels.agent.agent_attention_reference` with the call's agents and scales for the
@@ -108,13 +109,25 @@ def _neighborhood(call: Captured, res) -> torch.Tensor:
                             call.info.scale)
 
 
-def _window(method, call: Captured) -> torch.Tensor:
-    from .kernels.window import window_mask_reference
+def window_mask(layout, window: tuple[int, int, int], shift: tuple[int, int, int]) -> torch.Tensor:
+    """:func:`~attnplug.kernels.window.window_mask_reference` without its Python loop over token pairs (the same
+    definition: an image token sees the image tokens whose cyclically shifted coordinates fall in its window in every
+    dimension, and all text; a text token sees everything): bool ``(N, N)`` in the layout's token order."""
+    f, h, w = layout.grid
+    coords = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"), -1)
+    win = torch.stack([((coords[..., d] - shift[d]) % layout.grid[d]) // window[d] for d in range(3)], -1)
+    win = win.reshape(-1, 3)
+    mask = torch.ones(layout.num_tokens, layout.num_tokens, dtype=torch.bool)
+    img = layout.image_slice()
+    mask[img, img] = (win[:, None, :] == win[None, :, :]).all(-1)
+    return mask
 
+
+def _window(method, call: Captured) -> torch.Tensor:
     info = call.info
     step = int(info.step_tensor) if info.step_tensor is not None else info.step
     plan = method.config.plan(call.layout, step)
-    allowed = window_mask_reference(call.layout, plan.window, plan.shift)
+    allowed = window_mask(call.layout, plan.window, plan.shift)
     return masked_reference(call.q, call.k, call.v, allowed, _key_bias(call.mask, *call.q.shape[::2]),
                             call.info.scale)
 

@@ -125,3 +125,14 @@ def test_a_call_that_is_not_the_method_fails_the_reference_check(name):
     recorder.calls = [Captured(q, k, v, layout, None, info, dense)]
     ok, text = check_calls(name, recorder)
     assert not ok and "differs from its reference" in text
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 2, 3)])
+@pytest.mark.parametrize("text_first", [False, True])
+def test_the_vectorised_window_mask_is_the_brute_force_reference(shift, text_first):
+    from attnplug.kernels.window import window_mask_reference
+    from attnplug.layout import TokenLayout
+    from attnplug.testing_reference import window_mask
+
+    layout = TokenLayout(2, 5, 7, text_tokens=3, text_first=text_first)
+    assert torch.equal(window_mask(layout, (2, 2, 4), shift), window_mask_reference(layout, (2, 2, 4), shift))
