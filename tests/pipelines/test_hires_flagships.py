@@ -1,7 +1,7 @@
-"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, Qwen-Image,
-Flux 2, Z-Image): the target shape, the
-attention method reaching every refinement call, the refinement starting where the plan says, a stock denoiser
-afterwards."""
+"""Coarse-to-fine hi-res on tiny random-weight flagship image pipelines (Chroma, Qwen-Image, Flux 2, Z-Image): the
+target shape, the attention method reaching every refinement call, the refinement starting at the noise level the
+plan states, a stock denoiser afterwards. Qwen-Image, Flux 2 and Z-Image take the prompt as embeddings (their text
+encoders are full vision-language / chat models); hi-res passes them to every stage."""
 
 import numpy as np
 import pytest
@@ -223,6 +223,9 @@ def test_dropping_the_text_padding_is_exact(tiny):
             finally:
                 handle.remove()
     assert seen == [(9, False), (9, True)]  # cut to the kept positions; no mask once nothing is padded
+    with drop_text_padding(detect_family(pipe, (16, 16)), pipe.transformer):
+        with pytest.raises(TypeError, match="1 positional argument.*as keywords"):
+            pipe.transformer(inputs.pop("hidden_states"), **inputs)
     torch.testing.assert_close(cut, ref, atol=1e-5, rtol=0)
 
 

@@ -21,9 +21,15 @@ TEXT_PADDING_FAMILIES = ("chroma",)
 
 
 def _drop(module, args, kwargs):
+    if args:
+        raise TypeError(
+            f"hires: {type(module).__name__} was called with {len(args)} positional argument(s); the text-padding "
+            "cut of the refinement reads `encoder_hidden_states`, `txt_ids` and `attention_mask` as keywords, as "
+            "the pipeline passes them."
+        )
     mask = kwargs.get("attention_mask")
     text = kwargs.get("encoder_hidden_states")
-    if mask is None or text is None or args:
+    if mask is None or text is None:  # nothing padded
         return None
     t = text.shape[1]
     if mask.ndim != 2 or mask.shape[1] <= t:
