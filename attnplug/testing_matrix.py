@@ -1,7 +1,8 @@
 """The family matrix: every image/video denoiser class of the installed diffusers, Dense through attnplug against
 stock, ``remove`` against stock, and each method's default config on every self-attention call.
 
-An outcome is one of ``runs`` (the method computed every selected self-attention call), ``stock`` (applied, but
+An outcome is one of ``runs`` (the method computed the selected self-attention calls, and the first ones it computed
+equal its own reference on the captured q/k/v: :mod:`attnplug.testing_reference`), ``stock`` (applied, but
 every call handed back, with the reasons), ``refused`` (``apply`` raised, with its message) or ``fails`` (anything
 else: a bug). Used by ``tests/families/`` and ``scripts/families_matrix.py`` (which writes ``docs/families.md``).
 """
