@@ -16,7 +16,7 @@ LAYERS = {
     "_steps": 0, "reasons": 0, "layout_reader": 0, "families_refused": 0, "families": 0, "layout": 0,
     "config": 1, "kernels": 2, "methods": 3, "processors": 4, "plugin": 5,
     "testing": 5, "testing_families": 5, "testing_builders_image": 5, "testing_builders_joint": 5,
-    "testing_builders_video": 5, "testing_builders_video2": 5, "testing_matrix": 5,
+    "testing_builders_video": 5, "testing_builders_video2": 5, "testing_matrix": 5, "testing_reference": 5,
     "models": 6, "pipelines": 6, "loading": 7, "report": 7, "cli": 8, "ui": 8, "__main__": 9, "__init__": 9,
 }
 
