@@ -17,6 +17,11 @@ When every period is shorter than ``L``, the longest one.
 The rule and the table agree for HunyuanVideo (``L`` = 33: periods 6.3, 12.6, 25.1, 50.3 -> index 3) and CogVideoX-5b
 (``L`` = 13: 6.3, 19.9 -> index 1); for Wan (``L`` = 21: periods 6.3, 9.6, 14.5, 22.1, 33.5, 50.9, ...) the rule gives
 index 3 (period 22.1) where the published ``k = 6`` is index 5 (period 50.9), so the table decides.
+
+No k is published for HunyuanVideo 1.5 or LTX-2, so they take the rule (the table is keyed by family: a published k
+never carries over to another family, even one with the same temporal RoPE). HunyuanVideo 1.5 (dim 16, theta 256,
+``L`` = 31 latent frames of its 121): periods 6.3, 12.6, 25.1, 50.3 -> index 3. LTX-2 (682 components at 24 fps,
+periods ``120 / 10000 ** (j / 681)`` latent frames, ``L`` = 16 of its 121 frames): index 148 (period 16.2).
 """
 
 from __future__ import annotations

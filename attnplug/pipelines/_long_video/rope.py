@@ -16,7 +16,11 @@ is then bit-identical to stock). One adapter per family knows where the temporal
 - CogVideoX: the pipeline computes the embedding and passes it as ``image_rotary_emb``; a pre-forward hook on the
   transformer rewrites that argument (columns ``[0, head_dim // 4)``, theta 10000;
 - LTX (``LTXVideoRotaryPosEmbed``): normalised temporal coordinates scaled per call (``rope_interpolation_scale``
-  or ``video_coords``), so the plan is recomputed for each call's scale.
+  or ``video_coords``), so the plan is recomputed for each call's scale;
+- HunyuanVideo 1.5 (``HunyuanVideo15RotaryPosEmbed``): computed as HunyuanVideo's, so HunyuanVideo's adapter under
+  the family name ``hunyuanvideo15`` (no published k: the rule picks the component);
+- LTX-2 (``LTX2AudioVideoRotaryPosEmbed``, video self-attention): temporal coordinates in seconds from each call's
+  ``coords``, the plan recomputed per call (:mod:`.rope_adapters2`).
 
 Families with no temporal rotary embedding get a ``NotImplementedError`` naming the family.
 """
@@ -32,6 +36,7 @@ from diffusers.hooks import ModelHook
 from ..._hook_registry import register_hook, unregister_everywhere
 from ..._logging import log_once
 from .riflex import RiflexPlan, plan_for_frequencies, riflex_frequency  # noqa: F401 - re-exported
+from .rope_adapters2 import LTX2Adapter
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +86,8 @@ class _RiflexHook(ModelHook):
 
 
 class _Adapter:
-    family = ""
+    family = ""  # the family registry's name (set per instance by _adapter_for; it keys PUBLISHED_K)
+    per_call = False  # True: the plan is recomputed for each call (hooked even when the reference plan is stock)
 
     def find(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
@@ -181,6 +187,7 @@ class _LTXAdapter(_Adapter):
     the plan :func:`riflex_plan` returns assumes LTXPipeline's default (compression 8, 25 fps)."""
 
     family = "ltx"
+    per_call = True
     reference_scale = 8 / 25
 
     def find(self, model):
@@ -240,6 +247,8 @@ _ADAPTERS: dict[str, type[_Adapter]] = {
     "hunyuanvideo": _HunyuanAdapter,
     "cogvideox": _CogVideoXAdapter,
     "ltx": _LTXAdapter,
+    "hunyuanvideo15": _HunyuanAdapter,  # HunyuanVideo15RotaryPosEmbed computes as HunyuanVideoRotaryPosEmbed
+    "ltx2": LTX2Adapter,
 }
 
 
@@ -260,7 +269,9 @@ def _adapter_for(model: torch.nn.Module) -> _Adapter:
             f"RIFLEx is not supported for the {family} family ({type(model).__name__}): it has no temporal rotary "
             f"embedding module to hook. Supported families: {', '.join(_ADAPTERS)}."
         )
-    return _ADAPTERS[family]()
+    adapter = _ADAPTERS[family]()
+    adapter.family = family  # a shared adapter plans under its own family (published k or the rule)
+    return adapter
 
 
 ROPE_MODES = ("riflex", "by_part")
@@ -310,13 +321,13 @@ def apply_riflex(
 ) -> RiflexPlan:
     """Hook ``model``'s rotary embedding with RIFLEx for ``test_frames`` latent frames (see :func:`riflex_plan`);
     returns the plan. A plan that changes no frequency installs nothing (RoPE stays stock; logged once), except on
-    LTX, whose plan is recomputed for each call's scale. ``NotImplementedError`` naming the family when it has no
-    temporal rotary embedding to hook."""
+    LTX and LTX-2, whose plan is recomputed for each call's scale. ``NotImplementedError`` naming the family when it
+    has no temporal rotary embedding to hook."""
     plan = riflex_plan(model, train_frames, test_frames, margin, position_scale, mode)
     adapter = _adapter_for(model)
     target = adapter.find(model)
     remove_riflex(model)
-    if not plan.changes_rope and adapter.family != "ltx":
+    if not plan.changes_rope and not adapter.per_call:
         log_once(logger, logging.INFO, f"RIFLEx on {plan.family}: {plan.describe()}; no hook installed")
         return plan
     hook = _RiflexHook(adapter, plan)
