@@ -128,7 +128,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         )
     windows = config.temporal_windows
     if windows is None:
-        windows = family != "ltx" and ext > 2 and not damping and not long_sparse
+        windows = family not in ("ltx", "ltx2") and ext > 2 and not damping and not long_sparse
     if windows and window_latent >= lat:
         if config.temporal_windows:
             log_once(logger, logging.INFO, f"long_video: the temporal window ({window_latent} latent frames) covers "
@@ -178,7 +178,7 @@ def _resolve_rope(model, config: LongVideoConfig, dit: bool, ext: float, train_l
     if rope == "none":
         why = "rope='none'" if config.rope == "none" else "the video is not longer than the training length"
         return "none", plan, f"RoPE stays stock ({why})"
-    if not plan.changes_rope and plan.family != "ltx":  # LTX recomputes the plan for each call's scale
+    if not plan.changes_rope and plan.family not in ("ltx", "ltx2"):  # LTX (2) recompute the plan per call
         return "none", plan, plan.describe()
     return rope, plan, plan.describe()
 
