@@ -28,7 +28,6 @@ Families with no temporal rotary embedding get a ``NotImplementedError`` naming 
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from diffusers.hooks import ModelHook
@@ -36,7 +35,7 @@ from diffusers.hooks import ModelHook
 from ..._hook_registry import register_hook, unregister_everywhere
 from ..._logging import log_once
 from .riflex import RiflexPlan, plan_for_frequencies, riflex_frequency  # noqa: F401 - re-exported
-from .rope_adapters2 import LTX2Adapter
+from .rope_adapters2 import LTX2Adapter, ltx_frequencies
 
 logger = logging.getLogger(__name__)
 
@@ -193,14 +192,8 @@ class _LTXAdapter(_Adapter):
     def find(self, model):
         return model.rope
 
-    @staticmethod
-    def _half_angles(target) -> list[float]:
-        k = target.dim // 6
-        exps = [j / (k - 1) for j in range(k)] if k > 1 else [0.0]
-        return [target.theta ** e * math.pi / 2 for e in exps]
-
     def _frequencies(self, target, a: float) -> list[float]:
-        return [2 * a * w for w in self._half_angles(target)]
+        return ltx_frequencies(target, a)
 
     def components(self, model, target):
         return self._frequencies(target, self.reference_scale * target.patch_size_t / target.base_num_frames)

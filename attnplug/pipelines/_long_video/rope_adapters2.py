@@ -27,6 +27,14 @@ import torch
 from .riflex import plan_for_frequencies
 
 
+def ltx_frequencies(target, a: float) -> list[float]:
+    """Temporal angular frequencies (rad per RoPE position) of an LTX / LTX-2 rotary module ``target`` whose temporal
+    coordinate advances by ``a`` per position: ``2 a theta^(j / (k - 1)) pi / 2`` for ``k = dim // 6`` components."""
+    k = target.dim // 6
+    exps = [j / (k - 1) for j in range(k)] if k > 1 else [0.0]
+    return [2 * a * target.theta ** e * math.pi / 2 for e in exps]
+
+
 class LTX2Adapter:
     """LTX-2's adapter, of the shape of :class:`.rope._Adapter` (``per_call``: the plan is recomputed per call)."""
 
@@ -37,14 +45,8 @@ class LTX2Adapter:
     def find(self, model):
         return model.rope
 
-    @staticmethod
-    def _half_angles(target) -> list[float]:
-        k = target.dim // 6
-        exps = [j / (k - 1) for j in range(k)] if k > 1 else [0.0]
-        return [target.theta ** e * math.pi / 2 for e in exps]
-
     def _frequencies(self, target, a: float) -> list[float]:
-        return [2 * a * w for w in self._half_angles(target)]
+        return ltx_frequencies(target, a)
 
     def reference_step(self, target) -> float:
         """``a`` at :attr:`reference_fps`: the temporal coordinate's step per RoPE position."""
