@@ -277,7 +277,7 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
             _warn_if_no_windowed_step(pipe, plan, config, kwargs)
             stack.callback(remove, pipe)
             apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
-        return pipe(prompt, num_frames=num_frames, **kwargs)
+        return pipe(prompt=prompt, num_frames=num_frames, **kwargs)  # image-to-video pipelines take image first
 
 
 def _num_steps(pipe, kwargs: dict) -> int | None:
