@@ -1,21 +1,25 @@
 """Long video end to end on the flagship video pipelines (tiny random-config builds of the real diffusers classes):
-Wan 2.2 I2V (two experts, the image condition concatenated along channels) and Wan 2.2 TI2V-5B (48 latent channels
-on the 16x VAE, per-token timesteps). At 4x a small training length, the defaults put RIFLEx on every denoiser's
-rotary module and the temporal windows on every denoiser during the call, the video has the requested frames, and
-afterwards every denoiser is stock (no hook, no instance ``forward``, no attention method)."""
+Wan 2.2 I2V (two experts, the image condition concatenated along channels), Wan 2.2 TI2V-5B (48 latent channels
+on the 16x VAE, per-token timesteps) and HunyuanVideo 1.5 (its 16x VAE, a padded prompt). At 4x a small training
+length, the defaults put RIFLEx on every denoiser's rotary module and the temporal windows on every denoiser during
+the call, the video has the requested frames, and afterwards every denoiser is stock (no hook, no instance
+``forward``, no attention method)."""
 
+import inspect
 import types
 
 import diffusers
 import diffusers.pipelines.wan.pipeline_wan_i2v as wan_i2v_module
 import pytest
 import torch
+from diffusers.guiders import ClassifierFreeGuidance
 from transformers import UMT5Config, UMT5EncoderModel
 
 import attnplug
 from attnplug.pipelines import LongVideoConfig, long_video, long_video_plan
 from attnplug.pipelines._long_video.rope import HOOK_NAME
 from attnplug.testing import tiny_tokenizer
+from attnplug.testing_families import tiny
 
 TRAIN = 5  # video frames: 2 latent frames at the Wan VAE's 4x temporal compression
 FRAMES = 29  # 8 latent frames: 4x the training length
@@ -66,6 +70,27 @@ def _wan22_ti2v(tmp_path):
     return pipe, dict(height=32, width=32)
 
 
+def _hunyuan15(tmp_path):
+    """HunyuanVideo 1.5 T2V: the 16x VAE, the transformer's input the noise + zero image-condition latents + a mask
+    channel, the prompt as embeddings of both text encoders (a padded first one), one pass per step (guidance 1)."""
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8,) * 5,
+                                                layers_per_block=1).eval()
+    transformer = tiny(diffusers.HunyuanVideo15Transformer3DModel, in_channels=9, out_channels=4,
+                       num_attention_heads=2, attention_head_dim=16, patch_size=1, text_embed_dim=16,
+                       text_embed_2_dim=8, image_embed_dim=8, rope_axes_dim=(4, 6, 6), task_type="t2v").eval()
+    pipe = diffusers.HunyuanVideo15Pipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=None, tokenizer_2=None,
+        guider=ClassifierFreeGuidance(guidance_scale=1.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.ones(1, 7)
+    mask[:, 5:] = 0
+    return pipe, dict(height=32, width=32, prompt_embeds=torch.randn(1, 7, 16), prompt_embeds_mask=mask,
+                      prompt_embeds_2=torch.randn(1, 5, 8), prompt_embeds_mask_2=torch.ones(1, 5))
+
+
 def _left_behind(model) -> list[str]:
     """Modules of ``model`` that still carry a hook or an instance ``forward`` (the empty registry that diffusers'
     ``cache_context`` puts on the denoiser is the pipeline's own)."""
@@ -73,7 +98,8 @@ def _left_behind(model) -> list[str]:
             if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks or "forward" in m.__dict__]
 
 
-BUILDS = {"wan22-i2v": _wan22_i2v, "wan22-ti2v-5b": _wan22_ti2v}
+BUILDS = {"wan22-i2v": _wan22_i2v, "wan22-ti2v-5b": _wan22_ti2v, "hunyuanvideo15": _hunyuan15}
+FAMILY = {"wan22-i2v": "wan", "wan22-ti2v-5b": "wan", "hunyuanvideo15": "hunyuanvideo15"}
 
 
 def _run(name, tmp_path, monkeypatch):
@@ -85,23 +111,32 @@ def _run(name, tmp_path, monkeypatch):
     experts = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
     config = LongVideoConfig(train_frames=TRAIN)
     plan = long_video_plan(pipe, FRAMES, config)
-    assert plan.family == "wan" and plan.train_latent == 2 and plan.latent_frames == 8
+    assert plan.family == FAMILY[name] and plan.train_latent == 2 and plan.latent_frames == 8
     assert plan.rope == "riflex" and plan.position_scale == pytest.approx(3.0)
     assert plan.temporal_windows and plan.window == 2 and plan.stride == 1 and plan.global_steps == 0.75
     seen, windowed = [], []
 
-    def on_step(p, i, t, kw):
+    def on_step(p, *rest):
         seen.append([(getattr(m.rope, "_diffusers_hook", None) is not None
                       and m.rope._diffusers_hook.get_hook(HOOK_NAME) is not None,
                       type(attnplug.method_of(m)).__name__) for m in experts])
         report = attnplug.stats(p)["method_report"]
         parts = list(report.values()) if len(experts) > 1 else [report]
         windowed.append(sum(r["windows: window"] for r in parts))
-        return kw
+        return rest[-1] if rest else None  # callback_on_step_end(pipe, i, t, kwargs) returns the kwargs
 
-    out = long_video(pipe, "red circle moving right", num_frames=FRAMES, config=config, num_inference_steps=STEPS,
-                     output_type="pt", callback_on_step_end=on_step, generator=torch.Generator().manual_seed(0),
-                     **inputs)
+    prompt = None if "prompt_embeds" in inputs else "red circle moving right"
+    handle = None
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        inputs["callback_on_step_end"] = on_step
+    else:  # HunyuanVideo 1.5 takes no step callback: observe after each (single-pass) denoiser call
+        handle = pipe.transformer.register_forward_hook(lambda m, a, o: on_step(pipe))
+    try:
+        out = long_video(pipe, prompt, num_frames=FRAMES, config=config, num_inference_steps=STEPS,
+                         output_type="pt", generator=torch.Generator().manual_seed(0), **inputs)
+    finally:
+        if handle is not None:
+            handle.remove()
     return pipe, experts, out, seen, windowed
 
 
