@@ -1,9 +1,9 @@
 """Long video end to end on the flagship video pipelines (tiny random-config builds of the real diffusers classes):
 Wan 2.2 I2V (two experts, the image condition concatenated along channels), Wan 2.2 TI2V-5B (48 latent channels
-on the 16x VAE, per-token timesteps) and HunyuanVideo 1.5 (its 16x VAE, a padded prompt). At 4x a small training
-length, the defaults put RIFLEx on every denoiser's rotary module and the temporal windows on every denoiser during
-the call, the video has the requested frames, and afterwards every denoiser is stock (no hook, no instance
-``forward``, no attention method)."""
+on the 16x VAE, per-token timesteps), HunyuanVideo 1.5 (its 16x VAE, a padded prompt) and LTX-2 (video and audio
+streams, text connectors). At 4x a small training length, the defaults put RIFLEx on every denoiser's rotary module
+and (except on LTX-2) the temporal windows on every denoiser during the call, the video has the requested frames,
+and afterwards every denoiser is stock (no hook, no instance ``forward``, no attention method)."""
 
 import inspect
 import types
@@ -13,6 +13,8 @@ import diffusers.pipelines.wan.pipeline_wan_i2v as wan_i2v_module
 import pytest
 import torch
 from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.pipelines.ltx2 import LTX2TextConnectors
+from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 from transformers import UMT5Config, UMT5EncoderModel
 
 import attnplug
@@ -21,8 +23,7 @@ from attnplug.pipelines._long_video.rope import HOOK_NAME
 from attnplug.testing import tiny_tokenizer
 from attnplug.testing_families import tiny
 
-TRAIN = 5  # video frames: 2 latent frames at the Wan VAE's 4x temporal compression
-FRAMES = 29  # 8 latent frames: 4x the training length
+TRAIN = 5  # video frames: 2 latent frames at a 4x temporal compression (3 at LTX-2's tiny VAE's 2x)
 STEPS = 4  # global_steps=0.75 keeps 3 dense: the last step runs the windows
 _WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=16, freq_dim=32, ffn_dim=32,
             num_layers=1, rope_max_seq_len=32)
@@ -91,6 +92,50 @@ def _hunyuan15(tmp_path):
                       prompt_embeds_2=torch.randn(1, 5, 8), prompt_embeds_mask_2=torch.ones(1, 5))
 
 
+def _ltx2(tmp_path):
+    """LTX-2 (video and audio streams): the video VAE (2x temporal compression at this size), the audio VAE and
+    vocoder, the text connectors fed Gemma-like stacked hidden states (2 layers of 32, a left-padded prompt), one
+    pass per step (every guidance off)."""
+    torch.manual_seed(0)
+    transformer = diffusers.LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=1, qk_norm="rms_norm_across_heads",
+        caption_channels=32, rope_double_precision=False, rope_type="split").eval()
+    connectors = LTX2TextConnectors(
+        caption_channels=32, text_proj_in_factor=2, video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_double_precision=False,
+        rope_type="split").eval()
+    vae = diffusers.AutoencoderKLLTX2Video(
+        latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1,),
+        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,),
+        upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
+        decoder_causal=False).eval()
+    audio_vae = diffusers.AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", mid_block_add_attention=False,
+        sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8).eval()
+    vocoder = LTX2Vocoder(in_channels=16, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4],
+                          upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                          output_sampling_rate=16000).eval()
+    pipe = diffusers.LTX2Pipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None,
+        tokenizer=None, connectors=connectors, transformer=transformer, vocoder=vocoder,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.ones(1, 8)
+    mask[:, :2] = 0
+    off = dict(guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0, guidance_rescale=0.0, audio_guidance_scale=1.0,
+               audio_stg_scale=0.0, audio_modality_scale=1.0, audio_guidance_rescale=0.0,
+               spatio_temporal_guidance_blocks=None, use_cross_timestep=False)
+    return pipe, dict(height=32, width=32, frame_rate=25.0, prompt_embeds=torch.randn(1, 8, 64),
+                      prompt_attention_mask=mask, **off)
+
+
 def _left_behind(model) -> list[str]:
     """Modules of ``model`` that still carry a hook or an instance ``forward`` (the empty registry that diffusers'
     ``cache_context`` puts on the denoiser is the pipeline's own)."""
@@ -98,8 +143,10 @@ def _left_behind(model) -> list[str]:
             if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks or "forward" in m.__dict__]
 
 
-BUILDS = {"wan22-i2v": _wan22_i2v, "wan22-ti2v-5b": _wan22_ti2v, "hunyuanvideo15": _hunyuan15}
-FAMILY = {"wan22-i2v": "wan", "wan22-ti2v-5b": "wan", "hunyuanvideo15": "hunyuanvideo15"}
+BUILDS = {"wan22-i2v": _wan22_i2v, "wan22-ti2v-5b": _wan22_ti2v, "hunyuanvideo15": _hunyuan15, "ltx2": _ltx2}
+# name -> (family, video frames at 4x TRAIN, training latent frames, temporal windows in the plan)
+SPEC = {"wan22-i2v": ("wan", 29, 2, True), "wan22-ti2v-5b": ("wan", 29, 2, True),
+        "hunyuanvideo15": ("hunyuanvideo15", 29, 2, True), "ltx2": ("ltx2", 23, 3, False)}
 
 
 def _run(name, tmp_path, monkeypatch):
@@ -109,20 +156,23 @@ def _run(name, tmp_path, monkeypatch):
         monkeypatch.setattr(wan_i2v_module, "ftfy", types.SimpleNamespace(fix_text=lambda s: s), raising=False)
     pipe, inputs = BUILDS[name](tmp_path)
     experts = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+    family, frames, train_latent, windows = SPEC[name]
     config = LongVideoConfig(train_frames=TRAIN)
-    plan = long_video_plan(pipe, FRAMES, config)
-    assert plan.family == FAMILY[name] and plan.train_latent == 2 and plan.latent_frames == 8
+    plan = long_video_plan(pipe, frames, config)
+    assert plan.family == family and plan.train_latent == train_latent and plan.latent_frames == 4 * train_latent
     assert plan.rope == "riflex" and plan.position_scale == pytest.approx(3.0)
-    assert plan.temporal_windows and plan.window == 2 and plan.stride == 1 and plan.global_steps == 0.75
+    assert plan.temporal_windows is windows  # LTX and LTX-2 keep the windows off by default
+    if windows:
+        assert plan.window == train_latent and plan.stride == 1 and plan.global_steps == 0.75
     seen, windowed = [], []
 
     def on_step(p, *rest):
         seen.append([(getattr(m.rope, "_diffusers_hook", None) is not None
                       and m.rope._diffusers_hook.get_hook(HOOK_NAME) is not None,
                       type(attnplug.method_of(m)).__name__) for m in experts])
-        report = attnplug.stats(p)["method_report"]
+        report = attnplug.stats(p).get("method_report", {})
         parts = list(report.values()) if len(experts) > 1 else [report]
-        windowed.append(sum(r["windows: window"] for r in parts))
+        windowed.append(sum(r.get("windows: window", 0) for r in parts))
         return rest[-1] if rest else None  # callback_on_step_end(pipe, i, t, kwargs) returns the kwargs
 
     prompt = None if "prompt_embeds" in inputs else "red circle moving right"
@@ -132,22 +182,23 @@ def _run(name, tmp_path, monkeypatch):
     else:  # HunyuanVideo 1.5 takes no step callback: observe after each (single-pass) denoiser call
         handle = pipe.transformer.register_forward_hook(lambda m, a, o: on_step(pipe))
     try:
-        out = long_video(pipe, prompt, num_frames=FRAMES, config=config, num_inference_steps=STEPS,
+        out = long_video(pipe, prompt, num_frames=frames, config=config, num_inference_steps=STEPS,
                          output_type="pt", generator=torch.Generator().manual_seed(0), **inputs)
     finally:
         if handle is not None:
             handle.remove()
-    return pipe, experts, out, seen, windowed
+    return pipe, experts, out, seen, windowed, frames, windows
 
 
 @pytest.mark.parametrize("name", list(BUILDS))
 def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_path, monkeypatch):
-    pipe, experts, out, seen, windowed = _run(name, tmp_path, monkeypatch)
-    assert out.frames.shape[:2] == (1, FRAMES)
+    pipe, experts, out, seen, windowed, frames, windows = _run(name, tmp_path, monkeypatch)
+    assert out.frames.shape[:2] == (1, frames)
     assert torch.isfinite(out.frames).all()
-    assert len(seen) == STEPS and all(s == [(True, "TemporalWindowMethod")] * len(experts) for s in seen)
+    method = "TemporalWindowMethod" if windows else "NoneType"
+    assert len(seen) == STEPS and all(s == [(True, method)] * len(experts) for s in seen)
     assert windowed[STEPS - 2] == 0  # global_steps=0.75: the first three of the four steps run dense
-    if len(experts) == 1:
+    if len(experts) == 1 and windows:
         assert windowed[-1] > 0  # and the last one runs the windows
     for model in experts:
         assert attnplug.method_of(model) is None
@@ -159,5 +210,5 @@ def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_pa
                    "expert counts the steps from its own first call: transformer_2 never reaches the dense phase's "
                    "end (step 3 of 4) and the windows never run")
 def test_wan22_i2v_defaults_window_the_last_step(tmp_path, monkeypatch):
-    *_, windowed = _run("wan22-i2v", tmp_path, monkeypatch)
+    windowed = _run("wan22-i2v", tmp_path, monkeypatch)[4]
     assert windowed[-1] > 0
