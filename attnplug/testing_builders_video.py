@@ -111,12 +111,17 @@ def ltx2(batch: int):
     )
 
 
-def cogvideox(batch: int):
-    model = tiny(diffusers.CogVideoXTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                 out_channels=4, time_embed_dim=4, text_embed_dim=16, sample_width=W, sample_height=H,
-                 sample_frames=F, patch_size=2, temporal_compression_ratio=1, max_text_seq_length=TEXT)
+def _cogvideox_like(cls, batch: int):
+    """A tiny CogVideoX-architecture model of ``cls`` (CogVideoX, ConsisID) and its inputs."""
+    model = tiny(cls, num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=4,
+                 text_embed_dim=16, sample_width=W, sample_height=H, sample_frames=F, patch_size=2,
+                 temporal_compression_ratio=1, max_text_seq_length=TEXT)
     return model, dict(hidden_states=torch.randn(batch, F, 4, H, W), timestep=torch.tensor([500] * batch),
                        encoder_hidden_states=torch.randn(batch, TEXT, 16))
+
+
+def cogvideox(batch: int):
+    return _cogvideox_like(diffusers.CogVideoXTransformer3DModel, batch)
 
 
 def mochi(batch: int):
@@ -224,11 +229,7 @@ def motif_video(batch: int):
 
 
 def consisid(batch: int):
-    model = tiny(diffusers.ConsisIDTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                 out_channels=4, time_embed_dim=4, text_embed_dim=16, sample_width=W, sample_height=H,
-                 sample_frames=F, patch_size=2, temporal_compression_ratio=1, max_text_seq_length=TEXT)
-    return model, dict(hidden_states=torch.randn(batch, F, 4, H, W), timestep=torch.tensor([500] * batch),
-                       encoder_hidden_states=torch.randn(batch, TEXT, 16))
+    return _cogvideox_like(diffusers.ConsisIDTransformer3DModel, batch)
 
 
 def anyflow(batch: int):

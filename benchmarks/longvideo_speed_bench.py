@@ -30,7 +30,7 @@ import torch
 
 import attnplug
 from attnplug.report import environment, write_json
-from attnplug.report.timing import median, synchronize
+from attnplug.report.timing import BreakdownTimer, median, synchronize
 
 ROOT = Path(__file__).resolve().parent
 #: Wan 2.1 T2V 1.3B (Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json); 30 layers in the release.
@@ -51,59 +51,15 @@ def build_model(layers: int, device, dtype, seed: int = 0):
     return model if dtype == torch.float32 else model.to(dtype)
 
 
-class AttentionClock:
-    """Seconds spent in the denoiser and in its self- (``attn1``) and cross-attention (``attn2``) modules during a
-    block, from forward hooks (CUDA events on a GPU, the clock on the CPU)."""
+def attention_groups(model) -> dict[str, list]:
+    """The Wan blocks' self- (``attn1``) and cross-attention (``attn2``) modules, for :class:`BreakdownTimer`."""
+    return {"self_attention": [b.attn1 for b in model.blocks], "cross_attention": [b.attn2 for b in model.blocks]}
 
-    def __init__(self, model, device):
-        self.model, self.cuda = model, torch.device(device).type == "cuda"
-        self.seconds = {"step": 0.0, "self_attention": 0.0, "cross_attention": 0.0}
-        self._events: list = []
-        self._handles: list = []
 
-    def _hooks(self, kind: str):
-        stack: list = []
-
-        def pre(module, args):
-            if self.cuda:
-                event = torch.cuda.Event(enable_timing=True)
-                event.record()
-                stack.append(event)
-            else:
-                stack.append(time.perf_counter())
-
-        def post(module, args, output):
-            start = stack.pop()
-            if self.cuda:
-                end = torch.cuda.Event(enable_timing=True)
-                end.record()
-                self._events.append((kind, start, end))
-            else:
-                self.seconds[kind] += time.perf_counter() - start
-
-        return pre, post
-
-    def __enter__(self):
-        mods = [("step", self.model)]
-        for block in self.model.blocks:
-            mods += [("self_attention", block.attn1), ("cross_attention", block.attn2)]
-        for kind, module in mods:
-            pre, post = self._hooks(kind)
-            self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        if self.cuda:
-            torch.cuda.synchronize()
-            for kind, a, b in self._events:
-                self.seconds[kind] += a.elapsed_time(b) / 1000
-        return False
-
-    def shares(self) -> dict:
-        step = self.seconds["step"]
-        return {"step_s": step, **{f"{k}_share": v / step for k, v in self.seconds.items() if k != "step"}}
+def step_shares(timer: BreakdownTimer) -> dict:
+    """The step's seconds and the share of it in each attention group."""
+    step = timer.denoiser_s
+    return {"step_s": step, **{f"{k}_share": v / step for k, v in timer.seconds.items() if k != "denoiser"}}
 
 
 def main(argv=None) -> dict:
@@ -143,13 +99,13 @@ def main(argv=None) -> dict:
         if sparse:
             attnplug.apply(model, method, schedule=attnplug.Schedule())
         try:
-            with AttentionClock(model, device) as clock:
+            with BreakdownTimer(model, device, groups=attention_groups(model)) as clock:
                 synchronize(device)
                 start = time.perf_counter()
                 y = forward()
                 synchronize(device)
                 seconds = time.perf_counter() - start
-            return seconds, y, clock.shares()
+            return seconds, y, step_shares(clock)
         finally:
             if sparse:
                 attnplug.remove(model)

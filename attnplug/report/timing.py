@@ -94,18 +94,28 @@ class BreakdownTimer:
 
     On CUDA the hooks record CUDA events (no synchronisation inside the run); on CPU they read the clock.
     ``with BreakdownTimer(denoiser, device) as t: pipe(...)`` then ``t.denoiser_s``, ``t.attention_s``,
-    ``t.attention_share`` (attention / denoiser).
+    ``t.attention_share`` (attention / denoiser). ``groups`` ({name: modules}) times other module groups instead of
+    every attention module (e.g. self- and cross-attention apart); ``t.seconds`` holds every group's seconds, the
+    denoiser's under ``"denoiser"``.
     """
 
-    def __init__(self, denoiser, device="cpu"):
+    def __init__(self, denoiser, device="cpu", groups: dict[str, list] | None = None):
         import torch
 
         self.denoiser = denoiser
         self.cuda = torch.device(device).type == "cuda"
-        self.denoiser_s = 0.0
-        self.attention_s = 0.0
+        self._groups = groups
+        self.seconds: dict[str, float] = {"denoiser": 0.0, **dict.fromkeys(groups or ("attention",), 0.0)}
         self._handles = []
-        self._events: dict[str, list] = {"denoiser": [], "attention": []}
+        self._events: dict[str, list] = {kind: [] for kind in self.seconds}
+
+    @property
+    def denoiser_s(self) -> float:
+        return self.seconds["denoiser"]
+
+    @property
+    def attention_s(self) -> float:
+        return self.seconds.get("attention", 0.0)
 
     def _mark(self, kind: str):
         import torch
@@ -126,17 +136,16 @@ class BreakdownTimer:
                 end = torch.cuda.Event(enable_timing=True)
                 end.record()
                 self._events[kind].append((start, end))
-            elif kind == "denoiser":
-                self.denoiser_s += time.perf_counter() - start
             else:
-                self.attention_s += time.perf_counter() - start
+                self.seconds[kind] += time.perf_counter() - start
 
         return pre, post
 
     def __enter__(self):
         if self.denoiser is None:
             return self
-        for kind, modules in (("denoiser", [self.denoiser]), ("attention", _attention_modules(self.denoiser))):
+        groups = self._groups if self._groups is not None else {"attention": _attention_modules(self.denoiser)}
+        for kind, modules in (("denoiser", [self.denoiser]), *groups.items()):
             for module in modules:
                 pre, post = self._mark(kind)
                 self._handles.append(module.register_forward_pre_hook(pre))
@@ -151,8 +160,8 @@ class BreakdownTimer:
             import torch
 
             torch.cuda.synchronize()
-            self.denoiser_s = sum(a.elapsed_time(b) for a, b in self._events["denoiser"]) / 1000
-            self.attention_s = sum(a.elapsed_time(b) for a, b in self._events["attention"]) / 1000
+            for kind, events in self._events.items():
+                self.seconds[kind] = sum(a.elapsed_time(b) for a, b in events) / 1000
         return False
 
     @property

@@ -9,7 +9,6 @@ The tiny models are 16 x 16 tokens per frame; the training grid is set to 8 x 8 
 it reads a real checkpoint's."""
 
 import dataclasses
-import logging
 
 import pytest
 import torch
@@ -25,13 +24,6 @@ from attnplug.testing_reference import CallRecorder, check_calls
 TINY, TRAIN = (16, 16), (8, 8)  # tokens per frame of the tiny models, and the training grid they run at 2x of
 KEYS = ["FluxTransformer2DModel", "WanTransformer3DModel", "CogVideoXTransformer3DModel",
         "LTXVideoTransformer3DModel", "HunyuanVideoTransformer3DModel"]
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
 
 
 def _at_twice_the_training_grid(key: str, monkeypatch) -> tuple[torch.nn.Module, dict]:

@@ -3,7 +3,6 @@ remove() is bit-identical; each method's defaults run on the self-attention call
 reason, or are refused with a message naming the class; the calls a method computed equal the method's own
 reference on the captured q/k/v; a class without a family row is refused at apply."""
 
-import logging
 
 import pytest
 import torch
@@ -47,13 +46,6 @@ SUPPORTED = {
 KEYS = class_keys()
 BUILT = [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in KEYS if has_builder(k)]
 UNBUILT = [k for k in KEYS if not has_builder(k)]
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
 
 
 @pytest.mark.parametrize("key", BUILT)

@@ -4,7 +4,6 @@ denoiser without a timestep (aMUSEd) counts one step per call over its pipeline'
 schedule in steps at ``apply`` when nothing gives that number."""
 
 import inspect
-import logging
 from types import SimpleNamespace
 
 import pytest
@@ -26,13 +25,6 @@ FAMILY_TIMESTEPS = {
     "ZImageTransformer2DModel": ("t", lambda t: (1000 - t) / 1000),
     "FluxTransformer2DModel": ("timestep", lambda t: t / 1000),
 }
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
 
 
 class StepRecorder(DenseMethod):

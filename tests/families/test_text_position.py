@@ -1,7 +1,6 @@
 """A family row's text position is checked against the model, not trusted: when only the text input changes, the
 query rows that change at the first joint-attention call are exactly non-grid rows of the layout attnplug reads."""
 
-import logging
 
 import pytest
 
@@ -13,13 +12,6 @@ JOINT = [k for k in class_keys() if has_builder(k) and k.split("[")[0] in FAMILI
          and k.split("[")[0] not in REFUSED and FAMILIES[k.split("[")[0]].text_position != "none"
          and FAMILIES[k.split("[")[0]].non_grid == "text"]
 SEPARATE = ["WanTransformer3DModel", "PixArtTransformer2DModel", "LTXVideoTransformer3DModel"]
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
 
 
 @pytest.mark.parametrize("key", JOINT)

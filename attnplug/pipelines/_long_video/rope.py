@@ -35,7 +35,7 @@ from diffusers.hooks import ModelHook
 from ..._hook_registry import register_hook, unregister_everywhere
 from ..._logging import log_once
 from .riflex import RiflexPlan, plan_for_frequencies, riflex_frequency  # noqa: F401 - re-exported
-from .rope_adapters2 import LTX2Adapter, ltx_frequencies
+from .rope_adapters2 import LTX2Adapter, call_plan, ltx_frequencies
 
 logger = logging.getLogger(__name__)
 
@@ -216,9 +216,7 @@ class _LTXAdapter(_Adapter):
 
     def post_forward(self, hook, module, output):
         c, a = hook._call
-        base = hook.plan
-        plan = plan_for_frequencies(self.family, self._frequencies(module, a), base.train_frames, base.test_frames,
-                                    base.margin, base.position_scale, base.mode)
+        plan = call_plan(self.family, module, hook.plan, a)
         if not plan.changes_rope:
             return output
         cos, sin = (t.clone() for t in output)

@@ -35,6 +35,13 @@ def ltx_frequencies(target, a: float) -> list[float]:
     return [2 * a * target.theta ** e * math.pi / 2 for e in exps]
 
 
+def call_plan(family: str, target, base, a: float):
+    """``base`` (the plan at the reference frame rate) recomputed for a call whose temporal coordinate advances by
+    ``a`` per RoPE position on the LTX / LTX-2 rotary module ``target``."""
+    return plan_for_frequencies(family, ltx_frequencies(target, a), base.train_frames, base.test_frames, base.margin,
+                                base.position_scale, base.mode)
+
+
 class LTX2Adapter:
     """LTX-2's adapter, of the shape of :class:`.rope._Adapter` (``per_call``: the plan is recomputed per call)."""
 
@@ -70,9 +77,7 @@ class LTX2Adapter:
 
     def post_forward(self, hook, module, output):
         c, a = hook._call
-        base = hook.plan
-        plan = plan_for_frequencies(self.family, self._frequencies(module, a), base.train_frames, base.test_frames,
-                                    base.margin, base.position_scale, base.mode)
+        plan = call_plan(self.family, module, hook.plan, a)
         if not plan.changes_rope:
             return output
         cos, sin = (t.clone() for t in output)
