@@ -10,6 +10,13 @@ followed the other way round. The timestep is the denoiser's forward parameter n
 (diffusers' names for it: ``timestep``, HiDream-I1's ``timesteps``, Z-Image's ``t``), by keyword or position
 (:func:`timestep_input`). A denoiser without one (aMUSEd's ``UVit2DModel``) counts every call as the next step (its
 pipelines make one call per step) and starts a new run after as many calls as its pipeline's scheduler has steps.
+
+The step is the pipeline's: :func:`attnplug.apply` on a pipeline gives all its denoisers one tracker
+(:func:`pipeline_steps`), so on a two-expert pipeline (Wan 2.2's ``transformer`` for the high-noise steps,
+``transformer_2`` for the low-noise ones) a timestep seen by either expert advances the one count, and
+``transformer_2``'s first call is the step after ``transformer``'s last, also when the pipeline's ``CacheContext``
+has no ``step_index`` (Wan 2.2 I2V). Each follower of a shared tracker learns that a new run started from
+:attr:`DenoisingSteps.run` (a counter); what is reset per run is reset once (:meth:`DenoisingSteps.claim`).
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-__all__ = ["TIMESTEP_NAMES", "DenoisingSteps", "StepHook", "TimestepInput", "scheduler_steps", "timestep_input",
-           "timestep_of"]
+__all__ = ["TIMESTEP_NAMES", "DenoisingSteps", "StepHook", "TimestepInput", "pipeline_steps", "scheduler_steps",
+           "timestep_input", "timestep_of"]
 
 
 #: The forward parameter names diffusers' denoisers take their timestep in, in order of preference.
@@ -105,7 +112,9 @@ def scheduler_steps(pipe) -> Callable[[], int | None] | None:
 class DenoisingSteps:
     """The position in the denoising loop: ``step`` (-1 before the first call), ``num_steps`` (None when unknown),
     ``guidance`` (the ``CacheContext`` name, None without one) and ``pass_index`` (0 for the first denoiser call of a
-    step, 1 for the next, ...). ``rises``: the observed timesteps rise over a run (:class:`TimestepInput`)."""
+    step, 1 for the next, ...). ``rises``: the observed timesteps rise over a run (:class:`TimestepInput`). ``run``
+    counts the runs started: whoever follows a tracker that others keep current (the experts of one pipeline) sees a
+    new run as a new ``run``."""
 
     step: int = -1
     num_steps: int | None = None
@@ -114,6 +123,16 @@ class DenoisingSteps:
     last_timestep: float | None = None
     num_steps_fn: Callable[[], int | None] | None = field(default=None, repr=False)
     rises: bool = False
+    run: int = 0
+    _claims: dict = field(default_factory=dict, repr=False, compare=False)  # key -> the run it was claimed in
+
+    def claim(self, key) -> bool:
+        """True the first time ``key`` (e.g. ``id`` of a method several denoisers share) asks in the current run:
+        what is reset once per run is reset once, by whichever follower sees the run first."""
+        if self._claims.get(key) == self.run:
+            return False
+        self._claims[key] = self.run
+        return True
 
     def observe(self, timestep: float | None) -> bool:
         """Follow a denoiser call with ``timestep`` (:func:`timestep_of`); True when a new run starts (step 0).
@@ -134,6 +153,7 @@ class DenoisingSteps:
         self.last_timestep = timestep
         self.num_steps = self.num_steps_fn() if self.num_steps_fn is not None else None
         self.guidance = None
+        self.run += int(new_run)
         return new_run
 
     def set_context(self, step: int, num_steps: int | None, guidance: str | None) -> bool:
@@ -143,10 +163,18 @@ class DenoisingSteps:
         self.pass_index = self.pass_index + 1 if same_step else 0
         self.step, self.num_steps, self.guidance = step, num_steps, guidance
         self.last_timestep = None
+        self.run += int(new_run)
         return new_run
 
     def reset(self) -> None:
+        """Forget the position (the next call starts a run); ``run`` keeps counting."""
         self.step, self.num_steps, self.guidance, self.pass_index, self.last_timestep = -1, None, None, 0, None
+
+
+def pipeline_steps(pipe, rises: bool = False) -> DenoisingSteps:
+    """The one tracker of a pipeline's denoising runs, for all its denoisers (``pipe`` None: a bare model's): its
+    number of steps comes from the pipeline's scheduler (:func:`scheduler_steps`)."""
+    return DenoisingSteps(num_steps_fn=scheduler_steps(pipe), rises=rises)
 
 
 class _NoState(BaseState):

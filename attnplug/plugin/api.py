@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import Iterator
 
 from .._logging import log_scope
+from .._steps import pipeline_steps
 from ..config import MethodConfig, Schedule, config_from_options
+from ..families import family_of
 from ..methods.base import AttentionMethod
 from ..methods.dense import DenseConfig
 from ..processors.standalone import build_method
@@ -23,9 +25,10 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     agents=16)``) or an :class:`~attnplug.methods.AttentionMethod`.
 
     Self-attention only. ``schedule`` (or the ``layers=`` indices/regex and ``steps=(start, stop)`` shortcuts) says
-    which layers and denoising steps use it; without one, the method's default schedule. Everything is validated
-    before a previous application is replaced (idempotent); an error while installing takes off everything installed,
-    leaving every denoiser stock. Returns ``target``."""
+    which layers and denoising steps use it; without one, the method's default schedule. The steps are the
+    pipeline's: all its denoisers follow one step tracker (a two-expert pipeline's ``transformer_2`` continues the
+    count of ``transformer``). Everything is validated before a previous application is replaced (idempotent); an
+    error while installing takes off everything installed, leaving every denoiser stock. Returns ``target``."""
     if isinstance(config, str):
         config = config_from_options(config, options)
     elif options:
@@ -38,11 +41,13 @@ def apply(target, config: MethodConfig | AttentionMethod | str | None = None, /,
     sched = resolve_schedule(config, schedule, layers, steps)
     is_default = schedule is None and layers is None and steps is None
     plans = [plan_installation(model, build_method(config), sched, pipe) for _, model in denoisers]
+    # one step tracker for the pipeline: its experts (Wan 2.2's transformer, transformer_2) count one run's steps
+    steps = pipeline_steps(pipe, family_of(denoisers[0][1]).timestep_rises)
     for _, model in denoisers:
         remove(model)
     try:
         for (label, _), plan in zip(denoisers, plans):
-            install(plan, sched, pipe, label, is_default)
+            install(plan, sched, pipe, label, is_default, steps)
     except BaseException:
         for _, model in denoisers:  # all or nothing: a failure midway leaves every denoiser stock
             uninstall(model, conclude=False)

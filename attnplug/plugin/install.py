@@ -10,7 +10,7 @@ import torch
 
 from .._hook_registry import register_hook, registry, unregister_hook
 from .._logging import log_once
-from .._steps import TIMESTEP_NAMES, DenoisingSteps, scheduler_steps, timestep_input
+from .._steps import TIMESTEP_NAMES, DenoisingSteps, pipeline_steps, scheduler_steps, timestep_input
 from ..config import Schedule
 from ..families import family_of, latent_level, training_grid
 from ..layout import LayoutState
@@ -102,13 +102,17 @@ def _check_steps_known(model: torch.nn.Module, sched: Schedule, pipe) -> None:
     )
 
 
-def install(plan: _Installation, sched: Schedule, pipe, label: str, default_schedule: bool = False) -> None:
+def install(plan: _Installation, sched: Schedule, pipe, label: str, default_schedule: bool = False,
+            steps: DenoisingSteps | None = None) -> None:
     """Register ``plan``'s hooks on its denoiser. Each one is recorded in the denoiser's ``Applied`` as soon as it is
-    registered, so :func:`uninstall` can take off a partial installation."""
+    registered, so :func:`uninstall` can take off a partial installation. ``steps``: the step tracker the denoiser
+    follows, the one its pipeline's denoisers share (:func:`attnplug._steps.pipeline_steps`; default: its own)."""
     model, method = plan.model, plan.method
     family = family_of(model)
     uses_steps = bool(sched.warmup_steps or sched.until_step is not None or method.uses_steps)
-    state = LayoutState(family, steps=DenoisingSteps(num_steps_fn=scheduler_steps(pipe), rises=family.timestep_rises))
+    if steps is None:
+        steps = pipeline_steps(pipe, family.timestep_rises)
+    state = LayoutState(family, steps=steps)
     runtime = Runtime(method=method, schedule=sched, state=state,
                       num_layers=plan.num_layers, uses_steps=uses_steps, default_schedule=default_schedule)
     runtime.tracker = StepTracker(runtime, model)

@@ -8,7 +8,8 @@
 
 The step comes from diffusers' ``CacheContext`` (``model.cache_context("cond", step_index=..., ...)``, set by the
 pipelines) when present, else from the timestep (a repeated timestep is another pass of the same step; the input and
-its direction per family: :func:`attnplug._steps.timestep_input`).
+its direction per family: :func:`attnplug._steps.timestep_input`). All denoisers of one pipeline follow one tracker
+(:func:`attnplug._steps.pipeline_steps`): a two-expert pipeline's second expert continues the first one's count.
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ class StepTracker:
         self._settled = False  # judged whether the method ran (and warned if it did not)
         self._due = False  # some call was due to run the method
         self._prepared = None  # the latent grid the method last checked itself against
+        self._run = runtime.state.steps.run  # the run of the step tracker this denoiser last followed
 
     def on_context(self, context) -> None:
         if context is self._last_context:  # every attention hook hears the same context
@@ -234,18 +236,26 @@ class StepTracker:
             self.has_context = False
             return
         self.has_context = True
-        if runtime.state.steps.set_context(step, getattr(context, "num_inference_steps", None), context.name):
-            self.conclude()
-            runtime.method.reset()
+        runtime.state.steps.set_context(step, getattr(context, "num_inference_steps", None), context.name)
+        self._follow_run()
         runtime.update()
 
     @torch.compiler.disable
     def _observe_timestep(self, args, kwargs) -> None:
-        runtime = self.runtime
-        if runtime.state.steps.observe(self.timestep.read(args, kwargs)):
-            self.conclude()
-            runtime.method.reset()
-        runtime.update()
+        self.runtime.state.steps.observe(self.timestep.read(args, kwargs))
+        self._follow_run()
+        self.runtime.update()
+
+    def _follow_run(self) -> None:
+        """When the (pipeline's shared) tracker started a run since this denoiser last looked: judge the last run
+        and reset the method's per-run state, once per run for a method instance several denoisers share."""
+        steps = self.runtime.state.steps
+        if steps.run == self._run:
+            return
+        self._run = steps.run
+        self.conclude()
+        if steps.claim(id(self.runtime.method)):
+            self.runtime.method.reset()
 
     def __call__(self, module, args, kwargs):
         if not torch.compiler.is_compiling():

@@ -151,7 +151,8 @@ SPEC = {"wan22-i2v": ("wan", 29, 2, True), "wan22-ti2v-5b": ("wan", 29, 2, True)
 
 def _run(name, tmp_path, monkeypatch):
     """The pipeline, its denoisers, the video, and per step: (RIFLEx hook on the rotary module, attention method) of
-    each denoiser, and the windowed self-attention calls so far (summed over the denoisers)."""
+    each denoiser, the windowed self-attention calls so far (summed over the denoisers), and the self-attention calls
+    each denoiser's method ran so far."""
     if not hasattr(wan_i2v_module, "ftfy"):  # the I2V pipeline cleans prompts with ftfy unguarded; not installed here
         monkeypatch.setattr(wan_i2v_module, "ftfy", types.SimpleNamespace(fix_text=lambda s: s), raising=False)
     pipe, inputs = BUILDS[name](tmp_path)
@@ -164,7 +165,7 @@ def _run(name, tmp_path, monkeypatch):
     assert plan.temporal_windows is windows  # LTX and LTX-2 keep the windows off by default
     if windows:
         assert plan.window == train_latent and plan.stride == 1 and plan.global_steps == 0.75
-    seen, windowed = [], []
+    seen, windowed, ran = [], [], []
 
     def on_step(p, *rest):
         seen.append([(getattr(m.rope, "_diffusers_hook", None) is not None
@@ -173,6 +174,7 @@ def _run(name, tmp_path, monkeypatch):
         report = attnplug.stats(p).get("method_report", {})
         parts = list(report.values()) if len(experts) > 1 else [report]
         windowed.append(sum(r.get("windows: window", 0) for r in parts))
+        ran.append([attnplug.stats(m).get("self", {}).get("method", 0) for m in experts])
         return rest[-1] if rest else None  # callback_on_step_end(pipe, i, t, kwargs) returns the kwargs
 
     prompt = None if "prompt_embeds" in inputs else "red circle moving right"
@@ -187,12 +189,12 @@ def _run(name, tmp_path, monkeypatch):
     finally:
         if handle is not None:
             handle.remove()
-    return pipe, experts, out, seen, windowed, frames, windows
+    return pipe, experts, out, seen, windowed, frames, windows, ran
 
 
 @pytest.mark.parametrize("name", list(BUILDS))
 def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_path, monkeypatch):
-    pipe, experts, out, seen, windowed, frames, windows = _run(name, tmp_path, monkeypatch)
+    pipe, experts, out, seen, windowed, frames, windows, _ = _run(name, tmp_path, monkeypatch)
     assert out.frames.shape[:2] == (1, frames)
     assert torch.isfinite(out.frames).all()
     method = "TemporalWindowMethod" if windows else "NoneType"
@@ -206,9 +208,9 @@ def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_pa
     assert attnplug.method_of(pipe) is None
 
 
-@pytest.mark.xfail(strict=True, reason="Wan 2.2 I2V (diffusers 0.42) gives its CacheContext no step_index, so each "
-                   "expert counts the steps from its own first call: transformer_2 never reaches the dense phase's "
-                   "end (step 3 of 4) and the windows never run")
 def test_wan22_i2v_defaults_window_the_last_step(tmp_path, monkeypatch):
-    windowed = _run("wan22-i2v", tmp_path, monkeypatch)[4]
-    assert windowed[-1] > 0
+    """Wan 2.2 I2V (diffusers 0.42) gives its CacheContext no step_index: the experts follow the pipeline's one step
+    count, so transformer_2 (the low-noise steps) reaches the dense phase's end (step 3 of 4) and runs the windows."""
+    *_, windowed, _, _, ran = _run("wan22-i2v", tmp_path, monkeypatch)
+    assert windowed[STEPS - 2] == 0 and windowed[-1] > 0
+    assert ran[STEPS - 2] == [0, 0] and ran[-1][0] == 0 and ran[-1][1] > 0  # the last step: transformer_2's

@@ -8,7 +8,8 @@ back to the skip connection's size (the resolution-aware upsampler). Later steps
 Three hooks, all :class:`diffusers.hooks.ModelHook` in the modules' :class:`~diffusers.hooks.HookRegistry`:
 
 - on the U-Net: :class:`attnplug._steps.StepHook`, the package's step tracker (the pipeline's ``CacheContext``, or
-  the ``timestep`` argument: a repeated timestep is another pass of the same step);
+  the ``timestep`` argument: a repeated timestep is another pass of the same step), keeping the pipeline's
+  (:func:`attnplug._steps.pipeline_steps`; the U-Net is its pipeline's one denoiser);
 - on the first downsampler's ``conv``: the strided, dilated convolution while the factor is > 1;
 - on the matching upsampler: a pre-forward hook that asks for the skip connection's size.
 

@@ -8,7 +8,7 @@ import contextlib
 import logging
 
 from ..._logging import log_once
-from ..._steps import scheduler_steps
+from ..._steps import pipeline_steps
 from ...plugin import applied, method_of
 from . import raunet as rau
 from .attention import hidiffusion_attention, refine_attention
@@ -59,8 +59,8 @@ def run_hidiffusion(pipe, prompt, p: HiResPlan, config: HiResConfig, kwargs: dic
                  "the MSW-MSA windows are not added.")
     state = None
     if p.raunet_factors:
-        state = rau.RAUState(p.raunet_factors, p.raunet_switch)
-        state.steps.num_steps_fn = scheduler_steps(pipe)
+        # RAU-Net hooks the U-Net, its pipeline's one denoiser: its tracker is that pipeline's step tracker
+        state = rau.RAUState(p.raunet_factors, p.raunet_switch, steps=pipeline_steps(pipe))
     method, schedule = attention if attention is not None else (None, None)
     with _progress(1, config, "hires (HiDiffusion)") as bar:
         try:
