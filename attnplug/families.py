@@ -1,8 +1,10 @@
 """Everything attnplug knows per denoiser class that the generic grid reader (:mod:`attnplug.layout_reader`) cannot
 see: which reader fits its input, where text or other non-grid tokens sit in joint attention, attention modules
-that never see the image grid, U-Net levels and temporal modules, training size and length, the rotary adapter for
-long video, and the denoising-step conventions; the classes refused, with their reason, are in
-:mod:`attnplug.families_refused`.
+that never see the image grid, U-Net levels and temporal modules, training size and length, how the pipeline packs
+the latent, and the denoising-step conventions; the classes refused, with their reason, are in
+:mod:`attnplug.families_refused`. The pipelines (:mod:`attnplug.pipelines`) read these rows through
+:func:`family_of` (hi-res: training size, U-Net or not, latent packing; long video: training length) and key their
+own per-family code (the long-video rotary adapters) by the row's ``name``; they hold no copy of these facts.
 
 A class is looked up by its MRO, so a subclass of a supported class is supported. A class that is neither supported
 nor refused here is refused at ``apply`` with a message naming it and what is unknown.
@@ -41,6 +43,7 @@ from .layout_reader import (
 
 TextPosition = Literal["none", "first", "last"]
 MaskForm = Literal["outer-key-padding"]
+LatentPacking = Literal["2x2", "patchify"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,13 @@ class FamilySpec:
 
     ``text_position`` says where the non-grid tokens (text, registers, conditioning frames) of a joint-attention
     sequence sit relative to the grid tokens; ``train_size`` is the training size in pixels ``(height, width)`` and
-    ``train_frames`` the training length in video frames, where the family publishes them. ``timestep_rises``: the
+    ``train_frames`` the training length in video frames, where the family publishes them;
+    ``default_size_is_train_size=False``: the family's pipeline defaults to another size than ``train_size``
+    (Qwen-Image: 1024 x 1024, trained at 1328 x 1328), so ``train_size`` wins over the pipeline's default.
+    ``multiscale`` marks a U-Net (HiDiffusion's RAU-Net runs on it). ``latent_packing``: how the family's pipeline
+    hands the latent to the denoiser, ``"2x2"`` packed tokens ``(B, h w / 4, 4 C)`` (``_pack_latents``) or
+    ``"patchify"`` patches ``(B, 4 C, h / 2, w / 2)`` (Flux 2's ``_patchify_latents``); None: the latent itself.
+    ``timestep_rises``: the
     family's pipeline passes the flow time ``1 - t / 1000`` (rising from 0 to 1 over a run) instead of the falling
     timestep, so the step tracker (:mod:`attnplug._steps`) starts a run at a lower timestep, not a higher one.
     ``mask_form="outer-key-padding"``: the processor masks its joint self-attention with a ``(B, 1, N, N)`` mask
@@ -67,9 +76,10 @@ class FamilySpec:
     grid_reads_values: bool = False  # the grid comes from tensor values (Flux's img_ids), not only from shapes
     value_inputs: tuple[str, ...] = ()  # the keyword inputs whose values the grid reader reads
     train_size: tuple[int, int] | None = None  # pixels (height, width)
+    default_size_is_train_size: bool = True  # False: the pipeline's default size is not train_size (Qwen-Image)
     pixels_per_token: int = 16  # image pixels per token side (VAE factor x patch or packing)
     train_frames: int | None = None  # video frames
-    rope: str | None = None  # the long-video rotary adapter (attnplug.pipelines._long_video_rope)
+    latent_packing: LatentPacking | None = None  # how the pipeline packs the latent for the denoiser
     variant: Callable[[Any], dict] | None = None  # config -> fields that differ for this checkpoint
     timestep_rises: bool = False  # the pipeline passes a timestep that grows over a run (1 - t / 1000: Lumina)
     mask_form: MaskForm | None = None  # a self-attention mask the core reduces (attnplug.processors.mask_forms)
@@ -80,6 +90,13 @@ def _wan_variant(config) -> dict:
     if getattr(config, "in_channels", None) == 48 or getattr(config, "out_channels", None) == 48:
         return dict(train_size=(704, 1280), pixels_per_token=32, train_frames=121)
     return {}
+
+
+def _animatediff_variant(config) -> dict:
+    """AnimateDiff: the motion modules' positional table (``motion_max_seq_length``) bounds the 16-frame training
+    length."""
+    n = getattr(config, "motion_max_seq_length", None)
+    return dict(train_frames=int(n)) if isinstance(n, int) and 0 < n < 16 else {}
 
 
 def _without(name: str, what: str) -> Callable:
@@ -107,7 +124,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "UNet2DConditionModel": FamilySpec("unet", grid_unet, multiscale=True),
     "UNetMotionModel": FamilySpec(
         "animatediff", grid_unet, multiscale=True, temporal_modules=("motion_modules",), frames_in_batch=True,
-        train_frames=16,
+        train_frames=16, variant=_animatediff_variant,
     ),
     "UNet3DConditionModel": FamilySpec(
         "unet3d", grid_unet, multiscale=True, temporal_modules=("temp_attentions", "transformer_in"),
@@ -116,28 +133,34 @@ FAMILIES: dict[str, FamilySpec] = {
     "PixArtTransformer2DModel": FamilySpec("pixart", grid_image_4d),
     "DiTTransformer2DModel": FamilySpec("dit", grid_image_4d),
     "SD3Transformer2DModel": FamilySpec("sd3", grid_image_4d, text_position="last"),
-    "FluxTransformer2DModel": FamilySpec("flux", text_position="first", train_size=(1024, 1024), **_IDS),
+    "FluxTransformer2DModel": FamilySpec(
+        "flux", text_position="first", train_size=(1024, 1024), latent_packing="2x2", **_IDS
+    ),
     "WanTransformer3DModel": FamilySpec(
-        "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
+        "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, variant=_wan_variant
     ),
     "CogVideoXTransformer3DModel": FamilySpec(
-        "cogvideox", grid_video_bfchw, text_position="first", train_frames=49, rope="cogvideox"
+        "cogvideox", grid_video_bfchw, text_position="first", train_frames=49
     ),
     "ConsisIDTransformer3DModel": FamilySpec("consisid", grid_video_bfchw, text_position="first", train_frames=49),
     "HunyuanVideoTransformer3DModel": FamilySpec(
         "hunyuanvideo", grid_video_bcfhw, text_position="last", exclude_modules=("context_embedder",),
-        train_size=(720, 1280), train_frames=129, rope="hunyuanvideo",
+        train_size=(720, 1280), train_frames=129,
     ),
     "LTXVideoTransformer3DModel": FamilySpec(
-        "ltx", grid_size_kwargs, train_size=(512, 768), pixels_per_token=32, train_frames=121, rope="ltx"
+        "ltx", grid_size_kwargs, train_size=(512, 768), pixels_per_token=32, train_frames=121
     ),
     # image transformers with joint (text + image) attention
-    "ChromaTransformer2DModel": FamilySpec("chroma", text_position="first", train_size=(1024, 1024), **_IDS),
-    "Flux2Transformer2DModel": FamilySpec(
-        "flux2", text_position="first", train_size=(1024, 1024), pixels_per_token=16, **_IDS
+    "ChromaTransformer2DModel": FamilySpec(
+        "chroma", text_position="first", train_size=(1024, 1024), latent_packing="2x2", **_IDS
     ),
+    "Flux2Transformer2DModel": FamilySpec(
+        "flux2", text_position="first", train_size=(1024, 1024), pixels_per_token=16, latent_packing="patchify", **_IDS
+    ),
+    # Qwen-Image: trained at 1328 x 1328; its pipeline defaults to 1024 x 1024
     "QwenImageTransformer2DModel": FamilySpec(
-        "qwen-image", grid_img_shapes, text_position="first", train_size=(1328, 1328), pixels_per_token=16
+        "qwen-image", grid_img_shapes, text_position="first", train_size=(1328, 1328),
+        default_size_is_train_size=False, pixels_per_token=16, latent_packing="2x2",
     ),
     # Z-Image: image tokens (padded to a multiple of 32) then caption; the refiners see one modality each
     "ZImageTransformer2DModel": FamilySpec(
@@ -191,7 +214,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "UVit2DModel": FamilySpec("amused", grid_unet, multiscale=True),
     # video transformers
     "WanVACETransformer3DModel": FamilySpec(
-        "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, rope="wan", variant=_wan_variant
+        "wan", grid_video_bcfhw, train_size=(480, 832), train_frames=81, variant=_wan_variant
     ),
     "AnyFlowTransformer3DModel": FamilySpec("anyflow", grid_video_bfchw, train_size=(480, 832), train_frames=81),
     "JoyImageEditTransformer3DModel": FamilySpec("joyimage-edit", grid_video_bcfhw, text_position="last"),

@@ -9,8 +9,6 @@ from collections.abc import Callable
 
 import torch
 
-FAMILY_NAMES = ("unet", "animatediff", "pixart", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx")
-
 
 def _unet(height: int, width: int, frames: int, text: int, batch: int):
     from diffusers import UNet2DConditionModel
@@ -161,6 +159,9 @@ _BUILDERS: dict[str, Callable] = {
     "unet": _unet, "animatediff": _animatediff, "pixart": _pixart, "sd3": _sd3, "flux": _flux, "wan": _wan,
     "cogvideox": _cogvideox, "hunyuanvideo": _hunyuanvideo, "ltx": _ltx,
 }
+#: the families :func:`tiny_model` builds, by their family row's name (:func:`attnplug.families.family_of` of each
+#: model is the row of that name: ``tests/pipelines/test_family_facts.py``)
+FAMILY_NAMES = tuple(_BUILDERS)
 
 
 def tiny_model(

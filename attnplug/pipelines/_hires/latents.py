@@ -1,7 +1,7 @@
 """Latent I/O of the coarse-to-fine stages: a stage's result as a spatial latent ``(B, C, h, w)`` (``(B, C, F, h,
 w)`` for Wan and Qwen-Image, whose VAE latents have one frame), upsampling it, and turning it back into the
-``latents=`` argument of the pipeline (Flux, Chroma and Qwen-Image pack their latents in 2 x 2 patches; Flux 2
-takes them patchified, normalised per patch position)."""
+``latents=`` argument of the pipeline (the family row's ``latent_packing``: Flux, Chroma and Qwen-Image pack their
+latents in 2 x 2 patches; Flux 2 takes them patchified, normalised per patch position)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .family import PACKED_2X2, Family
+from .family import Family
 
 
 def stage_kwargs(family: Family, kwargs: dict, final: bool) -> dict:
     """Pipeline keyword arguments of one stage: the user's, plus what the family needs (intermediate stages return
     latents; PixArt's resolution binning would resize the hi-res result back to a training-size bin)."""
     out = dict(kwargs)
-    if family.name == "pixart":
-        out.setdefault("use_resolution_binning", False)
-    if family.name == "wan":
-        out.setdefault("num_frames", 1)
+    for name, value in family.stage_defaults:  # PixArt: no resolution binning; Wan: one frame
+        out.setdefault(name, value)
     if not final:
         out["output_type"] = "pt" if family.embedded else "latent"
         out["return_dict"] = True
@@ -33,12 +31,12 @@ def result_latents(family: Family, pipe, result, height: int, width: int) -> tor
     ``latents=`` argument takes."""
     if family.embedded:
         return result.images * 2 - 1  # [0, 1] images -> the model's [-1, 1] pixel space
-    if family.name == "wan":
+    if not hasattr(result, "images"):  # a video pipeline's output (Wan)
         return result.frames
     x = result.images
-    if family.name in PACKED_2X2:
+    if family.latent_packing == "2x2":
         x = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
-    elif family.name == "flux2":  # tokens (B, h w / 4, 4 C) in row order -> patches (B, 4 C, h / 2, w / 2)
+    elif family.latent_packing == "patchify":  # Flux 2: (B, h w / 4, 4 C) tokens -> (B, 4 C, h / 2, w / 2)
         h2, w2 = height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2
         x = pipe._unpatchify_latents(x.permute(0, 2, 1).reshape(x.shape[0], x.shape[2], h2, w2))
     return x
@@ -47,10 +45,10 @@ def result_latents(family: Family, pipe, result, height: int, width: int) -> tor
 def pipeline_latents(family: Family, pipe, x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`result_latents`: the ``latents=`` argument for a spatial latent ``x``; the 2 x 2 packed
     families take ``(B, h w / 4, 4 C)``."""
-    if family.name in PACKED_2X2:
+    if family.latent_packing == "2x2":
         b, c, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]  # Qwen-Image: (B, C, 1, h, w)
         return pipe._pack_latents(x, b, c, h, w)
-    if family.name == "flux2":  # Flux 2 takes the patchified latent (B, 4 C, h / 2, w / 2) and packs it itself
+    if family.latent_packing == "patchify":  # Flux 2 takes (B, 4 C, h / 2, w / 2) and packs it itself
         return pipe._patchify_latents(x)
     return x
 
@@ -69,7 +67,7 @@ def upsample_latents(family: Family, pipe, x: torch.Tensor, size: tuple[int, int
     patch position (a batch norm over the 2 x 2 patchified channels): it is upsampled in the VAE's own latent space
     (normalisation undone, then redone at the new size), so neighbouring pixels with different statistics do not
     blend."""
-    if family.name != "flux2":
+    if family.latent_packing != "patchify":  # Flux 2's patchified latent is normalised per patch position
         return upsample(x, size, mode, lowpass)
     mean, std = _flux2_bn(pipe, x)
     vae_latent = pipe._unpatchify_latents(pipe._patchify_latents(x) * std + mean)

@@ -32,10 +32,18 @@ from ...config import Schedule
 from ...layout import family_of
 from ...plugin import apply, method_of, remove, resolve_denoisers
 from .attention import TemporalWindowMethod
-from .config import GLOBAL_STEPS, POSITION_SCALE, TRAIN_FRAMES, LongVideoConfig, LongVideoPlan
+from .config import GLOBAL_STEPS, POSITION_SCALE, LongVideoConfig, LongVideoPlan
 from .damping import FrameDampingMethod
 from .noise import rescheduled_noise
-from .rope import RiflexPlan, apply_riflex, remove_riflex, riflex_plan, supported_families
+from .rope import (
+    RiflexPlan,
+    apply_riflex,
+    plan_per_call,
+    remove_riflex,
+    riflex_plan,
+    supported_families,
+    windows_by_default,
+)
 from .vstar import TemporalBandMethod
 
 logger = logging.getLogger(__name__)
@@ -69,21 +77,23 @@ def check_num_frames(num_frames, compression: int, owner: str = "the pipeline") 
         )
 
 
-def training_frames(pipe, model, family: str) -> int:
-    """The model's training length in video frames: the pipeline's / model's config, else :data:`TRAIN_FRAMES`."""
+def training_frames(pipe, model, family: str | None = None) -> int:
+    """The model's training length in video frames: the pipeline's / model's config (``sample_defaults``,
+    ``sample_frames``), else the family row's ``train_frames`` (:func:`attnplug.families.family_of`, which reads a
+    checkpoint's own length, e.g. AnimateDiff's ``motion_max_seq_length``, Wan 2.2 TI2V-5B's 121 frames)."""
     defaults = getattr(pipe, "sample_defaults", None)
     if isinstance(defaults, dict) and isinstance(defaults.get("num_frames"), int):
         return defaults["num_frames"]
     sample = getattr(model.config, "sample_frames", None)
     if isinstance(sample, int) and sample > 1:
         return sample
-    if family == "animatediff":
-        return min(TRAIN_FRAMES["animatediff"], int(getattr(model.config, "motion_max_seq_length", 16) or 16))
-    if family not in TRAIN_FRAMES:
+    spec = family_of(model)
+    if spec.train_frames is None:
         raise ValueError(
-            f"The training length of the {family} family is unknown; give LongVideoConfig(train_frames=...)."
+            f"The training length of the {family or spec.name} family is unknown; give "
+            "LongVideoConfig(train_frames=...)."
         )
-    return TRAIN_FRAMES[family]
+    return spec.train_frames
 
 
 def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None) -> LongVideoPlan:
@@ -111,7 +121,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     )
     rope, rope_plan, rope_note = _resolve_rope(model, config, dit, ext, train_latent, lat, scale)
     damping = bool(config.damping)
-    if damping and (family == "animatediff" or not dit):
+    if damping and not dit:
         raise ValueError(f"LongVideoConfig.damping applies to video DiTs with temporal RoPE; the model is {family}.")
     if damping and (config.temporal_windows or config.sparse is not None):
         raise ValueError(
@@ -128,7 +138,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         )
     windows = config.temporal_windows
     if windows is None:
-        windows = family not in ("ltx", "ltx2") and ext > 2 and not damping and not long_sparse
+        windows = windows_by_default(family) and ext > 2 and not damping and not long_sparse
     if windows and window_latent >= lat:
         if config.temporal_windows:
             log_once(logger, logging.INFO, f"long_video: the temporal window ({window_latent} latent frames) covers "
@@ -178,7 +188,7 @@ def _resolve_rope(model, config: LongVideoConfig, dit: bool, ext: float, train_l
     if rope == "none":
         why = "rope='none'" if config.rope == "none" else "the video is not longer than the training length"
         return "none", plan, f"RoPE stays stock ({why})"
-    if not plan.changes_rope and plan.family not in ("ltx", "ltx2"):  # LTX (2) recompute the plan per call
+    if not plan.changes_rope and not plan_per_call(plan.family):  # LTX (2) recompute the plan per call
         return "none", plan, plan.describe()
     return rope, plan, plan.describe()
 

@@ -9,11 +9,6 @@ from ...methods.sparse_video import SparseVideoConfig
 from .._config import PipelineConfig
 from .attention import WEIGHTINGS
 
-# Training length in video frames (what the model was trained on) when the model config does not say.
-# HunyuanVideo 1.5 and LTX-2: 121 frames, the default num_frames of diffusers' HunyuanVideo15Pipeline and LTX2Pipeline
-# (5 s at 24 fps; also the train_frames of their rows in attnplug/families.py).
-TRAIN_FRAMES = {"wan": 81, "hunyuanvideo": 129, "cogvideox": 49, "ltx": 121, "animatediff": 16,
-                "hunyuanvideo15": 121, "ltx2": 121}
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
@@ -74,7 +69,8 @@ class LongVideoConfig(PipelineConfig):
     )
     damping_factor: float = help_field(0.9, "Damping: UltraViCo's decay factor (1 = no damping).", min=0.01, max=1)
     train_frames: int | None = help_field(
-        None, "Training length in video frames (None = from the model config or the family table).", min=1
+        None, "Training length in video frames (None = from the model config or the family row, attnplug.families).",
+        min=1
     )
     sparse: SparseVideoConfig | None = help_field(
         None, "A sparse video pattern (attnplug.SparseVideoConfig) run inside each temporal window, on the window's "

@@ -87,6 +87,7 @@ class _RiflexHook(ModelHook):
 class _Adapter:
     family = ""  # the family registry's name (set per instance by _adapter_for; it keys PUBLISHED_K)
     per_call = False  # True: the plan is recomputed for each call (hooked even when the reference plan is stock)
+    temporal_windows = True  # long_video's default: training-length temporal windows beyond 2x the training length
 
     def find(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
@@ -187,6 +188,7 @@ class _LTXAdapter(_Adapter):
 
     family = "ltx"
     per_call = True
+    temporal_windows = False  # long_video keeps the temporal windows off by default on LTX
     reference_scale = 8 / 25
 
     def find(self, model):
@@ -233,6 +235,11 @@ class _LTXAdapter(_Adapter):
         return cos, sin
 
 
+#: The long-video rotary adapter of each family with a temporal RoPE, keyed by the family row's name
+#: (:func:`attnplug.families.family_of`; ``tests/pipelines/test_family_facts.py`` checks every key is one). The
+#: training length and every other per-family fact come from that row; this table holds only how long video hooks
+#: the family's rotary module (and its per-family defaults: :attr:`_Adapter.per_call`,
+#: :attr:`_Adapter.temporal_windows`).
 _ADAPTERS: dict[str, type[_Adapter]] = {
     "wan": _WanAdapter,
     "hunyuanvideo": _HunyuanAdapter,
@@ -246,6 +253,17 @@ _ADAPTERS: dict[str, type[_Adapter]] = {
 def supported_families() -> tuple[str, ...]:
     """Families whose temporal RoPE RIFLEx can hook."""
     return tuple(_ADAPTERS)
+
+
+def plan_per_call(family: str) -> bool:
+    """Whether the family's RIFLEx plan is recomputed for each call (LTX, LTX-2: the call carries its frame rate)."""
+    return family in _ADAPTERS and _ADAPTERS[family].per_call
+
+
+def windows_by_default(family: str) -> bool:
+    """Whether long video's default recipe runs temporal windows on the family beyond 2x its training length (every
+    family but LTX and LTX-2)."""
+    return family not in _ADAPTERS or _ADAPTERS[family].temporal_windows
 
 
 def _adapter_for(model: torch.nn.Module) -> _Adapter:

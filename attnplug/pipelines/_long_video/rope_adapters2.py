@@ -47,6 +47,7 @@ class LTX2Adapter:
 
     family = "ltx2"
     per_call = True
+    temporal_windows = False  # long_video keeps the temporal windows off by default on LTX-2, as on LTX
     reference_fps = 24.0  # LTX2Pipeline's default frame_rate
 
     def find(self, model):
