@@ -28,10 +28,14 @@ def _asdict(config) -> dict | None:
 
 
 def recipe(args, item: Item, config, schedule, extensions: dict) -> dict:
-    """Everything that decides what ``item`` looks like: model, prompt, seed, call settings, method config,
-    schedule, dtype, the resolved hi-res / long-video configs and the media format."""
+    """Everything that decides what ``item`` looks like: model (and an embedded model's weights digest), prompt,
+    seed, call settings, method config, schedule, dtype, the resolved hi-res / long-video configs and the media
+    format."""
+    from ..models.catalog import weights_digest
+
     return _plain({
-        "model": args.model, "prompt": item.prompt, "seed": item.seed, "call": item.call,
+        "model": args.model, "weights": weights_digest(args.model), "prompt": item.prompt,
+        "seed": item.seed, "call": item.call,
         "config": config.describe() if config is not None else STOCK,
         "schedule": _asdict(schedule), "dtype": args.dtype, "hires": args.hires, "long_video": args.long_video,
         "hires_config": _asdict(extensions.get("hires")), "long_video_config": _asdict(extensions.get("long_video")),

@@ -3,12 +3,14 @@ and frame rules of every model a command line can check before loading (embedded
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MODELS_DIR", "TINY_PIPELINES", "WEIGHTS_FILE", "ModelRules", "available_models", "model_rules",
-           "resolve_model_dir"]
+           "resolve_model_dir", "weights_digest"]
 
 MODELS_DIR = Path(__file__).resolve().parent
 WEIGHTS_FILE = "model.safetensors"
@@ -45,6 +47,26 @@ def resolve_model_dir(name: str | Path) -> Path:
         f"name={str(name)!r} is not an embedded model nor a folder with a config.json; "
         f"available models: {available_models()}."
     )
+
+
+def weights_digest(name: str | Path) -> str | None:
+    """The first 16 hex digits of the SHA-256 of an embedded model's (or a model folder's) weights file; None for
+    anything else (hub ids, ``tiny-*`` pipelines). Records carry it, so outputs of replaced weights never count as
+    made by the current ones."""
+    try:
+        folder = resolve_model_dir(name)
+    except (TypeError, ValueError):
+        return None
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        return None
+    stat = weights.stat()
+    return _file_digest(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is hashed again
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,29 @@ def _batch(cfg: dict, batch: int, gen: torch.Generator,
     return data.sample_images(batch, sample["height"], gen)
 
 
+def _shift(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Noise levels ``shift * u / (1 + (shift - 1) * u)`` for uniform ``u`` (SD3's timestep shift; 1 = uniform): a
+    shift above 1 trains more at high noise, where a video's motion direction is decided from the prompt alone."""
+    return u if shift == 1 else shift * u / (1 + (shift - 1) * u)
+
+
+def _init_from(source: str, models: dict, emas: dict) -> dict:
+    """Load the EMA weights of model ``source`` (a folder under ``attnplug/models`` or a path) into ``models`` and
+    ``emas`` (same architecture required); returns what the training log records: name, sha256, steps."""
+    import hashlib
+
+    from .loader import load_weights
+
+    folder = Path(source) if Path(source).is_dir() else MODELS_DIR / source
+    weights = folder / "model.safetensors"
+    load_weights(weights, models)
+    for key, module in models.items():
+        emas[key].load_state_dict(module.state_dict())
+    steps = json.loads((folder / "train_log.json").read_text()).get("steps") if (folder / "train_log.json").is_file() \
+        else None
+    return {"name": folder.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "steps": steps}
+
+
 def save_weights(path: Path, text_encoder: torch.nn.Module, denoiser: torch.nn.Module, metadata: dict) -> None:
     """Write ``text_encoder.*`` and ``denoiser.*`` tensors to one safetensors file, atomically."""
     from safetensors.torch import save_file
@@ -103,6 +126,7 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
     seed = int(tcfg["seed"])
     log_every = int(tcfg.get("log_every", 25))
     motion_weight = float(tcfg.get("motion_loss", 0.0))
+    sigma_shift = float(tcfg.get("sigma_shift", 1.0))
     motion = data.MotionSpec.from_config(cfg.get("data"))
 
     torch.manual_seed(seed)
@@ -137,6 +161,9 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
     log = {}
     previous_seconds = 0.0
     state_path = out_dir / STATE_FILE
+    previous_init = None
+    if resume and (out_dir / "train_log.json").is_file():
+        previous_init = json.loads((out_dir / "train_log.json").read_text()).get("init_from")
     if resume and state_path.is_file():
         scalars = load_state(state_path, models=models, ema=emas, optimizer=opt, generators=generators)
         step, previous_seconds = int(scalars["step"]), float(scalars["wall_seconds"])
@@ -159,8 +186,13 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         data_gen.manual_seed(seed + 1 + step)
         noise_gen.manual_seed(seed + 2 + step)
         logger.info("resuming %s at step %d from its weights (no training state: fresh optimizer)", name, step)
-    elif resume:
+    elif resume and not tcfg.get("init_from"):
         logger.info("no checkpoint of %s in %s: starting from scratch", name, out_dir)
+    init = None
+    if step == 0 and tcfg.get("init_from"):
+        init = _init_from(tcfg["init_from"], models, emas)
+        warmup = min(warmup, 50)
+        logger.info("%s starts from the weights of %s (sha256 %s)", name, init["name"], init["sha256"][:12])
     first_step = step
 
     def checkpoint(final: bool) -> None:
@@ -173,6 +205,8 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
             "final_loss": losses[-1][1] if losses else None, "finished": final and step >= steps,
             "torch_threads": torch.get_num_threads(),
         }
+        if init is not None or previous_init is not None:
+            log["init_from"] = init or previous_init
         save_weights(out_dir / "model.safetensors", ema_te, ema_dn, {"steps": step, "seed": seed, "name": name})
         save_state(state_path, models=models, ema=emas, optimizer=opt, generators=generators, scalars={
             "step": step, "wall_seconds": wall, "losses": losses, "running": running, "count": count})
@@ -190,7 +224,7 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         drop = torch.rand(batch, generator=data_gen) < tcfg["cond_dropout"]
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         ids = encode(tokenizer, prompts, cfg["max_length"])
-        sigma = torch.rand(batch, generator=noise_gen)
+        sigma = _shift(torch.rand(batch, generator=noise_gen), sigma_shift)
         noise = torch.randn(x0.shape, generator=noise_gen)
         s = sigma.view(-1, *([1] * (x0.dim() - 1)))
         xt = (1 - s) * x0 + s * noise

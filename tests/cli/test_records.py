@@ -40,3 +40,28 @@ def test_long_video_option_is_in_the_command_and_the_record(cli, tmp_path):
     refused = cli("generate", "red circle moving right", "--model", "shapes-video", "--long-video", "--frames", "12",
                   "--steps", "2", "--long-video-option", "window_frames=8", "--out", out)
     assert refused.returncode == 2 and "call.steps: 1 -> 2" in refused.stderr, refused.stderr
+
+
+def test_records_carry_the_weights_digest(tmp_path):
+    """An embedded model's record holds its weights' digest, so outputs of replaced weights are never taken for the
+    current ones: a copy of the folder with one byte of the weights changed has another digest and recipe key."""
+    import shutil
+    from types import SimpleNamespace
+
+    from attnplug.cli.items import Item
+    from attnplug.cli.records import recipe, recipe_key
+    from attnplug.models.catalog import MODELS_DIR, weights_digest
+
+    folder = tmp_path / "copy"
+    shutil.copytree(MODELS_DIR / "shapes-dit", folder)
+    args = SimpleNamespace(model=str(folder), dtype="float32", hires=False, long_video=False, video_format="mp4",
+                           fps=8)
+    item = Item(index=0, prompt="red circle", seed=0, call={})
+    before = recipe(args, item, None, None, {})
+    assert before["weights"] == weights_digest(MODELS_DIR / "shapes-dit") and len(before["weights"]) == 16
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    after = recipe(args, item, None, None, {})
+    assert after["weights"] != before["weights"] and recipe_key(after) != recipe_key(before)
+    assert weights_digest("tiny-sd") is None and weights_digest("org/hub-model") is None
