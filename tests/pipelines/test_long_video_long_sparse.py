@@ -29,8 +29,8 @@ def test_the_plan_runs_the_long_pattern_instead_of_the_windows(wan):
     assert plan.long_sparse and not plan.temporal_windows and plan.global_steps == 0
     with pytest.raises(ValueError, match=r"pattern='long'.*temporal_windows=True"):
         resolve_config(wan, 17, LongVideoConfig(train_frames=5, sparse=LONG, temporal_windows=True))
-    with pytest.raises(ValueError, match="damping"):
-        resolve_config(wan, 17, LongVideoConfig(train_frames=5, sparse=LONG, damping=True))
+    damped = resolve_config(wan, 17, LongVideoConfig(train_frames=5, sparse=LONG, damping=True))
+    assert damped.long_sparse and damped.damping  # composed (tests/pipelines/test_long_video_damped_long.py)
 
 
 def test_long_video_with_the_long_pattern_equals_the_pattern_applied_by_hand(wan):

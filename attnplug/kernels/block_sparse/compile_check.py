@@ -18,7 +18,8 @@ import torch
 
 from .arch_configs import ARCH_CONFIGS, SMEM_LIMITS, kernel_config
 
-__all__ = ["SMEM_LIMITS", "KernelVariant", "compile_config", "default_variants", "table_variants"]
+__all__ = ["SMEM_LIMITS", "DampedKernelVariant", "KernelVariant", "compile_config", "damped_variants",
+           "default_variants", "table_variants"]
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 _DTYPE_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -55,7 +56,16 @@ class KernelVariant:
             LUT_BM=self.block_m, LUT_BN=self.block_n, HAS_NA=self.has_na, CT=False, CY=False, CX=False, DIL=False,
             HAS_KEEP=self.has_keep, HAS_THRESHOLD=self.has_threshold,
             IEEE_DOT=self.dtype == "float32" and self.ieee_dot, ALIGN=_contiguous_alignment(self.head_dim),
+            HAS_DAMP=getattr(self, "has_damp", False),
         )
+
+
+@dataclass(frozen=True)
+class DampedKernelVariant(KernelVariant):
+    """A variant with the per-LUT-entry damping flags compiled in (``HAS_DAMP``, UltraViCo damping on the long-video
+    pattern); a subclass so that the table's variants (and the committed report's keys) stay as they are."""
+
+    has_damp: bool = True
 
 
 def _contiguous_alignment(head_dim: int) -> int:
@@ -86,8 +96,16 @@ def default_variants() -> list[KernelVariant]:
     return [v for v in table_variants() if (v.arch, v.dtype, v.head_dim, v.has_threshold) in picks and v.ieee_dot]
 
 
+def damped_variants() -> list[DampedKernelVariant]:
+    """The sm_80 and sm_90 16-bit rows of :func:`default_variants` without a threshold, with damping compiled in
+    (the long pattern runs no threshold; neighbourhood mask and ``kv_keep`` stay in: the heaviest variant)."""
+    return [DampedKernelVariant(**asdict(v)) for v in default_variants()
+            if v.dtype != "float32" and not v.has_threshold]
+
+
 #: Integer arguments that equal 1 for contiguous inputs: Triton specialises them to the constant 1 at launch.
-_UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_lk", "stride_cm", "stride_en")
+_UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_lk", "stride_cm", "stride_en",
+                 "stride_dk")
 #: Strides of q/k/v/out: multiples of the head dim for contiguous (B, H, N, D) inputs and (B, N, H, D) views, so
 #: Triton's launch-time specialisation marks them divisible by 16 when the head dim is.
 _QKVO_STRIDES = tuple(f"stride_{t}{d}" for t in "qkvo" for d in "bhn")
@@ -110,10 +128,10 @@ def _signature(fn, variant: KernelVariant, constexprs: dict) -> tuple[dict, dict
         elif name in ("LUT_IDX", "LUT_CNT", "SKIP"):
             sig[name] = "*i32"
             attrs[(i,)] = div16
-        elif name == "KEEP":
+        elif name in ("KEEP", "DAMP"):
             sig[name] = "*u8"
             attrs[(i,)] = div16
-        elif name in ("qk_scale", "thr"):
+        elif name in ("qk_scale", "thr", "damp_factor"):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"

@@ -19,7 +19,7 @@ from ..._optional import optional_import
 from .._cache import BoundedCache
 from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
 from .masks import NeighborhoodMask
-from .reference import block_sparse_reference, check_kv_keep
+from .reference import block_sparse_reference, check_damp, check_kv_keep
 from .torch import block_sparse_torch
 
 __all__ = ["BACKENDS", "block_sparse_attention", "choose_backend", "needs_backward"]
@@ -115,7 +115,7 @@ def _neighborhood_lut(neighborhood: NeighborhoodMask, n_q: int, n_k: int, block_
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None = None, *,
                            neighborhood: NeighborhoodMask | None = None, scale: float | None = None,
                            threshold: float | None = None, kv_keep: Tensor | None = None, backend: str = "auto",
-                           return_stats: bool = False):
+                           return_stats: bool = False, damp: Tensor | None = None, damp_factor: float = 1.0):
     """Attention restricted to the key blocks of ``lut`` and, if given, to the element mask ``neighborhood``.
 
     Args:
@@ -135,6 +135,12 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
         kv_keep: optional bool ``(B|1, N_k)``: keys where it is False are left out for every query (key padding).
         backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton``, ``flex`` (FlexAttention), ``torch`` or
             ``reference``. ``triton`` has no backward: inputs that require grad under grad mode are refused.
+        damp: optional bool flags shaped like ``lut.indices`` (one per LUT entry, on the LUT's device; needs a
+            ``lut``): the positive scaled scores ``s`` of a flagged entry's key block become ``damp_factor * s``
+            before masking, the softmax and threshold skipping (UltraViCo's damping of far frames; the long-video
+            pattern flags the key frames more than half the training length from the query frame). Every backend
+            applies it; None (default) runs exactly the undamped call.
+        damp_factor: the factor of the flagged entries (finite, > 0; UltraViCo's ``alpha`` in ``(0, 1]``).
         return_stats: also return a dict with ``visited_blocks`` (LUT entries walked over all batches/heads/query
             blocks), ``skipped_blocks`` (of those, skipped by ``threshold``), ``density`` (fraction of token pairs
             in the LUT's blocks), ``backend``. The counts and the density are 0-d tensors on ``q.device`` (reading
@@ -161,6 +167,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
     elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}.")
     check_kv_keep(kv_keep, q.shape[0], n_k, q.device)
+    check_damp(damp, damp_factor, lut)
     name, reason = choose_backend(backend, q)
     _log_once(name, reason)
     if name == "flex" and threshold is not None:
@@ -174,6 +181,9 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
         if not lut.trusted:
             lut.validate(batch, heads, n_q, n_k)  # once per table: it is marked checked
     keep = {} if kv_keep is None else {"kv_keep": kv_keep}
+    if damp is not None:  # passed only when given: the undamped call is the same call as before damping existed
+        dev = "cpu" if name == "torch" else q.device
+        keep.update(damp=damp.to(dev), damp_factor=float(damp_factor))
     skipped: Tensor | int = 0
     if name == "reference":
         out, st = block_sparse_reference(q, k, v, lut, neighborhood=neighborhood, scale=scale, threshold=threshold,
@@ -185,7 +195,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
     else:
         if lut is None and neighborhood is not None:
             lut = _neighborhood_lut(neighborhood, n_q, n_k, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, str(q.device))
-        if lut is None and threshold is None and kv_keep is None and name == "torch":
+        if lut is None and threshold is None and kv_keep is None and name == "torch":  # (damp needs a lut)
             _log_once("torch", "no LUT, no neighbourhood: dense SDPA fast path")
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         else:

@@ -23,6 +23,10 @@ dynamic=False)``, compiled once per process (one graph per shape, 20-30 s each o
 caller's ``torch.compile`` the plain op is used and traced. ``EAGER = True`` (or ``ATTNPLUG_FLEX_EAGER=1`` at import)
 runs the uncompiled op, for tests on small shapes.
 
+Damping (``damp``, one bool flag per LUT entry, UltraViCo): a ``score_mod`` multiplies the positive scaled scores of
+the flagged entries' key blocks by ``damp_factor``, reading a ``(B, H, Mq, Mk)`` block table of the flags built on
+the device per call (small: one value per block pair).
+
 No host synchronisation: nothing here reads tensor values on the host; the only Python branches are on shapes,
 dtypes, devices and ``None``. Inference only (inputs that require grad are refused).
 """
@@ -40,7 +44,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .lut import BlockLUT
 from .masks import NeighborhoodMask
-from .reference import check_kv_keep
+from .reference import check_kv_keep, damp_block_mask
 
 __all__ = ["COARSE_BLOCK", "EAGER", "MIN_HEAD_DIM", "block_sparse_flex", "clear_cache", "kernel_tiles"]
 
@@ -120,6 +124,19 @@ def _mask_mod(neighborhood: NeighborhoodMask | None, keep: Tensor | None, fine: 
         return ok
 
     return mask_mod
+
+
+def _damp_score_mod(far: Tensor, factor: float, block_m: int, block_n: int, n_k: int):
+    """``score_mod(score, b, h, q_idx, kv_idx)``: positive scores of the key blocks flagged in ``far`` ``(B, H, Mq,
+    Mk)`` multiplied by ``factor``."""
+    last_k = n_k - 1
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        qb = torch.clamp(q_idx // block_m, max=far.shape[2] - 1)
+        flagged = far[b, h, qb, torch.clamp(kv_idx, max=last_k) // block_n]
+        return torch.where(flagged & (score > 0), score * factor, score)
+
+    return score_mod
 
 
 # ---------------------------------------------------------------------------------------------------- block masks
@@ -203,7 +220,8 @@ def clear_cache() -> None:
 
 # ---------------------------------------------------------------------------------------------------- entry point
 def block_sparse_flex(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighborhood: NeighborhoodMask | None,
-                      scale: float, kv_keep: Tensor | None = None) -> Tensor:
+                      scale: float, kv_keep: Tensor | None = None, damp: Tensor | None = None,
+                      damp_factor: float = 1.0) -> Tensor:
     """Block-sparse attention with FlexAttention (inputs otherwise validated by the dispatcher; no threshold).
 
     Args:
@@ -213,6 +231,8 @@ def block_sparse_flex(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighbo
         neighborhood: optional element mask from token coordinates (tokens ``>= prod(grid)`` are global).
         scale: softmax scale.
         kv_keep: optional bool ``(B|1, N_k)``; keys where it is False are excluded for every query.
+        damp: optional bool flags shaped like ``lut.indices``: the positive scores of a flagged entry's key block are
+            multiplied by ``damp_factor``.
 
     Returns:
         ``(B, H, N_q, D)`` in ``q.dtype``; query rows with no allowed key are zero.
@@ -225,6 +245,10 @@ def block_sparse_flex(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighbo
                          "torch.no_grad() or detach them).")
     if lut.counts.device != q.device:
         lut = lut.to(q.device)
+    score_mod = None
+    if damp is not None:
+        far = damp_block_mask(lut, damp.to(q.device), -(-n_k // lut.block_n)).expand(batch, heads, -1, -1)
+        score_mod = _damp_score_mod(far, float(damp_factor), lut.block_m, lut.block_n, n_k)
     eager = EAGER and not torch.compiler.is_compiling()
     if lut.block_m % _TILE == 0 and lut.block_n % _TILE == 0:
         counts, indices, block = lut.counts, lut.indices, (lut.block_m, lut.block_n)
@@ -252,5 +276,8 @@ def block_sparse_flex(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighbo
         tile_m, tile_n = kernel_tiles(block[0], block[1], dim + pad, q.dtype)
         kernel_options = {"BLOCK_M": tile_m, "BLOCK_N": tile_n}
     flex = flex_attention if eager or torch.compiler.is_compiling() else _compiled_flex()
-    out = flex(q, k, v, block_mask=block_mask, scale=scale, kernel_options=kernel_options)
+    if score_mod is None:
+        out = flex(q, k, v, block_mask=block_mask, scale=scale, kernel_options=kernel_options)
+    else:
+        out = flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, kernel_options=kernel_options)
     return out[..., :dim] if pad else out

@@ -10,7 +10,8 @@ from torch import Tensor
 from .lut import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockLUT
 from .masks import NeighborhoodMask
 
-__all__ = ["block_sparse_reference", "check_kv_keep", "threshold_keep_mask"]
+__all__ = ["block_sparse_reference", "check_damp", "check_kv_keep", "damp_block_mask", "damp_scores",
+           "threshold_keep_mask"]
 
 
 def check_kv_keep(kv_keep: Tensor | None, batch: int, n_k: int, device: torch.device) -> None:
@@ -27,6 +28,41 @@ def check_kv_keep(kv_keep: Tensor | None, batch: int, n_k: int, device: torch.de
         )
     if kv_keep.device != device:
         raise ValueError(f"kv_keep is on {kv_keep.device} but k is on {device}; put both on one device.")
+
+
+def check_damp(damp: Tensor | None, factor, lut: BlockLUT | None) -> None:
+    """Raises unless ``damp`` is None or a bool tensor of ``lut.indices``' shape on its device (one flag per LUT entry)
+    and ``factor`` a finite number > 0 (metadata only, no sync)."""
+    if damp is None:
+        return
+    if lut is None:
+        raise ValueError("damp flags one entry of the LUT each: give the lut they belong to (lut=None has none).")
+    if not isinstance(damp, Tensor):
+        raise TypeError(f"damp must be a bool torch.Tensor shaped like lut.indices or None, got "
+                        f"{type(damp).__name__}.")
+    if damp.dtype != torch.bool or tuple(damp.shape) != tuple(lut.indices.shape):
+        raise ValueError(
+            f"damp must be a bool tensor of lut.indices' shape {tuple(lut.indices.shape)} (one flag per LUT entry), "
+            f"got dtype {damp.dtype} and shape {tuple(damp.shape)}."
+        )
+    if damp.device != lut.indices.device:
+        raise ValueError(f"damp is on {damp.device} but the lut is on {lut.indices.device}; put both on one device.")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"damp_factor must be a finite number > 0, got {factor!r}.")
+
+
+def damp_block_mask(lut: BlockLUT, damp: Tensor, num_k_blocks: int) -> Tensor:
+    """Bool ``(B|1, H|1, num_q_blocks, num_k_blocks)``: True where a listed key block's LUT entry is flagged in
+    ``damp``; computed on the LUT's device without a host sync (padding entries dropped)."""
+    valid = torch.arange(lut.max_k_blocks, device=lut.indices.device) < lut.counts[..., None]
+    idx = torch.where(valid, lut.indices.long(), num_k_blocks)  # padding entries land in a column cut below
+    out = torch.zeros(*lut.counts.shape, num_k_blocks + 1, dtype=torch.bool, device=lut.indices.device)
+    return out.scatter_(-1, idx, damp & valid)[..., :num_k_blocks]
+
+
+def damp_scores(scores: Tensor, far: Tensor | bool, factor: float) -> Tensor:
+    """UltraViCo's rule on scaled scores: the positive scores where ``far`` is True are multiplied by ``factor``."""
+    return torch.where(far & (scores > 0), scores * factor, scores)
 
 
 def _token_mask(lut: BlockLUT | None, neighborhood: NeighborhoodMask | None, batch: int, heads: int, n_q: int,
@@ -86,7 +122,7 @@ def threshold_keep_mask(scores: Tensor, lut: BlockLUT, threshold: float) -> tupl
 def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None = None, *,
                            neighborhood: NeighborhoodMask | None = None, scale: float | None = None,
                            threshold: float | None = None, return_stats: bool = False,
-                           kv_keep: Tensor | None = None):
+                           kv_keep: Tensor | None = None, damp: Tensor | None = None, damp_factor: float = 1.0):
     """Dense masked fp32 ground truth of :func:`block_sparse_attention`.
 
     Args:
@@ -97,6 +133,9 @@ def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
         threshold: optional in-flight skipping threshold (see :func:`threshold_keep_mask`).
         return_stats: also return ``{'skipped_blocks': int}``.
         kv_keep: optional bool ``(B|1, N_k)``; keys where it is False are excluded for every query (key padding).
+        damp: optional bool flags shaped like ``lut.indices``: the positive scaled scores of a flagged entry's key
+            block are multiplied by ``damp_factor`` (UltraViCo damping), before masking and threshold skipping.
+        damp_factor: the factor of the flagged entries.
 
     Returns:
         fp32 ``(B, H, N_q, D)`` (rows without any allowed key are zero) [, stats].
@@ -107,6 +146,13 @@ def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT | None
     qf, kf, vf = q.float(), k.float(), v.float()
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # (B, H, N_q, N_k)
     check_kv_keep(kv_keep, batch, n_k, k.device)
+    if damp is not None:
+        check_damp(damp, damp_factor, lut)
+        lut_d = lut.to(q.device)
+        far = damp_block_mask(lut_d, damp.to(q.device), math.ceil(n_k / lut.block_n))
+        q_block = torch.arange(n_q, device=q.device) // lut.block_m
+        k_block = torch.arange(n_k, device=q.device) // lut.block_n
+        scores = damp_scores(scores, far[:, :, q_block][:, :, :, k_block], damp_factor)
     mask = _token_mask(lut, neighborhood, batch, heads, n_q, n_k, q.device)
     if kv_keep is not None:
         mask = mask & kv_keep[:, None, None, :]

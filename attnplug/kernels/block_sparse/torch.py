@@ -20,10 +20,18 @@ softmax and ``P V`` (on the CPU the saving is small: threshold skipping is a GPU
 ``kv_keep`` (bool ``(B|1, N_k)``, key padding) joins the element mask of every query block whose gathered keys it
 restricts; a query row left without any allowed key is zero.
 
+``damp`` (bool flags shaped like the LUT's indices, UltraViCo damping): rows without a flagged entry run the plain
+path unchanged. A query block whose row flags some entries attends its unflagged key blocks with the CPU flash kernel
+in key chunks (which returns the log-sum-exp; explicit float32 scores when an element mask applies or off the CPU)
+and its flagged ones with explicit float32 scores whose positive values are multiplied by ``damp_factor`` (query rows
+in chunks of at most ``DAMP_CHUNK_ELEMENTS`` scores); the two parts are merged exactly by log-sum-exp. With a
+threshold the whole row takes explicit scores anyway, and the flagged keys are damped before the test.
+
 Host synchronisation (this is the CPU path; on CPU tensors these are plain reads): ``lut.indices.tolist()`` and
-``lut.counts.tolist()`` once per call to build the job list; per job, ``bool(mask.all())`` to drop an element mask
-that masks nothing (neighbourhood and/or ``kv_keep``); with ``threshold``, ``int(key_block.max())`` and the skipped
-count ``int((~keep).sum())`` per job. Nothing else reads tensor values on the host.
+``lut.counts.tolist()`` (and ``damp.tolist()`` when given) once per call to build the job list; per job,
+``bool(mask.all())`` to drop an element mask that masks nothing (neighbourhood and/or ``kv_keep``); with
+``threshold``, ``int(key_block.max())`` and the skipped count ``int((~keep).sum())`` per job. Nothing else reads
+tensor values on the host.
 """
 
 from __future__ import annotations
@@ -65,9 +73,13 @@ def _key_indices(row: list[int], block: int, n: int, device: torch.device) -> Te
 
 
 def _attend_threshold(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_block: Tensor, n_blocks: int,
-                      scale: float, threshold: float) -> tuple[Tensor, int]:
-    """One query block against its gathered keys with the kernels' threshold rule; returns (out, skipped blocks)."""
+                      scale: float, threshold: float, damp_keys: Tensor | None = None, factor: float = 1.0
+                      ) -> tuple[Tensor, int]:
+    """One query block against its gathered keys with the kernels' threshold rule; returns (out, skipped blocks).
+    ``damp_keys`` (bool ``(K,)``): keys whose positive scores are multiplied by ``factor`` first."""
     s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (b, h, M, K)
+    if damp_keys is not None:
+        s = torch.where(damp_keys & (s > 0), s * factor, s)
     if mask is not None:
         s = s.masked_fill(~mask, -math.inf)
     # Row max of every listed block (key_block[j] = position of key j's block in the LUT row).
@@ -99,6 +111,12 @@ def _sdpa_chunked(q: Tensor, k: Tensor, v: Tensor, row: list[int], block: int, n
 
     Chunks are merged exactly with the log-sum-exp the CPU flash kernel returns; computed in float32.
     """
+    return _flash_chunks(q, k, v, row, block, n_k, scale)[0].to(q.dtype)
+
+
+def _flash_chunks(q: Tensor, k: Tensor, v: Tensor, row: list[int], block: int, n_k: int, scale: float
+                  ) -> tuple[Tensor, Tensor]:
+    """:func:`_sdpa_chunked` in float32 with its log-sum-exp ``(..., M, 1)`` (CPU tensors)."""
     step = max(1, CHUNK_KEYS // block)
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     acc = lse = None
@@ -114,7 +132,49 @@ def _sdpa_chunked(q: Tensor, k: Tensor, v: Tensor, row: list[int], block: int, n
         merged = torch.logaddexp(lse, l_c)
         acc = acc.mul_(torch.exp(lse - merged)).add_(o.mul_(torch.exp(l_c - merged)))
         lse = merged
-    return acc.to(q.dtype)
+    return acc, lse
+
+
+#: Score elements per explicit-score chunk of a damped job (``b * h * rows * keys`` float32 values).
+DAMP_CHUNK_ELEMENTS = 1 << 24
+
+
+def _explicit_lse(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, factor: float | None
+                  ) -> tuple[Tensor, Tensor]:
+    """Float32 attention of ``q (b, h, M, D)`` over gathered ``k, v`` with explicit scores, the positive ones
+    multiplied by ``factor`` (None: undamped), ``mask`` (bool, broadcastable to ``(b, h, M, K)``) excluding keys;
+    returns ``(out, lse (b, h, M, 1))``, ``lse = -inf`` (and out 0) on rows without an allowed key. Query rows go in
+    chunks of at most :data:`DAMP_CHUNK_ELEMENTS` scores."""
+    b, h, m, _ = q.shape
+    n = k.shape[-2]
+    kf, vf = k.float(), v.float()
+    out = torch.empty(b, h, m, v.shape[-1], dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, h, m, 1, dtype=torch.float32, device=q.device)
+    rows = max(1, DAMP_CHUNK_ELEMENTS // max(1, b * h * n))
+    for lo in range(0, m, rows):
+        hi = min(m, lo + rows)
+        s = torch.matmul(q[:, :, lo:hi].float(), kf.transpose(-1, -2)) * scale
+        if factor is not None:
+            s = torch.where(s > 0, s * factor, s)
+        if mask is not None:
+            s = s.masked_fill(~mask[..., lo:hi, :] if mask.shape[-2] != 1 else ~mask, -math.inf)
+        l_c = torch.logsumexp(s, -1, keepdim=True)
+        p = torch.exp(s - torch.where(torch.isneginf(l_c), torch.zeros_like(l_c), l_c))
+        out[:, :, lo:hi] = torch.matmul(p, vf)
+        lse[:, :, lo:hi] = l_c
+    return out, lse
+
+
+def _merge_lse(acc: Tensor | None, lse: Tensor | None, o: Tensor, l_c: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact merge of two normalised partial outputs by their log-sum-exps; rows empty in both stay 0 / -inf."""
+    if acc is None:
+        return o, l_c
+    top = torch.maximum(lse, l_c)
+    top = torch.where(torch.isneginf(top), torch.zeros_like(top), top)
+    wa, wb = torch.exp(lse - top), torch.exp(l_c - top)
+    denom = wa + wb
+    merged = (acc * wa + o * wb) / torch.where(denom == 0, torch.ones_like(denom), denom)
+    return merged, top + torch.log(denom)
 
 
 #: Worker threads for the CPU path (None = the caller's ``torch.get_num_threads()``). Each worker runs whole
@@ -124,12 +184,15 @@ CPU_WORKERS: int | None = None
 
 
 def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighborhood: NeighborhoodMask | None,
-                       scale: float, threshold: float | None, kv_keep: Tensor | None = None) -> tuple[Tensor, int]:
+                       scale: float, threshold: float | None, kv_keep: Tensor | None = None,
+                       damp: Tensor | None = None, damp_factor: float = 1.0) -> tuple[Tensor, int]:
     """Block-sparse attention on any torch device (inputs already validated by the dispatcher).
 
     Args:
         q: ``(B, H, N_q, D)``; k, v: ``(B, H, N_k, D)``; lut: on the CPU, broadcast over B/H.
         kv_keep: optional bool ``(B|1, N_k)`` on ``k``'s device; False keys are excluded for every query.
+        damp: optional bool flags shaped like ``lut.indices``, on the CPU: the positive scores of a flagged entry's
+            key block are multiplied by ``damp_factor``.
 
     Returns:
         ``(out (B, H, N_q, D) in q.dtype, number of threshold-skipped blocks)``.
@@ -143,29 +206,38 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
     lb, lh = lut.counts.shape[:2]
     indices = lut.indices.tolist()
     counts = lut.counts.tolist()
+    flags = None if damp is None else damp.tolist()
     out = torch.zeros_like(q)
-    jobs = []  # (batch slice, head slice, first query block, end query block, LUT row)
+    jobs = []  # (batch slice, head slice, first query block, end query block, LUT row[, damp flags of the row])
     for b in range(lb):
         bsl = slice(None) if lb == 1 else slice(b, b + 1)
         for h in range(lh):
             hsl = slice(None) if lh == 1 else slice(h, h + 1)
             rows = [indices[b][h][i][: counts[b][h][i]] for i in range(mq)]
+            frows = None if flags is None else [flags[b][h][i][: counts[b][h][i]] for i in range(mq)]
             i = 0
             while i < mq:
                 row = rows[i]
                 j = i + 1
                 if threshold is None:  # merge consecutive query blocks with identical rows into one call
-                    while j < mq and rows[j] == row:
+                    while j < mq and rows[j] == row and (frows is None or frows[j] == frows[i]):
                         j += 1
                 if row:  # an empty row leaves zeros
-                    jobs.append((bsl, hsl, i, j, row))
+                    if frows is not None and any(frows[i]):
+                        jobs.append((bsl, hsl, i, j, row, frows[i]))
+                    else:
+                        jobs.append((bsl, hsl, i, j, row))
                 i = j
 
     def run(job) -> int:
-        bsl, hsl, i, j, row = job
+        bsl, hsl, i, j, row = job[:5]
         q_lo, q_hi = i * bm, min(n_q, j * bm)
         q_blk = q[bsl, hsl, q_lo:q_hi]
         unmasked = neighborhood is None and kv_keep is None
+        if len(job) > 5:  # a row with damped entries
+            return _run_damped(q_blk, k[bsl, hsl], v[bsl, hsl], q_lo, q_hi, row, job[5], bsl, job_out=out[bsl, hsl],
+                               neighborhood=neighborhood, kv_keep=kv_keep, bn=bn, n_k=n_k, scale=scale,
+                               threshold=threshold, factor=damp_factor)
         if q.device.type == "cpu" and unmasked and threshold is None and len(row) * bn > CHUNK_ABOVE_KEYS:
             out[bsl, hsl, q_lo:q_hi] = _sdpa_chunked(q_blk, k[bsl, hsl], v[bsl, hsl], row, bn, n_k, scale)
             return 0
@@ -201,6 +273,58 @@ def block_sparse_torch(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighb
     return out, sum(f.result() for f in futures)
 
 
+def _element_mask(row: list[int], q_lo: int, q_hi: int, bsl: slice, neighborhood: NeighborhoodMask | None,
+                  kv_keep: Tensor | None, bn: int, n_k: int, device: torch.device) -> Tensor | None:
+    """The neighbourhood / key-padding mask of ``row``'s gathered keys for queries ``[q_lo, q_hi)``; None when it
+    masks nothing."""
+    if neighborhood is None and kv_keep is None:
+        return None
+    key_idx = _key_indices(row, bn, n_k, device)
+    mask = None
+    if neighborhood is not None:
+        q_idx = torch.arange(q_lo, q_hi, device=device)
+        mask = neighborhood.allowed(q_idx[:, None], key_idx[None, :])  # (M, K)
+    if kv_keep is not None:
+        keep = (kv_keep if kv_keep.shape[0] == 1 else kv_keep[bsl])[:, None, None, key_idx]  # (b, 1, 1, K)
+        mask = keep if mask is None else mask & keep
+    return None if bool(mask.all()) else mask
+
+
+def _run_damped(q_blk: Tensor, k: Tensor, v: Tensor, q_lo: int, q_hi: int, row: list[int], frow: list[bool],
+                bsl: slice, *, job_out: Tensor, neighborhood: NeighborhoodMask | None, kv_keep: Tensor | None, bn: int,
+                n_k: int, scale: float, threshold: float | None, factor: float) -> int:
+    """One job whose LUT row flags some entries for damping; writes ``job_out[:, :, q_lo:q_hi]`` and returns the
+    threshold-skipped blocks. Without a threshold the unflagged key blocks run the plain path (the CPU flash kernel
+    with its log-sum-exp when nothing is masked), the flagged ones explicit damped scores, merged by log-sum-exp."""
+    device = q_blk.device
+    if threshold is not None:  # explicit scores for the whole row anyway: damp the flagged keys in place
+        k_blk, v_blk = _gather(k, row, bn, n_k), _gather(v, row, bn, n_k)
+        mask = _element_mask(row, q_lo, q_hi, bsl, neighborhood, kv_keep, bn, n_k, device)
+        key_block = _key_indices(row, bn, n_k, device) // bn
+        position = torch.empty(max(row) + 1, dtype=torch.long, device=device)
+        position[torch.tensor(row, device=device)] = torch.arange(len(row), device=device)
+        pos = position[key_block]
+        damp_keys = torch.tensor(frow, dtype=torch.bool, device=device)[pos]
+        o, n_skip = _attend_threshold(q_blk, k_blk, v_blk, mask, pos, len(row), scale, threshold, damp_keys, factor)
+        job_out[:, :, q_lo:q_hi] = o
+        return n_skip
+    acc = lse = None
+    plain = [j for j, f in zip(row, frow) if not f]
+    far = [j for j, f in zip(row, frow) if f]
+    for part, part_factor in ((plain, None), (far, factor)):
+        if not part:
+            continue
+        mask = _element_mask(part, q_lo, q_hi, bsl, neighborhood, kv_keep, bn, n_k, device)
+        if part_factor is None and mask is None and device.type == "cpu":
+            o, l_c = _flash_chunks(q_blk, k, v, part, bn, n_k, scale)
+        else:
+            o, l_c = _explicit_lse(q_blk, _gather(k, part, bn, n_k), _gather(v, part, bn, n_k), mask, scale,
+                                   part_factor)
+        acc, lse = _merge_lse(acc, lse, o, l_c)
+    job_out[:, :, q_lo:q_hi] = acc.to(q_blk.dtype)
+    return 0
+
+
 def _balanced_shares(jobs: list, workers: int, bm: int, bn: int) -> list[list]:
     """Splits ``jobs`` into ``workers`` lists of about equal cost (query rows x keys), largest first.
 
@@ -208,7 +332,7 @@ def _balanced_shares(jobs: list, workers: int, bm: int, bn: int) -> list[list]:
     GIL traffic (measured: 128 SDPA calls on 2 threads, 79 ms as tasks vs 73 ms as two static shares).
     """
     def cost(job) -> int:
-        _, _, i, j, row = job
+        _, _, i, j, row = job[:5]
         return (j - i) * bm * len(row) * bn
 
     shares: list[list] = [[] for _ in range(workers)]

@@ -3,8 +3,10 @@
 One program = one query tile (``BLOCK_M`` rows, a divisor of the LUT's ``block_m``) of one (batch, head). It loads
 the tile once and walks one flat loop over the valid entries of its LUT row, in order, times the
 ``block_n / BLOCK_N`` key sub-tiles of each entry (flat so that Triton software-pipelines the K/V loads):
-``S = Q K^T`` (fp32 accumulate), key padding, ``kv_keep`` and neighbourhood mask (``-inf``), optional threshold
-test, online softmax in base 2, ``acc += P V``. Rows that saw no allowed key are written as zeros.
+``S = Q K^T`` (fp32 accumulate), optional damping (``HAS_DAMP``: the entry's flag, loaded next to its key block
+index, multiplies the positive scaled scores by ``damp_factor``, UltraViCo's rule), key padding, ``kv_keep`` and
+neighbourhood mask (``-inf``), optional threshold test, online softmax in base 2, ``acc += P V``. Rows that saw no
+allowed key are written as zeros.
 
 Launch safety at any size: query tiles on grid x (limit 2^31 - 1), B*H folded onto grid y and z (each at most
 ``GRID_YZ_LIMIT``); row offsets are int64 (a (B, N, H, D)-strided view has row stride H*D, so row x stride passes
@@ -176,8 +178,8 @@ def stride_alignment(*tensors: Tensor) -> int:
 # ----------------------------------------------------------------------------------------------------------- kernel
 @triton.jit
 def _bsa_fwd_kernel(
-    Q, K, V, Out, LUT_IDX, LUT_CNT, KEEP, SKIP,
-    qk_scale, thr,
+    Q, K, V, Out, LUT_IDX, LUT_CNT, KEEP, SKIP, DAMP,
+    qk_scale, thr, damp_factor,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -185,12 +187,14 @@ def _bsa_fwd_kernel(
     stride_lb, stride_lh, stride_lm, stride_lk,
     stride_cb, stride_ch, stride_cm,
     stride_eb, stride_en,
+    stride_db, stride_dh, stride_dm, stride_dk,
     H, BH, N_Q, N_K, M_LUT,
     GF, GH, GW, KT, KY, KX, DT, DY, DX, ST, SY, SX,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LUT_BM: tl.constexpr, LUT_BN: tl.constexpr,
     HAS_NA: tl.constexpr, CT: tl.constexpr, CY: tl.constexpr, CX: tl.constexpr, DIL: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_THRESHOLD: tl.constexpr, IEEE_DOT: tl.constexpr, ALIGN: tl.constexpr,
+    HAS_DAMP: tl.constexpr = False,
 ):
     """Grid ``(cdiv(N_Q, BLOCK_M), y, z)`` with ``(y, z)`` from :func:`fold_batch_heads`; see the module docstring."""
     pid_m = tl.program_id(0)
@@ -216,6 +220,8 @@ def _bsa_fwd_kernel(
     v_base = V + _base64(off_b, off_h, stride_vb, stride_vh, ALIGN)
     keep_base = KEEP + off_b * stride_eb
     lut_base = LUT_IDX + off_b * stride_lb + off_h * stride_lh + lut_row * stride_lm
+    if HAS_DAMP:
+        damp_base = DAMP + off_b * stride_db + off_h * stride_dh + lut_row * stride_dm
     count = tl.load(LUT_CNT + off_b * stride_cb + off_h * stride_ch + lut_row * stride_cm)
     count = tl.where(live, count, 0)
 
@@ -244,6 +250,9 @@ def _bsa_fwd_kernel(
         else:
             qk = tl.dot(q, tl.trans(k))
         qk = qk * qk_scale
+        if HAS_DAMP:  # a scalar factor per entry (1 when unflagged): positive scores only
+            flag = tl.load(damp_base + (it // SUBS) * stride_dk)
+            qk = tl.where(qk > 0, qk * tl.where(flag != 0, damp_factor, 1.0), qk)
         valid = col_ok
         if HAS_KEEP:
             valid = valid & (tl.load(keep_base + offs_n.to(tl.int64) * stride_en, mask=col_ok, other=0) != 0)
@@ -309,7 +318,8 @@ def _broadcast_strides(x: Tensor, lead: int) -> list[int]:
 
 
 def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv_keep: Tensor | None, block_m: int,
-            block_n: int, na: list[int], scale: float, threshold: float | None) -> tuple[Tensor, Tensor]:
+            block_n: int, na: list[int], scale: float, threshold: float | None, damp: Tensor | None = None,
+            damp_factor: float = 1.0) -> tuple[Tensor, Tensor]:
     batch, heads, n_q, dim = q.shape
     n_k = k.shape[2]
     tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32  # read at launch, never set
@@ -324,14 +334,18 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv
         keep, keep_strides = kv_keep.view(torch.uint8), _broadcast_strides(kv_keep, 1)
     else:
         keep, keep_strides = counts, [0, 0]  # never read (HAS_KEEP=False)
+    if damp is not None:
+        flags, damp_strides = damp.view(torch.uint8), _broadcast_strides(damp, 2)
+    else:
+        flags, damp_strides = counts, [0, 0, 0, 0]  # never read (HAS_DAMP=False)
     has_na = bool(na)
     geo = na[:12] if has_na else [1] * 12
     causal = [bool(c) for c in na[12:15]] if has_na else [False, False, False]
     args = (
-        q, k, v, out, indices, counts, keep, skip,
-        scale * _LOG2E, (threshold or 0.0) * _LOG2E,
+        q, k, v, out, indices, counts, keep, skip, flags,
+        scale * _LOG2E, (threshold or 0.0) * _LOG2E, float(damp_factor),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        *_broadcast_strides(indices, 2), *_broadcast_strides(counts, 2), *keep_strides,
+        *_broadcast_strides(indices, 2), *_broadcast_strides(counts, 2), *keep_strides, *damp_strides,
         heads, batch * heads, n_q, n_k, m_lut, *geo,
     )
     _bsa_fwd_kernel[grid](
@@ -339,7 +353,7 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv
         LUT_BN=block_n, HAS_NA=has_na, CT=causal[0], CY=causal[1], CX=causal[2],
         DIL=has_na and max(na[6:9]) > 1, HAS_KEEP=kv_keep is not None, HAS_THRESHOLD=threshold is not None,
         IEEE_DOT=q.dtype == torch.float32 and not tf32, ALIGN=stride_alignment(q, k, v, out),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HAS_DAMP=damp is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out, skip
 
@@ -347,25 +361,36 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, kv
 @torch.library.custom_op("attnplug::block_sparse_fwd", mutates_args=())
 def _block_sparse_fwd_op(q: Tensor, k: Tensor, v: Tensor, lut_indices: Tensor, lut_counts: Tensor,
                          kv_keep: Tensor | None, block_m: int, block_n: int, na: list[int], scale: float,
-                         threshold: float | None) -> tuple[Tensor, Tensor]:
-    """``torch.ops.attnplug.block_sparse_fwd``: (out (B, H, N_q, D), skipped (B, H, cdiv(N_q, block_m)) int32)."""
-    return _launch(q, k, v, lut_indices, lut_counts, kv_keep, block_m, block_n, list(na), scale, threshold)
+                         threshold: float | None, damp: Tensor | None = None, damp_factor: float = 1.0
+                         ) -> tuple[Tensor, Tensor]:
+    """``torch.ops.attnplug.block_sparse_fwd``: (out (B, H, N_q, D), skipped (B, H, cdiv(N_q, block_m)) int32);
+    ``damp`` (bool, shaped like ``lut_indices``) flags the LUT entries whose positive scores ``damp_factor``
+    multiplies."""
+    return _launch(q, k, v, lut_indices, lut_counts, kv_keep, block_m, block_n, list(na), scale, threshold, damp,
+                   damp_factor)
 
 
 @_block_sparse_fwd_op.register_fake
-def _(q, k, v, lut_indices, lut_counts, kv_keep, block_m, block_n, na, scale, threshold):
+def _(q, k, v, lut_indices, lut_counts, kv_keep, block_m, block_n, na, scale, threshold, damp=None, damp_factor=1.0):
     tiles = math.ceil(q.shape[2] / block_m)
     return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[1], tiles), dtype=torch.int32)
 
 
 def block_sparse_triton(q: Tensor, k: Tensor, v: Tensor, lut: BlockLUT, *, neighborhood: NeighborhoodMask | None,
-                        scale: float, threshold: float | None, kv_keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                        scale: float, threshold: float | None, kv_keep: Tensor | None = None,
+                        damp: Tensor | None = None, damp_factor: float = 1.0) -> tuple[Tensor, Tensor]:
     """Runs the kernel on ``q (B, H, N_q, D)``, ``k, v (B, H, N_k, D)`` (any strides; validated by the dispatcher,
-    ``lut`` on ``q.device``); ``kv_keep`` bool ``(B|1, N_k)`` excludes the keys where it is False for every query.
+    ``lut`` on ``q.device``); ``kv_keep`` bool ``(B|1, N_k)`` excludes the keys where it is False for every query;
+    ``damp`` (bool, shaped like ``lut.indices``, on ``q.device``) flags the entries whose positive scores
+    ``damp_factor`` multiplies.
 
     Returns ``(out (B, H, N_q, D), skipped (B, H, num_query_tiles) int32)``: the threshold-skipped key sub-tiles per
     LUT query block (``num_query_tiles = cdiv(N_q, lut.block_m)``, whatever tile the architecture runs).
     """
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if damp is None:
+        return torch.ops.attnplug.block_sparse_fwd(q, k, v, lut.indices, lut.counts, kv_keep, lut.block_m,
+                                                   lut.block_n, _na_args(neighborhood), float(scale), threshold)
     return torch.ops.attnplug.block_sparse_fwd(q, k, v, lut.indices, lut.counts, kv_keep, lut.block_m, lut.block_n,
-                                               _na_args(neighborhood), float(scale), threshold)
+                                               _na_args(neighborhood), float(scale), threshold, damp,
+                                               float(damp_factor))

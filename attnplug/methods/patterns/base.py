@@ -293,15 +293,18 @@ def pair_density(mask: Tensor, n: int, block: int) -> float:
 
 
 def run_block_sparse(q: Tensor, k: Tensor, v: Tensor, lut, scale: float, config,
-                     kv_keep: Tensor | None = None) -> tuple[Tensor, dict | None]:
+                     kv_keep: Tensor | None = None, damp: Tensor | None = None,
+                     damp_factor: float = 1.0) -> tuple[Tensor, dict | None]:
     """:func:`attnplug.kernels.block_sparse_attention` with the config's threshold and backend: ``(out, stats)``
-    (``stats`` only with a threshold); ``kv_keep (B|1, N)`` leaves out padded keys."""
+    (``stats`` only with a threshold); ``kv_keep (B|1, N)`` leaves out padded keys; ``damp`` (bool, shaped like
+    ``lut.indices``) flags the LUT entries whose positive scores ``damp_factor`` multiplies (UltraViCo damping)."""
     from ...kernels import block_sparse_attention
 
     thr = config.effective_threshold
+    extra = {} if damp is None else {"damp": damp, "damp_factor": damp_factor}
     res = block_sparse_attention(
         q, k, v, lut, scale=scale, threshold=thr, kv_keep=kv_keep, backend=config.backend,
-        return_stats=thr is not None,
+        return_stats=thr is not None, **extra,
     )
     return res if thr is not None else (res, None)
 
@@ -325,11 +328,12 @@ def pattern_keep(plan: Plan, keep: Tensor | None) -> Tensor | None:
 
 
 def run_static(q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, config,
-               keep: Tensor | None = None) -> PatternOutput:
+               keep: Tensor | None = None, damp_factor: float = 1.0) -> PatternOutput:
     """A static pattern's call: reorder text-last ``q, k, v (B, H, N, D)`` into the plan's order (with its padding
-    slots), run the plan's LUT with ``keep (B, N)`` key padding (None: none), and return to text-last order."""
+    slots), run the plan's LUT with ``keep (B, N)`` key padding (None: none), and return to text-last order. A plan
+    whose ``tables`` hold ``"damp"`` (bool flags shaped like its LUT's indices) runs damped by ``damp_factor``."""
     out, stats = run_block_sparse(take(q, plan.perm), take(k, plan.perm), take(v, plan.perm), plan.lut, info.scale,
-                                  config, pattern_keep(plan, keep))
+                                  config, pattern_keep(plan, keep), plan.tables.get("damp"), damp_factor)
     return PatternOutput(take(out, plan.inv), plan.density, effective_density(plan.density, stats))
 
 

@@ -23,6 +23,11 @@ of the video share one): SDPA over the window's key frames, the anchor frames an
 by log-sum-exp (chunks inside the window are zero-copy slices). Measured on 2 shared cores, ``(84, 10, 16)`` tokens,
 4 heads x 64, window 21, 2 anchors (density 0.27): 3.0x faster than dense SDPA (0.82 / density). Tensors are
 ``(B, H, N, D)``.
+
+With ``damping=(L, alpha)`` (UltraViCo's damping composed with the pattern, :func:`damped_frame_pairs`) the plan also
+flags every kept (query frame, key frame) block pair more than ``L / 2`` frames apart (anchor frames far from the
+query, and the window's far side at the clamped ends of the video; text blocks never): the kernels multiply the
+positive scaled scores of those pairs by ``alpha``. A block is one frame, so the flag is exact per token pair.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from .base import ConfiguredPattern, PatternOutput, Plan, run_static
 from .common import add_global_blocks, lut_from_block_mask
 from .tiles import padded_tile_order
 
-__all__ = ["LongPattern", "anchor_positions", "frame_slots", "long_frame_mask", "long_window_for_density",
-           "window_starts"]
+__all__ = ["LongPattern", "anchor_positions", "damped_frame_pairs", "frame_slots", "long_frame_mask",
+           "long_window_for_density", "window_starts"]
 
 
 def anchor_positions(frames: int, anchors: int) -> tuple[int, ...]:
@@ -64,6 +69,13 @@ def long_frame_mask(frames: int, window: int, anchors: int) -> Tensor:
     mask = (key[None, :] >= start[:, None]) & (key[None, :] < start[:, None] + window)
     mask[:, list(anchor_positions(frames, anchors))] = True
     return mask
+
+
+def damped_frame_pairs(frames: int, train: int) -> Tensor:
+    """Bool ``(F, F)``: query frame (row) and key frame (column) more than ``train / 2`` frames apart (UltraViCo's far
+    pairs, :func:`attnplug.pipelines._long_video.damping.far_pairs` per frame)."""
+    f = torch.arange(frames)
+    return (f[:, None] - f[None, :]).abs() * 2 > train
 
 
 def long_window_for_density(frames: int, anchors: int, density: float) -> int:
@@ -95,6 +107,19 @@ class LongPattern(ConfiguredPattern):
 
     name = "long"
     video_only = True
+
+    def __init__(self, config, damping: tuple[int, float] | None = None):
+        """``damping``: ``(L, alpha)``, UltraViCo's damping of the kept block pairs more than ``L / 2`` frames apart
+        (``L`` the training length in latent frames), or None (the plain pattern)."""
+        super().__init__(config)
+        if damping is not None:
+            train, factor = damping
+            if isinstance(train, bool) or not isinstance(train, int) or train < 1:
+                raise ValueError(f"LongPattern: damping window {train!r} must be a positive int (latent frames).")
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+                raise ValueError(f"LongPattern: damping factor {factor!r} must be a number in (0, 1].")
+            damping = (train, float(factor))
+        self.damping = damping
 
     def window_for(self, frames: int) -> tuple[int, str]:
         """``(window in latent frames, where it comes from)``: ``window_frames``, else ``train_latent_frames`` (the
@@ -134,15 +159,32 @@ class LongPattern(ConfiguredPattern):
         real = torch.bincount(pos // slots, minlength=m).double()
         density = float((mask.double() * real[:, None] * real[None, :]).sum()) / (n * n)
         padded = n_p != n
+        details = {"window_frames": window, "window_source": source, "anchor_frames": anchors, "slots": slots,
+                   "frame_tokens": hw, "padded_positions": n_p - n}
+        tables, damped = {}, False
+        if self.damping is not None:
+            train, factor = self.damping
+            far = torch.zeros(m, m, dtype=torch.bool)
+            far[:frames, :frames] = damped_frame_pairs(frames, train)
+            far &= mask
+            rows = torch.arange(m)[:, None].expand_as(lut.indices[0, 0])
+            flags = far[rows, lut.indices[0, 0].long()] & (torch.arange(lut.max_k_blocks) < lut.counts[0, 0, :, None])
+            damped = bool(far.any())
+            if damped:
+                tables["damp"] = flags[None, None].contiguous().to(device)
+            details.update(damping_window=train, damping_factor=factor, damped_block_pairs=int(far.sum()),
+                           damped_pair_fraction=float((far.double() * real[:, None] * real[None, :]).sum()) / (n * n))
         return Plan(
             layout=layout, block=slots, perm=src.to(device) if padded else None,
             inv=pos.to(device) if padded else None, keep=keep[None].to(device) if padded else None,
-            lut=lut.to(device), mask=mask, density=density, covers_all=bool(mask.all()),
-            details={"window_frames": window, "window_source": source, "anchor_frames": anchors, "slots": slots,
-                     "frame_tokens": hw, "padded_positions": n_p - n},
+            lut=lut.to(device), mask=mask, density=density, covers_all=bool(mask.all()) and not damped,
+            details=details, tables=tables,
         )
 
     def run(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan, info: CallInfo, keep: Tensor | None = None
             ) -> PatternOutput:
-        """One call on text-last ``q, k, v (B, H, N, D)`` with optional key padding ``keep (B, N)``."""
-        return run_static(q, k, v, plan, info, self.config, keep)
+        """One call on text-last ``q, k, v (B, H, N, D)`` with optional key padding ``keep (B, N)`` (damped when the
+        pattern was built with ``damping`` and the plan has far pairs)."""
+        if self.damping is None:
+            return run_static(q, k, v, plan, info, self.config, keep)
+        return run_static(q, k, v, plan, info, self.config, keep, self.damping[1])

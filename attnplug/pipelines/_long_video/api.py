@@ -10,7 +10,7 @@
   (:mod:`.attention`), applied with :func:`attnplug.apply`;
 - **attention damping** beyond the training window (UltraViCo) for video DiTs: the positive scores of query/key
   pairs farther apart than half the training length are scaled down (:mod:`.damping`), applied with
-  :func:`attnplug.apply`;
+  :func:`attnplug.apply`: dense over the whole video, or on the kept blocks of the ``long`` sparse pattern;
 - **temporal RoPE rescaling** for video DiTs: RIFLEx (lower the intrinsic frequency) or by-part position
   interpolation (:mod:`.rope`), a hook on the rotary-embedding module;
 - **temporal attention regularisation** (VSTAR) for AnimateDiff motion modules (:mod:`.vstar`), with
@@ -33,7 +33,7 @@ from ...layout import family_of
 from ...plugin import apply, method_of, remove, resolve_denoisers
 from .attention import TemporalWindowMethod
 from .config import GLOBAL_STEPS, POSITION_SCALE, LongVideoConfig, LongVideoPlan
-from .damping import FrameDampingMethod
+from .damping import DampedLongMethod, FrameDampingMethod
 from .noise import rescheduled_noise
 from .rope import (
     RiflexPlan,
@@ -123,13 +123,14 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     damping = bool(config.damping)
     if damping and not dit:
         raise ValueError(f"LongVideoConfig.damping applies to video DiTs with temporal RoPE; the model is {family}.")
-    if damping and (config.temporal_windows or config.sparse is not None):
-        raise ValueError(
-            "LongVideoConfig.damping runs dense attention over the whole video and does not combine with "
-            f"temporal_windows={config.temporal_windows!r} or sparse={config.sparse!r}; set damping=False, or "
-            "temporal_windows=False and sparse=None."
-        )
     long_sparse = config.sparse is not None and config.sparse.pattern == "long"
+    if damping and (config.temporal_windows or (config.sparse is not None and not long_sparse)):
+        raise ValueError(
+            "LongVideoConfig.damping runs dense attention over the whole video, or composes with the long-video "
+            "sparse pattern (sparse=SparseVideoConfig(pattern='long')), and does not combine with "
+            f"temporal_windows={config.temporal_windows!r} or sparse={config.sparse!r}; set damping=False, or "
+            "leave temporal_windows unset (or False) and give sparse=None or sparse=SparseVideoConfig(pattern='long')."
+        )
     if long_sparse and config.temporal_windows:
         raise ValueError(
             "LongVideoConfig(sparse=SparseVideoConfig(pattern='long')) is itself a training-length window around "
@@ -267,7 +268,7 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 apply_riflex(
                     expert, plan.train_latent, plan.latent_frames, config.riflex_margin, plan.position_scale, plan.rope
                 )
-        if plan.damping:
+        if plan.damping and not plan.long_sparse:
             stack.callback(remove, pipe)
             apply(pipe, FrameDampingMethod(plan.train_latent, plan.damping_factor), schedule=Schedule())
         elif plan.long_sparse:  # over the whole video, the training length its window unless the config says
@@ -276,7 +277,9 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 sparse = dataclasses.replace(sparse, train_latent_frames=plan.train_latent)
             _warn_if_no_windowed_step(pipe, plan, config, kwargs)
             stack.callback(remove, pipe)
-            apply(pipe, sparse, schedule=Schedule(warmup_steps=plan.global_steps))
+            # With damping: the pattern's kept block pairs beyond half the training length are damped in the kernel.
+            method = DampedLongMethod(sparse, plan.train_latent, plan.damping_factor) if plan.damping else sparse
+            apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
         elif plan.temporal_windows or config.sparse is not None:
             inner = config.sparse.build() if config.sparse is not None else None
             window = plan.window if plan.temporal_windows else plan.latent_frames

@@ -65,7 +65,9 @@ class LongVideoConfig(PipelineConfig):
     damping: bool | None = help_field(
         None, "UltraViCo attention damping: positive attention scores of frame pairs more than half the training "
         "length apart are multiplied by `damping_factor`, over the whole video and every step (None = off; replaces "
-        "the default temporal windows when on).",
+        "the default temporal windows when on). Dense, or with sparse=SparseVideoConfig(pattern='long') on the "
+        "pattern's kept frame pairs (its far anchors and clamped ends); refused with temporal_windows=True or "
+        "another sparse pattern.",
     )
     damping_factor: float = help_field(0.9, "Damping: UltraViCo's decay factor (1 = no damping).", min=0.01, max=1)
     train_frames: int | None = help_field(

@@ -16,6 +16,12 @@ those of the authors' Wan 2.1 release (thu-ml/DiT-Extrapolation, branch ultra-wa
 in flattened tokens, ``frame_tokens * L / 2``; here it is the exact frame distance). That release also keeps queries of
 the first frame from attending to keys beyond the training length; this module does not. Text tokens of joint
 attention are never damped. The model is unchanged: the method replaces only the intercepted self-attention call.
+
+:class:`FrameDampingMethod` runs it dense over the whole video. :class:`DampedLongMethod` composes it with the
+long-video sparse pattern (``SparseVideoConfig(pattern="long")``): the pattern's kept frame blocks only, with the
+positive scores of the kept block pairs more than ``L / 2`` frames apart (anchor frames far from the query, the far
+side of the window at the clamped ends of the video) multiplied by ``alpha`` inside the block-sparse kernels (every
+backend).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import torch
 
 from ...layout import TokenLayout
 from ...methods.base import AttentionMethod, CallInfo
+from ...methods.patterns.long import LongPattern
+from ...methods.sparse_video import SparseVideoConfig, SparseVideoMethod
 
 #: Score elements per query chunk (``B * H * chunk * N``): bounds the memory of the dense scores.
 _CHUNK_ELEMENTS = 1 << 24
@@ -129,3 +137,38 @@ class FrameDampingMethod(AttentionMethod):
     def report(self) -> dict:
         """Damped calls, the decay factor and the training window (latent frames)."""
         return {"damping: calls": self.calls, "damping: factor": self.factor, "damping: window": self.window}
+
+
+class DampedLongMethod(SparseVideoMethod):
+    """The long-video sparse pattern with UltraViCo damping on its kept far block pairs.
+
+    Args:
+        config: a ``SparseVideoConfig(pattern="long", ...)`` (its window, anchors and backend).
+        window: the training length ``L`` in latent frames; kept frame pairs more than ``L / 2`` apart are damped.
+        factor: UltraViCo's decay factor ``alpha`` in ``(0, 1]``.
+
+    The result equals :func:`damped_attention` restricted to the pattern's token mask (text global). A video whose
+    pattern keeps every pair is still run (damped) unless no kept pair is far; the other hand-backs are the sparse
+    video method's. :meth:`report` is the pattern's report plus ``damping: calls`` / ``factor`` / ``window``.
+    """
+
+    def __init__(self, config: SparseVideoConfig, window: int, factor: float = 0.9, max_plans: int = 16):
+        if not isinstance(config, SparseVideoConfig) or config.pattern != "long":
+            raise ValueError(f"DampedLongMethod composes damping with SparseVideoConfig(pattern='long'), got "
+                             f"{config!r}.")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"DampedLongMethod: window={window!r} must be a positive int (latent frames).")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+            raise ValueError(f"DampedLongMethod: factor={factor!r} must be a number in (0, 1].")
+        super().__init__(config, max_plans)
+        self.window, self.factor = window, float(factor)
+        self.pattern = LongPattern(config, damping=(window, self.factor))
+
+    def __repr__(self) -> str:
+        return f"DampedLongMethod(window={self.window}, factor={self.factor}, config={self.config!r})"
+
+    def report(self) -> dict:
+        """The long pattern's report (calls, density, plans with their damped block pairs) and the damping's."""
+        out = super().report()
+        return {**out, "damping: calls": out.get("sparse_calls", 0), "damping: factor": self.factor,
+                "damping: window": self.window}
