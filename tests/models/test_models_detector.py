@@ -105,7 +105,7 @@ def test_video_dropout_frame_breaks_persistence():
 
 @pytest.mark.parametrize("frames", [8, 32])
 def test_shapes_video_v2_canvas(frames):
-    """On the v2 canvas (32 x 32, one shape on a 32-frame path) the detector sees one object of the prompted colour
+    """On the v2 canvas (20 x 20, one shape on a 32-frame path) the detector sees one object of the prompted colour
     in every frame, the prompted direction, a speed in the sampled range and straight motion, at the training length
     (8) and at 4x (32)."""
     from attnplug.models.build import read_config
@@ -120,5 +120,8 @@ def test_shapes_video_v2_canvas(frames):
         color, _, _, direction = prompt.split()
         s = summarize_video(video)
         assert s.persistent and s.color == color and s.direction == direction, (prompt, s)
-        assert 0.95 * lo <= float(np.hypot(*s.velocity)) <= 1.05 * hi
-        assert s.linearity >= 0.95
+        tol = 0.6 / (frames - 1)  # a centroid off by 0.3 px at either end of the path
+        assert lo - tol <= float(np.hypot(*s.velocity)) <= hi + tol
+        # the centroid of a thresholded 2-px-wide shape moves in sub-pixel jumps: over an 8-frame path (2-3 px) the
+        # straight-line fit explains >= 85 % of it, over 32 frames >= 95 % (the "steady" criterion asks 80 %)
+        assert s.linearity >= (0.85 if frames == 8 else 0.95)
