@@ -1,0 +1,75 @@
+"""Refit sweep for the long-video defaults: stock and candidate ``LongVideoConfig`` variants at one frame count, on
+seeds ``9000 + prompt`` (disjoint from ``longvideo_bench.py``'s ``2000 + ...``), judged like the benchmark.
+
+    python benchmarks/longvideo_refit.py --model shapes-video-v2 --frames 32 --prompts 8 \\
+        --variants defaults,interp2,interp2_nowin,interp2_long,long
+
+Appends one entry (model, weights digest, rows) to ``benchmarks/results/long_video_refit.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from longvideo_bench import VARIANTS, run_frames
+
+from attnplug import SparseVideoConfig
+from attnplug.models import load_pipeline
+from attnplug.models.catalog import weights_digest
+from attnplug.pipelines import LongVideoConfig
+
+ROOT = Path(__file__).resolve().parent
+LONG = SparseVideoConfig(pattern="long")
+CANDIDATES = {
+    **VARIANTS,
+    "long": LongVideoConfig(sparse=LONG),
+    "long_norope": LongVideoConfig(rope="none", sparse=LONG),
+    "long_norope_a1": LongVideoConfig(rope="none", sparse=SparseVideoConfig(pattern="long", anchor_frames=1)),
+    "long_damp": LongVideoConfig(damping=True, sparse=LONG),
+    "long_norope_damp": LongVideoConfig(rope="none", damping=True, sparse=LONG),
+    "damping": LongVideoConfig(damping=True),
+    "windows_norope_all": LongVideoConfig(rope="none", temporal_windows=True, global_steps=0),
+    "windows_norope_noise_all": LongVideoConfig(rope="none", temporal_windows=True, global_steps=0,
+                                                noise_rescheduling=True),
+    "windows_norope_half": LongVideoConfig(rope="none", temporal_windows=True, global_steps=0.5),
+    "interp15": LongVideoConfig(position_scale=1.5),
+    "interp2": LongVideoConfig(position_scale=2),
+    "interp2_nowin": LongVideoConfig(position_scale=2, temporal_windows=False),
+    "interp2_long": LongVideoConfig(position_scale=2, sparse=LONG),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="shapes-video-v2")
+    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--variants", required=True, help=f"comma-separated, of: {', '.join(CANDIDATES)}")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_video_refit.json")
+    args = ap.parse_args()
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in CANDIDATES]
+    if unknown or not names:
+        ap.error(f"--variants={args.variants!r}: unknown {unknown or 'none given'}; accepted: {', '.join(CANDIDATES)}")
+    torch.set_num_threads(1)
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    rows = run_frames(pipe, args.frames, args.prompts, args.steps,
+                      {"stock": None, **{k: CANDIDATES[k] for k in names}}, 1, base=9000)
+    entry = {"model": args.model, "weights": weights_digest(args.model), "frames": args.frames,
+             "prompts": args.prompts, "seeds": "9000 + prompt", "steps": args.steps, "loadavg": os.getloadavg(),
+             "rows": rows}
+    runs = json.loads(args.out.read_text()) if args.out.exists() else []
+    args.out.write_text(json.dumps([*runs, entry], indent=1) + "\n")
+    for r in rows:
+        print(f"| {r['variant']} | {r['persistent']:.0%} | {r['steady']:.0%} | {r['steady_path']:.0%} | "
+              f"{r['median_speed']:.2f} | {r['median_r2']:.2f} | {r['time_ratio']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
