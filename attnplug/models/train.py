@@ -45,6 +45,27 @@ def _shift(u: torch.Tensor, shift: float) -> torch.Tensor:
     return u if shift == 1 else shift * u / (1 + (shift - 1) * u)
 
 
+def _direction_separation(text_encoder, tokenizer, cfg: dict, prompts: list[str], text: torch.Tensor, step: int,
+                          margin: float) -> torch.Tensor:
+    """Hinge ``mean(relu(margin - rms(E(p) - E(p'))))`` over the video prompts ``p`` of the batch, ``p'`` the same
+    prompt with another direction (turned by ``1 + step % 3`` places, no random draw) and ``E`` the text encoder's
+    ``(B, L, C)`` output ``text``: keeps the direction words apart in the text encoding, which joint training
+    otherwise collapses (``docs/models.md``)."""
+    names = list(data.DIRECTIONS)
+    rows, others = [], []
+    for i, p in enumerate(prompts):
+        words = p.split()
+        if len(words) == 4 and words[-1] in names:
+            turned = names[(names.index(words[-1]) + 1 + step % 3) % len(names)]
+            rows.append(i)
+            others.append(" ".join([*words[:-1], turned]))
+    if not rows:
+        return text.new_zeros(())
+    other = text_encoder(encode(tokenizer, others, cfg["max_length"])).last_hidden_state
+    rms = (text[rows] - other).pow(2).mean(dim=(1, 2)).sqrt()
+    return torch.relu(margin - rms).mean()
+
+
 def _init_from(source: str, models: dict, emas: dict) -> dict:
     """Load the EMA weights of model ``source`` (a folder under ``attnplug/models`` or a path) into ``models`` and
     ``emas`` (same architecture required); returns what the training log records: name, sha256, steps."""
@@ -127,6 +148,7 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
     log_every = int(tcfg.get("log_every", 25))
     motion_weight = float(tcfg.get("motion_loss", 0.0))
     sigma_shift = float(tcfg.get("sigma_shift", 1.0))
+    direction_margin = float(tcfg.get("direction_margin", 0.0))
     motion = data.MotionSpec.from_config(cfg.get("data"))
 
     torch.manual_seed(seed)
@@ -231,6 +253,9 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         text = text_encoder(ids).last_hidden_state
         pred = denoiser_forward(denoiser, cfg["family"], xt, sigma * 1000, text)
         objective, loss = _video_loss(pred.float(), noise - x0, motion_weight)
+        if direction_margin > 0:
+            objective = objective + _direction_separation(text_encoder, tokenizer, cfg, prompts, text, step,
+                                                          direction_margin)
         lr = tcfg["lr"] * min(1.0, (step - origin + 1) / warmup)
         for group in opt.param_groups:
             group["lr"] = lr

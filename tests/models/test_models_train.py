@@ -80,3 +80,72 @@ def test_state_from_another_config_is_refused(tmp_path, one_thread):
     other.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="does not match the model config"):
         train("tiny-video", out_dir=out, config=other, resume=True)
+
+
+def _with_train(config, **train_keys):
+    cfg = json.loads(config.read_text())
+    cfg["train"].update(train_keys)
+    path = config.parent / f"config-{len(list(config.parent.glob('config-*.json')))}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_init_from_starts_from_another_models_weights(tmp_path, one_thread):
+    """``train.init_from`` loads that folder's EMA weights before the first step and records its SHA-256: with a
+    learning rate of 0 the run's weights are the source's exactly; without it they are a fresh initialisation."""
+    import hashlib
+
+    config = _tiny_config(tmp_path)
+    source = tmp_path / "source"
+    train("tiny-video", steps=2, out_dir=source, config=config)
+    frozen = _with_train(config, init_from=str(source), lr=0.0, ema_decay=0.0)
+    log = train("tiny-video", steps=2, out_dir=tmp_path / "tuned", config=frozen)
+    digest = hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()
+    assert log["init_from"] == {"name": "source", "sha256": digest, "steps": 2}
+    a, b = load_file(str(source / "model.safetensors")), load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = train("tiny-video", steps=2, out_dir=tmp_path / "fresh", config=_with_train(config, lr=0.0, seed=9))
+    c = load_file(str(tmp_path / "fresh" / "model.safetensors"))
+    assert "init_from" not in fresh and not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_sigma_shift_moves_noise_levels_up():
+    """``sigma_shift`` maps uniform levels through ``s u / (1 + (s - 1) u)``: endpoints fixed, more mass near 1."""
+    from attnplug.models.train import _shift
+
+    u = torch.linspace(0, 1, 101)
+    assert torch.equal(_shift(u, 1.0), u)
+    shifted = _shift(u, 3.0)
+    assert shifted[0] == 0 and shifted[-1] == 1 and torch.all(shifted[1:-1] > u[1:-1])
+    assert float((shifted > 0.9).float().mean()) > 2 * float((u > 0.9).float().mean())
+
+
+def test_direction_separation_penalises_only_collapsed_directions():
+    """The hinge is positive when the text encoder maps two directions of a prompt to the same output, zero when
+    they are further apart than the margin, and ignores prompts without a direction (dropped prompts)."""
+    from attnplug.models.data import WORDS
+    from attnplug.models.text import build_vocab, make_tokenizer
+    from attnplug.models.train import _direction_separation
+
+    tokenizer = make_tokenizer(build_vocab(WORDS), 8)
+    cfg = {"max_length": 8}
+    prompts = ["red circle moving left", "", "blue square moving up"]
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, gain):
+            super().__init__()
+            self.gain = gain
+
+        def forward(self, ids):
+            out = torch.nn.functional.one_hot(ids, 32).float() * self.gain
+            return type("Out", (), {"last_hidden_state": out})()
+
+    from attnplug.models.text import encode
+
+    ids = encode(tokenizer, prompts, 8)
+    collapsed = Encoder(0.0)
+    assert float(_direction_separation(collapsed, tokenizer, cfg, prompts, collapsed(ids).last_hidden_state, 0,
+                                       0.5)) == pytest.approx(0.5)
+    apart = Encoder(10.0)
+    assert float(_direction_separation(apart, tokenizer, cfg, prompts, apart(ids).last_hidden_state, 1, 0.5)) == 0
+    assert float(_direction_separation(apart, tokenizer, cfg, [""], apart(ids[1:2]).last_hidden_state, 0, 0.5)) == 0
