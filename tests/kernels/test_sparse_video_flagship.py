@@ -39,7 +39,8 @@ def _capture(monkeypatch, module):
     """Replace ``run_block_sparse`` in a pattern module by a recorder that returns zeros (the kernel's fake)."""
     calls = []
 
-    def record(q, k, v, lut, scale, config, kv_keep=None):
+    def record(q, k, v, lut, scale, config, kv_keep=None, damp=None, damp_factor=1.0):
+        assert damp is None, "the sparse video patterns run undamped"
         calls.append((q, k, v, lut, scale, kv_keep))
         stats = None
         if config.effective_threshold is not None:
