@@ -35,7 +35,7 @@ from diffusers.hooks import ModelHook
 from ..._hook_registry import register_hook, unregister_everywhere
 from ..._logging import log_once
 from .riflex import RiflexPlan, plan_for_frequencies, riflex_frequency  # noqa: F401 - re-exported
-from .rope_adapters2 import LTX2Adapter, call_plan, ltx_frequencies
+from .rope_adapters2 import LTX2Adapter, call_plan, ltx_frequencies, rewrite_components, write_interleaved
 
 logger = logging.getLogger(__name__)
 
@@ -221,18 +221,10 @@ class _LTXAdapter(_Adapter):
         plan = call_plan(self.family, module, hook.plan, a)
         if not plan.changes_rope:
             return output
-        cos, sin = (t.clone() for t in output)
-        c = c.to(cos.device).expand(cos.shape[0], -1)
+        c = c.to(output[0].device).expand(output[0].shape[0], -1)
         pad = module.dim % 6
-        for j, (w, w_new) in enumerate(zip(plan.omegas, plan.new_omegas)):
-            if w_new == w:
-                continue
-            angle = w_new / (2 * a) * (2 * c - 1)
-            for t, fn in ((cos, torch.cos), (sin, torch.sin)):
-                value = fn(angle).to(t.dtype)
-                t[..., pad + 6 * j] = value
-                t[..., pad + 6 * j + 1] = value
-        return cos, sin
+        return rewrite_components(output, plan, c, a,
+                                  lambda t, j, value: write_interleaved(t, j, pad, value.to(t.dtype)))
 
 
 #: The long-video rotary adapter of each family with a temporal RoPE, keyed by the family row's name

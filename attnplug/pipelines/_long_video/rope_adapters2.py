@@ -42,6 +42,27 @@ def call_plan(family: str, target, base, a: float):
                                 base.position_scale, base.mode)
 
 
+def rewrite_components(output: tuple, plan, c: torch.Tensor, a: float, write) -> tuple:
+    """Copies of an LTX / LTX-2 rotary module's ``(cos, sin)`` output with each temporal component ``j`` that
+    ``plan`` changes recomputed at its new frequency: ``angle = w_new_j / (2 a) * (2 c - 1)`` for the tokens'
+    temporal coordinates ``c`` (``(B, N)`` or ``(1, N)``), stored by ``write(t, j, value)`` into the columns the
+    module's layout gives component ``j``."""
+    cos, sin = (t.clone() for t in output)
+    for j, (w, w_new) in enumerate(zip(plan.omegas, plan.new_omegas)):
+        if w_new == w:
+            continue
+        angle = w_new / (2 * a) * (2 * c - 1)
+        for t, fn in ((cos, torch.cos), (sin, torch.sin)):
+            write(t, j, fn(angle))
+    return cos, sin
+
+
+def write_interleaved(t: torch.Tensor, j: int, pad: int, value: torch.Tensor) -> None:
+    """Store component ``j``'s ``value`` in an interleaved ``(B, N, dim)`` table: columns ``pad + 6 j``, ``+ 1``."""
+    t[..., pad + 6 * j] = value
+    t[..., pad + 6 * j + 1] = value
+
+
 class LTX2Adapter:
     """LTX-2's adapter, of the shape of :class:`.rope._Adapter` (``per_call``: the plan is recomputed per call)."""
 
@@ -81,20 +102,15 @@ class LTX2Adapter:
         plan = call_plan(self.family, module, hook.plan, a)
         if not plan.changes_rope:
             return output
-        cos, sin = (t.clone() for t in output)
         k = module.dim // 6
-        for j, (w, w_new) in enumerate(zip(plan.omegas, plan.new_omegas)):
-            if w_new == w:
-                continue
-            angle = w_new / (2 * a) * (2 * c - 1)  # (B, N)
-            for t, fn in ((cos, torch.cos), (sin, torch.sin)):
-                value = fn(angle).to(device=t.device, dtype=t.dtype).expand(t.shape[0], -1)
-                if module.rope_type == "split":
-                    per_head = t.shape[-1]
-                    idx = module.dim // 2 - 3 * k + 3 * j
-                    t[:, idx // per_head, :, idx % per_head] = value
-                else:
-                    pad = module.dim % 6
-                    t[..., pad + 6 * j] = value
-                    t[..., pad + 6 * j + 1] = value
-        return cos, sin
+
+        def write(t, j, value):
+            value = value.to(device=t.device, dtype=t.dtype).expand(t.shape[0], -1)
+            if module.rope_type == "split":
+                per_head = t.shape[-1]
+                idx = module.dim // 2 - 3 * k + 3 * j
+                t[:, idx // per_head, :, idx % per_head] = value
+            else:
+                write_interleaved(t, j, module.dim % 6, value)
+
+        return rewrite_components(output, plan, c, a, write)
