@@ -154,13 +154,6 @@ def test_a_hand_made_family_keeps_its_defaults():
 # ------------------------------------------------------------------------------------------------ long video
 
 
-@pytest.fixture(scope="module")
-def wan(tmp_path_factory):
-    from attnplug.testing import tiny_pipeline
-
-    return tiny_pipeline("wan", str(tmp_path_factory.mktemp("wan")))
-
-
 def test_the_training_length_is_the_family_rows(wan, monkeypatch):
     assert long_video_api.training_frames(wan, wan.transformer) == family_of(wan.transformer).train_frames == 81
     assert long_video_api.resolve_config(wan, 4 * 80 + 1).train_latent == 21

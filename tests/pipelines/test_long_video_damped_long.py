@@ -19,20 +19,13 @@ from attnplug.methods.patterns import long_frame_mask
 from attnplug.pipelines import LongVideoConfig, long_video
 from attnplug.pipelines._long_video.api import resolve_config
 from attnplug.pipelines._long_video.damping import DampedLongMethod, damped_attention, far_pairs
-from attnplug.testing import tiny_model, tiny_pipeline
+from attnplug.testing import tiny_model
 
 LONG = attnplug.SparseVideoConfig(pattern="long", anchor_frames=2, backend="torch")
 # 45 video frames = 12 latent frames, 4x the 9-frame (3 latent frames) training length given below
 ARGS = dict(num_frames=45, height=16, width=16, num_inference_steps=2, output_type="pt")
 CONFIG = LongVideoConfig(train_frames=9, sparse=LONG, damping=True, damping_factor=0.6, rope="none",
                          noise_rescheduling=False)
-
-
-@pytest.fixture(scope="module")
-def wan(tmp_path_factory):
-    pipe = tiny_pipeline("wan", str(tmp_path_factory.mktemp("wan")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _frames(out):

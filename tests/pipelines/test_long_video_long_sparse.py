@@ -7,17 +7,9 @@ import torch
 import attnplug
 from attnplug.pipelines import LongVideoConfig, long_video
 from attnplug.pipelines._long_video.api import resolve_config
-from attnplug.testing import tiny_pipeline
 
 LONG = attnplug.SparseVideoConfig(pattern="long", anchor_frames=1, backend="torch")
 ARGS = dict(num_frames=17, height=16, width=16, num_inference_steps=2, output_type="pt")
-
-
-@pytest.fixture(scope="module")
-def wan(tmp_path_factory):
-    pipe = tiny_pipeline("wan", str(tmp_path_factory.mktemp("wan")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _frames(out):
