@@ -6,12 +6,33 @@ import contextlib
 import inspect
 import itertools
 import math
+import os
 
+import pytest
 import torch
 
 from attnplug.kernels import BlockLUT, NeighborhoodMask
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def require_triton() -> None:
+    """Skip the calling test unless Triton can run here: on CUDA, or in the interpreter (``TRITON_INTERPRET=1``,
+    which the kernel tests' conftest sets without CUDA)."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
+
+
+def prepare_backend(backend: str, monkeypatch) -> None:
+    """Make block-sparse ``backend`` runnable in a test: Triton required (:func:`require_triton`), flex run eagerly
+    (no compile in the tests); the other backends need nothing."""
+    if backend == "triton":
+        require_triton()
+    elif backend == "flex":
+        from attnplug.kernels.block_sparse import flex as bs_flex
+
+        monkeypatch.setattr(bs_flex, "EAGER", True)
 
 
 def qkv(batch, heads, n, dim, dtype=torch.float32, seed=0, n_k=None, device="cpu"):

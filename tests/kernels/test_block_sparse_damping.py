@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import torch
+from kernel_testutil import prepare_backend, require_triton
 
 from attnplug import SparseVideoConfig, TokenLayout
 from attnplug.kernels.block_sparse import BlockLUT, block_sparse_attention
-from attnplug.kernels.block_sparse import flex as bs_flex
 from attnplug.methods.patterns import long_frame_mask
 from attnplug.methods.patterns.long import LongPattern, damped_frame_pairs
 from attnplug.pipelines._long_video.damping import DampedLongMethod, damped_attention, far_pairs
@@ -112,12 +112,7 @@ def test_plan_flags_exactly_the_kept_far_frame_pairs():
 
 @pytest.mark.parametrize("backend", ["torch", "reference", "flex", "triton"])
 def test_random_lut_with_flags_matches_the_reference_on_every_backend(backend, monkeypatch):
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
-    if backend == "flex":
-        monkeypatch.setattr(bs_flex, "EAGER", True)
+    prepare_backend(backend, monkeypatch)
     gen = torch.Generator().manual_seed(1)
     n, blk = 72, 16  # a partial last block
     mb = math.ceil(n / blk)
@@ -142,9 +137,7 @@ def test_random_lut_with_flags_matches_the_reference_on_every_backend(backend, m
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_no_flag_set_is_the_undamped_call_bit_for_bit(backend):
     if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
+        require_triton()
     gen = torch.Generator().manual_seed(2)
     mask = torch.rand(5, 5, generator=gen) < 0.7
     lut = BlockLUT.from_block_mask(mask | torch.eye(5, dtype=torch.bool), 16, 16)
@@ -179,12 +172,7 @@ def test_damp_arguments_are_checked():
 @pytest.mark.parametrize("backend", ["triton", "flex"])
 def test_damped_long_method_on_the_gpu_backends_pads_frames_and_matches(backend, monkeypatch):
     """Through the method: frames padded to 16 slots (the device kernels' blocks), text first, key padding."""
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
-    else:
-        monkeypatch.setattr(bs_flex, "EAGER", True)
+    prepare_backend(backend, monkeypatch)
     layout = TokenLayout(7, 3, 5, text_tokens=4, text_first=True)
     cfg = SparseVideoConfig(pattern="long", window_frames=3, anchor_frames=2, backend=backend)
     method = DampedLongMethod(cfg, window=3, factor=0.6)

@@ -4,14 +4,12 @@ slots, with text and key padding, against the dense masked SDPA of the pattern's
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testutil import prepare_backend
 
 from attnplug import SparseVideoConfig, TokenLayout
-from attnplug.kernels.block_sparse import flex as bs_flex
 from attnplug.methods.patterns import long_frame_mask
 
 LAYOUT = TokenLayout(6, 3, 5, text_tokens=4, text_first=True)  # 15 tokens per frame: 16-slot frame blocks
@@ -29,12 +27,7 @@ def _dense_masked(q, k, v, keep):
 
 @pytest.mark.parametrize("backend", ["triton", "flex"])
 def test_long_on_the_gpu_backends_matches_dense_masked(monkeypatch, backend):
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
-    else:
-        monkeypatch.setattr(bs_flex, "EAGER", True)
+    prepare_backend(backend, monkeypatch)
     method = SparseVideoConfig(pattern="long", window_frames=3, anchor_frames=2, backend=backend).build()
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, LAYOUT.num_tokens, 16, generator=gen) for _ in range(3))

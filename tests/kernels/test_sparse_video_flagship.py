@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from kernel_testutil import interpreter_bf16_dot_fix
+from kernel_testutil import interpreter_bf16_dot_fix, require_triton
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from attnplug import SparseVideoConfig, TokenLayout
@@ -83,9 +83,7 @@ def _cases():
 
 @pytest.mark.parametrize("grid,pattern,dtype", list(_cases()))
 def test_default_runs_on_the_triton_kernel_at_flagship_geometry(monkeypatch, grid, pattern, dtype):
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
+    require_triton()
     from attnplug.kernels.block_sparse.triton import kernel_config
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
