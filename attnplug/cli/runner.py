@@ -166,14 +166,15 @@ def call_kwargs(pipe, item: Item, extra: dict) -> dict:
 
 
 def long_video_sparse(config, method_label: str):
-    """The sparse pattern ``--long-video`` runs inside its temporal windows for ``--method`` (None for dense);
-    ``UserError`` for any other method, which would replace the windows."""
+    """The sparse pattern ``--long-video`` runs for ``--method`` (``LongVideoConfig.sparse``: the long pattern over
+    the whole video, another inside the temporal windows), or None for dense (the config's default, ``"auto"``);
+    ``UserError`` for any other method, which would replace long_video's own attention."""
     if config is None or config.name == "dense":
         return None
     if config.name == "sparse_video":
         return config
-    raise UserError(f"--long-video runs its own temporal-window attention; --method {method_label} cannot run with "
-                    "it (only sparse_video runs inside the windows).")
+    raise UserError(f"--long-video runs its own attention (the long sparse pattern or temporal windows); --method "
+                    f"{method_label} cannot run with it (only sparse_video: LongVideoConfig.sparse).")
 
 
 def check_long_video_methods(args, configs: dict, schedule) -> None:
@@ -190,7 +191,7 @@ def check_long_video_methods(args, configs: dict, schedule) -> None:
 
 def extension_configs(args, method=None) -> dict:
     """The hi-res / long-video config a run uses, defaults filled in (the record keeps them): ``{"hires": ...}``
-    or ``{"long_video": ...}`` (with ``--method``'s sparse pattern inside the windows), else ``{}``."""
+    or ``{"long_video": ...}`` (with ``--method``'s sparse pattern as its ``sparse``), else ``{}``."""
     if args.hires:
         return {"hires": extension_config("hires", args.hires_option, resolved=True)}
     if args.long_video:

@@ -84,14 +84,23 @@ def hires_label(plan, config=None) -> str:
 
 def long_video_label(plan, config=None) -> str:
     """A long-video plan (``LongVideoPlan`` or its dict) as a row name, e.g. ``"long video 32 frames (4x): windows
-    2/1 latent frames, RIFLEx, position scale 3, global steps 75 %"``."""
+    2/1 latent frames, RIFLEx, position scale 3, global steps 75 %"`` or ``"long video 32 frames (4x): sparse_video
+    long pattern over the whole video, RIFLEx RoPE, position scale 3"``. The sparse pattern is the plan's (what ran,
+    ``sparse="auto"`` resolved); records from before the plan held it name the config's."""
     p, c = _as_dict(plan), _as_dict(config)
     ext = p["latent_frames"] / p["train_latent"] if p.get("train_latent") else None
     head = f"long video {p.get('num_frames')} frames" + (f" ({ext:g}x)" if ext else "")
+    given = c.get("sparse")
+    name = given.get("name", "sparse_video") if isinstance(given, dict) else "sparse_video"
+    sparse = p["sparse"] if "sparse" in p else (given if isinstance(given, dict) else None)
     parts = []
     if p.get("temporal_windows"):
         parts.append(f"windows {p.get('window')}/{p.get('stride')} latent frames")
         parts.append(f"global steps {_fraction(p.get('global_steps'))}")
+    elif p.get("long_sparse"):
+        parts.append(f"{name} long pattern over the whole video")
+        if p.get("global_steps"):
+            parts.append(f"global steps {_fraction(p.get('global_steps'))}")
     else:
         parts.append("no windows")
     rope = p.get("rope")
@@ -101,10 +110,8 @@ def long_video_label(plan, config=None) -> str:
         parts.append("FreeNoise noise")
     if p.get("vstar"):
         parts.append("VSTAR")
-    sparse = c.get("sparse")
-    if sparse:
-        parts.append(f"{sparse.get('name', 'sparse_video') if isinstance(sparse, dict) else 'sparse_video'} "
-                     "inside the windows")
+    if sparse and not p.get("long_sparse"):
+        parts.append(f"{name} inside the windows" if p.get("temporal_windows") else f"{name} on the whole video")
     return f"{head}: " + ", ".join(parts)
 
 

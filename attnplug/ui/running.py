@@ -91,10 +91,10 @@ def _technique(pipe, req: Request, technique: str, kwargs: dict):
     options = dict(req.pipeline_options, progress=False) if technique == "hi-res" else dict(req.pipeline_options)
     if technique == "hi-res" and req.method != "dense":
         options["attention"] = req.config  # the technique applies the method in its hi-res stage
-    if technique == "long video" and req.method != "dense":  # its own windows, a sparse pattern inside
+    if technique == "long video" and req.method != "dense":  # its own attention; the pattern is its `sparse`
         if req.method != "sparse_video":
-            raise ValueError(f"the {technique} pipeline runs its own temporal-window attention; method "
-                             f"{req.method!r} cannot run with it: choose dense or sparse_video.")
+            raise ValueError(f"the {technique} pipeline runs its own attention (the long sparse pattern or temporal "
+                             f"windows); method {req.method!r} cannot run with it: choose dense or sparse_video.")
         options["sparse"] = req.config
     config = pipeline_config(technique)(**options)
     if technique == "hi-res":
@@ -141,7 +141,8 @@ def run_once(pipe, req: Request, technique: str, progress: StepProgress) -> Run:
     seconds = time.perf_counter() - start
     described = None if config is None else {
         k: v for k, v in dataclasses.asdict(config).items() if k not in ("attention", "sparse")}
-    for key in ("attention", "sparse"):  # the method inside the technique, by name
-        if described is not None and getattr(config, key, None) is not None:
-            described[key] = {"name": req.method}
+    for key in ("attention", "sparse"):  # the method inside the technique, by name ("auto": the plan says)
+        value = getattr(config, key, None)
+        if described is not None and value is not None:
+            described[key] = value if isinstance(value, str) else {"name": req.method}
     return Run(_frames(output, req.task), seconds, notes, plan, described)

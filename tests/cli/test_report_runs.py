@@ -80,8 +80,9 @@ def test_hires_and_long_video_rows_are_named_by_their_plan(parent):
     labels = [row[2] for row in page.tables["records"][1:]]
     assert any(re.match(r"hires HiDiffusion 2x: RAU-Net x2 until \d+%, MSW-MSA windows 16x16$", label)
                for label in labels), labels
-    assert any(label.startswith("long video 24 frames (3x): windows") and "RIFLEx" in label and "global steps" in
-               label for label in labels), labels
+    # the default at 3x: the long sparse pattern over the whole video from the first step (no windows)
+    assert any(label.startswith("long video 24 frames (3x): sparse_video long pattern over the whole video")
+               and "RIFLEx" in label and "windows" not in label for label in labels), labels
     assert "dense" not in labels
     assert "hires HiDiffusion 2x" in results["hires"].stdout and "/ dense:" not in results["hires"].stdout
     assert "long video 24 frames" in results["video"].stdout

@@ -195,7 +195,7 @@ def test_long_video_runs_with_sparse_composition(shapes, monkeypatch):
     with_sparse = long_video(shapes, "blue square moving up", generator=torch.Generator().manual_seed(1), **args)
     assert made[-1].calls["whole"] > 0 and made[-1].calls["short"] == 0
     plain = long_video(shapes, "blue square moving up", num_frames=16, num_inference_steps=2,
-                       generator=torch.Generator().manual_seed(1))
+                       generator=torch.Generator().manual_seed(1), config=LongVideoConfig(sparse=None))
     assert not torch.equal(torch.as_tensor(with_sparse.frames), torch.as_tensor(plain.frames))
 
 
@@ -257,13 +257,20 @@ def test_animatediff_keeps_a_users_free_noise(animatediff):
 
 def test_defaults_on_shapes_video_follow_the_extension(shapes):
     lv = importlib.import_module("attnplug.pipelines._long_video.api")
-    at4 = lv.resolve_config(shapes, 32)
-    assert (at4.rope, at4.temporal_windows, at4.window, at4.stride, at4.noise_rescheduling) == (
+    at4 = lv.resolve_config(shapes, 32)  # the long pattern over the whole video from the first step, no windows
+    assert (at4.rope, at4.temporal_windows, at4.long_sparse, at4.noise_rescheduling) == ("riflex", False, True, False)
+    assert at4.sparse == attnplug.SparseVideoConfig(pattern="long", train_latent_frames=8)
+    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4)) and at4.global_steps == 0
+    windows = lv.resolve_config(shapes, 32, LongVideoConfig(sparse=None))  # the recipe without a sparse pattern
+    assert (windows.rope, windows.temporal_windows, windows.window, windows.stride, windows.noise_rescheduling) == (
         "riflex", True, 8, 4, False)
-    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4)) and at4.global_steps == 0.75
+    assert windows.position_scale == at4.position_scale and windows.global_steps == 0.75 and windows.sparse is None
     at2 = lv.resolve_config(shapes, 16)
     assert not at2.temporal_windows and at2.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 2))
-    assert lv.resolve_config(shapes, 8).rope == "none"
+    assert at2.long_sparse and at2.global_steps == 0
+    assert not lv.resolve_config(shapes, 16, LongVideoConfig(sparse=None)).temporal_windows
+    at1 = lv.resolve_config(shapes, 8)
+    assert at1.rope == "none" and at1.sparse is None and not at1.temporal_windows
     with pytest.raises(ValueError, match=r"global_steps.*1\.5"):
         LongVideoConfig(global_steps=1.5)
 
@@ -273,7 +280,8 @@ def test_global_steps_keep_the_first_steps_dense(shapes, monkeypatch):
     windows = {}
     for g in (0, 0.5, 4):
         long_video(shapes, "red circle moving up", num_frames=32, num_inference_steps=4,
-                   generator=torch.Generator().manual_seed(0), config=LongVideoConfig(rope="none", global_steps=g))
+                   generator=torch.Generator().manual_seed(0),
+                   config=LongVideoConfig(rope="none", global_steps=g, sparse=None))
         windows[g] = made[-1].calls["window"]
     assert windows[0] > 0 and windows[0.5] * 2 == windows[0] and windows[4] == 0
 

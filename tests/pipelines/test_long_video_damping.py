@@ -97,17 +97,20 @@ def test_config_defaults_off_and_refuses_windows():
 
     pipe = load_pipeline("shapes-video")
     plan = resolve_config(pipe, 32)
-    assert not plan.damping and plan.temporal_windows
+    assert not plan.damping and plan.long_sparse and not plan.temporal_windows
+    assert resolve_config(pipe, 32, LongVideoConfig(sparse=None)).temporal_windows  # without the default pattern
     on = resolve_config(pipe, 32, LongVideoConfig(damping=True, damping_factor=0.8))
-    assert on.damping and on.damping_factor == 0.8 and not on.temporal_windows  # damping replaces the windows
+    assert on.damping and on.damping_factor == 0.8 and on.long_sparse  # composed with the default pattern
+    dense = resolve_config(pipe, 32, LongVideoConfig(damping=True, damping_factor=0.8, sparse=None))
+    assert dense.damping and not dense.long_sparse and not dense.temporal_windows  # damping replaces the windows
     with pytest.raises(ValueError, match="damping runs dense attention.*temporal_windows=True"):
         resolve_config(pipe, 32, LongVideoConfig(damping=True, temporal_windows=True))
     with pytest.raises(ValueError, match="damping_factor"):
         LongVideoConfig(damping_factor=0)
     gen = torch.Generator().manual_seed(0)
     out = long_video(pipe, "red circle moving right", num_frames=16, num_inference_steps=2, generator=gen,
-                     output_type="pt", config=LongVideoConfig(damping=True, damping_factor=0.5))
+                     output_type="pt", config=LongVideoConfig(damping=True, damping_factor=0.5, sparse=None))
     plain = long_video(pipe, "red circle moving right", num_frames=16, num_inference_steps=2, output_type="pt",
-                       generator=torch.Generator().manual_seed(0))
+                       generator=torch.Generator().manual_seed(0), config=LongVideoConfig(sparse=None))
     assert out.frames.shape == plain.frames.shape and not torch.equal(out.frames, plain.frames)
     assert attnplug.method_of(pipe) is None

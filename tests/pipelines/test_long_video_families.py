@@ -149,6 +149,9 @@ def test_the_plan_at_4x_plans_riflex_on_the_rules_component(family):
     assert plan.rope == "riflex" and plan.position_scale == pytest.approx(3.0)
     assert plan.riflex_component == index and plan.riflex_source.startswith("rule:")
     assert plan.riflex_period == pytest.approx(period, abs=0.01)
+    # the long sparse pattern by default on HunyuanVideo 1.5; LTX-2 keeps RoPE rescaling alone (the plan says so)
+    assert plan.long_sparse is (family == "hunyuanvideo15") and not plan.temporal_windows
+    assert family == "hunyuanvideo15" or "ltx2 keeps its default" in plan.sparse_note
     alone = resolve_config(pipe, frames, LongVideoConfig(rope="riflex", position_scale=1))
     lowered = 4 * train > period  # RIFLEx alone lowers the component only beyond its period
     # LTX-2, like LTX, plans per call (each call's frame rate): its hook is installed even when the reference plan

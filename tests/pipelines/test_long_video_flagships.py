@@ -2,8 +2,9 @@
 Wan 2.2 I2V (two experts, the image condition concatenated along channels), Wan 2.2 TI2V-5B (48 latent channels
 on the 16x VAE, per-token timesteps), HunyuanVideo 1.5 (its 16x VAE, a padded prompt) and LTX-2 (video and audio
 streams, text connectors). At 4x a small training length, the defaults put RIFLEx on every denoiser's rotary module
-and (except on LTX-2) the temporal windows on every denoiser during the call, the video has the requested frames,
-and afterwards every denoiser is stock (no hook, no instance ``forward``, no attention method)."""
+and (except on LTX-2) the long sparse pattern on every denoiser from the first step during the call (with
+``sparse=None``: the temporal windows in the last quarter of the steps), the video has the requested frames, and
+afterwards every denoiser is stock (no hook, no instance ``forward``, no attention method)."""
 
 import inspect
 import types
@@ -24,7 +25,7 @@ from attnplug.testing import tiny_tokenizer
 from attnplug.testing_families import tiny
 
 TRAIN = 5  # video frames: 2 latent frames at a 4x temporal compression (3 at LTX-2's tiny VAE's 2x)
-STEPS = 4  # global_steps=0.75 keeps 3 dense: the last step runs the windows
+STEPS = 4  # with the windows, global_steps=0.75 keeps 3 dense: the last step runs them
 _WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=16, freq_dim=32, ffn_dim=32,
             num_layers=1, rope_max_seq_len=32)
 
@@ -144,28 +145,33 @@ def _left_behind(model) -> list[str]:
 
 
 BUILDS = {"wan22-i2v": _wan22_i2v, "wan22-ti2v-5b": _wan22_ti2v, "hunyuanvideo15": _hunyuan15, "ltx2": _ltx2}
-# name -> (family, video frames at 4x TRAIN, training latent frames, temporal windows in the plan)
+# name -> (family, video frames at 4x TRAIN, training latent frames, whether the family's default recipe runs the
+# long pattern, or without it (sparse=None) the temporal windows)
 SPEC = {"wan22-i2v": ("wan", 29, 2, True), "wan22-ti2v-5b": ("wan", 29, 2, True),
         "hunyuanvideo15": ("hunyuanvideo15", 29, 2, True), "ltx2": ("ltx2", 23, 3, False)}
 
 
-def _run(name, tmp_path, monkeypatch):
-    """The pipeline, its denoisers, the video, and per step: (RIFLEx hook on the rotary module, attention method) of
-    each denoiser, the windowed self-attention calls so far (summed over the denoisers), and the self-attention calls
-    each denoiser's method ran so far."""
+def _run(name, tmp_path, monkeypatch, sparse="auto"):
+    """The pipeline, its denoisers, the video, the plan, and per step: (RIFLEx hook on the rotary module, attention
+    method) of each denoiser, the windowed self-attention calls so far and the long pattern's sparse calls so far
+    (each summed over the denoisers), and the self-attention calls each denoiser's method ran so far."""
     if not hasattr(wan_i2v_module, "ftfy"):  # the I2V pipeline cleans prompts with ftfy unguarded; not installed here
         monkeypatch.setattr(wan_i2v_module, "ftfy", types.SimpleNamespace(fix_text=lambda s: s), raising=False)
     pipe, inputs = BUILDS[name](tmp_path)
     experts = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
-    family, frames, train_latent, windows = SPEC[name]
-    config = LongVideoConfig(train_frames=TRAIN)
+    family, frames, train_latent, default_on = SPEC[name]
+    config = LongVideoConfig(train_frames=TRAIN, sparse=sparse)
     plan = long_video_plan(pipe, frames, config)
     assert plan.family == family and plan.train_latent == train_latent and plan.latent_frames == 4 * train_latent
     assert plan.rope == "riflex" and plan.position_scale == pytest.approx(3.0)
-    assert plan.temporal_windows is windows  # LTX and LTX-2 keep the windows off by default
-    if windows:
+    # LTX and LTX-2 keep both off by default
+    assert plan.long_sparse is (default_on and sparse == "auto")
+    assert plan.temporal_windows is (default_on and sparse is None)
+    if plan.temporal_windows:
         assert plan.window == train_latent and plan.stride == 1 and plan.global_steps == 0.75
-    seen, windowed, ran = [], [], []
+    if plan.long_sparse:
+        assert plan.global_steps == 0 and plan.sparse.train_latent_frames == train_latent
+    seen, windowed, sparse_calls, ran = [], [], [], []
 
     def on_step(p, *rest):
         seen.append([(getattr(m.rope, "_diffusers_hook", None) is not None
@@ -174,6 +180,7 @@ def _run(name, tmp_path, monkeypatch):
         report = attnplug.stats(p).get("method_report", {})
         parts = list(report.values()) if len(experts) > 1 else [report]
         windowed.append(sum(r.get("windows: window", 0) for r in parts))
+        sparse_calls.append(sum(r.get("sparse_calls", 0) for r in parts if r.get("pattern") == "long"))
         ran.append([attnplug.stats(m).get("self", {}).get("method", 0) for m in experts])
         return rest[-1] if rest else None  # callback_on_step_end(pipe, i, t, kwargs) returns the kwargs
 
@@ -189,28 +196,47 @@ def _run(name, tmp_path, monkeypatch):
     finally:
         if handle is not None:
             handle.remove()
-    return pipe, experts, out, seen, windowed, frames, windows, ran
+    return pipe, experts, out, seen, windowed, sparse_calls, frames, plan, ran
 
 
-@pytest.mark.parametrize("name", list(BUILDS))
-def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_path, monkeypatch):
-    pipe, experts, out, seen, windowed, frames, windows, _ = _run(name, tmp_path, monkeypatch)
-    assert out.frames.shape[:2] == (1, frames)
-    assert torch.isfinite(out.frames).all()
-    method = "TemporalWindowMethod" if windows else "NoneType"
-    assert len(seen) == STEPS and all(s == [(True, method)] * len(experts) for s in seen)
-    assert windowed[STEPS - 2] == 0  # global_steps=0.75: the first three of the four steps run dense
-    if len(experts) == 1 and windows:
-        assert windowed[-1] > 0  # and the last one runs the windows
+def _check_stock_after(pipe, experts) -> None:
     for model in experts:
         assert attnplug.method_of(model) is None
         assert _left_behind(model) == []
     assert attnplug.method_of(pipe) is None
 
 
-def test_wan22_i2v_defaults_window_the_last_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_path, monkeypatch):
+    pipe, experts, out, seen, windowed, sparse_calls, frames, plan, _ = _run(name, tmp_path, monkeypatch)
+    assert out.frames.shape[:2] == (1, frames)
+    assert torch.isfinite(out.frames).all()
+    method = "SparseVideoMethod" if plan.long_sparse else "NoneType"
+    assert len(seen) == STEPS and all(s == [(True, method)] * len(experts) for s in seen)
+    assert not any(windowed)  # no temporal windows
+    if plan.long_sparse:
+        assert sparse_calls[0] > 0 and sparse_calls[-1] > sparse_calls[0]  # from the first step, every step
+    else:
+        assert not any(sparse_calls)
+    _check_stock_after(pipe, experts)
+
+
+@pytest.mark.parametrize("name", [name for name, spec in SPEC.items() if spec[3] and name != "wan22-i2v"])
+def test_without_the_pattern_the_windows_run_the_last_step_then_every_denoiser_is_stock(name, tmp_path, monkeypatch):
+    pipe, experts, out, seen, windowed, sparse_calls, frames, plan, _ = _run(name, tmp_path, monkeypatch, sparse=None)
+    assert out.frames.shape[:2] == (1, frames) and torch.isfinite(out.frames).all()
+    assert len(seen) == STEPS and all(s == [(True, "TemporalWindowMethod")] * len(experts) for s in seen)
+    assert windowed[STEPS - 2] == 0 and windowed[-1] > 0  # global_steps=0.75: the last of the four steps windowed
+    assert not any(sparse_calls)
+    _check_stock_after(pipe, experts)
+
+
+def test_wan22_i2v_windows_reach_the_last_step(tmp_path, monkeypatch):
     """Wan 2.2 I2V (diffusers 0.42) gives its CacheContext no step_index: the experts follow the pipeline's one step
-    count, so transformer_2 (the low-noise steps) reaches the dense phase's end (step 3 of 4) and runs the windows."""
-    *_, windowed, _, _, ran = _run("wan22-i2v", tmp_path, monkeypatch)
+    count, so with the windows (sparse=None) transformer_2 (the low-noise steps) reaches the dense phase's end (step 3
+    of 4) and runs them; both experts carry the window method on every step, and are stock afterwards."""
+    pipe, experts, _, seen, windowed, _, _, _, ran = _run("wan22-i2v", tmp_path, monkeypatch, sparse=None)
+    assert len(seen) == STEPS and all(s == [(True, "TemporalWindowMethod")] * 2 for s in seen)
     assert windowed[STEPS - 2] == 0 and windowed[-1] > 0
     assert ran[STEPS - 2] == [0, 0] and ran[-1][0] == 0 and ran[-1][1] > 0  # the last step: transformer_2's
+    _check_stock_after(pipe, experts)

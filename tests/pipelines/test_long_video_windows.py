@@ -132,7 +132,7 @@ def shapes():
 
 
 def test_a_run_with_no_windowed_step_warns_once_with_the_numbers(shapes, caplog):
-    config = LongVideoConfig(rope="none")  # 4x: windows in the last quarter of the steps (global_steps=0.75)
+    config = LongVideoConfig(rope="none", sparse=None)  # 4x: windows in the last quarter (global_steps=0.75)
     with caplog.at_level(logging.WARNING, logger="attnplug"):
         long_video(shapes, "red circle", num_frames=32, num_inference_steps=2, config=config, output_type="pt")
     warnings = [r.getMessage() for r in caplog.records if "never run" in r.getMessage()]

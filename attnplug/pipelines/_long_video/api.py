@@ -3,11 +3,14 @@
 ``attnplug.pipelines.long_video(pipe, prompt, num_frames=...)`` runs ``pipe`` once with, as
 :class:`LongVideoConfig` chooses:
 
+- the **long sparse pattern** (``SparseVideoConfig(pattern="long")``, the default on video DiTs beyond the training
+  length, ``sparse="auto"``): a training-length window of frames around every query frame plus anchor frames, over
+  the whole video from the first step, on the block-sparse kernel, applied with :func:`attnplug.apply`;
 - **noise re-scheduling** (FreeNoise): the initial noise repeats shuffled windows of training-length noise
   (:mod:`.noise`), passed as ``latents=``;
 - **temporal windows** (FreeNoise's window fusion in full 3D attention): self-attention restricted to
   training-length frame windows that slide with overlap, overlapping outputs fused, plus a dense global path
-  (:mod:`.attention`), applied with :func:`attnplug.apply`;
+  (:mod:`.attention`), applied with :func:`attnplug.apply` (beyond 2x where the long pattern is not chosen);
 - **attention damping** beyond the training window (UltraViCo) for video DiTs: the positive scores of query/key
   pairs farther apart than half the training length are scaled down (:mod:`.damping`), applied with
   :func:`attnplug.apply`: dense over the whole video, or on the kept blocks of the ``long`` sparse pattern;
@@ -29,7 +32,8 @@ from typing import Any
 
 from ..._logging import log_once, scoped
 from ...config import Schedule
-from ...layout import family_of
+from ...layout import _patch, family_of
+from ...methods.sparse_video_config import SparseVideoConfig
 from ...plugin import apply, method_of, remove, resolve_denoisers
 from .attention import TemporalWindowMethod
 from .config import GLOBAL_STEPS, POSITION_SCALE, LongVideoConfig, LongVideoPlan
@@ -120,11 +124,12 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         latent_frames(config.stride_frames, r) if config.stride_frames is not None else max(1, window_latent // 2)
     )
     rope, rope_plan, rope_note = _resolve_rope(model, config, dit, ext, train_latent, lat, scale)
+    sparse, sparse_note = _resolve_sparse(model, config, family, dit, ext)
     damping = bool(config.damping)
     if damping and not dit:
         raise ValueError(f"LongVideoConfig.damping applies to video DiTs with temporal RoPE; the model is {family}.")
-    long_sparse = config.sparse is not None and config.sparse.pattern == "long"
-    if damping and (config.temporal_windows or (config.sparse is not None and not long_sparse)):
+    long_sparse = sparse is not None and sparse.pattern == "long"
+    if damping and (config.temporal_windows or (sparse is not None and not long_sparse)):
         raise ValueError(
             "LongVideoConfig.damping runs dense attention over the whole video, or composes with the long-video "
             "sparse pattern (sparse=SparseVideoConfig(pattern='long')), and does not combine with "
@@ -137,6 +142,8 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
             "every frame, over the whole video; it does not run inside temporal_windows=True: leave temporal_windows "
             "unset (or False), or choose another pattern for inside the windows."
         )
+    if long_sparse and sparse.train_latent_frames is None and sparse.window_frames is None:
+        sparse = dataclasses.replace(sparse, train_latent_frames=train_latent)  # the training length its window
     windows = config.temporal_windows
     if windows is None:
         windows = windows_by_default(family) and ext > 2 and not damping and not long_sparse
@@ -162,12 +169,71 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
         global_steps=(GLOBAL_STEPS if windows else 0) if config.global_steps is None else config.global_steps,
-        damping=damping, damping_factor=float(config.damping_factor), long_sparse=long_sparse,
+        damping=damping, damping_factor=float(config.damping_factor), long_sparse=long_sparse, sparse=sparse,
+        sparse_note=sparse_note,
         riflex_component=None if rope_plan is None else rope_plan.index,
         riflex_period=None if rope_plan is None else round(rope_plan.period, 3),
         riflex_lowered=rope != "none" and rope_plan is not None and rope_plan.lowered,
         riflex_source="" if rope_plan is None else rope_plan.source, rope_note=rope_note,
     )
+
+
+def _temporal_window_fields(config: LongVideoConfig) -> list[str]:
+    """The temporal-window fields ``config`` sets away from their defaults (they only shape the windows)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(LongVideoConfig)}
+    return [f"{name}={getattr(config, name)!r}" for name in ("window_frames", "stride_frames", "weighting",
+                                                              "global_heads")
+            if getattr(config, name) != defaults[name]]
+
+
+def _resolve_sparse(model, config: LongVideoConfig, family: str, dit: bool, ext: float
+                    ) -> tuple[SparseVideoConfig | None, str]:
+    """``(sparse, note)``: the sparse pattern the call runs (``config.sparse`` with ``"auto"`` resolved; the long
+    pattern's window is filled in by the caller) and one sentence on which and why."""
+    given = config.sparse
+    if given is None:
+        return None, "no sparse pattern (sparse=None)"
+    if isinstance(given, SparseVideoConfig):
+        where = ("over the whole video" if given.pattern == "long" else
+                 "inside the temporal windows (on the whole video where none run)")
+        return given, f"the {given.pattern!r} sparse pattern as given (sparse=SparseVideoConfig(...)), {where}"
+    auto = "sparse='auto'"
+    if not dit:
+        return None, (f"no sparse pattern ({auto}: the long pattern is the default on the video DiTs long_video "
+                      f"rescales RoPE for, {', '.join(f for f in supported_families() if windows_by_default(f))}; "
+                      f"the model is {family})")
+    if ext <= 1:
+        return None, f"no sparse pattern ({auto}: the video is not longer than the training length)"
+    if not windows_by_default(family):
+        return None, (f"no sparse pattern ({auto}: {family} keeps its default of RoPE rescaling alone, without "
+                      "temporal windows or a sparse pattern)")
+    if config.temporal_windows:
+        return None, f"no sparse pattern ({auto}: temporal_windows=True asks for the temporal windows)"
+    reason = _long_pattern_blocker(model, config)
+    if reason:
+        return None, (f"no sparse pattern: {auto} keeps the recipe without it (temporal windows beyond 2x the "
+                      f"training length) because {reason}")
+    return SparseVideoConfig(pattern="long"), (
+        f"the 'long' sparse pattern over the whole video from the first step ({auto} on a video DiT at "
+        f"{ext:.3g}x the training length: a training-length window of frames around every frame plus anchor frames; "
+        "no temporal windows)")
+
+
+def _long_pattern_blocker(model, config: LongVideoConfig) -> str:
+    """Why ``sparse="auto"`` does not choose the long pattern on this video DiT ("" when it does): the config sets
+    temporal-window fields (it asks for the windows), or the denoiser patches several latent frames into one token
+    frame (CogVideoX 1.5), where the pattern's window, counted in token frames, would span a multiple of the training
+    length."""
+    fields = _temporal_window_fields(config)
+    if fields:
+        return (f"the config sets temporal-window fields ({', '.join(fields)}); give "
+                "sparse=SparseVideoConfig(pattern='long') for the long pattern instead")
+    pt = _patch(getattr(model, "config", None))[0]
+    if pt > 1:
+        return (f"the denoiser patches {pt} latent frames into one token frame (patch_size_t={pt}) and the long "
+                f"pattern's window counts token frames: a training-length window would span {pt}x the training "
+                "length")
+    return ""
 
 
 def _resolve_rope(model, config: LongVideoConfig, dit: bool, ext: float, train_latent: int, lat: int,
@@ -272,22 +338,20 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
             stack.callback(remove, pipe)
             apply(pipe, FrameDampingMethod(plan.train_latent, plan.damping_factor), schedule=Schedule())
         elif plan.long_sparse:  # over the whole video, the training length its window unless the config says
-            sparse = config.sparse
-            if sparse.train_latent_frames is None and sparse.window_frames is None:
-                sparse = dataclasses.replace(sparse, train_latent_frames=plan.train_latent)
-            _warn_if_no_windowed_step(pipe, plan, config, kwargs)
+            _warn_if_no_windowed_step(pipe, plan, kwargs)
             stack.callback(remove, pipe)
             # With damping: the pattern's kept block pairs beyond half the training length are damped in the kernel.
-            method = DampedLongMethod(sparse, plan.train_latent, plan.damping_factor) if plan.damping else sparse
+            method = (DampedLongMethod(plan.sparse, plan.train_latent, plan.damping_factor) if plan.damping
+                      else plan.sparse)
             apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
-        elif plan.temporal_windows or config.sparse is not None:
-            inner = config.sparse.build() if config.sparse is not None else None
+        elif plan.temporal_windows or plan.sparse is not None:
+            inner = plan.sparse.build() if plan.sparse is not None else None
             window = plan.window if plan.temporal_windows else plan.latent_frames
             method = TemporalWindowMethod(
                 window=window, stride=min(plan.stride, window), weighting=config.weighting,
                 global_heads=config.global_heads, inner=inner,
             )
-            _warn_if_no_windowed_step(pipe, plan, config, kwargs)
+            _warn_if_no_windowed_step(pipe, plan, kwargs)
             stack.callback(remove, pipe)
             apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
         return pipe(prompt=prompt, num_frames=num_frames, **kwargs)  # image-to-video pipelines take image first
@@ -314,13 +378,13 @@ def _dense_steps(global_steps: int | float, n: int) -> int:
     return round(global_steps * n) if isinstance(global_steps, float) else int(global_steps)
 
 
-def _warn_if_no_windowed_step(pipe, plan: LongVideoPlan, config: LongVideoConfig, kwargs: dict) -> None:
+def _warn_if_no_windowed_step(pipe, plan: LongVideoPlan, kwargs: dict) -> None:
     """Warn (once per call, with the numbers) when ``global_steps`` keeps every denoising step dense, so the temporal
     windows (or the sparse pattern) never run. The recipe is not changed: the dense steps are what was asked for."""
     g, n = plan.global_steps, _num_steps(pipe, kwargs)
     if not g or n is None or n < 1 or _dense_steps(g, n) < n:
         return
-    what = ("temporal windows" if config.sparse is None else "temporal windows and the sparse pattern inside them"
+    what = ("temporal windows" if plan.sparse is None else "temporal windows and the sparse pattern inside them"
             ) if plan.temporal_windows else "sparse pattern"
     need = next((m for m in range(n + 1, 100 * n + 2) if _dense_steps(g, m) < m), None)
     fix = f"num_inference_steps >= {need}" if need else "more steps"

@@ -12,11 +12,15 @@ from .attention import WEIGHTINGS
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
-# beyond that; beyond 2x, training-length windows in the last quarter of the steps (the first three quarters dense).
+# beyond that; on video DiTs beyond the training length, the long sparse pattern from the first step (sparse='auto');
+# where it is not chosen, beyond 2x, training-length windows in the last quarter of the steps (the first three
+# quarters dense).
 POSITION_SCALE = 0.75
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
 GLOBAL_STEPS = 0.75
+#: ``LongVideoConfig.sparse``'s family default: the long pattern on video DiTs beyond the training length.
+SPARSE_AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,20 +69,22 @@ class LongVideoConfig(PipelineConfig):
     damping: bool | None = help_field(
         None, "UltraViCo attention damping: positive attention scores of frame pairs more than half the training "
         "length apart are multiplied by `damping_factor`, over the whole video and every step (None = off; replaces "
-        "the default temporal windows when on). Dense, or with sparse=SparseVideoConfig(pattern='long') on the "
-        "pattern's kept frame pairs (its far anchors and clamped ends); refused with temporal_windows=True or "
-        "another sparse pattern.",
+        "the default temporal windows when on). On the long pattern's kept frame pairs (its far anchors and clamped "
+        "ends) where that pattern runs (sparse='auto' on video DiTs, or sparse=SparseVideoConfig(pattern='long')), "
+        "else dense; refused with temporal_windows=True or another sparse pattern.",
     )
     damping_factor: float = help_field(0.9, "Damping: UltraViCo's decay factor (1 = no damping).", min=0.01, max=1)
     train_frames: int | None = help_field(
         None, "Training length in video frames (None = from the model config or the family row, attnplug.families).",
         min=1
     )
-    sparse: SparseVideoConfig | None = help_field(
-        None, "A sparse video pattern (attnplug.SparseVideoConfig) run inside each temporal window, on the window's "
-        "image tokens and every text token of joint attention; the 'long' pattern instead runs over the whole video "
+    sparse: SparseVideoConfig | str | None = help_field(
+        "auto", "A sparse video pattern (attnplug.SparseVideoConfig): the 'long' pattern runs over the whole video "
         "from the first step (a training-length window of frames around every frame plus anchor frames, so the "
-        "temporal windows stay off); or None."
+        "temporal windows stay off); any other pattern runs inside each temporal window, on the window's image "
+        "tokens and every text token of joint attention. 'auto' (family default): the long pattern on video DiTs "
+        "beyond the training length (not on LTX / LTX-2, nor where the config asks for the temporal windows; the "
+        "plan's sparse_note says what was chosen and why); None: no sparse pattern (the recipe before 'auto')."
     )
 
     def __new__(cls, *args, **kwargs):
@@ -95,8 +101,13 @@ class LongVideoConfig(PipelineConfig):
                 Schedule(warmup_steps=self.global_steps)
             except ValueError as exc:
                 raise ValueError(f"LongVideoConfig.global_steps={self.global_steps!r}: {exc}") from None
-        if self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
-            raise TypeError(f"LongVideoConfig.sparse must be a SparseVideoConfig or None, got {self.sparse!r}.")
+        if isinstance(self.sparse, str):
+            if self.sparse != SPARSE_AUTO:
+                raise ValueError(f"LongVideoConfig.sparse={self.sparse!r} is not accepted: give {SPARSE_AUTO!r} (the "
+                                 "family default), None (no sparse pattern) or an attnplug.SparseVideoConfig.")
+        elif self.sparse is not None and not isinstance(self.sparse, SparseVideoConfig):
+            raise TypeError(f"LongVideoConfig.sparse must be {SPARSE_AUTO!r}, None or a SparseVideoConfig, got "
+                            f"{self.sparse!r}.")
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,10 @@ class LongVideoPlan:
     other count in latent frames). ``riflex_component`` is the temporal RoPE component RIFLEx lowers (0-based; None
     without temporal RoPE), ``riflex_period`` its stock period, ``riflex_lowered`` whether this video lowers it,
     ``riflex_source`` where the component comes from (the published k or the rule) and ``rope_note`` one sentence on
-    what happens to RoPE and why (also when it stays stock)."""
+    what happens to RoPE and why (also when it stays stock). ``sparse`` is the sparse pattern the call runs
+    (``LongVideoConfig.sparse`` with ``"auto"`` resolved, the long pattern's window filled in; None for none),
+    ``long_sparse`` whether it is the long pattern over the whole video, and ``sparse_note`` one sentence on which
+    pattern runs and why."""
 
     family: str
     num_frames: int
@@ -123,6 +137,8 @@ class LongVideoPlan:
     damping: bool = False
     damping_factor: float = 0.9
     long_sparse: bool = False  # the 'long' sparse pattern over the whole video (instead of temporal windows)
+    sparse: SparseVideoConfig | None = None  # the pattern that runs ('auto' resolved, the long pattern's window set)
+    sparse_note: str = ""
     riflex_component: int | None = None
     riflex_period: float | None = None
     riflex_lowered: bool = False
