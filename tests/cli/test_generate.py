@@ -11,6 +11,8 @@ import pytest
 from cli_testutil import ROOT, cli_env
 
 from attnplug.cli import main
+from attnplug.models.build import read_config
+from attnplug.models.catalog import MODELS_DIR
 
 
 def _records(out):
@@ -78,7 +80,8 @@ def test_video_is_browser_mp4(tmp_path):
     meta = next(reader)
     frames = list(reader)
     assert meta["codec"] == "h264" and "yuv420p" in meta["pix_fmt"]
-    assert len(frames) == 4 and tuple(meta["size"]) == (16, 16)
+    side = read_config(MODELS_DIR / "shapes-video" / "config.json")["sample"]["height"]
+    assert len(frames) == 4 and tuple(meta["size"]) == (side, side)
     assert "counts" in record["detector"] and len(record["detector"]["counts"]) == 4
     page = (out / "report.html").read_text()
     assert '<video class="video" src="data:video/mp4;base64,' in page  # the enlarged preview

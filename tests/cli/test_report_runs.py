@@ -9,6 +9,9 @@ from html.parser import HTMLParser
 import pytest
 from cli_testutil import run_cli
 
+from attnplug.models.build import read_config
+from attnplug.models.catalog import MODELS_DIR
+
 RUNS = {
     "image": ["generate", "red circle", "--model", "shapes-unet", "--height", "32", "--width", "32", "--method",
               "agent"],
@@ -107,7 +110,8 @@ def test_report_videos_are_enlarged_previews_with_frame_strips(parent, tmp_path)
     # generate's own output keeps the generated size
     own = next((root / "video").glob("*-s0.mp4"))
     size = imageio_ffmpeg.read_frames(str(own)).__next__()["size"]
-    assert tuple(size) == (16, 16)
+    side = read_config(MODELS_DIR / "shapes-video" / "config.json")["sample"]["height"]
+    assert tuple(size) == (side, side)
 
 
 def test_report_header_and_video_columns(parent):

@@ -42,7 +42,7 @@ def _v2_motion():
     from attnplug.models.build import read_config
     from attnplug.models.catalog import MODELS_DIR
 
-    cfg = read_config(MODELS_DIR / "shapes-video-v2" / "config.json")
+    cfg = read_config(MODELS_DIR / "shapes-video" / "config.json")
     return cfg, MotionSpec.from_config(cfg["data"])
 
 

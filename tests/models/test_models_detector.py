@@ -112,7 +112,7 @@ def test_shapes_video_v2_canvas(frames):
     from attnplug.models.catalog import MODELS_DIR
     from attnplug.models.data import MotionSpec, expected_speed_range
 
-    cfg = read_config(MODELS_DIR / "shapes-video-v2" / "config.json")
+    cfg = read_config(MODELS_DIR / "shapes-video" / "config.json")
     motion, size = MotionSpec.from_config(cfg["data"]), cfg["sample"]["height"]
     videos, prompts = sample_videos(16, size, frames, torch.Generator().manual_seed(3), motion)
     lo, hi = expected_speed_range(size, motion)

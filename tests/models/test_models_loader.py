@@ -41,7 +41,6 @@ def test_available_models_and_size_budget():
     ("shapes-unet", "unet", "UNet2DConditionModel"),
     ("shapes-dit", "transformer", "PixArtTransformer2DModel"),
     ("shapes-video", "transformer", "WanTransformer3DModel"),
-    ("shapes-video-v2", "transformer", "WanTransformer3DModel"),
 ])
 def test_load_each(name, attr, cls):
     pipe = load_pipeline(name)

@@ -187,7 +187,8 @@ def test_long_video_runs_with_sparse_composition(shapes, monkeypatch):
     out = long_video(shapes, "blue square moving up", num_frames=32, num_inference_steps=2,
                      generator=torch.Generator().manual_seed(1),
                      config=LongVideoConfig(noise_rescheduling=True, global_steps=0, sparse=sparse))
-    assert out.frames.shape == (1, 32, 16, 16, 3)
+    size = shapes.sample_defaults
+    assert out.frames.shape == (1, 32, size["height"], size["width"], 3)
     assert attnplug.method_of(shapes) is None
     assert made[-1].calls["window"] > 0
     # without windows (2x) the pattern runs on the whole video, and changes it
