@@ -43,16 +43,18 @@ ROOT = Path(__file__).resolve().parent
 TRAIN_FRAMES = 8
 MIN_SPEED, MIN_R2 = 0.2, 0.8
 MIN_PATH = MIN_SPEED * (TRAIN_FRAMES - 1)
-OFF = dict(noise_rescheduling=False, temporal_windows=False, rope="none")
-VARIANTS = {
+OFF = dict(noise_rescheduling=False, temporal_windows=False, rope="none", sparse=None)
+LONG = SparseVideoConfig(pattern="long")
+VARIANTS = {  # each technique alone, then combined
     "noise": LongVideoConfig(**{**OFF, "noise_rescheduling": True}),
     "windows": LongVideoConfig(**{**OFF, "temporal_windows": True}),
     "riflex": LongVideoConfig(**{**OFF, "rope": "riflex", "position_scale": 1}),
     "interpolation": LongVideoConfig(**{**OFF, "rope": "riflex"}),
-    "by_part_rope": LongVideoConfig(**{**OFF, "rope": "by_part"}),
+    "damping": LongVideoConfig(**{**OFF, "damping": True}),
+    "long": LongVideoConfig(**{**OFF, "sparse": LONG}),
     "defaults": LongVideoConfig(),
-    "defaults+sparse": LongVideoConfig(sparse=SparseVideoConfig()),
-    "all": LongVideoConfig(noise_rescheduling=True, temporal_windows=True, rope="riflex"),
+    "defaults+damping": LongVideoConfig(damping=True),
+    "windows_recipe": LongVideoConfig(sparse=None),
 }
 
 
@@ -109,7 +111,7 @@ def run_frames(pipe, frames: int, n: int, steps: int, variants: dict, seeds: int
             video = generate(pipe, p, seed_of(i, r, base), frames, steps, cfg)
             seconds[name] += time.perf_counter() - t
             judged[name].append(judge_one(video))
-    rows = [{"frames": frames, "variant": k, **summarise(judged[k]), "seconds": seconds[k],
+    rows = [{"frames": frames, "variant": k, "videos": len(jobs), **summarise(judged[k]), "seconds": seconds[k],
              "time_ratio": seconds[k] / seconds["stock"]} for k in variants]
     return rows
 

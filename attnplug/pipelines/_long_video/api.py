@@ -36,7 +36,7 @@ from ...layout import _patch, family_of
 from ...methods.sparse_video_config import SparseVideoConfig
 from ...plugin import apply, method_of, remove, resolve_denoisers
 from .attention import TemporalWindowMethod
-from .config import GLOBAL_STEPS, POSITION_SCALE, LongVideoConfig, LongVideoPlan
+from .config import GLOBAL_STEPS, LONG_GLOBAL_STEPS, POSITION_SCALE, LongVideoConfig, LongVideoPlan
 from .damping import DampedLongMethod, FrameDampingMethod
 from .noise import rescheduled_noise
 from .rope import (
@@ -168,7 +168,8 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         family=family, num_frames=num_frames, latent_frames=lat, train_latent=train_latent,
         temporal_compression=r, noise_rescheduling=bool(noise), temporal_windows=bool(windows),
         window=window_latent, stride=stride_latent, rope=rope, position_scale=float(scale), vstar=bool(vstar),
-        global_steps=(GLOBAL_STEPS if windows else 0) if config.global_steps is None else config.global_steps,
+        global_steps=(_default_global_steps(windows, long_sparse) if config.global_steps is None
+                      else config.global_steps),
         damping=damping, damping_factor=float(config.damping_factor), long_sparse=long_sparse, sparse=sparse,
         sparse_note=sparse_note,
         riflex_component=None if rope_plan is None else rope_plan.index,
@@ -176,6 +177,12 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
         riflex_lowered=rope != "none" and rope_plan is not None and rope_plan.lowered,
         riflex_source="" if rope_plan is None else rope_plan.source, rope_note=rope_note,
     )
+
+
+def _default_global_steps(windows: bool, long_sparse: bool) -> float:
+    """The dense first steps when ``global_steps`` is None: the windows run in the last quarter, the long pattern in
+    the second half of the steps (``docs/long_video.md``), and nothing else needs any."""
+    return GLOBAL_STEPS if windows else LONG_GLOBAL_STEPS if long_sparse else 0
 
 
 def _temporal_window_fields(config: LongVideoConfig) -> list[str]:

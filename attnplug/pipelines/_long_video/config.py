@@ -19,6 +19,10 @@ POSITION_SCALE = 0.75
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
 GLOBAL_STEPS = 0.75
+# With the long sparse pattern: the first half of the steps dense (refit on shapes-video at 4x, seeds 9000+,
+# benchmarks/results/long_video_refit.json: from the first step the object persisted in 25 % of videos, with the first
+# half dense in 83 %, as with the windows recipe, in 0.76x of stock's time against 0.89x).
+LONG_GLOBAL_STEPS = 0.5
 #: ``LongVideoConfig.sparse``'s family default: the long pattern on video DiTs beyond the training length.
 SPARSE_AUTO = "auto"
 
@@ -43,9 +47,10 @@ class LongVideoConfig(PipelineConfig):
     weighting: str = help_field("pyramid", "Fusion weights of overlapping windows.", choices=WEIGHTINGS)
     global_heads: int = help_field(0, "Heads per layer that attend densely over the whole video (global path).", min=0)
     global_steps: int | float | None = help_field(
-        None, "First denoising steps with dense attention for all heads (global path), while the windows run: a "
-        "number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows run, else 0); when they "
-        "cover every step of a call, long_video warns that the windows never run.", min=0
+        None, "First denoising steps with dense attention for all heads (global path) before the windows or the long "
+        "sparse pattern run: a number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows "
+        "run, 0.5 with the long pattern, else 0); when they cover every step of a call, long_video warns that the "
+        "windows never run.", min=0
     )
     rope: str = help_field(
         "auto",
