@@ -14,6 +14,7 @@ from attnplug.methods import AttentionMethod
 from attnplug.pipelines import LongVideoConfig, long_video
 from attnplug.pipelines._long_video.api import check_num_frames
 from attnplug.pipelines._long_video.attention import frame_weights, temporal_window_attention, window_starts
+from attnplug.pipelines._long_video.config import LONG_GLOBAL_STEPS
 from attnplug.pipelines._long_video.noise import rescheduled_noise
 from attnplug.pipelines._long_video.rope import apply_riflex, remove_riflex, riflex_plan
 from attnplug.pipelines._long_video.vstar import TemporalBandMethod, band_bias
@@ -258,17 +259,20 @@ def test_animatediff_keeps_a_users_free_noise(animatediff):
 
 def test_defaults_on_shapes_video_follow_the_extension(shapes):
     lv = importlib.import_module("attnplug.pipelines._long_video.api")
-    at4 = lv.resolve_config(shapes, 32)  # the long pattern over the whole video from the first step, no windows
+    at4 = lv.resolve_config(shapes, 32)  # the long pattern over the whole video in the second half of the steps
     assert (at4.rope, at4.temporal_windows, at4.long_sparse, at4.noise_rescheduling) == ("riflex", False, True, False)
     assert at4.sparse == attnplug.SparseVideoConfig(pattern="long", train_latent_frames=8)
-    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4)) and at4.global_steps == 0
+    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4))
+    assert at4.global_steps == LONG_GLOBAL_STEPS  # the first half of the steps dense
+    first = lv.resolve_config(shapes, 32, LongVideoConfig(global_steps=0))  # the pattern from the first step
+    assert first.long_sparse and first.global_steps == 0
     windows = lv.resolve_config(shapes, 32, LongVideoConfig(sparse=None))  # the recipe without a sparse pattern
     assert (windows.rope, windows.temporal_windows, windows.window, windows.stride, windows.noise_rescheduling) == (
         "riflex", True, 8, 4, False)
     assert windows.position_scale == at4.position_scale and windows.global_steps == 0.75 and windows.sparse is None
     at2 = lv.resolve_config(shapes, 16)
     assert not at2.temporal_windows and at2.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 2))
-    assert at2.long_sparse and at2.global_steps == 0
+    assert at2.long_sparse and at2.global_steps == LONG_GLOBAL_STEPS
     assert not lv.resolve_config(shapes, 16, LongVideoConfig(sparse=None)).temporal_windows
     at1 = lv.resolve_config(shapes, 8)
     assert at1.rope == "none" and at1.sparse is None and not at1.temporal_windows

@@ -1,8 +1,9 @@
 """``LongVideoConfig(damping=True, sparse=SparseVideoConfig(pattern="long"))``: UltraViCo's damping composed with the
-long-video sparse pattern. It is planned (not refused), runs the pattern on every self-attention call with the kept
-far frame pairs damped (equal to ``damped_attention`` under the pattern's token mask on the captured q/k/v), reports
-the damping, makes no host sync per call, leaves the pipeline stock, and damping with the temporal windows or another
-pattern stays refused."""
+long-video sparse pattern. It is planned (not refused; by default, like the pattern alone, in the second half of the
+steps), with ``global_steps=0`` runs the pattern on every self-attention call with the kept far frame pairs damped
+(equal to ``damped_attention`` under the pattern's token mask on the captured q/k/v), reports the damping, makes no
+host sync per call, leaves the pipeline stock, and damping with the temporal windows or another pattern stays
+refused."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from attnplug.layout import TokenLayout
 from attnplug.methods.patterns import long_frame_mask
 from attnplug.pipelines import LongVideoConfig, long_video
 from attnplug.pipelines._long_video.api import resolve_config
+from attnplug.pipelines._long_video.config import LONG_GLOBAL_STEPS
 from attnplug.pipelines._long_video.damping import DampedLongMethod, damped_attention, far_pairs
 from attnplug.testing import tiny_model
 
@@ -26,6 +28,7 @@ LONG = attnplug.SparseVideoConfig(pattern="long", anchor_frames=2, backend="torc
 ARGS = dict(num_frames=45, height=16, width=16, num_inference_steps=2, output_type="pt")
 CONFIG = LongVideoConfig(train_frames=9, sparse=LONG, damping=True, damping_factor=0.6, rope="none",
                          noise_rescheduling=False)
+EVERY_STEP = CONFIG.replace(global_steps=0)  # the damped pattern from the first step
 
 
 def _frames(out):
@@ -44,8 +47,10 @@ def _pattern_mask(layout: TokenLayout, window: int, anchors: int) -> torch.Tenso
 def test_damping_with_the_long_pattern_is_planned(wan):
     plan = resolve_config(wan, 45, CONFIG)
     assert plan.damping and plan.long_sparse and plan.damping_factor == 0.6
-    assert not plan.temporal_windows and plan.global_steps == 0 and plan.train_latent == 3
+    assert not plan.temporal_windows and plan.global_steps == LONG_GLOBAL_STEPS and plan.train_latent == 3
     assert plan.extension == 4
+    first = resolve_config(wan, 45, EVERY_STEP)
+    assert first.damping and first.long_sparse and first.global_steps == 0
 
 
 def test_damping_with_windows_or_another_pattern_stays_refused(wan):
@@ -75,9 +80,10 @@ def test_long_video_runs_the_damped_pattern_on_every_call_and_equals_the_referen
         reports.append((attnplug.stats(p.transformer), type(attnplug.method_of(p.transformer)).__name__))
         return kw
 
-    out = _frames(long_video(wan, "red circle", config=CONFIG, generator=torch.Generator().manual_seed(0),
+    out = _frames(long_video(wan, "red circle", config=EVERY_STEP, generator=torch.Generator().manual_seed(0),
                              callback_on_step_end=on_step, **ARGS))
-    assert reports and all(name == "DampedLongMethod" for _, name in reports)
+    assert len(reports) == ARGS["num_inference_steps"] and all(name == "DampedLongMethod" for _, name in reports)
+    assert reports[0][0]["method_report"]["sparse_calls"] > 0  # from the first step
     st, _ = reports[-1]
     report = st["method_report"]
     assert st["self"]["calls"] > 0 and st["self"]["stock"] == 0 and st["self"]["method"] == st["self"]["calls"]

@@ -1,5 +1,6 @@
-"""``LongVideoConfig.sparse="auto"`` (the default): the long-video sparse pattern over the whole video from the first
-step on video DiTs beyond the training length, exactly as ``sparse=SparseVideoConfig(pattern="long")``; no pattern at
+"""``LongVideoConfig.sparse="auto"`` (the default): the long-video sparse pattern over the whole video on video DiTs
+beyond the training length, in the second half of the denoising steps (the first half dense, ``LONG_GLOBAL_STEPS``;
+from the first step with ``global_steps=0``), exactly as ``sparse=SparseVideoConfig(pattern="long")``; no pattern at
 the training length; ``sparse=None`` gives the recipe without it (windows beyond 2x in the last quarter of the steps);
 where ``"auto"`` does not choose it the plan's ``sparse_note`` says why."""
 
@@ -13,6 +14,7 @@ import torch
 import attnplug
 from attnplug.pipelines import LongVideoConfig, long_video, long_video_plan
 from attnplug.pipelines._long_video import describe
+from attnplug.pipelines._long_video.config import LONG_GLOBAL_STEPS
 from attnplug.testing import forward, tiny_model
 
 LONG = attnplug.SparseVideoConfig(pattern="long")
@@ -31,11 +33,15 @@ def _left_behind(model) -> list[str]:
             if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks or "forward" in m.__dict__]
 
 
-def test_the_default_plan_at_4x_runs_the_long_pattern_from_the_first_step(wan):
+def test_the_default_plan_at_4x_runs_the_long_pattern_after_a_dense_first_half(wan):
     config = LongVideoConfig(train_frames=5)
-    assert config.sparse == "auto"
+    assert config.sparse == "auto" and config.global_steps is None
     plan = long_video_plan(wan, AT_4X, config)
-    assert plan.extension == 4 and plan.long_sparse and not plan.temporal_windows and plan.global_steps == 0
+    assert plan.extension == 4 and plan.long_sparse and not plan.temporal_windows
+    assert plan.global_steps == LONG_GLOBAL_STEPS  # the first half of the steps dense
+    # global_steps=0: the same pattern from the first step
+    first = long_video_plan(wan, AT_4X, LongVideoConfig(train_frames=5, global_steps=0))
+    assert first.global_steps == 0 and dataclasses.replace(first, global_steps=plan.global_steps) == plan
     assert plan.sparse == dataclasses.replace(LONG, train_latent_frames=2)  # its own defaults, the training length
     assert plan.sparse_note.startswith("the 'long' sparse pattern over the whole video from the first step")
     assert "sparse='auto'" in plan.sparse_note
@@ -76,7 +82,8 @@ def test_auto_keeps_the_windows_the_config_asks_for(wan):
 
 def test_damping_composes_with_the_default_pattern(wan):
     damped = long_video_plan(wan, AT_4X, LongVideoConfig(train_frames=5, damping=True))
-    assert damped.damping and damped.long_sparse and not damped.temporal_windows and damped.global_steps == 0
+    assert damped.damping and damped.long_sparse and not damped.temporal_windows
+    assert damped.global_steps == LONG_GLOBAL_STEPS
     dense = long_video_plan(wan, AT_4X, LongVideoConfig(train_frames=5, damping=True, sparse=None))
     assert dense.damping and not dense.long_sparse and dense.sparse is None and not dense.temporal_windows
     with pytest.raises(ValueError, match=r"damping runs dense attention.*temporal_windows=True"):
@@ -96,18 +103,32 @@ def test_a_default_run_at_4x_runs_the_pattern_then_leaves_the_denoiser_stock(wan
     reports = []
 
     def on_step(p, i, t, kw):
-        reports.append((type(attnplug.method_of(p.transformer)).__name__,
-                        attnplug.stats(p.transformer)["method_report"]))
+        st = attnplug.stats(p.transformer)
+        reports.append((type(attnplug.method_of(p.transformer)).__name__, st["self"], st["method_report"]))
         return kw
 
+    steps = ARGS["num_inference_steps"]
+    dense = round(LONG_GLOBAL_STEPS * steps)  # rounded like Schedule(warmup_steps=LONG_GLOBAL_STEPS)
+    assert 0 < dense < steps  # the call has dense steps and pattern steps
     out = _frames(long_video(wan, "red circle", num_frames=AT_4X, config=LongVideoConfig(train_frames=5),
                              generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step, **ARGS))
-    assert len(reports) == ARGS["num_inference_steps"]
-    assert all(name == "SparseVideoMethod" for name, _ in reports)
-    first, last = reports[0][1], reports[-1][1]
-    assert first["pattern"] == "long" and first["sparse_calls"] > 0  # from the first step
-    assert last["sparse_calls"] > first["sparse_calls"] and not last.get("handed_back")
+    assert len(reports) == steps
+    assert all(name == "SparseVideoMethod" for name, _, _ in reports)
+    assert all(r["pattern"] == "long" for _, _, r in reports)
+    # the first half of the steps dense: every self-attention call stock, no pattern call
+    for _, calls, report in reports[:dense]:
+        assert calls["calls"] > 0 and calls["stock"] == calls["calls"] and calls["method"] == 0
+        assert report.get("sparse_calls", 0) == 0
+    # then the pattern on every later step
+    so_far = [r.get("sparse_calls", 0) for _, _, r in reports]
+    assert all(so_far[i] > so_far[i - 1] for i in range(dense, steps))
+    last = reports[-1][2]
+    assert not last.get("handed_back")
     assert attnplug.method_of(wan.transformer) is None and _left_behind(wan.transformer) == []
+    from_first = _frames(long_video(wan, "red circle", num_frames=AT_4X,
+                                    config=LongVideoConfig(train_frames=5, global_steps=0),
+                                    generator=torch.Generator().manual_seed(0), **ARGS))
+    assert (out - from_first).abs().max() > 1e-5  # the dense first half changed the video
     explicit = _frames(long_video(wan, "red circle", num_frames=AT_4X,
                                   config=LongVideoConfig(train_frames=5, sparse=LONG),
                                   generator=torch.Generator().manual_seed(0), **ARGS))
@@ -145,8 +166,12 @@ def test_auto_chooses_the_long_pattern_on_video_dits_and_it_runs_on_their_self_a
     self-attention: the pattern keeps them global and runs every self-attention call."""
     model, inputs = tiny_model(family, frames=8, batch=1)
     plan = long_video_plan(_Pipe(model), 4 * 7 + 1, LongVideoConfig(train_frames=5))  # 8 latent frames, 4x
-    assert plan.family == family and plan.long_sparse and not plan.temporal_windows and plan.global_steps == 0
-    with attnplug.applied(model, plan.sparse, schedule=attnplug.Schedule()):
+    assert plan.family == family and plan.long_sparse and not plan.temporal_windows
+    assert plan.global_steps == LONG_GLOBAL_STEPS
+    # the pattern on every call, as long_video runs it on its steps (every step with global_steps=0)
+    every = long_video_plan(_Pipe(model), 4 * 7 + 1, LongVideoConfig(train_frames=5, global_steps=0))
+    assert every.global_steps == 0 and every.sparse == plan.sparse
+    with attnplug.applied(model, every.sparse, schedule=attnplug.Schedule(warmup_steps=every.global_steps)):
         forward(model, inputs)
         stats = attnplug.stats(model)
     report = stats["method_report"]

@@ -2,9 +2,10 @@
 Wan 2.2 I2V (two experts, the image condition concatenated along channels), Wan 2.2 TI2V-5B (48 latent channels
 on the 16x VAE, per-token timesteps), HunyuanVideo 1.5 (its 16x VAE, a padded prompt) and LTX-2 (video and audio
 streams, text connectors). At 4x a small training length, the defaults put RIFLEx on every denoiser's rotary module
-and (except on LTX-2) the long sparse pattern on every denoiser from the first step during the call (with
-``sparse=None``: the temporal windows in the last quarter of the steps), the video has the requested frames, and
-afterwards every denoiser is stock (no hook, no instance ``forward``, no attention method)."""
+and (except on LTX-2) the long sparse pattern on every denoiser during the call, running in the second half of the
+steps (the first half dense, ``LONG_GLOBAL_STEPS``; with ``sparse=None``: the temporal windows in the last quarter of
+the steps), the video has the requested frames, and afterwards every denoiser is stock (no hook, no instance
+``forward``, no attention method)."""
 
 import inspect
 import types
@@ -20,12 +21,15 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 import attnplug
 from attnplug.pipelines import LongVideoConfig, long_video, long_video_plan
+from attnplug.pipelines._long_video.config import LONG_GLOBAL_STEPS
 from attnplug.pipelines._long_video.rope import HOOK_NAME
 from attnplug.testing import tiny_tokenizer
 from attnplug.testing_families import tiny
 
 TRAIN = 5  # video frames: 2 latent frames at a 4x temporal compression (3 at LTX-2's tiny VAE's 2x)
-STEPS = 4  # with the windows, global_steps=0.75 keeps 3 dense: the last step runs them
+# with the windows, global_steps=0.75 keeps 3 dense: the last step runs them; with the long pattern, global_steps=0.5
+# keeps 2 dense: the last 2 steps run it
+STEPS = 4
 _WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=16, freq_dim=32, ffn_dim=32,
             num_layers=1, rope_max_seq_len=32)
 
@@ -170,7 +174,7 @@ def _run(name, tmp_path, monkeypatch, sparse="auto"):
     if plan.temporal_windows:
         assert plan.window == train_latent and plan.stride == 1 and plan.global_steps == 0.75
     if plan.long_sparse:
-        assert plan.global_steps == 0 and plan.sparse.train_latent_frames == train_latent
+        assert plan.global_steps == LONG_GLOBAL_STEPS and plan.sparse.train_latent_frames == train_latent
     seen, windowed, sparse_calls, ran = [], [], [], []
 
     def on_step(p, *rest):
@@ -208,14 +212,19 @@ def _check_stock_after(pipe, experts) -> None:
 
 @pytest.mark.parametrize("name", list(BUILDS))
 def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_path, monkeypatch):
-    pipe, experts, out, seen, windowed, sparse_calls, frames, plan, _ = _run(name, tmp_path, monkeypatch)
+    pipe, experts, out, seen, windowed, sparse_calls, frames, plan, ran = _run(name, tmp_path, monkeypatch)
     assert out.frames.shape[:2] == (1, frames)
     assert torch.isfinite(out.frames).all()
     method = "SparseVideoMethod" if plan.long_sparse else "NoneType"
     assert len(seen) == STEPS and all(s == [(True, method)] * len(experts) for s in seen)
     assert not any(windowed)  # no temporal windows
     if plan.long_sparse:
-        assert sparse_calls[0] > 0 and sparse_calls[-1] > sparse_calls[0]  # from the first step, every step
+        dense = round(LONG_GLOBAL_STEPS * STEPS)  # rounded like Schedule(warmup_steps=LONG_GLOBAL_STEPS)
+        assert 0 < dense < STEPS
+        # the first half of the steps dense: no denoiser ran the pattern
+        assert not any(sparse_calls[:dense]) and all(r == [0] * len(experts) for r in ran[:dense])
+        # then the pattern on every later step
+        assert all(sparse_calls[i] > sparse_calls[i - 1] for i in range(dense, STEPS))
     else:
         assert not any(sparse_calls)
     _check_stock_after(pipe, experts)
