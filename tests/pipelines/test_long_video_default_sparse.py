@@ -43,7 +43,7 @@ def test_the_default_plan_at_4x_runs_the_long_pattern_after_a_dense_first_half(w
     first = long_video_plan(wan, AT_4X, LongVideoConfig(train_frames=5, global_steps=0))
     assert first.global_steps == 0 and dataclasses.replace(first, global_steps=plan.global_steps) == plan
     assert plan.sparse == dataclasses.replace(LONG, train_latent_frames=2)  # its own defaults, the training length
-    assert plan.sparse_note.startswith("the 'long' sparse pattern over the whole video from the first step")
+    assert plan.sparse_note.startswith("the 'long' sparse pattern over the whole video after the dense first steps")
     assert "sparse='auto'" in plan.sparse_note
     # the same plan as the pattern given by hand (only the note says where it came from)
     explicit = long_video_plan(wan, AT_4X, LongVideoConfig(train_frames=5, sparse=LONG))

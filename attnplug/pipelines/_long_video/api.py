@@ -5,7 +5,8 @@
 
 - the **long sparse pattern** (``SparseVideoConfig(pattern="long")``, the default on video DiTs beyond the training
   length, ``sparse="auto"``): a training-length window of frames around every query frame plus anchor frames, over
-  the whole video from the first step, on the block-sparse kernel, applied with :func:`attnplug.apply`;
+  the whole video after dense first steps (``global_steps``, default half), on the block-sparse kernel, applied
+  with :func:`attnplug.apply`;
 - **noise re-scheduling** (FreeNoise): the initial noise repeats shuffled windows of training-length noise
   (:mod:`.noise`), passed as ``latents=``;
 - **temporal windows** (FreeNoise's window fusion in full 3D attention): self-attention restricted to
@@ -221,7 +222,7 @@ def _resolve_sparse(model, config: LongVideoConfig, family: str, dit: bool, ext:
         return None, (f"no sparse pattern: {auto} keeps the recipe without it (temporal windows beyond 2x the "
                       f"training length) because {reason}")
     return SparseVideoConfig(pattern="long"), (
-        f"the 'long' sparse pattern over the whole video from the first step ({auto} on a video DiT at "
+        f"the 'long' sparse pattern over the whole video after the dense first steps ({auto} on a video DiT at "
         f"{ext:.3g}x the training length: a training-length window of frames around every frame plus anchor frames; "
         "no temporal windows)")
 

@@ -12,9 +12,9 @@ from .attention import WEIGHTINGS
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
-# beyond that; on video DiTs beyond the training length, the long sparse pattern from the first step (sparse='auto');
-# where it is not chosen, beyond 2x, training-length windows in the last quarter of the steps (the first three
-# quarters dense).
+# beyond that; on video DiTs beyond the training length, the long sparse pattern after a dense first half
+# (sparse='auto'); where it is not chosen, beyond 2x, training-length windows in the last quarter of the steps (the
+# first three quarters dense).
 POSITION_SCALE = 0.75
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
@@ -85,11 +85,12 @@ class LongVideoConfig(PipelineConfig):
     )
     sparse: SparseVideoConfig | str | None = help_field(
         "auto", "A sparse video pattern (attnplug.SparseVideoConfig): the 'long' pattern runs over the whole video "
-        "from the first step (a training-length window of frames around every frame plus anchor frames, so the "
-        "temporal windows stay off); any other pattern runs inside each temporal window, on the window's image "
-        "tokens and every text token of joint attention. 'auto' (family default): the long pattern on video DiTs "
-        "beyond the training length (not on LTX / LTX-2, nor where the config asks for the temporal windows; the "
-        "plan's sparse_note says what was chosen and why); None: no sparse pattern (the recipe before 'auto')."
+        "after the dense first steps (global_steps; a training-length window of frames around every frame plus "
+        "anchor frames, so the temporal windows stay off); any other pattern runs inside each temporal window, on "
+        "the window's image tokens and every text token of joint attention. 'auto' (family default): the long "
+        "pattern on video DiTs beyond the training length (not on LTX / LTX-2, nor where the config asks for the "
+        "temporal windows; the plan's sparse_note says what was chosen and why); None: no sparse pattern (the recipe "
+        "before 'auto')."
     )
 
     def __new__(cls, *args, **kwargs):
