@@ -70,6 +70,9 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (each times dense and long once)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (0 saves time on the full run)")
     p.add_argument("--anchor-frames", type=int, default=2)
+    p.add_argument("--window-frames", type=int, default=None,
+                   help="the long pattern's window in latent frames (default: the training length, long_video's "
+                        "default); a non-default window writes long_video_speed_w<N>.json")
     p.add_argument("--backend", default="auto")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -77,7 +80,11 @@ def main(argv=None) -> dict:
     rounds = args.rounds
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    name = "long_video_speed_quick.json" if args.quick else "long_video_speed.json"
+    if args.window_frames is not None and args.window_frames < 1:
+        p.error(f"--window-frames={args.window_frames}: give a positive number of latent frames")
+    name = "long_video_speed_quick" if args.quick else "long_video_speed"
+    name += "" if args.window_frames is None else f"_w{args.window_frames}"
+    name += ".json"
     out_path = args.out or ROOT / "results" / name
 
     model = build_model(args.layers, device, dtype)
@@ -88,7 +95,8 @@ def main(argv=None) -> dict:
     timestep = torch.tensor([500.0], device=device)
     grid = (size["latent_frames"], size["latent_height"] // 2, size["latent_width"] // 2)
     config = attnplug.SparseVideoConfig(pattern="long", train_latent_frames=size["train_latent_frames"],
-                                        anchor_frames=args.anchor_frames, backend=args.backend)
+                                        window_frames=args.window_frames, anchor_frames=args.anchor_frames,
+                                        backend=args.backend)
     method = config.build()
 
     def forward():
@@ -137,7 +145,8 @@ def main(argv=None) -> dict:
         "latents": list(shape), "token_grid": list(grid), "tokens": grid[0] * grid[1] * grid[2],
         "train_latent_frames": size["train_latent_frames"], "extension": grid[0] / size["train_latent_frames"],
         "config": {"pattern": "long", "train_latent_frames": size["train_latent_frames"],
-                   "anchor_frames": args.anchor_frames, "backend": args.backend},
+                   "window_frames": args.window_frames, "anchor_frames": args.anchor_frames,
+                   "backend": args.backend},
         "plan": plan, "density": report["density"], "sparse_calls": report["sparse_calls"],
         "handed_back": report["handed_back"],
         "seconds": seconds, "median_s": med, "speedup": med["dense"] / med["long"],
