@@ -1,7 +1,7 @@
 """Refit sweep for the long-video defaults: stock and candidate ``LongVideoConfig`` variants at one frame count, on
 seeds ``9000 + prompt`` (disjoint from ``longvideo_bench.py``'s ``2000 + ...``), judged like the benchmark.
 
-    python benchmarks/longvideo_refit.py --model shapes-video-v2 --frames 32 --prompts 8 \\
+    python benchmarks/longvideo_refit.py --model shapes-video --frames 32 --prompts 8 \\
         --variants defaults,interp2,interp2_nowin,interp2_long,long
 
 Appends one entry (model, weights digest, rows) to ``benchmarks/results/long_video_refit.json``.
@@ -57,12 +57,19 @@ CANDIDATES = {
     "interp2_long_g50": LongVideoConfig(position_scale=2, sparse=LONG, global_steps=0.5),
     "interp3_long_g50": LongVideoConfig(position_scale=3, sparse=LONG, global_steps=0.5),
     "interp2_long_g50_damp": LongVideoConfig(position_scale=2, damping=True, sparse=LONG, global_steps=0.5),
+    "long_g75": LongVideoConfig(sparse=LONG, global_steps=0.75),
+    "defaults_w6": LongVideoConfig(sparse=SparseVideoConfig(pattern="long", window_frames=6)),
+    # by-part interpolation: only the components whose period exceeds the training length are divided
+    "bypart4": LongVideoConfig(rope="by_part", position_scale=4, temporal_windows=False, sparse=None),
+    "bypart4_long": LongVideoConfig(rope="by_part", position_scale=4, sparse=LONG, global_steps=0),
+    "bypart4_long_g50": LongVideoConfig(rope="by_part", position_scale=4, sparse=LONG, global_steps=0.5),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="shapes-video-v2")
+    ap.add_argument("--model", default="shapes-video")
+    ap.add_argument("--label", default=None, help="the model's name in the entry (default: --model)")
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
@@ -78,7 +85,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     rows = run_frames(pipe, args.frames, args.prompts, args.steps,
                       {"stock": None, **{k: CANDIDATES[k] for k in names}}, 1, base=9000)
-    entry = {"model": args.model, "weights": weights_digest(args.model), "frames": args.frames,
+    entry = {"model": args.label or str(args.model), "weights": weights_digest(args.model), "frames": args.frames,
              "prompts": args.prompts, "seeds": "9000 + prompt", "steps": args.steps, "loadavg": os.getloadavg(),
              "rows": rows}
     runs = json.loads(args.out.read_text()) if args.out.exists() else []
