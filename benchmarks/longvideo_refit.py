@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import torch
-from longvideo_bench import VARIANTS, run_frames
+from longvideo_bench import LONG, VARIANTS, run_frames
 
 from attnplug import SparseVideoConfig
 from attnplug.models import load_pipeline
@@ -23,7 +23,6 @@ from attnplug.models.catalog import weights_digest
 from attnplug.pipelines import LongVideoConfig
 
 ROOT = Path(__file__).resolve().parent
-LONG = SparseVideoConfig(pattern="long")
 # `_long` candidates run the pattern from the first step (global_steps=0) unless named `_gP` (first P % dense).
 CANDIDATES = {
     **VARIANTS,

@@ -10,14 +10,18 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "longvideo_speed_bench.py"
 
 
-@pytest.mark.slow
-def test_quick_run_writes_speedup_density_and_distance(tmp_path):
+def _load():
     spec = importlib.util.spec_from_file_location("longvideo_speed_bench_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_run_writes_speedup_density_and_distance(tmp_path):
     out = tmp_path / "speed.json"
-    module.main(["--quick", "--layers", "1", "--rounds", "1", "--warmup", "0", "--out", str(out)])
+    _load().main(["--quick", "--layers", "1", "--rounds", "1", "--warmup", "0", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["token_grid"] == [16, 4, 6] and data["extension"] == 4.0
     assert data["plan"]["window_frames"] == 4 and data["plan"]["window_source"] == "train_latent_frames"
@@ -25,14 +29,6 @@ def test_quick_run_writes_speedup_density_and_distance(tmp_path):
     assert data["speedup"] > 0 and data["self_attention_speedup"] > 0 and 0 < data["rel_l2_vs_dense"] < 0.1
     for name in ("dense", "long"):
         assert 0 < data["breakdown"][name]["self_attention_share"] < 1
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("longvideo_speed_bench_window", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow

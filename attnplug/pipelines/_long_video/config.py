@@ -50,7 +50,7 @@ class LongVideoConfig(PipelineConfig):
         None, "First denoising steps with dense attention for all heads (global path) before the windows or the long "
         "sparse pattern run: a number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows "
         "run, 0.5 with the long pattern, else 0); when they cover every step of a call, long_video warns that the "
-        "windows never run.", min=0
+        "windows or the pattern never run.", min=0
     )
     rope: str = help_field(
         "auto",
