@@ -14,7 +14,10 @@ import torch
 import attnplug
 from attnplug.pipelines import LongVideoConfig, long_video, long_video_plan
 from attnplug.pipelines._long_video import describe
+from attnplug.pipelines._long_video.api import attention_method
+from attnplug.pipelines._long_video.attention import TemporalWindowMethod
 from attnplug.pipelines._long_video.config import LONG_GLOBAL_STEPS
+from attnplug.pipelines._long_video.damping import FrameDampingMethod
 from attnplug.testing import forward, tiny_model
 
 LONG = attnplug.SparseVideoConfig(pattern="long")
@@ -192,3 +195,23 @@ def test_where_auto_does_not_choose_the_pattern_the_plan_says_why():
     ltx, _ = tiny_model("ltx", frames=8, batch=1)
     plan = long_video_plan(_Pipe(ltx), 4 * 7 + 1, LongVideoConfig(train_frames=5))
     assert plan.sparse is None and not plan.temporal_windows and "ltx keeps its default" in plan.sparse_note
+
+
+def test_windows_and_damping_count_token_frames_under_a_temporal_patch():
+    """CogVideoX 1.5 (patch_size_t=2): the methods see token frames, so the plan's training-length window of 21
+    latent frames runs as 11 token frames (as many as a training clip has), its stride of 10 as 5, and the damping
+    distance likewise; counted as token frames they would span twice the training length."""
+    model = _cogvideox15()
+    plan = long_video_plan(_Pipe(model), 4 * 83 + 1, LongVideoConfig())  # 84 latent frames, 4x
+    assert plan.temporal_windows and plan.train_latent == 21 and (plan.window, plan.stride) == (21, 10)
+    method = attention_method(model, plan, LongVideoConfig())
+    assert isinstance(method, TemporalWindowMethod) and (method.window, method.stride) == (11, 5)
+    damped_cfg = LongVideoConfig(damping=True)
+    damped = attention_method(model, long_video_plan(_Pipe(model), 4 * 83 + 1, damped_cfg), damped_cfg)
+    assert isinstance(damped, FrameDampingMethod) and damped.window == 11
+    # without a temporal patch the lengths are the plan's own
+    wan, _ = tiny_model("wan", frames=8, batch=1)
+    cfg = LongVideoConfig(train_frames=5, sparse=None)
+    wan_plan = long_video_plan(_Pipe(wan), 4 * 7 + 1, cfg)
+    windows = attention_method(wan, wan_plan, cfg)
+    assert (windows.window, windows.stride) == (wan_plan.window, wan_plan.stride) == (2, 1)

@@ -342,27 +342,42 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 apply_riflex(
                     expert, plan.train_latent, plan.latent_frames, config.riflex_margin, plan.position_scale, plan.rope
                 )
-        if plan.damping and not plan.long_sparse:
+        method = attention_method(model, plan, config)
+        if method is not None:
+            dense_damping = plan.damping and not plan.long_sparse  # every step, no dense first steps
+            if not dense_damping:
+                _warn_if_no_windowed_step(pipe, plan, kwargs)
             stack.callback(remove, pipe)
-            apply(pipe, FrameDampingMethod(plan.train_latent, plan.damping_factor), schedule=Schedule())
-        elif plan.long_sparse:  # over the whole video, the training length its window unless the config says
-            _warn_if_no_windowed_step(pipe, plan, kwargs)
-            stack.callback(remove, pipe)
-            # With damping: the pattern's kept block pairs beyond half the training length are damped in the kernel.
-            method = (DampedLongMethod(plan.sparse, plan.train_latent, plan.damping_factor) if plan.damping
-                      else plan.sparse)
-            apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
-        elif plan.temporal_windows or plan.sparse is not None:
-            inner = plan.sparse.build() if plan.sparse is not None else None
-            window = plan.window if plan.temporal_windows else plan.latent_frames
-            method = TemporalWindowMethod(
-                window=window, stride=min(plan.stride, window), weighting=config.weighting,
-                global_heads=config.global_heads, inner=inner,
-            )
-            _warn_if_no_windowed_step(pipe, plan, kwargs)
-            stack.callback(remove, pipe)
-            apply(pipe, method, schedule=Schedule(warmup_steps=plan.global_steps))
+            apply(pipe, method, schedule=Schedule() if dense_damping else Schedule(warmup_steps=plan.global_steps))
         return pipe(prompt=prompt, num_frames=num_frames, **kwargs)  # image-to-video pipelines take image first
+
+
+def token_frames(latent: int, temporal_patch: int) -> int:
+    """Token frames of ``latent`` latent frames under a temporal patch of ``temporal_patch`` (rounded up, as the
+    denoisers pad: CogVideoX 1.5's 21 latent frames are 11 token frames)."""
+    return -(-latent // temporal_patch)
+
+
+def attention_method(model, plan: LongVideoPlan, config: LongVideoConfig):
+    """The attention method ``long_video`` applies for ``plan`` on ``model`` (None for none): UltraViCo damping, the
+    long pattern (damped or not), or the temporal windows (with ``plan.sparse`` inside them, or alone over the whole
+    video). The windows and the damping distance see token frames, so on a denoiser with a temporal patch of ``p``
+    latent frames (CogVideoX 1.5, ``p = 2``) the plan's latent-frame lengths are turned into ``ceil(n / p)`` token
+    frames: a training-length window stays a training length."""
+    pt = _patch(getattr(model, "config", None))[0]
+    if plan.damping and not plan.long_sparse:
+        return FrameDampingMethod(token_frames(plan.train_latent, pt), plan.damping_factor)
+    if plan.long_sparse:  # over the whole video, the training length its window unless the config says
+        # With damping: the pattern's kept block pairs beyond half the training length are damped in the kernel.
+        return (DampedLongMethod(plan.sparse, plan.train_latent, plan.damping_factor) if plan.damping
+                else plan.sparse)
+    if plan.temporal_windows or plan.sparse is not None:
+        inner = plan.sparse.build() if plan.sparse is not None else None
+        window = token_frames(plan.window if plan.temporal_windows else plan.latent_frames, pt)
+        stride = min(token_frames(plan.stride, pt), window)
+        return TemporalWindowMethod(window=window, stride=stride, weighting=config.weighting,
+                                    global_heads=config.global_heads, inner=inner)
+    return None
 
 
 def _num_steps(pipe, kwargs: dict) -> int | None:
