@@ -57,6 +57,10 @@ CANDIDATES = {
     "interp3_long_g50": LongVideoConfig(position_scale=3, sparse=LONG, global_steps=0.5),
     "interp2_long_g50_damp": LongVideoConfig(position_scale=2, damping=True, sparse=LONG, global_steps=0.5),
     "long_g75": LongVideoConfig(sparse=LONG, global_steps=0.75),
+    "long_g90": LongVideoConfig(sparse=LONG, global_steps=0.9),
+    "interp4": LongVideoConfig(position_scale=4, temporal_windows=False, sparse=None),
+    "interp4_long_g75": LongVideoConfig(position_scale=4, sparse=LONG, global_steps=0.75),
+    "interp25_long_g75": LongVideoConfig(position_scale=2.5, sparse=LONG, global_steps=0.75),
     "defaults_w6": LongVideoConfig(sparse=SparseVideoConfig(pattern="long", window_frames=6)),
     # by-part interpolation: only the components whose period exceeds the training length are divided
     "bypart4": LongVideoConfig(rope="by_part", position_scale=4, temporal_windows=False, sparse=None),

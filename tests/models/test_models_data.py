@@ -46,25 +46,33 @@ def _v2_motion():
     return cfg, MotionSpec.from_config(cfg["data"])
 
 
-def test_v2_path_of_four_times_the_training_length_stays_in_frame():
-    """Every sampled speed and size: the whole 32-frame path (4x the 8 training frames) stays inside the frame."""
+def test_v2_paths_stay_in_frame_and_a_4x_video_interpolated_by_3_can_be_steady():
+    """Every sampled speed and size: the whole training path stays inside the frame; and a 32-frame path (4x the 8
+    training frames) at a third of a training speed (what the long-video defaults' position interpolation by
+    0.75 x 4 = 3 gives) stays inside it too while moving at >= 0.2 px/frame, the detector's steady criterion."""
     cfg, motion = _v2_motion()
     size, frames = cfg["sample"]["height"], cfg["sample"]["num_frames"]
-    assert motion.path_frames == 4 * frames
+    assert frames < motion.path_frames < 4 * frames
     lo, hi = expected_speed_range(size, motion)
     assert lo * (frames - 1) >= 1.4 and lo >= 0.2  # steady at the training length on the detector's criteria
-    v, _ = sample_videos(64, size, motion.path_frames, torch.Generator().manual_seed(0), motion)
-    border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., :, 0], v[..., :, -1]], dim=-1)
-    assert torch.all(border == -1)
-    # the worst case of the ranges fits too: the fastest speed with the largest shape
-    worst = dataclasses.replace(motion, radius=(motion.radius[1],) * 2, speed=(motion.speed[1],) * 2)
-    w, _ = sample_videos(16, size, motion.path_frames, torch.Generator().manual_seed(1), worst)
-    edges = torch.cat([w[..., 0, :], w[..., -1, :], w[..., :, 0], w[..., :, -1]], dim=-1)
-    assert torch.all(edges == -1)
+    assert lo / 3 >= 0.2  # still steady when interpolation by 3 slows it
+    slowed = dataclasses.replace(motion, speed=(motion.speed[0] / 3, motion.speed[1] / 3), path_frames=4 * frames)
+    for spec, path in ((motion, motion.path_frames), (slowed, 4 * frames)):
+        v, _ = sample_videos(64, size, path, torch.Generator().manual_seed(0), spec)
+        border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., :, 0], v[..., :, -1]], dim=-1)
+        assert torch.all(border == -1)
+        # the worst case of the ranges fits too: the fastest speed with the largest shape
+        worst = dataclasses.replace(spec, radius=(spec.radius[1],) * 2, speed=(spec.speed[1],) * 2)
+        w, _ = sample_videos(16, size, path, torch.Generator().manual_seed(1), worst)
+        edges = torch.cat([w[..., 0, :], w[..., -1, :], w[..., :, 0], w[..., :, -1]], dim=-1)
+        assert torch.all(edges == -1)
+    # a 32-frame path at a full training speed would not fit: 4x needs the slowing
+    with pytest.raises(ValueError, match="does not fit"):
+        dataclasses.replace(motion, path_frames=4 * frames).check(size, frames)
 
 
 def test_v2_clips_are_windows_of_the_long_path():
-    """Training clips start anywhere along the 32-frame path, so clip starts spread over the whole frame."""
+    """Training clips start anywhere along the longer path, so clip starts spread over the whole frame."""
     cfg, motion = _v2_motion()
     size, frames = cfg["sample"]["height"], cfg["sample"]["num_frames"]
     a, pa = sample_videos(8, size, frames, torch.Generator().manual_seed(2), motion)

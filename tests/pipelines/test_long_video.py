@@ -259,11 +259,11 @@ def test_animatediff_keeps_a_users_free_noise(animatediff):
 
 def test_defaults_on_shapes_video_follow_the_extension(shapes):
     lv = importlib.import_module("attnplug.pipelines._long_video.api")
-    at4 = lv.resolve_config(shapes, 32)  # the long pattern over the whole video in the second half of the steps
+    at4 = lv.resolve_config(shapes, 32)  # the long pattern over the whole video in the last quarter of the steps
     assert (at4.rope, at4.temporal_windows, at4.long_sparse, at4.noise_rescheduling) == ("riflex", False, True, False)
     assert at4.sparse == attnplug.SparseVideoConfig(pattern="long", train_latent_frames=8)
     assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4))
-    assert at4.global_steps == LONG_GLOBAL_STEPS  # the first half of the steps dense
+    assert at4.global_steps == LONG_GLOBAL_STEPS  # the first three quarters of the steps dense
     first = lv.resolve_config(shapes, 32, LongVideoConfig(global_steps=0))  # the pattern from the first step
     assert first.long_sparse and first.global_steps == 0
     windows = lv.resolve_config(shapes, 32, LongVideoConfig(sparse=None))  # the recipe without a sparse pattern

@@ -1,5 +1,5 @@
 """``LongVideoConfig(damping=True, sparse=SparseVideoConfig(pattern="long"))``: UltraViCo's damping composed with the
-long-video sparse pattern. It is planned (not refused; by default, like the pattern alone, in the second half of the
+long-video sparse pattern. It is planned (not refused; by default, like the pattern alone, in the last quarter of the
 steps), with ``global_steps=0`` runs the pattern on every self-attention call with the kept far frame pairs damped
 (equal to ``damped_attention`` under the pattern's token mask on the captured q/k/v), reports the damping, makes no
 host sync per call, leaves the pipeline stock, and damping with the temporal windows or another pattern stays

@@ -2,9 +2,9 @@
 Wan 2.2 I2V (two experts, the image condition concatenated along channels), Wan 2.2 TI2V-5B (48 latent channels
 on the 16x VAE, per-token timesteps), HunyuanVideo 1.5 (its 16x VAE, a padded prompt) and LTX-2 (video and audio
 streams, text connectors). At 4x a small training length, the defaults put RIFLEx on every denoiser's rotary module
-and (except on LTX-2) the long sparse pattern on every denoiser during the call, running in the second half of the
-steps (the first half dense, ``LONG_GLOBAL_STEPS``; with ``sparse=None``: the temporal windows in the last quarter of
-the steps), the video has the requested frames, and afterwards every denoiser is stock (no hook, no instance
+and (except on LTX-2) the long sparse pattern on every denoiser during the call, running in the last quarter of the
+steps (the first three quarters dense, ``LONG_GLOBAL_STEPS``; with ``sparse=None`` the temporal windows, likewise),
+the video has the requested frames, and afterwards every denoiser is stock (no hook, no instance
 ``forward``, no attention method)."""
 
 import inspect
@@ -27,8 +27,7 @@ from attnplug.testing import tiny_tokenizer
 from attnplug.testing_families import tiny
 
 TRAIN = 5  # video frames: 2 latent frames at a 4x temporal compression (3 at LTX-2's tiny VAE's 2x)
-# with the windows, global_steps=0.75 keeps 3 dense: the last step runs them; with the long pattern, global_steps=0.5
-# keeps 2 dense: the last 2 steps run it
+# global_steps=0.75 (the windows and the long pattern) keeps 3 dense: the last step runs them
 STEPS = 4
 _WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=16, freq_dim=32, ffn_dim=32,
             num_layers=1, rope_max_seq_len=32)
@@ -221,7 +220,7 @@ def test_defaults_at_4x_run_end_to_end_then_every_denoiser_is_stock(name, tmp_pa
     if plan.long_sparse:
         dense = round(LONG_GLOBAL_STEPS * STEPS)  # rounded like Schedule(warmup_steps=LONG_GLOBAL_STEPS)
         assert 0 < dense < STEPS
-        # the first half of the steps dense: no denoiser ran the pattern
+        # the dense first steps: no denoiser ran the pattern
         assert not any(sparse_calls[:dense]) and all(r == [0] * len(experts) for r in ran[:dense])
         # then the pattern on every later step
         assert all(sparse_calls[i] > sparse_calls[i - 1] for i in range(dense, STEPS))

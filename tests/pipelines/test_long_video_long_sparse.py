@@ -1,5 +1,5 @@
 """``LongVideoConfig(sparse=SparseVideoConfig(pattern="long"))``: the long-video sparse pattern over the whole video
-(no temporal windows), by default in the second half of the denoising steps (the first half dense,
+(no temporal windows), by default in the last quarter of the denoising steps (the first three quarters dense,
 ``LONG_GLOBAL_STEPS``), from the first step with ``global_steps=0``; composed with RIFLEx, and undone exactly."""
 
 import pytest
@@ -11,7 +11,7 @@ from attnplug.pipelines._long_video.api import resolve_config
 from attnplug.pipelines._long_video.config import LONG_GLOBAL_STEPS
 
 LONG = attnplug.SparseVideoConfig(pattern="long", anchor_frames=1, backend="torch")
-ARGS = dict(num_frames=17, height=16, width=16, num_inference_steps=2, output_type="pt")
+ARGS = dict(num_frames=17, height=16, width=16, num_inference_steps=4, output_type="pt")
 
 
 def _frames(out):
@@ -30,11 +30,11 @@ def test_the_plan_runs_the_long_pattern_instead_of_the_windows(wan):
 
 
 @pytest.mark.parametrize("global_steps,schedule", [(0, attnplug.Schedule()),
-                                                   (None, attnplug.Schedule(warmup_steps=0.5))],
+                                                   (None, attnplug.Schedule(warmup_steps=LONG_GLOBAL_STEPS))],
                          ids=["from-the-first-step", "default"])
 def test_long_video_with_the_long_pattern_equals_the_pattern_applied_by_hand(wan, global_steps, schedule):
     """With RoPE and noise left stock, long_video's run is the pattern applied with the training length as its
-    window: on every step with ``global_steps=0``, by default after the first half of the steps (dense); the
+    window: on every step with ``global_steps=0``, by default after the first three quarters of the steps (dense); the
     denoiser is stock afterwards."""
     config = LongVideoConfig(train_frames=5, sparse=LONG, rope="none", noise_rescheduling=False,
                              global_steps=global_steps)

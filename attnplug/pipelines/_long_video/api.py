@@ -181,8 +181,8 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
 
 
 def _default_global_steps(windows: bool, long_sparse: bool) -> float:
-    """The dense first steps when ``global_steps`` is None: the windows run in the last quarter, the long pattern in
-    the second half of the steps (``docs/long_video.md``), and nothing else needs any."""
+    """The dense first steps when ``global_steps`` is None: the windows and the long pattern run in the last quarter
+    of the steps (``docs/long_video.md``), and nothing else needs any."""
     return GLOBAL_STEPS if windows else LONG_GLOBAL_STEPS if long_sparse else 0
 
 

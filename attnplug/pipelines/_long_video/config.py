@@ -12,17 +12,17 @@ from .attention import WEIGHTINGS
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
-# beyond that; on video DiTs beyond the training length, the long sparse pattern after a dense first half
-# (sparse='auto'); where it is not chosen, beyond 2x, training-length windows in the last quarter of the steps (the
-# first three quarters dense).
+# beyond that; on video DiTs beyond the training length, the long sparse pattern (sparse='auto'), and where it is
+# not chosen, beyond 2x, training-length windows: either in the last quarter of the steps (the first three quarters
+# dense).
 POSITION_SCALE = 0.75
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
 GLOBAL_STEPS = 0.75
-# With the long sparse pattern: the first half of the steps dense (refit on shapes-video at 4x, seeds 9000+,
-# benchmarks/results/long_video_refit.json: from the first step the object persisted in 25 % of videos, with the first
-# half dense in 83 %, as with the windows recipe, in 0.76x of stock's time against 0.89x).
-LONG_GLOBAL_STEPS = 0.5
+# With the long sparse pattern: the first three quarters of the steps dense (refit on shapes-video at 2x and 4x, seeds
+# 9000+, benchmarks/results/long_video_refit.json: with the first half dense the object persisted in 33 % of 4x videos,
+# with three quarters in 67 %, moving steadily in 33 %, in 0.89x of stock's time; at 2x 100 % and 83 % steady).
+LONG_GLOBAL_STEPS = 0.75
 #: ``LongVideoConfig.sparse``'s family default: the long pattern on video DiTs beyond the training length.
 SPARSE_AUTO = "auto"
 
@@ -49,7 +49,7 @@ class LongVideoConfig(PipelineConfig):
     global_steps: int | float | None = help_field(
         None, "First denoising steps with dense attention for all heads (global path) before the windows or the long "
         "sparse pattern run: a number of steps, or a fraction of the steps in [0, 1) (None = 0.75 when the windows "
-        "run, 0.5 with the long pattern, else 0); when they cover every step of a call, long_video warns that the "
+        "or the long pattern run, else 0); when they cover every step of a call, long_video warns that the "
         "windows or the pattern never run.", min=0
     )
     rope: str = help_field(
