@@ -37,7 +37,7 @@ def _left_behind(model) -> list[str]:
             if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks or "forward" in m.__dict__]
 
 
-def test_the_default_plan_at_4x_runs_the_long_pattern_after_a_dense_first_half(wan):
+def test_the_default_plan_at_4x_runs_the_long_pattern_after_dense_first_steps(wan):
     config = LongVideoConfig(train_frames=5)
     assert config.sparse == "auto" and config.global_steps is None
     plan = long_video_plan(wan, AT_4X, config)

@@ -344,7 +344,7 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
                 )
         method = attention_method(model, plan, config)
         if method is not None:
-            dense_damping = plan.damping and not plan.long_sparse  # every step, no dense first steps
+            dense_damping = isinstance(method, FrameDampingMethod)  # every step, no dense first steps
             if not dense_damping:
                 _warn_if_no_windowed_step(pipe, plan, kwargs)
             stack.callback(remove, pipe)

@@ -13,8 +13,8 @@ ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
 # beyond that; on video DiTs beyond the training length, the long sparse pattern (sparse='auto'), and where it is
-# not chosen, beyond 2x, training-length windows: either in the last quarter of the steps (the first three quarters
-# dense).
+# not chosen, beyond 2x, training-length windows; either runs in the last quarter of the steps (the first three
+# quarters dense).
 POSITION_SCALE = 0.75
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
