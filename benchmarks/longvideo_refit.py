@@ -61,6 +61,8 @@ CANDIDATES = {
     "interp4": LongVideoConfig(position_scale=4, temporal_windows=False, sparse=None),
     "interp4_long_g75": LongVideoConfig(position_scale=4, sparse=LONG, global_steps=0.75),
     "interp25_long_g75": LongVideoConfig(position_scale=2.5, sparse=LONG, global_steps=0.75),
+    "interp35_long_g75": LongVideoConfig(position_scale=3.5, sparse=LONG, global_steps=0.75),
+    "interp2_long_g75": LongVideoConfig(position_scale=2, sparse=LONG, global_steps=0.75),
     "defaults_w6": LongVideoConfig(sparse=SparseVideoConfig(pattern="long", window_frames=6)),
     # by-part interpolation: only the components whose period exceeds the training length are divided
     "bypart4": LongVideoConfig(rope="by_part", position_scale=4, temporal_windows=False, sparse=None),

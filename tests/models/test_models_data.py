@@ -13,6 +13,7 @@ from attnplug.models.data import (
     sample_images,
     sample_videos,
 )
+from attnplug.pipelines._long_video.config import default_position_scale as default_divisor
 
 
 def test_images_seeded_and_in_range():
@@ -46,17 +47,19 @@ def _v2_motion():
     return cfg, MotionSpec.from_config(cfg["data"])
 
 
-def test_v2_paths_stay_in_frame_and_a_4x_video_interpolated_by_3_can_be_steady():
+def test_v2_paths_stay_in_frame_and_a_4x_video_interpolated_by_the_default_divisor_can_be_steady():
     """Every sampled speed and size: the whole training path stays inside the frame; and a 32-frame path (4x the 8
-    training frames) at a third of a training speed (what the long-video defaults' position interpolation by
-    0.75 x 4 = 3 gives) stays inside it too while moving at >= 0.2 px/frame, the detector's steady criterion."""
+    training frames) at a training speed divided by the long-video defaults' position divisor at 4x
+    (``POSITION_SCALE`` x 4) stays inside it too while moving at >= 0.2 px/frame, the detector's steady criterion."""
     cfg, motion = _v2_motion()
+    divisor = default_divisor(4)
     size, frames = cfg["sample"]["height"], cfg["sample"]["num_frames"]
     assert frames < motion.path_frames < 4 * frames
     lo, hi = expected_speed_range(size, motion)
     assert lo * (frames - 1) >= 1.4 and lo >= 0.2  # steady at the training length on the detector's criteria
-    assert lo / 3 >= 0.2  # still steady when interpolation by 3 slows it
-    slowed = dataclasses.replace(motion, speed=(motion.speed[0] / 3, motion.speed[1] / 3), path_frames=4 * frames)
+    assert lo / divisor >= 0.2  # still steady when the default interpolation slows it
+    slowed = dataclasses.replace(motion, speed=(motion.speed[0] / divisor, motion.speed[1] / divisor),
+                                 path_frames=4 * frames)
     for spec, path in ((motion, motion.path_frames), (slowed, 4 * frames)):
         v, _ = sample_videos(64, size, path, torch.Generator().manual_seed(0), spec)
         border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., :, 0], v[..., :, -1]], dim=-1)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from attnplug.models import detect, detect_video, summarize_video
 from attnplug.models.data import COLORS, DIRECTIONS, PALETTE, SHAPES, sample_images, sample_videos, shape_mask
+from attnplug.pipelines._long_video.config import default_position_scale as default_divisor
 
 
 def render(items, size, background=(0.0, 0.0, 0.0)):
@@ -109,8 +110,8 @@ def test_video_dropout_frame_breaks_persistence():
 def test_shapes_video_v2_canvas(frames):
     """On the v2 canvas (20 x 20, one shape on a straight path) the detector sees one object of the prompted colour
     in every frame, the prompted direction, a speed in the sampled range and straight motion, at the training length
-    (8) and at 4x (32, at a third of the training speeds on a 32-frame path: what position interpolation by 3
-    gives)."""
+    (8) and at 4x (32, at the training speeds divided by the long-video defaults' position divisor at 4x, on a
+    32-frame path: what the default interpolation gives)."""
     from attnplug.models.build import read_config
     from attnplug.models.catalog import MODELS_DIR
     from attnplug.models.data import MotionSpec, expected_speed_range
@@ -118,7 +119,9 @@ def test_shapes_video_v2_canvas(frames):
     cfg = read_config(MODELS_DIR / "shapes-video" / "config.json")
     motion, size = MotionSpec.from_config(cfg["data"]), cfg["sample"]["height"]
     if frames > motion.path_frames:
-        motion = dataclasses.replace(motion, speed=(motion.speed[0] / 3, motion.speed[1] / 3), path_frames=frames)
+        divisor = default_divisor(frames // cfg["sample"]["num_frames"])
+        motion = dataclasses.replace(motion, speed=(motion.speed[0] / divisor, motion.speed[1] / divisor),
+                                     path_frames=frames)
     videos, prompts = sample_videos(16, size, frames, torch.Generator().manual_seed(3), motion)
     lo, hi = expected_speed_range(size, motion)
     for video, prompt in zip(((videos + 1) / 2).permute(0, 2, 3, 4, 1).numpy(), prompts):

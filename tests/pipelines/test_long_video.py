@@ -262,7 +262,7 @@ def test_defaults_on_shapes_video_follow_the_extension(shapes):
     at4 = lv.resolve_config(shapes, 32)  # the long pattern over the whole video in the last quarter of the steps
     assert (at4.rope, at4.temporal_windows, at4.long_sparse, at4.noise_rescheduling) == ("riflex", False, True, False)
     assert at4.sparse == attnplug.SparseVideoConfig(pattern="long", train_latent_frames=8)
-    assert at4.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 4))
+    assert at4.position_scale == pytest.approx(4.0)
     assert at4.global_steps == LONG_GLOBAL_STEPS  # the first three quarters of the steps dense
     first = lv.resolve_config(shapes, 32, LongVideoConfig(global_steps=0))  # the pattern from the first step
     assert first.long_sparse and first.global_steps == 0
@@ -271,7 +271,7 @@ def test_defaults_on_shapes_video_follow_the_extension(shapes):
         "riflex", True, 8, 4, False)
     assert windows.position_scale == at4.position_scale and windows.global_steps == 0.75 and windows.sparse is None
     at2 = lv.resolve_config(shapes, 16)
-    assert not at2.temporal_windows and at2.position_scale == pytest.approx(max(1.0, lv.POSITION_SCALE * 2))
+    assert not at2.temporal_windows and at2.position_scale == pytest.approx(2.0)
     assert at2.long_sparse and at2.global_steps == LONG_GLOBAL_STEPS
     assert not lv.resolve_config(shapes, 16, LongVideoConfig(sparse=None)).temporal_windows
     at1 = lv.resolve_config(shapes, 8)

@@ -10,6 +10,7 @@ import torch
 
 from attnplug.pipelines import LongVideoConfig
 from attnplug.pipelines._long_video.api import resolve_config
+from attnplug.pipelines._long_video.config import default_position_scale
 from attnplug.pipelines._long_video.riflex import PUBLISHED_K, nearest_period_above
 from attnplug.pipelines._long_video.rope import apply_riflex, remove_riflex, riflex_plan, supported_families
 from attnplug.testing_families import tiny, tiny_denoiser
@@ -120,7 +121,9 @@ def test_ltx2_rule_on_the_released_rotary_config():
     plan = plan_for_frequencies("ltx2", omegas, 16, 64, position_scale=1)
     assert plan.index == nearest_period_above(periods, 16) == 148
     assert 16 <= plan.period < periods[147] and plan.lowered
-    # the default at 4x (position_scale 3) spans 21.3 latent frames, beyond that period: still lowered
+    # the default at 4x (positions divided by 4) spans the 16 training latent frames, within that period: kept; a
+    # divisor of 3 spans 21.3, beyond it: lowered
+    assert not plan_for_frequencies("ltx2", omegas, 16, 64, position_scale=default_position_scale(4)).lowered
     assert plan_for_frequencies("ltx2", omegas, 16, 64, position_scale=3).lowered
 
 
@@ -146,7 +149,7 @@ def test_the_plan_at_4x_plans_riflex_on_the_rules_component(family):
     frames = r * (4 * train - 1) + 1  # 4x the training length (121 frames) in latent frames
     plan = resolve_config(pipe, frames)
     assert plan.family == family and plan.train_latent == train and plan.latent_frames == 4 * train
-    assert plan.rope == "riflex" and plan.position_scale == pytest.approx(3.0)
+    assert plan.rope == "riflex" and plan.position_scale == pytest.approx(default_position_scale(4)) == 4
     assert plan.riflex_component == index and plan.riflex_source.startswith("rule:")
     assert plan.riflex_period == pytest.approx(period, abs=0.01)
     # the long sparse pattern by default on HunyuanVideo 1.5; LTX-2 keeps RoPE rescaling alone (the plan says so)

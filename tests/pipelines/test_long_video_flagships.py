@@ -166,7 +166,7 @@ def _run(name, tmp_path, monkeypatch, sparse="auto"):
     config = LongVideoConfig(train_frames=TRAIN, sparse=sparse)
     plan = long_video_plan(pipe, frames, config)
     assert plan.family == family and plan.train_latent == train_latent and plan.latent_frames == 4 * train_latent
-    assert plan.rope == "riflex" and plan.position_scale == pytest.approx(3.0)
+    assert plan.rope == "riflex" and plan.position_scale == pytest.approx(4.0)  # the extension
     # LTX and LTX-2 keep both off by default
     assert plan.long_sparse is (default_on and sparse == "auto")
     assert plan.temporal_windows is (default_on and sparse is None)

@@ -37,7 +37,7 @@ from ...layout import _patch, family_of
 from ...methods.sparse_video_config import SparseVideoConfig
 from ...plugin import apply, method_of, remove, resolve_denoisers
 from .attention import TemporalWindowMethod
-from .config import GLOBAL_STEPS, LONG_GLOBAL_STEPS, POSITION_SCALE, LongVideoConfig, LongVideoPlan
+from .config import GLOBAL_STEPS, LONG_GLOBAL_STEPS, LongVideoConfig, LongVideoPlan, default_position_scale
 from .damping import DampedLongMethod, FrameDampingMethod
 from .noise import rescheduled_noise
 from .rope import (
@@ -117,7 +117,7 @@ def resolve_config(pipe, num_frames: int, config: LongVideoConfig | None = None)
     lat = latent_frames(num_frames, r)
     dit = family in supported_families()
     ext = lat / train_latent
-    scale = config.position_scale if config.position_scale is not None else max(1.0, POSITION_SCALE * ext)
+    scale = config.position_scale if config.position_scale is not None else default_position_scale(ext)
     window_latent = (
         latent_frames(config.window_frames, r) if config.window_frames is not None else min(lat, train_latent)
     )

@@ -11,11 +11,18 @@ from .attention import WEIGHTINGS
 
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
-# 0.75 x the extension (the video spans 4/3 of the training length in RoPE phase), RIFLEx on the intrinsic component
-# beyond that; on video DiTs beyond the training length, the long sparse pattern (sparse='auto'), and where it is
-# not chosen, beyond 2x, training-length windows; either runs in the last quarter of the steps (the first three
-# quarters dense).
-POSITION_SCALE = 0.75
+# the extension (the video spans the training length in RoPE phase; refit at 2x and 4x, results/long_video_refit.json),
+# RIFLEx on the intrinsic component beyond that; on video DiTs beyond the training length, the long sparse pattern
+# (sparse='auto'), and where it is not chosen, beyond 2x, training-length windows; either runs in the last quarter of
+# the steps (the first three quarters dense).
+POSITION_SCALE = 1.0
+
+
+def default_position_scale(extension: float) -> float:
+    """The default temporal position divisor for a video ``extension`` times the training length."""
+    return max(1.0, POSITION_SCALE * extension)
+
+
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
 GLOBAL_STEPS = 0.75
@@ -62,7 +69,7 @@ class LongVideoConfig(PipelineConfig):
         choices=ROPE_CHOICES,
     )
     position_scale: float | None = help_field(
-        None, "Temporal position divisor for the RoPE rescaling (None = 0.75 x the extension, at least 1; 1 = no "
+        None, "Temporal position divisor for the RoPE rescaling (None = the extension, at least 1; 1 = no "
         "interpolation).", min=1
     )
     riflex_margin: float = help_field(0.9, "RIFLEx: the video spans this fraction of one period.", min=0.01, max=1)
