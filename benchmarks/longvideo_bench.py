@@ -9,8 +9,9 @@ For each frame count (1x, 2x, 4x the training length) and each technique alone a
 - *steady path*: persistent, R^2 >= 0.8, and a straight path of at least 1.4 px (what 0.2 px/frame gives over the
   8-frame training length), whatever the frame count.
 
-The model's training clips are 8-frame windows of 32-frame paths that stay in the frame (``docs/models.md``), so a
-video of 4x the training length can keep moving at a training speed. Wall time is the ratio to stock at the same
+The model's training clips are 8-frame windows of 12-frame paths that stay in the frame (``docs/models.md``); the
+defaults divide temporal positions by the extension, which slows the learned 1.0-1.1 px/frame by it (to 0.25-0.28
+px/frame at 4x) on a path that stays in the frame. Each row records the resolved ``position_scale``. Wall time is the ratio to stock at the same
 frame count: stock and every variant run one after another for each prompt, in one process, so load changes affect
 them alike. A tiny random AnimateDiff pipeline (training length 16) runs 4x its length with ``long_video`` (FreeNoise
 + VSTAR) and with diffusers' FreeNoise alone (time and shape only: random weights make no objects). Writes
@@ -37,7 +38,7 @@ from attnplug import SparseVideoConfig
 from attnplug.models import load_pipeline, summarize_video
 from attnplug.models.catalog import weights_digest
 from attnplug.models.data import COLORS, DIRECTIONS, SHAPES, video_prompt
-from attnplug.pipelines import LongVideoConfig, long_video
+from attnplug.pipelines import LongVideoConfig, long_video, long_video_plan
 
 ROOT = Path(__file__).resolve().parent
 TRAIN_FRAMES = 8
@@ -112,7 +113,9 @@ def run_frames(pipe, frames: int, n: int, steps: int, variants: dict, seeds: int
             seconds[name] += time.perf_counter() - t
             judged[name].append(judge_one(video))
     rows = [{"frames": frames, "variant": k, "videos": len(jobs), **summarise(judged[k]), "seconds": seconds[k],
-             "time_ratio": seconds[k] / seconds["stock"]} for k in variants]
+             "time_ratio": seconds[k] / seconds["stock"],
+             "position_scale": None if cfg is None else long_video_plan(pipe, frames, cfg).position_scale}
+            for k, cfg in variants.items()]
     return rows
 
 

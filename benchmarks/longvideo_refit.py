@@ -61,6 +61,7 @@ CANDIDATES = {
     "interp4": LongVideoConfig(position_scale=4, temporal_windows=False, sparse=None),
     "interp4_long_g75": LongVideoConfig(position_scale=4, sparse=LONG, global_steps=0.75),
     "interp25_long_g75": LongVideoConfig(position_scale=2.5, sparse=LONG, global_steps=0.75),
+    "interp3_long_g75": LongVideoConfig(position_scale=3, sparse=LONG, global_steps=0.75),
     "interp35_long_g75": LongVideoConfig(position_scale=3.5, sparse=LONG, global_steps=0.75),
     "interp2_long_g75": LongVideoConfig(position_scale=2, sparse=LONG, global_steps=0.75),
     "defaults_w6": LongVideoConfig(sparse=SparseVideoConfig(pattern="long", window_frames=6)),

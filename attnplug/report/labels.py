@@ -84,8 +84,8 @@ def hires_label(plan, config=None) -> str:
 
 def long_video_label(plan, config=None) -> str:
     """A long-video plan (``LongVideoPlan`` or its dict) as a row name, e.g. ``"long video 32 frames (4x): windows
-    2/1 latent frames, RIFLEx, position scale 3, global steps 75 %"`` or ``"long video 32 frames (4x): sparse_video
-    long pattern over the whole video, RIFLEx RoPE, position scale 3"``. The sparse pattern is the plan's (what ran,
+    2/1 latent frames, RIFLEx, position scale 4, global steps 75 %"`` or ``"long video 32 frames (4x): sparse_video
+    long pattern over the whole video, RIFLEx RoPE, position scale 4"``. The sparse pattern is the plan's (what ran,
     ``sparse="auto"`` resolved); records from before the plan held it name the config's."""
     p, c = _as_dict(plan), _as_dict(config)
     ext = p["latent_frames"] / p["train_latent"] if p.get("train_latent") else None

@@ -137,8 +137,9 @@ def test_a_video_within_the_period_keeps_rope_stock_and_the_plan_says_so():
     assert within.rope_note.startswith("RoPE stays stock") and "49.0" in within.rope_note
     beyond = long_video_plan(pipe, 4 * 52 + 1, LongVideoConfig(rope="riflex", position_scale=1))  # 53 latent
     assert beyond.rope == "riflex" and beyond.riflex_lowered and "lowers component 5" in beyond.rope_note
-    # with the default interpolation (POSITION_SCALE x the extension) the video spans at most 4/3 of the training
-    # length in RoPE phase, within component 5's period: positions are interpolated and RIFLEx keeps the component
+    # with the default interpolation (positions divided by the extension) the video spans the training length (21
+    # latent frames) in RoPE phase, within component 5's period (51.0): positions are interpolated and RIFLEx keeps
+    # the component
     default = long_video_plan(pipe, 4 * 84 + 1)
     assert default.rope == "riflex" and not default.riflex_lowered and "keeps component 5" in default.rope_note
 

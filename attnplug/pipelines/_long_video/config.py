@@ -12,7 +12,8 @@ from .attention import WEIGHTINGS
 ROPE_CHOICES = ("auto", "riflex", "by_part", "none")
 # Defaults fitted on shapes-video (benchmarks/longvideo_bench.py, docs/long_video.md): temporal positions divided by
 # the extension (the video spans the training length in RoPE phase; refit at 2x and 4x, results/long_video_refit.json),
-# RIFLEx on the intrinsic component beyond that; on video DiTs beyond the training length, the long sparse pattern
+# so RIFLEx's intrinsic component is kept by default (lowered only when a smaller position_scale leaves the span beyond
+# its period); on video DiTs beyond the training length, the long sparse pattern
 # (sparse='auto'), and where it is not chosen, beyond 2x, training-length windows; either runs in the last quarter of
 # the steps (the first three quarters dense).
 POSITION_SCALE = 1.0
@@ -26,8 +27,9 @@ def default_position_scale(extension: float) -> float:
 #: Former field names -> the fields that replaced them (refused with the new name).
 RENAMED = {"window": "window_frames", "stride": "stride_frames"}
 GLOBAL_STEPS = 0.75
-# With the long sparse pattern: the first three quarters of the steps dense (refit on shapes-video at 2x and 4x, seeds
-# 9000+, benchmarks/results/long_video_refit.json: with the first half dense the object persisted in 33 % of 4x videos,
+# With the long sparse pattern: the first three quarters of the steps dense (refit on the shapes-video weights before
+# the shipped ones, 0.65-0.75 px/frame, positions divided by 3 at 4x, seeds 9000+,
+# benchmarks/results/long_video_refit.json: with the first half dense the object persisted in 33 % of 4x videos,
 # with three quarters in 67 %, moving steadily in 33 %, in 0.89x of stock's time; at 2x 100 % and 83 % steady).
 LONG_GLOBAL_STEPS = 0.75
 #: ``LongVideoConfig.sparse``'s family default: the long pattern on video DiTs beyond the training length.
