@@ -297,13 +297,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    folder = Path(args.out_dir or MODELS_DIR / args.name)
     if not args.samples_only:
         train(args.name, steps=args.steps, minutes=args.minutes, out_dir=args.out_dir, resume=args.resume,
               config=args.config)
+    elif (folder / "loss.json").is_file():
+        record = json.loads((folder / "loss.json").read_text())
+        steps = json.loads((folder / "train_log.json").read_text())["steps"] if (folder / "train_log.json").is_file() \
+            else record["step"][-1]
+        batch = read_config(folder / "config.json")["train"]["batch_size"]
+        plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png",
+                  f"{args.name}: {steps} steps, batch {batch}")
     try:
         from .grid import save_sample_grid
 
-        save_sample_grid(args.out_dir or args.name, (args.out_dir or MODELS_DIR / args.name) / "samples.png")
+        save_sample_grid(args.out_dir or args.name, folder / "samples.png")
     except Exception:  # the weights are already saved; a failed grid must not lose the run
         logger.exception("could not draw the sample grid for %s", args.name)
 

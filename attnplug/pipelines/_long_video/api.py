@@ -5,8 +5,8 @@
 
 - the **long sparse pattern** (``SparseVideoConfig(pattern="long")``, the default on video DiTs beyond the training
   length, ``sparse="auto"``): a training-length window of frames around every query frame plus anchor frames, over
-  the whole video after dense first steps (``global_steps``, default three quarters), on the block-sparse kernel, applied
-  with :func:`attnplug.apply`;
+  the whole video after dense first steps (``global_steps``, default three quarters), on the block-sparse kernel,
+  applied with :func:`attnplug.apply`;
 - **noise re-scheduling** (FreeNoise): the initial noise repeats shuffled windows of training-length noise
   (:mod:`.noise`), passed as ``latents=``;
 - **temporal windows** (FreeNoise's window fusion in full 3D attention): self-attention restricted to
