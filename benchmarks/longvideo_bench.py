@@ -11,11 +11,12 @@ For each frame count (1x, 2x, 4x the training length) and each technique alone a
 
 The model's training clips are 8-frame windows of 12-frame paths that stay in the frame (``docs/models.md``); the
 defaults divide temporal positions by the extension, which slows the learned 1.0-1.1 px/frame by it (to 0.25-0.28
-px/frame at 4x) on a path that stays in the frame. Each row records the resolved ``position_scale``. Wall time is
-the ratio to stock at the same frame count: stock and every variant run one after another for each prompt, in one
-process, so load changes affect them alike. A tiny random AnimateDiff pipeline (training length 16) runs 4x its length
-with ``long_video`` (FreeNoise + VSTAR) and with diffusers' FreeNoise alone (time and shape only: random weights make no objects). Writes
-``benchmarks/results/long_video.json`` and the frame strip ``benchmarks/results/long_video_strip.png``.
+px/frame at 4x) on a path that stays in the frame. Each row records the resolved ``position_scale``. Wall time is the
+ratio to stock at the same frame count: stock and every variant run one after another for each prompt, in one process,
+so load changes affect them alike. A tiny random AnimateDiff pipeline (training length 16) runs 4x its length with
+``long_video`` (FreeNoise + VSTAR) and with diffusers' FreeNoise alone (time and shape only: random weights make no
+objects). Writes ``benchmarks/results/long_video.json`` and the frame strip
+``benchmarks/results/long_video_strip.png``.
 
     python benchmarks/longvideo_bench.py --prompts 24 --seeds 4
 """
