@@ -305,9 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         record = json.loads((folder / "loss.json").read_text())
         steps = json.loads((folder / "train_log.json").read_text())["steps"] if (folder / "train_log.json").is_file() \
             else record["step"][-1]
-        batch = read_config(folder / "config.json")["train"]["batch_size"]
-        plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png",
-                  f"{args.name}: {steps} steps, batch {batch}")
+        config = args.config or folder / "config.json"
+        batch = f", batch {read_config(config)['train']['batch_size']}" if Path(config).is_file() else ""
+        plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png", f"{args.name}: {steps} steps{batch}")
     try:
         from .grid import save_sample_grid
 

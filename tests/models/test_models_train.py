@@ -149,3 +149,16 @@ def test_direction_separation_penalises_only_collapsed_directions():
     apart = Encoder(10.0)
     assert float(_direction_separation(apart, tokenizer, cfg, prompts, apart(ids).last_hidden_state, 1, 0.5)) == 0
     assert float(_direction_separation(apart, tokenizer, cfg, [""], apart(ids[1:2]).last_hidden_state, 0, 0.5)) == 0
+
+
+def test_samples_only_redraws_the_loss_curve_from_the_record(tmp_path, one_thread):
+    from attnplug.models.train import main
+
+    config, out = _tiny_config(tmp_path), tmp_path / "run"
+    train("tiny-video", out_dir=out, config=config)
+    (out / "loss.png").unlink()
+    weights = (out / "model.safetensors").read_bytes()
+    main(["tiny-video", "--out-dir", str(out), "--config", str(config), "--samples-only"])
+    assert (out / "loss.png").stat().st_size > 0
+    assert (out / "model.safetensors").read_bytes() == weights  # no training step ran
+
