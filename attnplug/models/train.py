@@ -282,6 +282,16 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
     return log
 
 
+def redraw_loss(folder: Path, name: str, config: Path) -> None:
+    """Redraw ``folder/loss.png`` from the run's ``loss.json`` (steps from ``train_log.json``, else the last recorded
+    step; the batch size from ``config`` when it exists), with the title :func:`train` gives it."""
+    record = json.loads((folder / "loss.json").read_text())
+    log = folder / "train_log.json"
+    steps = json.loads(log.read_text())["steps"] if log.is_file() else record["step"][-1]
+    batch = f", batch {read_config(config)['train']['batch_size']}" if config.is_file() else ""
+    plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png", f"{name}: {steps} steps{batch}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -302,12 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         train(args.name, steps=args.steps, minutes=args.minutes, out_dir=args.out_dir, resume=args.resume,
               config=args.config)
     elif (folder / "loss.json").is_file():
-        record = json.loads((folder / "loss.json").read_text())
-        steps = json.loads((folder / "train_log.json").read_text())["steps"] if (folder / "train_log.json").is_file() \
-            else record["step"][-1]
-        config = args.config or folder / "config.json"
-        batch = f", batch {read_config(config)['train']['batch_size']}" if Path(config).is_file() else ""
-        plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png", f"{args.name}: {steps} steps{batch}")
+        redraw_loss(folder, args.name, Path(args.config or folder / "config.json"))
     try:
         from .grid import save_sample_grid
 

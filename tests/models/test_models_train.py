@@ -161,4 +161,3 @@ def test_samples_only_redraws_the_loss_curve_from_the_record(tmp_path, one_threa
     main(["tiny-video", "--out-dir", str(out), "--config", str(config), "--samples-only"])
     assert (out / "loss.png").stat().st_size > 0
     assert (out / "model.safetensors").read_bytes() == weights  # no training step ran
-
