@@ -96,6 +96,11 @@ def save_weights(path: Path, text_encoder: torch.nn.Module, denoiser: torch.nn.M
     tmp.replace(path)
 
 
+def loss_title(name: str, steps: int, batch: int | None) -> str:
+    """The title of a run's ``loss.png``: its name, steps and (when known) batch size."""
+    return f"{name}: {steps} steps" + ("" if batch is None else f", batch {batch}")
+
+
 def plot_loss(losses: list[tuple[int, float]], path: Path, title: str) -> None:
     """Save the loss curve (step, loss) as a small PNG."""
     import matplotlib
@@ -278,7 +283,7 @@ def train(name: str, steps: int | None = None, minutes: float | None = None, out
         if step % tcfg["checkpoint_every"] == 0:
             checkpoint(final=False)
     checkpoint(final=True)
-    plot_loss(losses, out_dir / "loss.png", f"{name}: {step} steps, batch {batch}")
+    plot_loss(losses, out_dir / "loss.png", loss_title(name, step, batch))
     return log
 
 
@@ -288,8 +293,8 @@ def redraw_loss(folder: Path, name: str, config: Path) -> None:
     record = json.loads((folder / "loss.json").read_text())
     log = folder / "train_log.json"
     steps = json.loads(log.read_text())["steps"] if log.is_file() else record["step"][-1]
-    batch = f", batch {read_config(config)['train']['batch_size']}" if config.is_file() else ""
-    plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png", f"{name}: {steps} steps{batch}")
+    batch = read_config(config)["train"]["batch_size"] if config.is_file() else None
+    plot_loss(list(zip(record["step"], record["loss"])), folder / "loss.png", loss_title(name, steps, batch))
 
 
 def main(argv: list[str] | None = None) -> None:
