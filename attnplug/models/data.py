@@ -120,7 +120,9 @@ class MotionSpec:
     ``radius``: range of the shape's half-size ``r``; ``speed``: range of the speed in pixels per frame;
     ``path_frames``: each video is a window of a straight path this many frames long that stays inside the frame
     (``None`` = the video's own length); ``extent``: the path keeps ``extent * r + 1`` pixels from the frame's edges
-    (1.15 covers the triangle's base, so the border pixels stay background; the original statistics use 1).
+    (1.15 covers the triangle's base, so the border pixels stay background; the original statistics use 1);
+    ``direction_weights``: relative frequencies of the directions in :data:`DIRECTIONS` order (right, left, down,
+    up; ``None`` = uniform, the original draws).
     A path longer than the training clips is what lets a video several times the training length keep moving at
     a training speed without leaving the frame.
     """
@@ -129,6 +131,7 @@ class MotionSpec:
     speed: tuple[float, float] = (0.035, 0.055)
     path_frames: int | None = None
     extent: float = 1.0
+    direction_weights: tuple[float, float, float, float] | None = None
 
     def __post_init__(self):
         for name in ("radius", "speed"):
@@ -139,15 +142,20 @@ class MotionSpec:
             raise ValueError(f"MotionSpec.path_frames={self.path_frames!r} must be a positive int or None.")
         if not self.extent > 0:
             raise ValueError(f"MotionSpec.extent={self.extent!r} must be > 0.")
+        w = self.direction_weights
+        if w is not None and (len(w) != len(DIRECTIONS) or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(f"MotionSpec.direction_weights={w!r} must be {len(DIRECTIONS)} non-negative weights "
+                             f"(for {', '.join(DIRECTIONS)}) with a positive sum, or None.")
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> MotionSpec:
         """The spec of a model config's ``"data"`` section (``None`` or missing keys: the original statistics)."""
         cfg = dict(cfg or {})
-        unknown = set(cfg) - {"radius", "speed", "path_frames", "extent"}
+        unknown = set(cfg) - {"radius", "speed", "path_frames", "extent", "direction_weights"}
         if unknown:
             raise ValueError(
-                f"data section has unknown keys {sorted(unknown)}; accepted: radius, speed, path_frames, extent."
+                f"data section has unknown keys {sorted(unknown)}; accepted: radius, speed, path_frames, extent, "
+                "direction_weights."
             )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
@@ -192,7 +200,11 @@ def sample_videos(batch: int, size: int, frames: int, generator: torch.Generator
     path = motion.check(size, frames)
     shape_ids = torch.randint(len(SHAPES), (batch,), generator=generator)
     color_ids = torch.randint(len(COLORS), (batch,), generator=generator)
-    dir_ids = torch.randint(len(DIRECTIONS), (batch,), generator=generator)
+    if motion.direction_weights is None:
+        dir_ids = torch.randint(len(DIRECTIONS), (batch,), generator=generator)
+    else:
+        weights = torch.tensor(motion.direction_weights, dtype=torch.float64)
+        dir_ids = torch.multinomial(weights, batch, replacement=True, generator=generator)
     (r_lo, r_hi), (s_lo, s_hi) = motion.radius, motion.speed
     r = size * (r_lo + (r_hi - r_lo) * torch.rand(batch, generator=generator))
     speed = size * (s_lo + (s_hi - s_lo) * torch.rand(batch, generator=generator))  # pixels per frame

@@ -95,3 +95,22 @@ def test_motion_spec_refuses_paths_that_leave_the_frame():
         MotionSpec.from_config({"sped": [0.1, 0.2]})
     with pytest.raises(ValueError, match="path_frames=4 must be >= the clip length"):
         MotionSpec(path_frames=4).check(16, 8)
+
+
+def test_direction_weights_choose_the_directions_drawn_and_are_checked():
+    """``direction_weights`` draws each direction in proportion to its weight (zero: never); ``None`` keeps the
+    uniform draws; a wrong length, a negative weight or a zero sum is refused naming the field."""
+    size, frames = 20, 8
+    motion = MotionSpec(radius=(0.085, 0.105), speed=(0.05, 0.055), path_frames=12, extent=1.15)
+    vertical = dataclasses.replace(motion, direction_weights=(0.0, 0.0, 1.0, 1.0))
+    _, prompts = sample_videos(64, size, frames, torch.Generator().manual_seed(0), vertical)
+    assert {p.split()[-1] for p in prompts} == {"down", "up"}
+    _, uniform = sample_videos(64, size, frames, torch.Generator().manual_seed(0), motion)
+    assert {p.split()[-1] for p in uniform} == {"right", "left", "down", "up"}
+    _, same = sample_videos(64, size, frames, torch.Generator().manual_seed(0),
+                            dataclasses.replace(motion, direction_weights=None))
+    assert same == uniform
+    assert MotionSpec.from_config({"direction_weights": [1, 1, 2, 2]}).direction_weights == (1, 1, 2, 2)
+    for bad in ((1.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0)):
+        with pytest.raises(ValueError, match=r"MotionSpec.direction_weights=.*non-negative weights"):
+            MotionSpec(direction_weights=bad)
