@@ -1,0 +1,64 @@
+"""The stock video benchmark: its failure analysis on hand-made detections, and a small run end to end (slow)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnplug.models.detector import DetectedObject, Detection
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("video_stock_bench_under_test", BENCH / "video_stock_bench.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _obj(x, y, size):
+    return DetectedObject(bbox=(0, 0, 1, 1), centroid=(x, y), size=size, color="red", shape="circle",
+                          mean_rgb=(1.0, 0.0, 0.0), fill=1.0)
+
+
+def test_failures_are_sorted_by_kind_and_the_second_objects_distance_is_measured_along_the_motion():
+    bench = _load()
+    assert bench.failure_kind([1, 2, 1]) == "second object"
+    assert bench.failure_kind([1, 0, 2]) == "no object"
+    assert bench.failure_kind([1, 1, 1]) == "colour change"
+    frames = [Detection([_obj(5, 4, 12)], 20, 20), Detection([_obj(5, 4, 12), _obj(6, 15, 7)], 20, 20)]
+    (vertical,) = bench.second_object_offsets(frames, vertical=True)
+    assert vertical == {"along": 11, "across": 1, "size": 7}
+    (horizontal,) = bench.second_object_offsets(frames, vertical=False)
+    assert horizontal == {"along": 1, "across": 11, "size": 7}
+    rows = [{"videos": 96, "persistent": 84}, {"videos": 96, "persistent": 90}]
+    pooled = bench.pooled(rows, "persistent")
+    assert pooled["count"] == 174 and pooled["videos"] == 192
+    assert pooled["share"] == pytest.approx(174 / 192) and 0.02 < pooled["stderr"] < 0.03
+    failures = [{"prompt": "red circle moving up", "counts": [1, 2], "kind": "second object",
+                 "offsets": [vertical]},
+                {"prompt": "red circle moving left", "counts": [0, 1], "kind": "no object", "offsets": []}]
+    summary = bench.describe(failures, 48)
+    assert summary["by_direction"] == {"up": 1, "left": 1} and summary["by_kind"]["no object"] == 1
+    assert summary["second_object"]["frames"] == 1
+    assert summary["second_object"]["distance_median_px"] == pytest.approx((11**2 + 1) ** 0.5)
+
+
+@pytest.mark.slow
+def test_a_small_run_writes_rows_the_pooled_share_and_each_failure(tmp_path):
+    out = tmp_path / "stock.json"
+    _load().main(["--prompts", "4", "--seeds", "1", "--bases", "2000", "40000", "--threads", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert [r["base"] for r in data["rows"]] == [2000, 40000] and all(r["videos"] == 4 for r in data["rows"])
+    assert data["pooled"]["persistent"]["videos"] == 8
+    assert data["pooled"]["persistent"]["count"] == sum(r["persistent"] for r in data["rows"])
+    assert len(data["failed_videos"]) == 8 - data["pooled"]["persistent"]["count"]
+    assert data["weights"] and data["frames"] == 8
