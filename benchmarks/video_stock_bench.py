@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from attnplug.models import load_pipeline
 from attnplug.models.catalog import weights_digest
+from attnplug.models.data import DIRECTIONS
 from attnplug.models.detector import detect_video
 
 ROOT = Path(__file__).resolve().parent
@@ -61,8 +62,9 @@ def run_base(pipe, base: int, n: int, seeds: int, steps: int) -> tuple[dict, lis
             dets = detect_video(video)
             counts = [d.count for d in dets]
             direction = p.split()[-1]
-            failures.append({"seed": seed, "prompt": p, "counts": counts, "kind": failure_kind(counts),
-                             "offsets": second_object_offsets(dets, direction in ("up", "down"))})
+            failures.append({"seed": seed, "prompt": p, "direction": direction, "counts": counts,
+                             "kind": failure_kind(counts),
+                             "offsets": second_object_offsets(dets, vertical=DIRECTIONS[direction][1] != 0)})
     videos = len(judged)
     row = {"base": base, "videos": videos, "persistent": sum(j["persistent"] for j in judged),
            "steady": sum(j["steady"] for j in judged)}
@@ -77,11 +79,12 @@ def pooled(rows: list[dict], key: str) -> dict:
     return {"count": k, "videos": n, "share": p, "stderr": math.sqrt(p * (1 - p) / n)}
 
 
-def describe(failures: list[dict], videos_per_direction: int) -> dict:
-    """Failures by prompted direction and kind, and the second objects' distance and size (medians)."""
+def describe(failures: list[dict], videos_per_direction: dict[str, int]) -> dict:
+    """Failures by prompted direction (beside the videos each direction had) and kind, and the second objects'
+    distance and size (medians)."""
     offsets = [o for f in failures for o in f["offsets"]]
     summary = {
-        "by_direction": dict(Counter(f["prompt"].split()[-1] for f in failures)),
+        "by_direction": dict(Counter(f["direction"] for f in failures)),
         "videos_per_direction": videos_per_direction,
         "by_kind": dict(Counter(f["kind"] for f in failures)),
         "frames_failing_per_video": dict(Counter(sum(c != 1 for c in f["counts"]) for f in failures)),
@@ -123,11 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seeds {base}+: persistent {row['persistent']}/{row['videos']}, steady {row['steady']}/{row['videos']}",
               flush=True)
     videos = sum(r["videos"] for r in rows)
+    per_direction = {d: n * args.seeds * len(args.bases)
+                     for d, n in Counter(p.split()[-1] for p in prompts(args.prompts)).items()}
     result = {"model": str(args.model), "weights": weights_digest(args.model), "size": pipe.sample_defaults,
               "frames": TRAIN_FRAMES, "prompts": args.prompts, "seeds": args.seeds, "steps": args.steps,
               "torch_threads": args.threads, "loadavg": os.getloadavg(), "rows": rows,
               "pooled": {"persistent": pooled(rows, "persistent"), "steady": pooled(rows, "steady")},
-              "failures": describe(failures, videos // 4), "failed_videos": failures}
+              "failures": describe(failures, per_direction), "failed_videos": failures}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     p, s = result["pooled"]["persistent"], result["pooled"]["steady"]

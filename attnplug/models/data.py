@@ -7,7 +7,7 @@ is reproducible from its seed alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -151,12 +151,10 @@ class MotionSpec:
     def from_config(cls, cfg: dict | None) -> MotionSpec:
         """The spec of a model config's ``"data"`` section (``None`` or missing keys: the original statistics)."""
         cfg = dict(cfg or {})
-        unknown = set(cfg) - {"radius", "speed", "path_frames", "extent", "direction_weights"}
+        accepted = [f.name for f in fields(cls)]
+        unknown = set(cfg) - set(accepted)
         if unknown:
-            raise ValueError(
-                f"data section has unknown keys {sorted(unknown)}; accepted: radius, speed, path_frames, extent, "
-                "direction_weights."
-            )
+            raise ValueError(f"data section has unknown keys {sorted(unknown)}; accepted: {', '.join(accepted)}.")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
     def check(self, size: int, frames: int) -> int:

@@ -43,11 +43,13 @@ def test_failures_are_sorted_by_kind_and_the_second_objects_distance_is_measured
     pooled = bench.pooled(rows, "persistent")
     assert pooled["count"] == 174 and pooled["videos"] == 192
     assert pooled["share"] == pytest.approx(174 / 192) and 0.02 < pooled["stderr"] < 0.03
-    failures = [{"prompt": "red circle moving up", "counts": [1, 2], "kind": "second object",
+    failures = [{"prompt": "red circle moving up", "direction": "up", "counts": [1, 2], "kind": "second object",
                  "offsets": [vertical]},
-                {"prompt": "red circle moving left", "counts": [0, 1], "kind": "no object", "offsets": []}]
-    summary = bench.describe(failures, 48)
+                {"prompt": "red circle moving left", "direction": "left", "counts": [0, 1], "kind": "no object",
+                 "offsets": []}]
+    summary = bench.describe(failures, {"up": 48, "left": 48})
     assert summary["by_direction"] == {"up": 1, "left": 1} and summary["by_kind"]["no object"] == 1
+    assert summary["videos_per_direction"] == {"up": 48, "left": 48}
     assert summary["second_object"]["frames"] == 1
     assert summary["second_object"]["distance_median_px"] == pytest.approx((11**2 + 1) ** 0.5)
 
@@ -62,3 +64,4 @@ def test_a_small_run_writes_rows_the_pooled_share_and_each_failure(tmp_path):
     assert data["pooled"]["persistent"]["count"] == sum(r["persistent"] for r in data["rows"])
     assert len(data["failed_videos"]) == 8 - data["pooled"]["persistent"]["count"]
     assert data["weights"] and data["frames"] == 8
+    assert data["failures"]["videos_per_direction"] == {"right": 2, "left": 2, "down": 2, "up": 2}
