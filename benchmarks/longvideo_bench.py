@@ -96,7 +96,8 @@ def generate(pipe, prompt: str, seed: int, frames: int, steps: int, config: Long
     if config is None:
         size = pipe.sample_defaults
         lat = torch.randn(1, 3, frames, size["height"], size["width"], generator=g)
-        return pipe(prompt, num_frames=frames, num_inference_steps=steps, latents=lat, output_type="np").frames[0]
+        return pipe(prompt, num_frames=frames, num_inference_steps=steps, latents=lat, generator=g,
+                    output_type="np").frames[0]
     return long_video(pipe, prompt, num_frames=frames, config=config, num_inference_steps=steps, generator=g,
                       output_type="np").frames[0]
 

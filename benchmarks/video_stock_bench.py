@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from longvideo_bench import TRAIN_FRAMES, generate, judge_one, prompts, seed_of
 from tqdm import tqdm
 
@@ -111,13 +112,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="shapes-video", help="embedded model name or model folder")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "video_stock.json")
+    ap.add_argument("--stochastic", action="store_true",
+                    help="sample with stochastic_sampling=True (fresh noise every step)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default results/video_stock.json, results/video_stock_stochastic.json with "
+                         "--stochastic)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="write the union of these results JSONs (same settings, disjoint bases) to --out, running "
+                         "nothing")
     args = ap.parse_args(argv)
+    if args.merge:
+        result = merged([json.loads(p.read_text()) for p in args.merge])
+        stochastic = result["stochastic_sampling"]
+        write(result, args.out or ROOT / "results" / (
+            "video_stock_stochastic.json" if stochastic else "video_stock.json"))
+        return
+    out = args.out or ROOT / "results" / ("video_stock_stochastic.json" if args.stochastic else "video_stock.json")
     if args.prompts < 4 or args.seeds < 1:
         ap.error(f"--prompts={args.prompts} must be >= 4 (every direction once) and --seeds={args.seeds} >= 1.")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.stochastic:
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
     rows, failures = [], []
     for base in args.bases:
         row, fails = run_base(pipe, base, args.prompts, args.seeds, args.steps)
@@ -125,18 +142,44 @@ def main(argv: list[str] | None = None) -> None:
         failures += fails
         print(f"seeds {base}+: persistent {row['persistent']}/{row['videos']}, steady {row['steady']}/{row['videos']}",
               flush=True)
-    videos = sum(r["videos"] for r in rows)
-    per_direction = {d: n * args.seeds * len(args.bases)
-                     for d, n in Counter(p.split()[-1] for p in prompts(args.prompts)).items()}
     result = {"model": str(args.model), "weights": weights_digest(args.model), "size": pipe.sample_defaults,
               "frames": TRAIN_FRAMES, "prompts": args.prompts, "seeds": args.seeds, "steps": args.steps,
-              "torch_threads": args.threads, "loadavg": os.getloadavg(), "rows": rows,
-              "pooled": {"persistent": pooled(rows, "persistent"), "steady": pooled(rows, "steady")},
-              "failures": describe(failures, per_direction), "failed_videos": failures}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+              "stochastic_sampling": bool(pipe.scheduler.config.get("stochastic_sampling", False)),
+              "torch_threads": args.threads, "loadavg": os.getloadavg()}
+    write(with_summary(result, rows, failures), out)
+
+
+def with_summary(result: dict, rows: list[dict], failures: list[dict]) -> dict:
+    """``result`` (the run's settings) with its rows, the pooled shares and the failures described."""
+    bases = len(rows)
+    per_direction = {d: n * result["seeds"] * bases
+                     for d, n in Counter(p.split()[-1] for p in prompts(result["prompts"])).items()}
+    return {**result, "rows": rows,
+            "pooled": {"persistent": pooled(rows, "persistent"), "steady": pooled(rows, "steady")},
+            "failures": describe(failures, per_direction), "failed_videos": failures}
+
+
+def merged(parts: list[dict]) -> dict:
+    """Runs of the same settings on disjoint seed bases (e.g. two processes side by side) as one result."""
+    keys = ("weights", "frames", "prompts", "seeds", "steps", "stochastic_sampling")
+    for part in parts[1:]:
+        differ = [k for k in keys if part.get(k) != parts[0].get(k)]
+        if differ:
+            raise ValueError(f"cannot merge runs whose {', '.join(differ)} differ.")
+    bases = [r["base"] for part in parts for r in part["rows"]]
+    if len(set(bases)) != len(bases):
+        raise ValueError(f"cannot merge runs that share seed bases: {sorted(bases)}.")
+    settings = {k: v for k, v in parts[0].items() if k not in ("rows", "pooled", "failures", "failed_videos")}
+    settings["loadavg"] = [part["loadavg"] for part in parts]
+    return with_summary(settings, [r for part in parts for r in part["rows"]],
+                        [f for part in parts for f in part["failed_videos"]])
+
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     p, s = result["pooled"]["persistent"], result["pooled"]["steady"]
-    print(f"pooled over {videos} videos: persistent {p['share']:.1%} (± {p['stderr']:.1%}), "
+    print(f"pooled over {p['videos']} videos: persistent {p['share']:.1%} (± {p['stderr']:.1%}), "
           f"steady {s['share']:.1%} (± {s['stderr']:.1%})")
     print(json.dumps(result["failures"], indent=1))
 

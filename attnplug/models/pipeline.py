@@ -7,6 +7,7 @@ Each is an ordinary :class:`diffusers.DiffusionPipeline` with components ``token
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import numpy as np
@@ -97,6 +98,10 @@ class _ShapesPipelineBase(DiffusionPipeline):
             raise ValueError(f"latents has shape {tuple(latents.shape)}; expected {tuple(shape)}.")
         x = latents.to(device=device, dtype=torch.float32)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # A stochastic scheduler (e.g. FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)) draws fresh noise
+        # every step: from ``generator``, so a seeded call stays reproducible.
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         for t in self.scheduler.timesteps:
             inp = torch.cat([x, x]) if use_cfg else x
             ts = t.expand(inp.shape[0]).to(device=device, dtype=dtype)
@@ -104,7 +109,7 @@ class _ShapesPipelineBase(DiffusionPipeline):
             if use_cfg:
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
-            x = self.scheduler.step(v, t, x, return_dict=False)[0]
+            x = self.scheduler.step(v, t, x, return_dict=False, **step_kwargs)[0]
         return x.clamp(-1, 1)
 
 

@@ -65,3 +65,27 @@ def test_a_small_run_writes_rows_the_pooled_share_and_each_failure(tmp_path):
     assert len(data["failed_videos"]) == 8 - data["pooled"]["persistent"]["count"]
     assert data["weights"] and data["frames"] == 8
     assert data["failures"]["videos_per_direction"] == {"right": 2, "left": 2, "down": 2, "up": 2}
+
+
+def _part(base, persistent, failed, stochastic=True, weights="w"):
+    bench = _load()
+    rows = [{"base": base, "videos": 4, "persistent": persistent, "steady": persistent}]
+    fails = [{"seed": base + i, "prompt": "red circle moving up", "direction": "up", "counts": [1, 2, 1],
+              "kind": "second object", "offsets": [{"along": 3.0, "across": 4.0, "size": 5}]} for i in range(failed)]
+    settings = {"model": "m", "weights": weights, "frames": 8, "prompts": 4, "seeds": 1, "steps": 20,
+                "stochastic_sampling": stochastic, "loadavg": [1.0, 1.0, 1.0]}
+    return bench.with_summary(settings, rows, fails)
+
+
+def test_runs_side_by_side_merge_into_one_pooled_share():
+    bench = _load()
+    data = bench.merged([_part(2000, 3, 1), _part(40000, 2, 2)])
+    assert [r["base"] for r in data["rows"]] == [2000, 40000]
+    assert data["pooled"]["persistent"]["count"] == 5 and data["pooled"]["persistent"]["videos"] == 8
+    assert data["failures"]["by_direction"] == {"up": 3} and len(data["failed_videos"]) == 3
+    assert data["failures"]["videos_per_direction"] == {"right": 2, "left": 2, "down": 2, "up": 2}
+    assert data["stochastic_sampling"] is True and len(data["loadavg"]) == 2
+    with pytest.raises(ValueError, match="share seed bases"):
+        bench.merged([_part(2000, 3, 1), _part(2000, 3, 1)])
+    with pytest.raises(ValueError, match="stochastic_sampling differ"):
+        bench.merged([_part(2000, 3, 1), _part(40000, 3, 1, stochastic=False)])

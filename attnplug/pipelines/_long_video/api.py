@@ -39,7 +39,7 @@ from ...plugin import apply, method_of, remove, resolve_denoisers
 from .attention import TemporalWindowMethod
 from .config import GLOBAL_STEPS, LONG_GLOBAL_STEPS, LongVideoConfig, LongVideoPlan, default_position_scale
 from .damping import DampedLongMethod, FrameDampingMethod
-from .noise import rescheduled_noise
+from .noise import is_stochastic_flow_scheduler, rescheduled_noise, rescheduled_step_noise
 from .rope import (
     RiflexPlan,
     apply_riflex,
@@ -336,6 +336,9 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
         window = min(plan.window, plan.train_latent) if plan.temporal_windows else plan.train_latent
         kwargs["latents"] = rescheduled_noise(shape, axis, window, kwargs.get("generator"), device=model.device)
     with contextlib.ExitStack() as stack:
+        if plan.noise_rescheduling and is_stochastic_flow_scheduler(getattr(pipe, "scheduler", None)):
+            # A stochastic sampler re-noises every step: with i.i.d. noise the windows would share only the start.
+            stack.enter_context(rescheduled_step_noise(pipe.scheduler, axis, window, kwargs.get("generator")))
         if plan.rope != "none":
             for expert in models:  # Wan 2.2: `transformer` and `transformer_2`
                 stack.callback(remove_riflex, expert)

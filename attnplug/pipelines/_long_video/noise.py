@@ -8,6 +8,8 @@ caller's generator (one per sample when a list is given), so the noise is determ
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -65,3 +67,42 @@ def rescheduled_noise(
                 blocks.append(base)
         videos.append(torch.cat(blocks, dim=axis).narrow(axis, 0, frames))
     return torch.stack(videos).to(device=device, dtype=dtype)
+
+
+def is_stochastic_flow_scheduler(scheduler) -> bool:
+    """Whether ``scheduler`` re-noises from its own x0 prediction every step (diffusers'
+    ``FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)``): ``x' = (1 - s') x0 + s' n`` with fresh ``n``."""
+    config = getattr(scheduler, "config", None)
+    return bool(getattr(config, "stochastic_sampling", False)) and hasattr(scheduler, "sigmas")
+
+
+@contextlib.contextmanager
+def rescheduled_step_noise(scheduler, frame_dim: int, window: int, generator=None):
+    """Within the block, a stochastic flow-match ``scheduler`` re-noises with FreeNoise noise
+    (:func:`rescheduled_noise`, drawn from ``generator``) instead of fresh i.i.d. noise, so every step keeps the
+    repeated-window structure of the initial noise, not only the first. ``scheduler.step`` is an instance attribute
+    only inside the block.
+
+    The update is the scheduler's own: ``x0 = x - s v``, ``x' = (1 - s') x0 + s' n`` for the sample ``x``
+    ``(B, C, F, H, W)`` (frames on ``frame_dim``), velocity ``v``, and the sigmas ``s``, ``s'`` of the step taken.
+    Per-token timesteps are left to the scheduler.
+    """
+    step = scheduler.step
+
+    def structured_step(model_output, timestep, sample, *args, **kwargs):
+        if kwargs.get("per_token_timesteps") is not None:
+            return step(model_output, timestep, sample, *args, **kwargs)
+        return_dict = kwargs.pop("return_dict", True)
+        result = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+        index = scheduler.step_index  # advanced by one: the step just taken is index - 1
+        sigma, sigma_next = scheduler.sigmas[index - 1], scheduler.sigmas[index]
+        x0 = sample.float() - sigma * model_output.float()
+        noise = rescheduled_noise(sample.shape, frame_dim, window, generator, device=sample.device)
+        result.prev_sample = ((1.0 - sigma_next) * x0 + sigma_next * noise).to(result.prev_sample.dtype)
+        return result if return_dict else (result.prev_sample,)
+
+    scheduler.step = structured_step
+    try:
+        yield scheduler
+    finally:
+        del scheduler.step
