@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from tqdm import tqdm
 
@@ -171,7 +172,7 @@ def save_strip(pipe, frames: int, steps: int, path: Path, n: int = 3, every: int
 def merge(old: dict, new: dict, variants: set[str]) -> dict:
     """``old`` with the rows of ``variants`` (and stock, which every run repeats) taken from ``new``; each row's time
     ratio stays relative to the stock of the run that measured it. ``reruns`` lists the partial runs."""
-    rerun = {(r["frames"], r["variant"]) for r in new["rows"] if r["variant"] in variants}
+    rerun = {(r["frames"], r["variant"]) for r in new["rows"] if r["variant"] in {*variants, "stock"}}
     rows = [r for r in old["rows"] if (r["frames"], r["variant"]) not in rerun]
     rows += [r for r in new["rows"] if (r["frames"], r["variant"]) in rerun]
     order = {name: i for i, name in enumerate(["stock", *VARIANTS])}
@@ -194,6 +195,8 @@ def main() -> None:
     ap.add_argument("--strip-only", action="store_true", help="only redraw the frame strip")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated variants to run (each with stock), of: {', '.join(VARIANTS)}")
+    ap.add_argument("--stochastic", action="store_true",
+                    help="sample with stochastic_sampling=True (fresh noise every step); no frame strip")
     ap.add_argument("--merge", action="store_true",
                     help="replace only the rows of the variants run in an existing --out (the others are kept)")
     args = ap.parse_args()
@@ -204,8 +207,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.stochastic:
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_strip(pipe, max(args.frames), args.steps, args.out.parent / "long_video_strip.png")
+    if not args.stochastic:  # the strip shows the shipped sampler
+        save_strip(pipe, max(args.frames), args.steps, args.out.parent / "long_video_strip.png")
     if args.strip_only:
         return
     rows = run_frames(pipe, TRAIN_FRAMES, args.prompts, args.steps, {"stock": None}, args.seeds)
@@ -215,7 +221,8 @@ def main() -> None:
     animatediff = [] if args.no_animatediff else animatediff_rows(2)
     result = {"model": str(args.model), "weights": weights_digest(args.model), "size": pipe.sample_defaults,
               "train_frames": TRAIN_FRAMES, "prompts": args.prompts, "seeds": args.seeds, "steps": args.steps,
-              "torch_threads": args.threads, "loadavg": os.getloadavg(), "rows": rows, "animatediff": animatediff}
+              "stochastic_sampling": args.stochastic, "torch_threads": args.threads, "loadavg": os.getloadavg(),
+              "rows": rows, "animatediff": animatediff}
     if args.merge and args.out.exists():
         result = merge(json.loads(args.out.read_text()), result, set(chosen))
     args.out.write_text(json.dumps(result, indent=1) + "\n")

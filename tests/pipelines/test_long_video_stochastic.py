@@ -76,3 +76,20 @@ def test_long_video_uses_it_only_with_a_stochastic_scheduler(monkeypatch):
     assert calls == [(2, 8), (2, 8)]  # frames axis of (B, C, F, H, W), the 8 training frames
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # every step's noise comes from the generator
     assert "step" not in vars(pipe.scheduler)
+
+
+def test_local_attention_with_a_stochastic_scheduler_warns(caplog):
+    from attnplug.pipelines._long_video.api import STOCHASTIC_LOCAL_ATTENTION_WARNING
+
+    pipe = load_pipeline("shapes-video")
+    run = dict(num_frames=16, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="attnplug"):
+        long_video(pipe, "red circle moving right", **run)
+    assert STOCHASTIC_LOCAL_ATTENTION_WARNING not in caplog.text
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    with caplog.at_level("WARNING", logger="attnplug"):
+        long_video(pipe, "red circle moving right", config=LongVideoConfig(sparse=None, temporal_windows=False), **run)
+    assert STOCHASTIC_LOCAL_ATTENTION_WARNING not in caplog.text
+    with caplog.at_level("WARNING", logger="attnplug"):
+        long_video(pipe, "red circle moving right", **run)
+    assert STOCHASTIC_LOCAL_ATTENTION_WARNING in caplog.text

@@ -350,6 +350,8 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
             dense_damping = isinstance(method, FrameDampingMethod)  # every step, no dense first steps
             if not dense_damping:
                 _warn_if_no_windowed_step(pipe, plan, kwargs)
+                if is_stochastic_flow_scheduler(getattr(pipe, "scheduler", None)):
+                    log_once(logger, logging.WARNING, STOCHASTIC_LOCAL_ATTENTION_WARNING)
             stack.callback(remove, pipe)
             apply(pipe, method, schedule=Schedule() if dense_damping else Schedule(warmup_steps=plan.global_steps))
         return pipe(prompt=prompt, num_frames=num_frames, **kwargs)  # image-to-video pipelines take image first
@@ -402,6 +404,14 @@ def _dense_steps(global_steps: int | float, n: int) -> int:
     """Steps ``Schedule(warmup_steps=global_steps)`` keeps dense out of ``n`` (a fraction is rounded, like the
     Schedule does)."""
     return round(global_steps * n) if isinstance(global_steps, float) else int(global_steps)
+
+
+STOCHASTIC_LOCAL_ATTENTION_WARNING = (
+    "long_video: the scheduler draws fresh noise every step (stochastic_sampling=True), so the last steps, which "
+    "attend locally (sparse pattern or temporal windows), redraw content instead of refining it; on shapes-video the "
+    "long pattern lost 3 of 16 videos at 2x and 4x this way (docs/long_video.md, 'Stochastic samplers'). "
+    "LongVideoConfig(sparse=None, temporal_windows=False) keeps attention dense."
+)
 
 
 def _warn_if_no_windowed_step(pipe, plan: LongVideoPlan, kwargs: dict) -> None:
