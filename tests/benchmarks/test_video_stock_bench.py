@@ -1,27 +1,10 @@
 """The stock video benchmark: its failure analysis on hand-made detections, and a small run end to end (slow)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from attnplug.models.detector import DetectedObject, Detection
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("video_stock_bench_under_test", BENCH / "video_stock_bench.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def _obj(x, y, size):
@@ -29,8 +12,8 @@ def _obj(x, y, size):
                           mean_rgb=(1.0, 0.0, 0.0), fill=1.0)
 
 
-def test_failures_are_sorted_by_kind_and_the_second_objects_distance_is_measured_along_the_motion():
-    bench = _load()
+def test_failures_are_sorted_by_kind_and_the_second_objects_distance_is_measured_along_the_motion(load_bench):
+    bench = load_bench("video_stock_bench")
     assert bench.failure_kind([1, 2, 1]) == "second object"
     assert bench.failure_kind([1, 0, 2]) == "no object"
     assert bench.failure_kind([1, 1, 1]) == "colour change"
@@ -55,9 +38,10 @@ def test_failures_are_sorted_by_kind_and_the_second_objects_distance_is_measured
 
 
 @pytest.mark.slow
-def test_a_small_run_writes_rows_the_pooled_share_and_each_failure(tmp_path):
+def test_a_small_run_writes_rows_the_pooled_share_and_each_failure(tmp_path, load_bench):
     out = tmp_path / "stock.json"
-    _load().main(["--prompts", "4", "--seeds", "1", "--bases", "2000", "40000", "--threads", "1", "--out", str(out)])
+    load_bench("video_stock_bench").main(["--prompts", "4", "--seeds", "1", "--bases", "2000", "40000",
+                                          "--threads", "1", "--out", str(out)])
     data = json.loads(out.read_text())
     assert [r["base"] for r in data["rows"]] == [2000, 40000] and all(r["videos"] == 4 for r in data["rows"])
     assert data["pooled"]["persistent"]["videos"] == 8
@@ -67,8 +51,7 @@ def test_a_small_run_writes_rows_the_pooled_share_and_each_failure(tmp_path):
     assert data["failures"]["videos_per_direction"] == {"right": 2, "left": 2, "down": 2, "up": 2}
 
 
-def _part(base, persistent, failed, stochastic=True, weights="w"):
-    bench = _load()
+def _part(bench, base, persistent, failed, stochastic=True, weights="w"):
     rows = [{"base": base, "videos": 4, "persistent": persistent, "steady": persistent}]
     fails = [{"seed": base + i, "prompt": "red circle moving up", "direction": "up", "counts": [1, 2, 1],
               "kind": "second object", "offsets": [{"along": 3.0, "across": 4.0, "size": 5}]} for i in range(failed)]
@@ -77,15 +60,15 @@ def _part(base, persistent, failed, stochastic=True, weights="w"):
     return bench.with_summary(settings, rows, fails)
 
 
-def test_runs_side_by_side_merge_into_one_pooled_share():
-    bench = _load()
-    data = bench.merged([_part(2000, 3, 1), _part(40000, 2, 2)])
+def test_runs_side_by_side_merge_into_one_pooled_share(load_bench):
+    bench = load_bench("video_stock_bench")
+    data = bench.merged([_part(bench, 2000, 3, 1), _part(bench, 40000, 2, 2)])
     assert [r["base"] for r in data["rows"]] == [2000, 40000]
     assert data["pooled"]["persistent"]["count"] == 5 and data["pooled"]["persistent"]["videos"] == 8
     assert data["failures"]["by_direction"] == {"up": 3} and len(data["failed_videos"]) == 3
     assert data["failures"]["videos_per_direction"] == {"right": 2, "left": 2, "down": 2, "up": 2}
     assert data["stochastic_sampling"] is True and len(data["loadavg"]) == 2
     with pytest.raises(ValueError, match="share seed bases"):
-        bench.merged([_part(2000, 3, 1), _part(2000, 3, 1)])
+        bench.merged([_part(bench, 2000, 3, 1), _part(bench, 2000, 3, 1)])
     with pytest.raises(ValueError, match="stochastic_sampling differ"):
-        bench.merged([_part(2000, 3, 1), _part(40000, 3, 1, stochastic=False)])
+        bench.merged([_part(bench, 2000, 3, 1), _part(bench, 40000, 3, 1, stochastic=False)])
