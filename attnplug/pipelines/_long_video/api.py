@@ -409,7 +409,7 @@ def _dense_steps(global_steps: int | float, n: int) -> int:
 STOCHASTIC_LOCAL_ATTENTION_WARNING = (
     "long_video: the scheduler draws fresh noise every step (stochastic_sampling=True), so the last steps, which "
     "attend locally (sparse pattern or temporal windows), redraw content instead of refining it; on shapes-video the "
-    "long pattern lost 3 of 16 videos at 2x and 4x this way (docs/long_video.md, 'Stochastic samplers'). "
+    "long pattern lost 2-3 of 16 videos at 2x-4x this way (docs/long_video.md, 'Stochastic samplers'). "
     "LongVideoConfig(sparse=None, temporal_windows=False) keeps attention dense."
 )
 
