@@ -90,7 +90,7 @@ def bench_video(name: str, frame_counts: list[int], samples: int, steps: int, ba
                 gens = [torch.Generator().manual_seed(2000 + i + j) for j in range(len(chunk))]
                 latents = torch.stack([torch.randn(3, frames, h, w, generator=g) for g in gens])
                 out = as_float_array(pipe(chunk, num_frames=frames, num_inference_steps=steps, latents=latents,
-                                          output_type="np"))
+                                          generator=gens, output_type="np"))
                 for prompt, video in zip(chunk, out):
                     verdict = judge(video, prompt)
                     persistent += verdict["persistent"]
