@@ -169,6 +169,17 @@ def save_strip(pipe, frames: int, steps: int, path: Path, n: int = 3, every: int
     Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(path)
 
 
+def bench_pipeline(model: str, threads: int, stochastic: bool):
+    """``model``'s pipeline on ``threads`` torch threads, without progress bars; with ``stochastic``, its
+    ``FlowMatchEulerDiscreteScheduler`` draws fresh noise every step (``stochastic_sampling=True``)."""
+    torch.set_num_threads(threads)
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    if stochastic:
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    return pipe
+
+
 def merge(old: dict, new: dict, variants: set[str]) -> dict:
     """``old`` with the rows of ``variants`` (and stock, which every run repeats) taken from ``new``; each row's time
     ratio stays relative to the stock of the run that measured it. ``reruns`` lists the partial runs."""
@@ -204,11 +215,7 @@ def main() -> None:
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown or not chosen:
         ap.error(f"--variants={args.variants!r}: unknown {unknown or 'none given'}; accepted: {', '.join(VARIANTS)}")
-    torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    if args.stochastic:
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    pipe = bench_pipeline(args.model, args.threads, args.stochastic)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.stochastic:  # the strip shows the shipped sampler
         save_strip(pipe, max(args.frames), args.steps, args.out.parent / "long_video_strip.png")

@@ -18,12 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from longvideo_bench import TRAIN_FRAMES, generate, judge_one, prompts, seed_of
+from longvideo_bench import TRAIN_FRAMES, bench_pipeline, generate, judge_one, prompts, seed_of
 from tqdm import tqdm
 
-from attnplug.models import load_pipeline
 from attnplug.models.catalog import weights_digest
 from attnplug.models.data import DIRECTIONS
 from attnplug.models.detector import detect_video
@@ -123,18 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.merge:
         result = merged([json.loads(p.read_text()) for p in args.merge])
-        stochastic = result["stochastic_sampling"]
-        write(result, args.out or ROOT / "results" / (
-            "video_stock_stochastic.json" if stochastic else "video_stock.json"))
+        write(result, args.out or default_out(result["stochastic_sampling"]))
         return
-    out = args.out or ROOT / "results" / ("video_stock_stochastic.json" if args.stochastic else "video_stock.json")
+    out = args.out or default_out(args.stochastic)
     if args.prompts < 4 or args.seeds < 1:
         ap.error(f"--prompts={args.prompts} must be >= 4 (every direction once) and --seeds={args.seeds} >= 1.")
-    torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    if args.stochastic:
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    pipe = bench_pipeline(args.model, args.threads, args.stochastic)
     rows, failures = [], []
     for base in args.bases:
         row, fails = run_base(pipe, base, args.prompts, args.seeds, args.steps)
@@ -147,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
               "stochastic_sampling": bool(pipe.scheduler.config.get("stochastic_sampling", False)),
               "torch_threads": args.threads, "loadavg": os.getloadavg()}
     write(with_summary(result, rows, failures), out)
+
+
+def default_out(stochastic: bool) -> Path:
+    return ROOT / "results" / ("video_stock_stochastic.json" if stochastic else "video_stock.json")
 
 
 def with_summary(result: dict, rows: list[dict], failures: list[dict]) -> dict:

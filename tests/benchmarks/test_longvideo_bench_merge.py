@@ -1,5 +1,6 @@
 """Merging long-video benchmark runs made side by side (one per frame count): each run's stock rows come along."""
 
+
 def _run(frames, variants, tag):
     rows = [{"frames": 8, "variant": "stock", "tag": tag}]
     rows += [{"frames": frames, "variant": v, "tag": tag} for v in ("stock", *variants)]

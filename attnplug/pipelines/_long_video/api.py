@@ -335,8 +335,9 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
         shape, axis = _latent_shape(pipe, model, plan.family, plan, prompt, kwargs)
         window = min(plan.window, plan.train_latent) if plan.temporal_windows else plan.train_latent
         kwargs["latents"] = rescheduled_noise(shape, axis, window, kwargs.get("generator"), device=model.device)
+    stochastic = is_stochastic_flow_scheduler(getattr(pipe, "scheduler", None))
     with contextlib.ExitStack() as stack:
-        if plan.noise_rescheduling and is_stochastic_flow_scheduler(getattr(pipe, "scheduler", None)):
+        if plan.noise_rescheduling and stochastic:
             # A stochastic sampler re-noises every step: with i.i.d. noise the windows would share only the start.
             stack.enter_context(rescheduled_step_noise(pipe.scheduler, axis, window, kwargs.get("generator")))
         if plan.rope != "none":
@@ -350,7 +351,7 @@ def long_video(pipe, prompt, *, num_frames: int, config: LongVideoConfig | None 
             dense_damping = isinstance(method, FrameDampingMethod)  # every step, no dense first steps
             if not dense_damping:
                 _warn_if_no_windowed_step(pipe, plan, kwargs)
-                if is_stochastic_flow_scheduler(getattr(pipe, "scheduler", None)):
+                if stochastic:
                     log_once(logger, logging.WARNING, STOCHASTIC_LOCAL_ATTENTION_WARNING)
             stack.callback(remove, pipe)
             apply(pipe, method, schedule=Schedule() if dense_damping else Schedule(warmup_steps=plan.global_steps))
